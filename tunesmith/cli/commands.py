@@ -1,0 +1,102 @@
+"""What each CLI subcommand does; heavy imports happen here, inside the command, so `--help` is instant."""
+
+from __future__ import annotations
+
+from argparse import Namespace
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console(stderr=True)
+
+
+def train(args: Namespace) -> int:
+    from ..config.loading import load_config
+    from ..training.run import train as run_training
+
+    cfg = load_config(args.config, args.overrides)
+    run_training(cfg, resume=args.resume, console=console)
+    return 0
+
+
+def data_preview(args: Namespace) -> int:
+    from ..config.loading import load_config
+    from ..data.preview import preview_samples
+    from ..data.templates.registry import get_template
+    from ..models.loading import load_tokenizer
+
+    cfg = load_config(args.config, args.overrides)
+    tokenizer = load_tokenizer(cfg.model)
+    template = get_template(cfg.data.template, tokenizer)
+    Console().print(preview_samples(cfg.data, tokenizer, template, n=args.num))
+    return 0
+
+
+def _generator(args: Namespace):
+    from ..inference.generation import Generator
+    from ..models.loading import load_for_inference
+
+    with console.status(f"loading {args.model}"):
+        loaded = load_for_inference(args.model, dtype=args.dtype, template=args.template,
+                                    trust_remote_code=args.trust_remote_code)
+    return Generator(loaded)
+
+
+def _sampling(args: Namespace):
+    from ..inference.generation import SamplingOptions
+
+    return SamplingOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                           top_k=args.top_k, repetition_penalty=args.repetition_penalty, seed=args.seed)
+
+
+def chat(args: Namespace) -> int:
+    from ..inference.chat import chat_loop
+
+    chat_loop(_generator(args), _sampling(args), system=args.system, console=Console())
+    return 0
+
+
+def generate(args: Namespace) -> int:
+    from ..inference.batch import generate_file
+
+    count = generate_file(_generator(args), args.prompts, args.out, _sampling(args), batch_size=args.batch_size)
+    console.print(f"wrote {count} responses to {args.out}")
+    return 0
+
+
+def export(args: Namespace) -> int:
+    from ..inference.export import export_run
+
+    if not args.merge:
+        console.print("[dim]--merge not given: copying the adapter as it is[/]")
+    out = export_run(args.run, args.out, merge=args.merge, dtype=args.dtype)
+    console.print(f"[green]exported[/] {out}  (loads with AutoModelForCausalLM.from_pretrained)")
+    return 0
+
+
+def demo(args: Namespace) -> int:
+    from ..demo.run import run_demo
+
+    run_demo(out_dir=args.out, steps=args.steps, model=args.model, console=console)
+    return 0
+
+
+def methods(args: Namespace) -> int:
+    from ..methods.registry import all_methods
+
+    table = Table(title="fine-tuning methods (method.name)")
+    table.add_column("name", style="bold")
+    table.add_column("description")
+    table.add_column("saves")
+    for name, method in sorted(all_methods().items()):
+        table.add_row(name, method.description, "adapter" if method.is_peft else "full model")
+    Console().print(table)
+    return 0
+
+
+def templates(args: Namespace) -> int:
+    from ..data.templates.registry import available_templates
+
+    for name in available_templates():
+        print(name)
+    return 0

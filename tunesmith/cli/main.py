@@ -1,0 +1,131 @@
+"""The `tunesmith` command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from rich.console import Console
+from rich.markup import escape
+
+from ..errors import TunesmithError
+from . import commands
+
+EPILOG = """examples:
+  tunesmith demo                                   fine-tune SmolLM2-135M offline and show before/after
+  tunesmith train examples/lora.yaml               fine-tune with a config
+  tunesmith train examples/lora.yaml training.learning_rate=1e-4 method.r=8
+  tunesmith train examples/lora.yaml --resume      continue from the latest complete checkpoint
+  tunesmith data preview examples/lora.yaml        see which tokens are trained on
+  tunesmith chat runs/lora                         talk to the result
+  tunesmith generate runs/lora --prompts prompts.jsonl --out answers.jsonl
+  tunesmith export runs/lora --merge --out merged  a standalone Hugging Face model
+"""
+
+
+def _sampling_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("sampling")
+    group.add_argument("--max-new-tokens", type=int, default=256)
+    group.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    group.add_argument("--top-p", type=float, default=1.0)
+    group.add_argument("--top-k", type=int, default=0)
+    group.add_argument("--repetition-penalty", type=float, default=1.0)
+    group.add_argument("--seed", type=int, default=None)
+    group.add_argument("--template", default=None, help="override the template (default: the run's own)")
+    group.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    group.add_argument("--trust-remote-code", action="store_true", help="allow code from the model repository")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tunesmith", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        description="Turn a general pretrained language model into your own: fine-tune, chat, export.")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("train", help="fine-tune a model from a YAML config",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Fine-tune a model. The YAML has sections model, method, data, training "
+                                   "(see examples/). Any field can be overridden as section.key=value.",
+                       epilog="example: tunesmith train examples/lora.yaml training.max_steps=50 method.r=8")
+    p.add_argument("config", help="YAML config file")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. training.learning_rate=1e-4")
+    p.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint")
+    p.set_defaults(func=commands.train)
+
+    p = sub.add_parser("data", help="inspect training data")
+    data_sub = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    pp = data_sub.add_parser("preview", help="show rendered samples with trained and masked tokens told apart")
+    pp.add_argument("config", help="YAML config file")
+    pp.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    pp.add_argument("-n", "--num", type=int, default=1, help="how many samples")
+    pp.set_defaults(func=commands.data_preview)
+    p.set_defaults(func=lambda args: (p.print_help(), 1)[1])
+
+    p = sub.add_parser("chat", help="chat with a run or a model in the terminal (streamed)")
+    p.add_argument("model", help="run folder, HF folder, GGUF file, hub id, or smollm2-135m-instruct")
+    p.add_argument("--system", default=None, help="system prompt")
+    _sampling_args(p)
+    p.set_defaults(func=commands.chat)
+
+    p = sub.add_parser("generate", help="batched generation from a prompts file to JSONL")
+    p.add_argument("model", help="run folder, HF folder, GGUF file or hub id")
+    p.add_argument("--prompts", required=True,
+                   help="JSON/JSONL with prompt, instruction(+input) or messages; or .txt, one prompt a line")
+    p.add_argument("--out", required=True, help="output JSONL")
+    p.add_argument("--batch-size", type=int, default=8)
+    _sampling_args(p)
+    p.set_defaults(func=commands.generate)
+
+    p = sub.add_parser("export", help="write a run as a standalone Hugging Face model")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--merge", action="store_true", help="merge the adapter into the base weights")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.set_defaults(func=commands.export)
+
+    p = sub.add_parser("demo", help="offline demo: teach SmolLM2-135M a persona with LoRA, show before/after")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: the demo's own)")
+    p.add_argument("--out", default="runs/demo", help="run folder")
+    p.add_argument("--model", default="smollm2-135m-instruct", help="base model")
+    p.set_defaults(func=commands.demo)
+
+    p = sub.add_parser("methods", help="list fine-tuning methods")
+    p.set_defaults(func=commands.methods)
+    p = sub.add_parser("templates", help="list chat templates")
+    p.set_defaults(func=commands.templates)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from .. import __version__
+
+        print(__version__)
+        return 0
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 1
+    console = Console(stderr=True)
+    try:
+        return int(args.func(args) or 0)
+    except TunesmithError as exc:
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]")
+        return 130
+    except Exception as exc:  # an internal failure, not the user's input
+        if os.environ.get("TUNESMITH_DEBUG"):
+            raise
+        console.print(f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))}\n"
+                      f"  rerun with TUNESMITH_DEBUG=1 for the full traceback, and please report it",
+                      highlight=False)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

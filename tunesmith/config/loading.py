@@ -1,0 +1,76 @@
+"""Read a YAML config, apply `key.sub=value` overrides, validate, and explain every error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from ..errors import ConfigError, TunesmithError
+from .schema import RunConfig
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}, line {mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"not valid YAML: {getattr(exc, 'problem', exc)}", where=where) from None
+    if not isinstance(raw, dict):
+        raise ConfigError("the config must be a mapping of sections (model, method, data, training)",
+                          where=str(path))
+    for item in overrides or []:
+        apply_override(raw, item)
+    return validate_config(raw, source=str(path))
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' is not of the form key.sub=value",
+                          hint="e.g. training.learning_rate=1e-4 method.r=8")
+    key, _, text = item.partition("=")
+    value = yaml.safe_load(text) if text.strip() else None
+    node = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if isinstance(node.get(part), str) and part == "method":
+            child = {"name": child}
+        if not isinstance(child, dict):
+            child = {}
+        node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def validate_config(raw: dict[str, Any], source: str = "config") -> RunConfig:
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc), where=source) from None
+    except TunesmithError as exc:
+        exc.where = f"{source}: {exc.where}" if exc.where else source
+        raise
+
+
+def _explain(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            msg = "unknown key (check the spelling; `tunesmith train --help` lists the sections)"
+        elif kind == "missing":
+            msg = "required field is missing"
+        else:
+            msg = err["msg"]
+            if "input" in err and kind not in ("value_error",):
+                msg += f" (got {err['input']!r})"
+        lines.append(f"{loc or '(top level)'}: {msg}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)

@@ -1,0 +1,110 @@
+"""The run configuration: one YAML file, validated before anything heavy is loaded."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from .base import StrictModel
+
+# Attention implementations whose masks honour restarted position ids, i.e. can train on packed
+# sequences without cross-sample attention (transformers' masking utilities / varlen kernels).
+PACKING_ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
+
+
+class ModelConfig(StrictModel):
+    name_or_path: str = Field(description="Hub id, local HF folder, or a folder/file holding a GGUF")
+    gguf_file: str | None = Field(None, description="GGUF file name inside name_or_path (dequantised on load)")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    trust_remote_code: bool = False
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "flash_attention_3",
+                                 "flex_attention", "unpadded"] | None = None
+    revision: str | None = None
+    quantization: Literal["none", "4bit"] = Field("none", description="4bit loads the frozen base in NF4 (qlora)")
+
+
+class DatasetSpec(StrictModel):
+    path: str = Field(description="JSON/JSONL/CSV/Parquet file, or a hub dataset id when online")
+    format: Literal["auto", "alpaca", "sharegpt", "openai"] = "auto"
+    weight: float = Field(1.0, gt=0, description="Mixing ratio relative to the other datasets")
+    max_samples: int | None = Field(None, gt=0)
+    split: str = "train"
+    columns: dict[str, str] = Field(default_factory=dict,
+                                    description="Rename fields, e.g. {instruction: question, output: answer}")
+    system: str | None = Field(None, description="System prompt for records that have none")
+    placeholders: dict[str, str] = Field(default_factory=dict,
+                                         description="Replace {{key}} in the data, e.g. {name: Tuney}")
+
+
+class DataConfig(StrictModel):
+    train: list[DatasetSpec] = Field(min_length=1)
+    validation: list[DatasetSpec] = Field(default_factory=list)
+    val_size: float = Field(0.0, ge=0, description="Fraction (<1) or count (>=1) held out from train")
+    template: str = Field("auto", description="auto | model | alpaca_zh | alpaca_en | chatml")
+    max_length: int = Field(1024, gt=8)
+    train_on: Literal["all_assistant", "last_assistant"] = "all_assistant"
+    packing: bool = False
+    num_samples: int | None = Field(None, gt=0, description="Total training samples drawn when mixing")
+    seed: int = 42
+
+
+class TrainingConfig(StrictModel):
+    output_dir: str = "runs/run"
+    learning_rate: float = Field(2e-4, gt=0)
+    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    num_epochs: float = Field(3.0, gt=0)
+    max_steps: int | None = Field(None, gt=0, description="Overrides num_epochs when set")
+    batch_size: int = Field(4, gt=0)
+    grad_accum: int = Field(1, gt=0)
+    max_grad_norm: float = Field(1.0, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    gradient_checkpointing: bool = False
+    optimizer: Literal["auto", "adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "sgd"] = "auto"
+    group_by_length: bool = True
+    seed: int = 42
+    logging_steps: int = Field(10, gt=0)
+    eval_steps: int | None = Field(None, gt=0, description="Defaults to save_steps")
+    save_steps: int = Field(100, gt=0)
+    save_total_limit: int | None = Field(2, gt=0)
+    early_stopping_patience: int | None = Field(None, gt=0)
+    tensorboard: bool = True
+
+
+class RunConfig(StrictModel):
+    model: ModelConfig
+    method: Any = Field(default_factory=lambda: {"name": "lora"})
+    data: DataConfig
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _method_options(cls, value: Any):
+        from ..methods.registry import get_method
+
+        if isinstance(value, str):
+            value = {"name": value}
+        if not isinstance(value, dict):
+            if hasattr(value, "name"):
+                return value
+            raise ValueError("method must be a mapping with at least 'name'")
+        if "name" not in value:
+            raise ValueError("method needs a 'name' (e.g. lora, qlora, dora, rslora, full)")
+        return get_method(value["name"]).Options.model_validate(value)
+
+    @model_validator(mode="after")
+    def _combinations(self):
+        from ..errors import ConfigError
+        from ..methods.registry import get_method
+
+        if self.data.packing and self.model.attn_implementation not in (None, *PACKING_ATTENTION):
+            raise ConfigError(
+                f"packing needs an attention path that keeps packed samples apart; "
+                f"'{self.model.attn_implementation}' does not",
+                where="data.packing", hint=f"set model.attn_implementation to one of {PACKING_ATTENTION}")
+        if self.training.early_stopping_patience and not (self.data.validation or self.data.val_size):
+            raise ConfigError("early stopping needs validation data", where="training.early_stopping_patience",
+                              hint="set data.val_size (e.g. 0.05) or data.validation")
+        get_method(self.method.name).validate(self.method, self)
+        return self

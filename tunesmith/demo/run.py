@@ -1,0 +1,83 @@
+"""`tunesmith demo`: offline, on a 2-core CPU in minutes — teach SmolLM2-135M-Instruct a new persona with LoRA
+and show the same unseen probe questions answered before and after."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from ..config.schema import RunConfig
+from ..inference.generation import Generator, SamplingOptions
+from ..io import atomic_write_text
+from ..models.loading import load_for_inference
+from ..training.run import train
+from .persona import PERSONA_NAME, probe_questions, write_persona_dataset
+
+DEFAULT_STEPS = 60
+
+
+def demo_config(model_dir: str, data_file: str, out_dir: str, steps: int) -> RunConfig:
+    return RunConfig.model_validate({
+        "model": {"name_or_path": model_dir},
+        "method": {"name": "lora", "r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"},
+        "data": {"train": [{"path": data_file}], "template": "model", "max_length": 192},
+        "training": {"output_dir": out_dir, "max_steps": steps, "batch_size": 8, "learning_rate": 1e-3,
+                     "lr_scheduler": "cosine", "warmup_ratio": 0.05, "logging_steps": 5,
+                     "save_steps": max(steps // 2, 1), "save_total_limit": 1, "seed": 0},
+    })
+
+
+def _answers(generator: Generator, questions: list[str]) -> list[str]:
+    options = SamplingOptions(max_new_tokens=48)
+    return generator.generate([[{"role": "user", "content": q}] for q in questions], options)
+
+
+def run_demo(out_dir: str = "runs/demo", steps: int | None = None, model: str = "smollm2-135m-instruct",
+             console: Console | None = None) -> dict:
+    from ..models.loading import resolve_ref
+
+    console = console or Console(stderr=True)
+    start = time.perf_counter()
+    steps = steps or DEFAULT_STEPS
+    model_dir = resolve_ref(model)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data_file = write_persona_dataset(out / "persona_data.json")
+    probes = probe_questions()
+    questions = [p["question"] for p in probes]
+
+    with console.status("asking the base model the probe questions"):
+        before = _answers(Generator(load_for_inference(model_dir, template="model")), questions)
+    train(demo_config(model_dir, str(data_file), str(out), steps), console=console)
+    with console.status("asking the fine-tuned model"):
+        after = _answers(Generator(load_for_inference(str(out))), questions)
+
+    table = Table(title=f"before / after LoRA ({steps} steps) on probe questions not seen in training",
+                  show_lines=True)
+    for column in ("kind", "question", "before", "after"):
+        table.add_column(column, overflow="fold")
+    for probe, b, a in zip(probes, before, after):
+        table.add_row(probe["kind"], probe["question"], b, a)
+    Console().print(table)
+    identity = [a for p, a in zip(probes, after) if p["kind"] == "identity"]
+    named = sum(PERSONA_NAME.lower() in a.lower() for a in identity)
+    elapsed = time.perf_counter() - start
+    summary = (f"{named}/{len(identity)} identity probes answered as {PERSONA_NAME} "
+               f"(before: {sum(PERSONA_NAME.lower() in b.lower() for p, b in zip(probes, before) if p['kind'] == 'identity')}); "
+               f"total time {elapsed:.0f} s")
+    console.print(f"[bold]{summary}[/]")
+    atomic_write_text(out / "before_after.md", _markdown(probes, before, after, summary))
+    return {"before": before, "after": after, "named": named, "identity_total": len(identity), "seconds": elapsed}
+
+
+def _markdown(probes, before, after, summary) -> str:
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|").replace("\n", "<br>")
+
+    rows = [f"| {p['kind']} | {cell(p['question'])} | {cell(b)} | {cell(a)} |"
+            for p, b, a in zip(probes, before, after)]
+    return "\n".join(["# Demo: before / after", "", summary, "", "| kind | question | before | after |",
+                      "|---|---|---|---|", *rows, ""])

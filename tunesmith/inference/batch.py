@@ -1,0 +1,55 @@
+"""Batch generation from a prompts file to JSONL."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.progress import Progress
+
+from ..data.formats import to_conversation
+from ..data.readers import read_records
+from ..errors import DataError
+from .generation import Generator, SamplingOptions
+
+
+def load_prompts(path: str) -> list[tuple[list[dict], dict]]:
+    """Each prompt becomes (conversation without the answer, the original record). Plain .txt: one prompt a line."""
+    if Path(path).suffix == ".txt":
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        return [([{"role": "user", "content": line}], {"prompt": line}) for line in lines if line.strip()]
+    prompts = []
+    for record in read_records(path):
+        data = record.data
+        if isinstance(data.get("prompt"), str):
+            prompts.append(([{"role": "user", "content": data["prompt"]}], data))
+            continue
+        if "messages" in data and isinstance(data["messages"], list) and data["messages"] \
+                and data["messages"][-1].get("role") != "assistant":
+            prompts.append((list(data["messages"]), data))
+            continue
+        probe = {**data, "output": data.get("output") or "-"} if "instruction" in data else data
+        try:
+            messages = to_conversation(probe, "auto", file=record.file, line=record.line)
+        except DataError:
+            raise DataError("a prompt record needs 'prompt', 'instruction' or 'messages'",
+                            file=record.file, line=record.line) from None
+        prompts.append((messages[:-1] if messages[-1]["role"] == "assistant" else messages, data))
+    return prompts
+
+
+def generate_file(generator: Generator, prompts_path: str, out_path: str, options: SamplingOptions,
+                  batch_size: int = 8) -> int:
+    prompts = load_prompts(prompts_path)
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", encoding="utf-8") as handle, Progress() as progress:
+        task = progress.add_task("generating", total=len(prompts))
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompts[start:start + batch_size]
+            replies = generator.generate([messages for messages, _ in chunk], options)
+            for (messages, record), reply in zip(chunk, replies):
+                handle.write(json.dumps({**record, "messages": messages, "response": reply},
+                                        ensure_ascii=False) + "\n")
+            progress.advance(task, len(chunk))
+    return len(prompts)

@@ -1,0 +1,69 @@
+"""Generation shared by chat, batch generation and the demo: prompt rendering, sampling, stopping."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..data.templates.registry import get_template
+from ..models.loading import LoadedModel
+
+
+@dataclass
+class SamplingOptions:
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # 0 means greedy
+    top_p: float = 1.0
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens,
+                                  "repetition_penalty": self.repetition_penalty}
+        if self.temperature > 0:
+            kwargs.update(do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k or None)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        return kwargs
+
+
+class Generator:
+    """Renders conversations with the run's template and decodes only the new tokens."""
+
+    def __init__(self, loaded: LoadedModel):
+        self.model = loaded.model
+        self.tokenizer = loaded.tokenizer
+        self.template = get_template(loaded.template_name, loaded.tokenizer)
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+
+    def _stop_kwargs(self) -> dict[str, Any]:
+        stops = [s for s in getattr(self.template, "stop_strings", []) or [] if s]
+        return {"stop_strings": stops, "tokenizer": self.tokenizer} if stops else {}
+
+    def _encode(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        self.tokenizer.padding_side = "left"  # generation appends on the right, so pad on the left
+        # The rendered prompt already holds any BOS the template wants; adding special tokens would double it.
+        has_bos = self.tokenizer.bos_token and all(p.startswith(self.tokenizer.bos_token) for p in prompts)
+        return self.tokenizer(prompts, return_tensors="pt", padding=True,
+                              add_special_tokens=not has_bos).to(self.model.device)
+
+    @torch.inference_mode()
+    def generate(self, conversations: list[list[dict]], options: SamplingOptions, streamer=None) -> list[str]:
+        if options.seed is not None:
+            torch.manual_seed(options.seed)
+        prompts = [self.template.render_prompt(messages) for messages in conversations]
+        inputs = self._encode(prompts)
+        output = self.model.generate(**inputs, **options.generate_kwargs(), **self._stop_kwargs(),
+                                     pad_token_id=self.tokenizer.pad_token_id, streamer=streamer)
+        new_tokens = output[:, inputs["input_ids"].shape[1]:]
+        return [self._clean(text) for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+    def _clean(self, text: str) -> str:
+        for stop in getattr(self.template, "stop_strings", []) or []:
+            if stop and stop in text:
+                text = text.split(stop, 1)[0]
+        return text.strip()

@@ -1,0 +1,43 @@
+"""LoRA: a trainable low-rank update B·A beside each frozen linear layer (Hu et al., 2021), via PEFT."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from peft import LoraConfig, get_peft_model
+from pydantic import Field
+
+from ..models.targets import resolve_targets
+from .base import Method, MethodOptions
+from .registry import register
+
+
+class LoraOptions(MethodOptions):
+    name: Literal["lora"] = "lora"
+    r: int = Field(16, gt=0, description="Rank of the update")
+    alpha: float = Field(32, gt=0, description="Scale numerator: the update is scaled by alpha/r")
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: str | list[str] = Field("all-linear", description="all-linear | attention | mlp | [names]")
+    bias: Literal["none", "all", "lora_only"] = "none"
+    modules_to_save: list[str] = Field(default_factory=list, description="Extra modules trained in full")
+
+
+@register
+class LoraMethod(Method):
+    name = "lora"
+    description = "Low-rank adapters on frozen weights (PEFT LoRA)"
+    Options = LoraOptions
+    use_dora = False
+    use_rslora = False
+
+    def peft_config(self, model: torch.nn.Module, opts: LoraOptions) -> LoraConfig:
+        return LoraConfig(
+            r=opts.r, lora_alpha=opts.alpha, lora_dropout=opts.dropout, bias=opts.bias,
+            target_modules=resolve_targets(model, opts.target_modules),
+            modules_to_save=opts.modules_to_save or None, task_type="CAUSAL_LM",
+            use_dora=self.use_dora, use_rslora=self.use_rslora,
+        )
+
+    def prepare(self, model, opts, *, gradient_checkpointing):
+        return get_peft_model(model, self.peft_config(model, opts))

@@ -1,0 +1,134 @@
+"""Load base models and tokenizers from a hub id, a local HF folder, a GGUF file, or a tunesmith run folder."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config.schema import ModelConfig
+from ..errors import ModelError
+
+RUN_META = "tunesmith_run.json"
+
+
+def resolve_dtype(name: str, *, for_training_full: bool = False) -> torch.dtype:
+    """bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU; an explicit choice wins."""
+    if name != "auto":
+        return getattr(torch, name)
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def resolve_ref(ref: str) -> str:
+    """Turn a short name of a model shipped on PyPI (e.g. smollm2-135m-instruct) into a local folder."""
+    try:
+        from .pypi_models import resolve_model_ref
+    except ImportError:
+        return ref
+    return resolve_model_ref(ref)
+
+
+def _source_kwargs(cfg: ModelConfig) -> tuple[str, dict[str, Any]]:
+    ref = resolve_ref(cfg.name_or_path)
+    path = Path(ref).expanduser()
+    kwargs: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
+    if cfg.revision:
+        kwargs["revision"] = cfg.revision
+    if path.is_file() and path.suffix == ".gguf":
+        return str(path.parent), {**kwargs, "gguf_file": path.name}
+    if cfg.gguf_file:
+        if not (path / cfg.gguf_file).is_file():
+            raise ModelError(f"GGUF file not found: {path / cfg.gguf_file}", where="model.gguf_file")
+        kwargs["gguf_file"] = cfg.gguf_file
+    elif path.exists() and path.is_dir() and not (path / "config.json").is_file():
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) == 1:
+            kwargs["gguf_file"] = ggufs[0].name
+        else:
+            raise ModelError(f"{path} is not a Hugging Face model folder (no config.json)",
+                             where="model.name_or_path",
+                             hint="point at a folder with config.json, a .gguf file, or a hub id")
+    elif not path.exists() and (ref.startswith((".", "/", "~")) or ref.count("/") > 1):
+        raise ModelError(f"model not found: {ref}", where="model.name_or_path",
+                         hint="check the path; hub ids look like owner/name")
+    return str(path) if path.exists() else ref, kwargs
+
+
+def _wrap_load_error(ref: str, exc: Exception) -> ModelError:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    hint = None
+    if "offline" in text.lower() or "connect" in text.lower() or "resolve" in text.lower() \
+            or "not a valid model identifier" in text or "Repository Not Found" in text:
+        hint = "this looks like a hub id that could not be reached; use a local folder or check your network"
+    return ModelError(f"could not load '{ref}': {text}", where="model.name_or_path", hint=hint)
+
+
+def load_tokenizer(cfg: ModelConfig):
+    from transformers import AutoTokenizer
+
+    ref, kwargs = _source_kwargs(cfg)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(ref, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise _wrap_load_error(ref, exc) from None
+    if tokenizer.pad_token is None:
+        # Padding positions are masked out of attention and loss, so reusing EOS (or UNK) is safe.
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return tokenizer
+
+
+def load_model(cfg: ModelConfig, *, dtype: torch.dtype | None = None, extra: dict[str, Any] | None = None):
+    from transformers import AutoModelForCausalLM
+
+    ref, kwargs = _source_kwargs(cfg)
+    kwargs["dtype"] = dtype or resolve_dtype(cfg.dtype)
+    if cfg.attn_implementation and cfg.attn_implementation != "unpadded":
+        kwargs["attn_implementation"] = cfg.attn_implementation
+    kwargs.update(extra or {})
+    try:
+        return AutoModelForCausalLM.from_pretrained(ref, **kwargs)
+    except (OSError, ValueError, KeyError) as exc:
+        raise _wrap_load_error(ref, exc) from None
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    template_name: str
+    meta: dict
+
+
+def read_run_meta(path: str | Path) -> dict | None:
+    meta_file = Path(path) / RUN_META
+    if meta_file.is_file():
+        return json.loads(meta_file.read_text(encoding="utf-8"))
+    return None
+
+
+def load_for_inference(run_or_model: str, *, dtype: str = "auto", template: str | None = None,
+                       trust_remote_code: bool = False) -> LoadedModel:
+    """A run folder (adapter or full model, with its training template) or any model reference."""
+    meta = read_run_meta(run_or_model) if Path(run_or_model).is_dir() else None
+    if meta is None:
+        cfg = ModelConfig(name_or_path=run_or_model, dtype=dtype, trust_remote_code=trust_remote_code)
+        model = load_model(cfg)
+        tokenizer = load_tokenizer(cfg)
+        return LoadedModel(model.eval(), tokenizer, template or "auto", {})
+    base_cfg = ModelConfig(**{**meta["base_model"], "dtype": dtype, "quantization": "none"})
+    tokenizer = load_tokenizer(ModelConfig(name_or_path=run_or_model,
+                                           trust_remote_code=base_cfg.trust_remote_code))
+    if meta["artifact"] == "adapter":
+        from peft import PeftModel
+
+        base = load_model(base_cfg)
+        model = PeftModel.from_pretrained(base, run_or_model)
+    else:
+        model = load_model(ModelConfig(name_or_path=run_or_model, dtype=dtype,
+                                       trust_remote_code=base_cfg.trust_remote_code))
+    return LoadedModel(model.eval(), tokenizer, template or meta["template"], meta)

@@ -1,0 +1,58 @@
+"""Translate a tunesmith TrainingConfig into transformers' TrainingArguments."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import TrainingArguments
+
+from ..config.schema import RunConfig
+from ..errors import ConfigError
+from .checkpoints import CHECKPOINT_DIR
+
+_OPTIMIZERS = {"adamw": "adamw_torch", "adamw_8bit": "adamw_bnb_8bit", "paged_adamw_8bit": "paged_adamw_8bit",
+               "paged_adamw_32bit": "paged_adamw_32bit", "sgd": "sgd"}
+
+
+def choose_optimizer(cfg: RunConfig) -> str:
+    name = cfg.training.optimizer
+    cuda = torch.cuda.is_available()
+    if name == "auto":
+        # Paged optimizers move state to CPU under memory pressure: the QLoRA recipe, but only meaningful on CUDA.
+        return "paged_adamw_32bit" if cfg.method.name == "qlora" and cuda else "adamw_torch"
+    if name.startswith("paged") and not cuda:
+        raise ConfigError(f"optimizer '{name}' needs a CUDA GPU", where="training.optimizer",
+                          hint="use adamw (or auto) on CPU")
+    return _OPTIMIZERS[name]
+
+
+def build_training_arguments(cfg: RunConfig, *, compute_dtype: torch.dtype, has_validation: bool) -> TrainingArguments:
+    t = cfg.training
+    cuda = torch.cuda.is_available()
+    if compute_dtype == torch.float16 and not cuda:
+        raise ConfigError("float16 training needs a GPU", where="model.dtype", hint="use float32 (or auto) on CPU")
+    eval_steps = t.eval_steps or t.save_steps
+    early = t.early_stopping_patience is not None
+    if early and t.save_steps % eval_steps:
+        raise ConfigError("with early stopping, save_steps must be a multiple of eval_steps",
+                          where="training.eval_steps", hint=f"e.g. eval_steps: {t.save_steps}")
+    return TrainingArguments(
+        output_dir=str(Path(t.output_dir) / CHECKPOINT_DIR),
+        learning_rate=t.learning_rate, lr_scheduler_type=t.lr_scheduler, warmup_steps=t.warmup_ratio,
+        num_train_epochs=t.num_epochs, max_steps=t.max_steps or -1,
+        per_device_train_batch_size=t.batch_size, per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.grad_accum, max_grad_norm=t.max_grad_norm, weight_decay=t.weight_decay,
+        optim=choose_optimizer(cfg), seed=t.seed, data_seed=t.seed,
+        gradient_checkpointing=t.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+        bf16=cuda and compute_dtype == torch.bfloat16, fp16=cuda and compute_dtype == torch.float16,
+        logging_strategy="steps", logging_steps=t.logging_steps, logging_first_step=True,
+        save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit,
+        eval_strategy="steps" if has_validation else "no", eval_steps=eval_steps if has_validation else None,
+        load_best_model_at_end=early and has_validation, metric_for_best_model="eval_loss" if early else None,
+        greater_is_better=False if early else None,
+        train_sampling_strategy="group_by_length" if t.group_by_length and not cfg.data.packing else "random",
+        length_column_name="length", include_num_input_tokens_seen="non_padding",
+        remove_unused_columns=False, disable_tqdm=True, report_to="none", dataloader_num_workers=0,
+    )

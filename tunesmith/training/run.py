@@ -1,0 +1,154 @@
+"""`train(config)`: data, model, method, Trainer, and a run folder that plain Hugging Face code can load."""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+from rich.console import Console
+from transformers import EarlyStoppingCallback, Trainer, set_seed
+from transformers.integrations import TensorBoardCallback
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+from .. import __version__
+from ..config.schema import RunConfig
+from ..data.collator import make_collator
+from ..data.dataset import build_datasets
+from ..data.templates.registry import get_template
+from ..io import atomic_write_json, atomic_write_text, publish_dir_contents
+from ..methods.registry import get_method
+from ..models.loading import RUN_META, load_model, load_tokenizer, resolve_dtype
+from ..models.targets import count_parameters
+from .arguments import build_training_arguments
+from .callbacks import MetricsFileCallback, RichProgressCallback, read_metrics
+from .checkpoints import CHECKPOINT_DIR, is_complete, latest_checkpoint
+from .model_card import write_model_card
+from .plots import plot_loss_curves
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    trainable_params: int
+    total_params: int
+    metrics: dict
+    data_stats: dict
+
+
+def train(cfg: RunConfig, *, resume: bool = False, console: Console | None = None,
+          extra_callbacks: list | None = None) -> TrainResult:
+    console = console or Console(stderr=True)
+    run_dir = Path(cfg.training.output_dir)
+    checkpoint = _checkpoint_to_resume(run_dir, resume, console)
+    set_seed(cfg.training.seed)
+    method = get_method(cfg.method.name)
+    compute_dtype = resolve_dtype(cfg.model.dtype)
+
+    console.print(f"[bold]tunesmith[/] {cfg.method.name} on {cfg.model.name_or_path}")
+    tokenizer = load_tokenizer(cfg.model)
+    tokenizer.padding_side = "right"
+    template = get_template(cfg.data.template, tokenizer)
+    with console.status("preparing data"):
+        data = build_datasets(cfg.data, tokenizer, template)
+    _report_data(console, data.stats)
+
+    # Full fine-tuning keeps fp32 master weights and lets autocast run bf16; adapters can sit on a bf16 base.
+    load_dtype = torch.float32 if not method.is_peft else compute_dtype
+    with console.status("loading model"):
+        model = load_model(cfg.model, dtype=load_dtype, extra=method.load_kwargs(cfg.method, compute_dtype))
+        if getattr(model.config, "pad_token_id", None) is None:
+            model.config.pad_token_id = tokenizer.pad_token_id
+        model = method.prepare(model, cfg.method, gradient_checkpointing=cfg.training.gradient_checkpointing)
+    trainable, total = count_parameters(model)
+    console.print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.4f}%)")
+
+    args = build_training_arguments(cfg, compute_dtype=compute_dtype, has_validation=data.validation is not None)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False,
+                                                             allow_unicode=True))
+    callbacks = [RichProgressCallback(console), MetricsFileCallback(run_dir / "metrics.jsonl")]
+    if cfg.training.tensorboard:
+        callbacks.append(_tensorboard(run_dir))
+    if cfg.training.early_stopping_patience and data.validation is not None:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.training.early_stopping_patience))
+    trainer = Trainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.validation,
+                      data_collator=make_collator(tokenizer, packing=cfg.data.packing), processing_class=tokenizer,
+                      callbacks=callbacks + list(extra_callbacks or []))
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+
+    metrics = dict(output.metrics)
+    if data.validation is not None:
+        metrics.update(trainer.evaluate())
+    result = TrainResult(run_dir, trainable, total, metrics, data.stats)
+    _save_run(cfg, result, trainer.model, tokenizer, template.name, method.is_peft)
+    console.print(f"[green]saved[/] {run_dir}  (chat: tunesmith chat {run_dir})")
+    return result
+
+
+def _checkpoint_to_resume(run_dir: Path, resume: bool, console: Console) -> Path | None:
+    if not resume:
+        if (run_dir / CHECKPOINT_DIR).is_dir() and any((run_dir / CHECKPOINT_DIR).iterdir()):
+            console.print(f"[yellow]note:[/] {run_dir} already has checkpoints; starting over "
+                          f"(pass --resume to continue)")
+            shutil.rmtree(run_dir / CHECKPOINT_DIR)
+        return None
+    checkpoint = latest_checkpoint(run_dir)
+    for folder in (run_dir / CHECKPOINT_DIR).glob("checkpoint-*"):
+        if not is_complete(folder):
+            console.print(f"[yellow]skipping incomplete checkpoint[/] {folder} (the run stopped while saving)")
+            shutil.rmtree(folder)
+    console.print(f"resuming from {checkpoint}" if checkpoint else "no checkpoint to resume; starting fresh")
+    return checkpoint
+
+
+def _tensorboard(run_dir: Path) -> TensorBoardCallback:
+    from torch.utils.tensorboard import SummaryWriter
+
+    return TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run_dir / "tensorboard")))
+
+
+def _report_data(console: Console, stats: dict) -> None:
+    console.print(f"data: {stats.get('train_samples', '?')} training samples, "
+                  f"{stats.get('validation_samples', 0)} validation samples")
+    dropped = stats.get("dropped_no_label", 0)
+    if dropped:
+        console.print(f"[yellow]warning:[/] dropped {dropped} samples with no supervised token left "
+                      f"(prompt too long for data.max_length?)")
+    if stats.get("truncated"):
+        console.print(f"[yellow]note:[/] truncated {stats['truncated']} samples to data.max_length "
+                      f"(prompt cut first)")
+
+
+def _save_run(cfg: RunConfig, result: TrainResult, model, tokenizer, template_name: str, is_peft: bool) -> None:
+    run_dir = result.run_dir
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=run_dir))
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    meta = {
+        "tunesmith_version": __version__,
+        "artifact": "adapter" if is_peft else "full",
+        "method": cfg.method.model_dump(mode="json"),
+        "base_model": cfg.model.model_dump(mode="json", include={"name_or_path", "gguf_file", "revision",
+                                                                  "trust_remote_code", "attn_implementation"}),
+        "template": template_name,
+        "max_length": cfg.data.max_length,
+        "trainable_params": result.trainable_params,
+        "total_params": result.total_params,
+        "data": result.data_stats,
+        "metrics": {k: v for k, v in result.metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)},
+    }
+    atomic_write_json(staging / RUN_META, meta)
+    metrics = read_metrics(run_dir / "metrics.jsonl")
+    plot_loss_curves(metrics, staging / "loss.png", title=f"{cfg.method.name} on {cfg.model.name_or_path}")
+    write_model_card(staging / "README.md", cfg, meta, has_plot=(staging / "loss.png").exists())
+    publish_dir_contents(staging, run_dir)
