@@ -12,9 +12,10 @@ console = Console(stderr=True)
 
 def train(args: Namespace) -> int:
     from ..config.loading import load_config
+
+    cfg = load_config(args.config, args.overrides)  # validate before the heavy imports
     from ..training.run import train as run_training
 
-    cfg = load_config(args.config, args.overrides)
     run_training(cfg, resume=args.resume, console=console)
     return 0
 

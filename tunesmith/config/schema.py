@@ -18,8 +18,8 @@ class ModelConfig(StrictModel):
     gguf_file: str | None = Field(None, description="GGUF file name inside name_or_path (dequantised on load)")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     trust_remote_code: bool = False
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "flash_attention_3",
-                                 "flex_attention", "unpadded"] | None = None
+    attn_implementation: str | None = Field(None, description="sdpa, eager, flash_attention_2, ... "
+                                                              "(default: the model's own choice)")
     revision: str | None = None
     quantization: Literal["none", "4bit"] = Field("none", description="4bit loads the frozen base in NF4 (qlora)")
 

@@ -87,7 +87,7 @@ def load_model(cfg: ModelConfig, *, dtype: torch.dtype | None = None, extra: dic
 
     ref, kwargs = _source_kwargs(cfg)
     kwargs["dtype"] = dtype or resolve_dtype(cfg.dtype)
-    if cfg.attn_implementation and cfg.attn_implementation != "unpadded":
+    if cfg.attn_implementation:
         kwargs["attn_implementation"] = cfg.attn_implementation
     kwargs.update(extra or {})
     try:
@@ -121,8 +121,9 @@ def load_for_inference(run_or_model: str, *, dtype: str = "auto", template: str 
         tokenizer = load_tokenizer(cfg)
         return LoadedModel(model.eval(), tokenizer, template or "auto", {})
     base_cfg = ModelConfig(**{**meta["base_model"], "dtype": dtype, "quantization": "none"})
-    tokenizer = load_tokenizer(ModelConfig(name_or_path=run_or_model,
-                                           trust_remote_code=base_cfg.trust_remote_code))
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(run_or_model, trust_remote_code=base_cfg.trust_remote_code)
     if meta["artifact"] == "adapter":
         from peft import PeftModel
 

@@ -44,8 +44,8 @@ def build_training_arguments(cfg: RunConfig, *, compute_dtype: torch.dtype, has_
         per_device_train_batch_size=t.batch_size, per_device_eval_batch_size=t.batch_size,
         gradient_accumulation_steps=t.grad_accum, max_grad_norm=t.max_grad_norm, weight_decay=t.weight_decay,
         optim=choose_optimizer(cfg), seed=t.seed, data_seed=t.seed,
-        gradient_checkpointing=t.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+        activation_checkpointing=t.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
         bf16=cuda and compute_dtype == torch.bfloat16, fp16=cuda and compute_dtype == torch.float16,
         logging_strategy="steps", logging_steps=t.logging_steps, logging_first_step=True,
         save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit,
@@ -55,4 +55,5 @@ def build_training_arguments(cfg: RunConfig, *, compute_dtype: torch.dtype, has_
         train_sampling_strategy="group_by_length" if t.group_by_length and not cfg.data.packing else "random",
         length_column_name="length", include_num_input_tokens_seen="non_padding",
         remove_unused_columns=False, disable_tqdm=True, report_to="none", dataloader_num_workers=0,
+        dataloader_pin_memory=cuda,
     )

@@ -66,6 +66,7 @@ def train(cfg: RunConfig, *, resume: bool = False, console: Console | None = Non
         model = load_model(cfg.model, dtype=load_dtype, extra=method.load_kwargs(cfg.method, compute_dtype))
         if getattr(model.config, "pad_token_id", None) is None:
             model.config.pad_token_id = tokenizer.pad_token_id
+        _check_packing(cfg, model)
         model = method.prepare(model, cfg.method, gradient_checkpointing=cfg.training.gradient_checkpointing)
     trainable, total = count_parameters(model)
     console.print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.4f}%)")
@@ -93,6 +94,19 @@ def train(cfg: RunConfig, *, resume: bool = False, console: Console | None = Non
     _save_run(cfg, result, trainer.model, tokenizer, template.name, method.is_peft)
     console.print(f"[green]saved[/] {run_dir}  (chat: tunesmith chat {run_dir})")
     return result
+
+
+def _check_packing(cfg: RunConfig, model) -> None:
+    import inspect
+
+    from ..errors import ConfigError
+
+    # Padding-free packing tells samples apart only through restarted position ids; models without them
+    # (e.g. ALiBi models such as BLOOM) would attend across samples.
+    if cfg.data.packing and "position_ids" not in inspect.signature(model.forward).parameters:
+        raise ConfigError(f"packing is not supported for {type(model).__name__}: it takes no position ids, so "
+                          f"packed samples would attend to each other", where="data.packing",
+                          hint="set data.packing: false (length-grouped dynamic padding is used instead)")
 
 
 def _checkpoint_to_resume(run_dir: Path, resume: bool, console: Console) -> Path | None:

@@ -1,0 +1,60 @@
+"""Shared fixtures: paths to the offline material, and tiny random models built from configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+STORIES = SHARED / "models" / "stories260K"
+EXAMPLES = ROOT / "examples"
+
+
+def require_shared(path: Path = SHARED) -> Path:
+    if not path.exists():
+        pytest.skip(f"offline test material not found at {path} (the ../shared folder beside the repo)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def stories_dir() -> Path:
+    return require_shared(STORIES)
+
+
+def _tiny_config(arch: str, vocab: int):
+    from transformers import GPT2Config, LlamaConfig, Qwen2Config
+
+    common = dict(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    if arch == "llama":
+        return LlamaConfig(**common)
+    if arch == "qwen2":
+        return Qwen2Config(**common)
+    if arch == "gpt2":
+        return GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=256)
+    raise ValueError(arch)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_factory(tmp_path_factory, stories_dir):
+    """Save a randomly initialised model of `arch` with the stories260K tokenizer; returns its folder."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    made: dict[str, Path] = {}
+
+    def make(arch: str) -> Path:
+        if arch not in made:
+            tokenizer = AutoTokenizer.from_pretrained(stories_dir)
+            torch.manual_seed(0)
+            # Room for tokens a model-specific tokenizer class may add when it reloads this tokenizer.
+            model = AutoModelForCausalLM.from_config(_tiny_config(arch, len(tokenizer) + 32))
+            folder = tmp_path_factory.mktemp(f"tiny-{arch}")
+            model.save_pretrained(folder)
+            tokenizer.save_pretrained(folder)
+            made[arch] = folder
+        return made[arch]
+
+    return make

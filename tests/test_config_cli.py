@@ -1,0 +1,129 @@
+"""Config validation and the CLI's handling of bad input: a clear message, a field name, a non-zero exit."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tunesmith.cli.main import main
+from tunesmith.config.loading import apply_override, load_config
+from tunesmith.errors import ConfigError
+
+from .conftest import EXAMPLES, ROOT
+
+BASE = {
+    "model": {"name_or_path": "some/model"},
+    "method": {"name": "lora"},
+    "data": {"train": [{"path": "train.jsonl"}]},
+}
+
+
+def write(tmp_path: Path, data, name="cfg.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data) if not isinstance(data, str) else data)
+    return path
+
+
+def run_cli(*argv) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tunesmith.cli.main", *map(str, argv)], capture_output=True,
+                          text=True, cwd=ROOT, timeout=300)
+
+
+@pytest.mark.parametrize("example", sorted(p.name for p in EXAMPLES.glob("*.yaml")))
+def test_every_example_config_validates(example):
+    cfg = load_config(EXAMPLES / example)
+    assert cfg.method.name in example.split(".")[0] or example.startswith("mix")
+
+
+def test_overrides_reach_nested_fields_with_yaml_types(tmp_path):
+    cfg = load_config(write(tmp_path, BASE), ["training.learning_rate=1e-4", "method.r=4",
+                                              "data.packing=true", "training.max_steps=7"])
+    assert cfg.training.learning_rate == 1e-4 and cfg.method.r == 4 and cfg.data.packing is True
+    assert cfg.training.max_steps == 7
+
+
+def test_override_turns_a_string_method_into_a_mapping():
+    raw = {"method": "lora"}
+    apply_override(raw, "method.r=2")
+    assert raw["method"] == {"name": "lora", "r": 2}
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"training": {"learing_rate": 1e-4}}, "training.learing_rate: unknown key"),
+    ({"training": {"batch_size": "four"}}, "training.batch_size"),
+    ({"method": {"name": "lora", "rank": 8}}, "method.rank: unknown key"),
+    ({"method": {"name": "lora", "r": 0}}, "method.r"),
+    ({"method": {"name": "magic"}}, "unknown method 'magic'"),
+    ({"method": {"name": "full"}, "model": {"name_or_path": "x/y", "quantization": "4bit"}},
+     "full fine-tuning cannot update quantised weights"),
+    ({"method": {"name": "lora"}, "model": {"name_or_path": "x/y", "quantization": "4bit"}}, "use method: qlora"),
+    ({"data": {"train": [{"path": "a.json"}], "packing": True},
+      "model": {"name_or_path": "x/y", "attn_implementation": "paged|sdpa"}}, "packing needs an attention path"),
+    ({"training": {"early_stopping_patience": 2}}, "early stopping needs validation data"),
+    ({"data": {"train": []}}, "data.train"),
+])
+def test_bad_configs_name_the_field(tmp_path, change, expected):
+    raw = {**BASE, **change}
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, raw), [])
+    assert expected in str(err.value)
+    assert "cfg.yaml" in str(err.value)
+
+
+def test_cli_reports_config_errors_without_traceback(tmp_path):
+    path = write(tmp_path, {**BASE, "training": {"learing_rate": 1}})
+    proc = run_cli("train", path)
+    assert proc.returncode == 2
+    assert "training.learing_rate" in proc.stderr and "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_cli_reports_yaml_syntax_errors_with_line(tmp_path):
+    path = write(tmp_path, "model:\n  name_or_path: x\ndata: [unclosed\n")
+    proc = run_cli("train", path)
+    assert proc.returncode == 2 and "line" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_cli_reports_missing_model_path(tmp_path):
+    path = write(tmp_path, {**BASE, "model": {"name_or_path": "./no/such/model"},
+                            "data": {"train": [{"path": str(EXAMPLES / "data" / "stories_chat.jsonl")}]}})
+    proc = run_cli("train", path)
+    assert proc.returncode == 2 and "model not found" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_cli_reports_malformed_data_with_file_and_line(tmp_path, stories_dir):
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "c", "output": \n')
+    path = write(tmp_path, {**BASE, "model": {"name_or_path": str(stories_dir)},
+                            "data": {"train": [{"path": str(data)}], "template": "alpaca_en"}})
+    proc = run_cli("train", path)
+    assert proc.returncode == 2, proc.stderr
+    assert "bad.jsonl" in proc.stderr and "line 2" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_cli_reports_missing_field_with_line(tmp_path, stories_dir):
+    data = tmp_path / "missing.json"
+    data.write_text('[\n  {"instruction": "a", "output": "b"},\n  {"instruction": "c"}\n]\n')
+    path = write(tmp_path, {**BASE, "model": {"name_or_path": str(stories_dir)},
+                            "data": {"train": [{"path": str(data)}], "template": "alpaca_en"}})
+    proc = run_cli("data", "preview", path)
+    assert proc.returncode == 2
+    assert "missing.json" in proc.stderr and "line 3" in proc.stderr and "output" in proc.stderr
+
+
+def test_help_is_available_for_every_command():
+    for argv in (["--help"], ["train", "--help"], ["chat", "--help"], ["export", "--help"],
+                 ["data", "preview", "--help"], ["generate", "--help"], ["demo", "--help"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 0
+
+
+def test_methods_command_lists_the_core_methods(capsys):
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    for name in ("full", "lora", "qlora", "dora", "rslora"):
+        assert name in out

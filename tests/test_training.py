@@ -1,0 +1,160 @@
+"""End-to-end training on real and tiny random models: learning, saving, reloading, merging, resuming."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, TrainerCallback
+
+from tunesmith.config.loading import validate_config
+from tunesmith.inference.export import export_run
+from tunesmith.training.run import train
+
+from .conftest import EXAMPLES
+
+STORIES_DATA = str(EXAMPLES / "data" / "stories_chat.jsonl")
+
+
+def make_config(model_dir, out_dir, method="lora", **training):
+    method_cfg = method if isinstance(method, dict) else {"name": method}
+    if method_cfg["name"] != "full":
+        method_cfg = {"r": 8, "alpha": 16, "dropout": 0.0, **method_cfg}
+    return validate_config({
+        "model": {"name_or_path": str(model_dir)},
+        "method": method_cfg,
+        "data": {"train": [{"path": STORIES_DATA}], "template": "alpaca_en", "max_length": 128},
+        "training": {"output_dir": str(out_dir), "max_steps": 12, "batch_size": 8, "learning_rate": 5e-3,
+                     "logging_steps": 1, "save_steps": 100, "warmup_ratio": 0.0, "tensorboard": False,
+                     "lr_scheduler": "constant", **training},
+    })
+
+
+def losses(run_dir):
+    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+            if "loss" in json.loads(line)]
+
+
+def first_last(values):
+    k = max(1, len(values) // 4)
+    return sum(values[:k]) / k, sum(values[-k:]) / k
+
+
+def batch(model_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    return tok(["### Instruction:\nTell me what Tom saw.\n\n### Response:\nTom saw"], return_tensors="pt")
+
+
+@pytest.mark.parametrize("method", ["lora", "dora", "rslora", "full"])
+def test_loss_falls_on_stories260k_and_run_folder_is_complete(stories_dir, tmp_path, method):
+    result = train(make_config(stories_dir, tmp_path / "run", method))
+    start, end = first_last(losses(tmp_path / "run"))
+    assert end < start * 0.8, (start, end)
+    run = tmp_path / "run"
+    for name in ("tunesmith_run.json", "config.yaml", "metrics.jsonl", "loss.png", "README.md", "tokenizer.json"):
+        assert (run / name).is_file(), name
+    meta = json.loads((run / "tunesmith_run.json").read_text())
+    assert meta["template"] == "alpaca_en" and meta["method"]["name"] == method
+    if method == "full":
+        assert meta["artifact"] == "full" and (run / "model.safetensors").is_file()
+        assert result.trainable_params == result.total_params
+        AutoModelForCausalLM.from_pretrained(run)
+    else:
+        assert meta["artifact"] == "adapter" and (run / "adapter_model.safetensors").is_file()
+        assert 0 < result.trainable_params < result.total_params * 0.5
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
+def test_tiny_architectures_learn_and_reload_in_plain_peft(tiny_model_factory, tmp_path, arch):
+    model_dir = tiny_model_factory(arch)
+    run = tmp_path / "run"
+    train(make_config(model_dir, run, {"name": "lora", "target_modules": "all-linear"}, max_steps=20,
+                      learning_rate=1e-2))
+    start, end = first_last(losses(run))
+    assert end < start, (start, end)
+
+    # Reference: base + adapter through PEFT alone, nothing from tunesmith.
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    peft_model = PeftModel.from_pretrained(base, run).eval()
+    inputs = batch(model_dir)
+    with torch.no_grad():
+        logits = peft_model(**inputs).logits
+    base_only = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        assert not torch.allclose(base_only(**inputs).logits, logits), "adapter had no effect"
+
+    merged_dir = export_run(str(run), str(tmp_path / "merged"), merge=True)
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        diff = (merged(**inputs).logits - logits).abs().max().item()
+    assert diff <= 1e-4, diff
+    assert not any(k.endswith(("lora_A.weight", "lora_B.weight")) for k in merged.state_dict())
+
+
+def test_saved_adapter_reproduces_training_model_logits(stories_dir, tmp_path):
+    captured = {}
+
+    class Capture(TrainerCallback):
+        def on_train_end(self, args, state, control, model=None, **kwargs):
+            model.eval()
+            with torch.no_grad():
+                captured["logits"] = model(**batch(stories_dir)).logits.clone()
+
+    train(make_config(stories_dir, tmp_path / "run"), extra_callbacks=[Capture()])
+    base = AutoModelForCausalLM.from_pretrained(stories_dir, dtype=torch.float32)
+    reloaded = PeftModel.from_pretrained(base, tmp_path / "run").eval()
+    with torch.no_grad():
+        logits = reloaded(**batch(stories_dir)).logits
+    assert torch.equal(logits, captured["logits"])
+
+
+def test_qlora_trains_on_cpu_with_nf4_double_quant(stories_dir, tmp_path):
+    pytest.importorskip("bitsandbytes")
+    run = tmp_path / "run"
+    train(make_config(stories_dir, run, {"name": "qlora", "target_modules": "attention"}, max_steps=16))
+    start, end = first_last(losses(run))
+    assert end < start, (start, end)
+    meta = json.loads((run / "tunesmith_run.json").read_text())
+    assert meta["method"]["quant_type"] == "nf4" and meta["method"]["double_quant"] is True
+    adapter = load_file(run / "adapter_model.safetensors")
+    assert adapter and all(".self_attn." in k for k in adapter)
+
+
+class Crash(TrainerCallback):
+    """Simulates the process dying right after a checkpoint was written."""
+
+    def __init__(self, at_step):
+        self.at_step = at_step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.at_step:
+            raise KeyboardInterrupt("simulated kill")
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_killed_run_resumes_to_the_same_weights(stories_dir, tmp_path, method):
+    opts = dict(max_steps=8, save_steps=3, learning_rate=3e-3, lr_scheduler="cosine", warmup_ratio=0.1)
+    straight = tmp_path / "straight"
+    train(make_config(stories_dir, straight, method, **opts))
+
+    resumed = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        train(make_config(stories_dir, resumed, method, **opts), extra_callbacks=[Crash(at_step=7)])
+    assert (resumed / "checkpoints" / "checkpoint-6").is_dir()
+    # A checkpoint half-written when the process died must be ignored.
+    broken = resumed / "checkpoints" / "checkpoint-7"
+    broken.mkdir()
+    (broken / "trainer_state.json").write_text("{\"global_st")
+    train(make_config(stories_dir, resumed, method, **opts), resume=True)
+
+    name = "adapter_model.safetensors" if method != "full" else "model.safetensors"
+    a, b = load_file(straight / name), load_file(resumed / name)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-6), key
+    assert not broken.exists()
