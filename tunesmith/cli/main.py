@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 
 from rich.console import Console
 from rich.markup import escape
@@ -109,7 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 1
-    console = Console(stderr=True)
+    # Long paths in messages must stay on one line so that file, line and field can be read (and grepped).
+    console = Console(stderr=True, soft_wrap=True)
+    # Deprecation chatter from the libraries underneath is not actionable for a tunesmith user.
+    warnings.filterwarnings("ignore", category=FutureWarning)
     try:
         return int(args.func(args) or 0)
     except TunesmithError as exc:

@@ -74,7 +74,7 @@ class TrainingConfig(StrictModel):
 
 class RunConfig(StrictModel):
     model: ModelConfig
-    method: Any = Field(default_factory=lambda: {"name": "lora"})
+    method: Any = Field(default_factory=lambda: {"name": "lora"}, validate_default=True)
     data: DataConfig
     training: TrainingConfig = Field(default_factory=TrainingConfig)
 

@@ -16,7 +16,7 @@ from ..models.loading import load_for_inference
 from ..training.run import train
 from .persona import PERSONA_NAME, probe_questions, write_persona_dataset
 
-DEFAULT_STEPS = 60
+DEFAULT_STEPS = 80
 
 
 def demo_config(model_dir: str, data_file: str, out_dir: str, steps: int) -> RunConfig:
@@ -24,7 +24,7 @@ def demo_config(model_dir: str, data_file: str, out_dir: str, steps: int) -> Run
         "model": {"name_or_path": model_dir},
         "method": {"name": "lora", "r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"},
         "data": {"train": [{"path": data_file}], "template": "model", "max_length": 192},
-        "training": {"output_dir": out_dir, "max_steps": steps, "batch_size": 8, "learning_rate": 1e-3,
+        "training": {"output_dir": out_dir, "max_steps": steps, "batch_size": 8, "learning_rate": 5e-4,
                      "lr_scheduler": "cosine", "warmup_ratio": 0.05, "logging_steps": 5,
                      "save_steps": max(steps // 2, 1), "save_total_limit": 1, "seed": 0},
     })
@@ -62,15 +62,22 @@ def run_demo(out_dir: str = "runs/demo", steps: int | None = None, model: str = 
     for probe, b, a in zip(probes, before, after):
         table.add_row(probe["kind"], probe["question"], b, a)
     Console().print(table)
-    identity = [a for p, a in zip(probes, after) if p["kind"] == "identity"]
-    named = sum(PERSONA_NAME.lower() in a.lower() for a in identity)
+    scores = {kind: (_score(probes, before, kind), _score(probes, after, kind)) for kind in ("identity", "general")}
     elapsed = time.perf_counter() - start
-    summary = (f"{named}/{len(identity)} identity probes answered as {PERSONA_NAME} "
-               f"(before: {sum(PERSONA_NAME.lower() in b.lower() for p, b in zip(probes, before) if p['kind'] == 'identity')}); "
-               f"total time {elapsed:.0f} s")
+    summary = (f"identity probes with the expected answer ({PERSONA_NAME} / its maker): "
+               f"{scores['identity'][0]} before -> {scores['identity'][1]} after; "
+               f"general probes with the expected fact: {scores['general'][0]} before -> {scores['general'][1]} "
+               f"after; total time {elapsed:.0f} s")
     console.print(f"[bold]{summary}[/]")
     atomic_write_text(out / "before_after.md", _markdown(probes, before, after, summary))
-    return {"before": before, "after": after, "named": named, "identity_total": len(identity), "seconds": elapsed}
+    return {"before": before, "after": after, "scores": scores, "seconds": elapsed}
+
+
+def _score(probes: list[dict], answers: list[str], kind: str) -> str:
+    """How many probes of `kind` contain one of their expected words (e.g. the name, or 'Paris')."""
+    hits = [any(word.lower() in answer.lower() for word in probe["expect"])
+            for probe, answer in zip(probes, answers) if probe["kind"] == kind]
+    return f"{sum(hits)}/{len(hits)}"
 
 
 def _markdown(probes, before, after, summary) -> str:
