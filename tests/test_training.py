@@ -19,14 +19,14 @@ from .conftest import EXAMPLES
 STORIES_DATA = str(EXAMPLES / "data" / "stories_chat.jsonl")
 
 
-def make_config(model_dir, out_dir, method="lora", **training):
+def make_config(model_dir, out_dir, method="lora", data=None, **training):
     method_cfg = method if isinstance(method, dict) else {"name": method}
     if method_cfg["name"] != "full":
         method_cfg = {"r": 8, "alpha": 16, "dropout": 0.0, **method_cfg}
     return validate_config({
         "model": {"name_or_path": str(model_dir)},
         "method": method_cfg,
-        "data": {"train": [{"path": STORIES_DATA}], "template": "alpaca_en", "max_length": 128},
+        "data": {"train": [{"path": STORIES_DATA}], "template": "alpaca_en", "max_length": 128, **(data or {})},
         "training": {"output_dir": str(out_dir), "max_steps": 12, "batch_size": 8, "learning_rate": 5e-3,
                      "logging_steps": 1, "save_steps": 100, "warmup_ratio": 0.0, "tensorboard": False,
                      "lr_scheduler": "constant", **training},
@@ -158,3 +158,66 @@ def test_killed_run_resumes_to_the_same_weights(stories_dir, tmp_path, method):
     for key in a:
         assert torch.allclose(a[key], b[key], atol=1e-6), key
     assert not broken.exists()
+
+
+def test_packing_keeps_samples_apart_and_matches_padded_training(stories_dir, tmp_path):
+    from tunesmith.data.collator import make_collator
+    from tunesmith.data.dataset import build_datasets
+    from tunesmith.data.templates.registry import get_template
+    from tunesmith.models.loading import load_tokenizer
+
+    def config(name, packing):
+        cfg = make_config(stories_dir, tmp_path / name, max_steps=3, group_by_length=False, batch_size=4)
+        cfg.data.packing = packing
+        return cfg
+
+    tokenizer = load_tokenizer(config("x", True).model)
+    data = build_datasets(config("x", True).data, tokenizer, get_template("alpaca_en", tokenizer))
+    rows = [{k: data.train[i][k] for k in ("input_ids", "labels")} for i in range(4)]
+    packed = make_collator(tokenizer, packing=True)(rows)
+    assert packed["input_ids"].shape == (1, sum(len(r["input_ids"]) for r in rows))
+    assert "attention_mask" not in packed
+
+    train(config("packed", True))
+    train(config("padded", False))
+    # Same batches, same supervised tokens: equal losses only if packed samples never attend to each other.
+    packed_losses, padded_losses = losses(tmp_path / "packed"), losses(tmp_path / "padded")
+    assert len(packed_losses) == len(padded_losses) == 3
+    for a, b in zip(packed_losses, padded_losses):
+        assert abs(a - b) < 1e-3, (packed_losses, padded_losses)
+
+
+def test_gradient_checkpointing_gives_the_same_update(stories_dir, tmp_path):
+    train(make_config(stories_dir, tmp_path / "plain", max_steps=3))
+    train(make_config(stories_dir, tmp_path / "ckpt", max_steps=3, gradient_checkpointing=True))
+    a = load_file(tmp_path / "plain" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "ckpt" / "adapter_model.safetensors")
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+def test_validation_early_stopping_rotation_and_logs(stories_dir, tmp_path):
+    cfg = make_config(stories_dir, tmp_path / "run", data={"val_size": 0.25}, max_steps=60, save_steps=2,
+                      eval_steps=2, early_stopping_patience=1, save_total_limit=2, learning_rate=5e-2,
+                      tensorboard=True)
+    result = train(cfg)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    evals = [r["eval_loss"] for r in records if "eval_loss" in r]
+    assert len(evals) >= 2
+    assert result.metrics["global_step"] < 60 if "global_step" in result.metrics else records[-1]["step"] < 60
+    assert len(list((tmp_path / "run" / "checkpoints").glob("checkpoint-*"))) <= 2
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    meta = json.loads((tmp_path / "run" / "tunesmith_run.json").read_text())
+    assert meta["data"]["validation_samples"] == 16 and "eval_loss" in meta["metrics"]
+
+
+def test_long_prompts_are_truncated_and_unlearnable_samples_dropped(stories_dir, tmp_path):
+    data = tmp_path / "long.jsonl"
+    rows = [{"instruction": "Tell me what Tom saw. " * 40, "output": "Tom saw a dog."},
+            {"instruction": "Tell me what Ben saw.", "output": "Ben saw a cat."}]
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    cfg = make_config(stories_dir, tmp_path / "run", max_steps=2, batch_size=2)
+    cfg.data.train[0].path = str(data)
+    cfg.data.max_length = 64
+    result = train(cfg)
+    assert result.data_stats["truncated"] == 1 and result.data_stats["dropped_no_label"] == 0
+    assert result.data_stats["train_samples"] == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 import warnings
@@ -12,6 +13,11 @@ from rich.markup import escape
 
 from ..errors import TunesmithError
 from . import commands
+
+# Further command groups live in their own modules under tunesmith/cli/, each exposing `register(subparsers)`;
+# `data` subcommands likewise expose `register_data(data_subparsers)`.
+COMMAND_MODULES: list[str] = []
+DATA_COMMAND_MODULES: list[str] = []
 
 EPILOG = """examples:
   tunesmith demo                                   fine-tune SmolLM2-135M offline and show before/after
@@ -62,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("overrides", nargs="*", help="section.key=value overrides")
     pp.add_argument("-n", "--num", type=int, default=1, help="how many samples")
     pp.set_defaults(func=commands.data_preview)
+    for name in DATA_COMMAND_MODULES:
+        importlib.import_module(f"{__package__}.{name}").register_data(data_sub)
     p.set_defaults(func=lambda args: (p.print_help(), 1)[1])
 
     p = sub.add_parser("chat", help="chat with a run or a model in the terminal (streamed)")
@@ -96,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=commands.methods)
     p = sub.add_parser("templates", help="list chat templates")
     p.set_defaults(func=commands.templates)
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"{__package__}.{name}").register(sub)
     return parser
 
 

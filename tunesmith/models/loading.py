@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,24 +40,46 @@ def _source_kwargs(cfg: ModelConfig) -> tuple[str, dict[str, Any]]:
     kwargs: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
     if cfg.revision:
         kwargs["revision"] = cfg.revision
-    if path.is_file() and path.suffix == ".gguf":
-        return str(path.parent), {**kwargs, "gguf_file": path.name}
-    if cfg.gguf_file:
-        if not (path / cfg.gguf_file).is_file():
-            raise ModelError(f"GGUF file not found: {path / cfg.gguf_file}", where="model.gguf_file")
-        kwargs["gguf_file"] = cfg.gguf_file
-    elif path.exists() and path.is_dir() and not (path / "config.json").is_file():
-        ggufs = sorted(path.glob("*.gguf"))
-        if len(ggufs) == 1:
-            kwargs["gguf_file"] = ggufs[0].name
-        else:
-            raise ModelError(f"{path} is not a Hugging Face model folder (no config.json)",
-                             where="model.name_or_path",
-                             hint="point at a folder with config.json, a .gguf file, or a hub id")
-    elif not path.exists() and (ref.startswith((".", "/", "~")) or ref.count("/") > 1):
+    gguf = _gguf_file(path, cfg)
+    if gguf is not None:
+        return str(materialize_gguf(gguf)), kwargs
+    if not path.exists() and (ref.startswith((".", "/", "~")) or ref.count("/") > 1):
         raise ModelError(f"model not found: {ref}", where="model.name_or_path",
                          hint="check the path; hub ids look like owner/name")
     return str(path) if path.exists() else ref, kwargs
+
+
+def _gguf_file(path: Path, cfg: ModelConfig) -> Path | None:
+    if path.is_file() and path.suffix == ".gguf":
+        return path
+    if cfg.gguf_file:
+        if not (path / cfg.gguf_file).is_file():
+            raise ModelError(f"GGUF file not found: {path / cfg.gguf_file}", where="model.gguf_file")
+        return path / cfg.gguf_file
+    if path.is_dir() and not (path / "config.json").is_file():
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return ggufs[0]
+        raise ModelError(f"{path} is not a Hugging Face model folder (no config.json)", where="model.name_or_path",
+                         hint="point at a folder with config.json, a .gguf file, or a hub id")
+    return None
+
+
+def materialize_gguf(gguf: Path) -> Path:
+    """Dequantise a GGUF once into a cached plain HF folder and train/serve from that.
+
+    transformers dequantises GGUF weights on load but still marks the model as GGUF-quantised, which makes
+    Trainer refuse it and `save_pretrained` fail; a plain folder also lets a PEFT adapter name a loadable base.
+    """
+    from .gguf import gguf_to_hf_folder
+    from .pypi_models import default_cache_root
+
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    out = default_cache_root() / "gguf" / f"{gguf.stem}-{key}"
+    if not (out / "config.json").is_file():
+        gguf_to_hf_folder(gguf, out, overwrite=True, quiet=True)
+    return out
 
 
 def _wrap_load_error(ref: str, exc: Exception) -> ModelError:

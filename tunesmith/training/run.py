@@ -66,7 +66,11 @@ def train(cfg: RunConfig, *, resume: bool = False, console: Console | None = Non
         model = load_model(cfg.model, dtype=load_dtype, extra=method.load_kwargs(cfg.method, compute_dtype))
         if getattr(model.config, "pad_token_id", None) is None:
             model.config.pad_token_id = tokenizer.pad_token_id
+        # Training never reuses a KV cache; and with a cache present transformers stops detecting packed
+        # sequences from position ids, so packed samples would silently attend to each other.
+        model.config.use_cache = False
         _check_packing(cfg, model)
+        _check_context(cfg, model)
         model = method.prepare(model, cfg.method, gradient_checkpointing=cfg.training.gradient_checkpointing)
     trainable, total = count_parameters(model)
     console.print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.4f}%)")
@@ -109,6 +113,15 @@ def _check_packing(cfg: RunConfig, model) -> None:
                           hint="set data.packing: false (length-grouped dynamic padding is used instead)")
 
 
+def _check_context(cfg: RunConfig, model) -> None:
+    from ..errors import ConfigError
+
+    context = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    if context and cfg.data.max_length > context:
+        raise ConfigError(f"data.max_length {cfg.data.max_length} exceeds the model's context of {context} tokens",
+                          where="data.max_length", hint=f"set data.max_length <= {context}")
+
+
 def _checkpoint_to_resume(run_dir: Path, resume: bool, console: Console) -> Path | None:
     if not resume:
         if (run_dir / CHECKPOINT_DIR).is_dir() and any((run_dir / CHECKPOINT_DIR).iterdir()):
@@ -143,9 +156,14 @@ def _report_data(console: Console, stats: dict) -> None:
                       f"(prompt cut first)")
 
 
+def _base_config(model):
+    return model.get_base_model().config if hasattr(model, "get_base_model") else model.config
+
+
 def _save_run(cfg: RunConfig, result: TrainResult, model, tokenizer, template_name: str, is_peft: bool) -> None:
     run_dir = result.run_dir
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=run_dir))
+    _base_config(model).use_cache = True  # the saved model is for inference
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
     meta = {

@@ -1,0 +1,110 @@
+"""Chat, batch generation and preview on a trained run: the training template is reused automatically."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from rich.console import Console
+
+from tunesmith.cli.main import main
+from tunesmith.inference.chat import chat_loop
+from tunesmith.inference.generation import Generator, SamplingOptions
+from tunesmith.models.loading import load_for_inference
+from tunesmith.training.run import train
+
+from .conftest import EXAMPLES
+from .test_training import make_config
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, stories_dir):
+    run = tmp_path_factory.mktemp("run") / "run"
+    cfg = make_config(stories_dir, run, max_steps=40, learning_rate=1e-2)
+    train(cfg)
+    return run
+
+
+def test_run_reuses_its_training_template(trained_run):
+    loaded = load_for_inference(str(trained_run))
+    assert loaded.template_name == "alpaca_en"
+    generator = Generator(loaded)
+    prompt = generator.template.render_prompt([{"role": "user", "content": "Tell me what Tom saw."}])
+    assert prompt.rstrip().endswith("### Response:")
+
+
+def test_fine_tuned_run_answers_in_the_trained_style(trained_run, stories_dir):
+    loaded = load_for_inference(str(trained_run))
+    reply = Generator(loaded).generate([[{"role": "user", "content": "Tell me what Mia saw."}]],
+                                       SamplingOptions(max_new_tokens=16))[0]
+    assert reply.startswith("Mia saw"), reply
+
+
+def test_chat_loop_streams_and_handles_commands(trained_run):
+    loaded = load_for_inference(str(trained_run))
+    generator = Generator(loaded)
+    inputs = iter(["Tell me what Ben saw.", "/reset", "/system Be brief.", "/bogus", "Tell me what Sue saw.", "/exit",
+                   "never read"])
+    console = Console(record=True, width=200)
+    seen_histories = []
+    original = generator.generate
+
+    def spy(conversations, options, streamer=None):
+        seen_histories.append(conversations[0])
+        return original(conversations, options, streamer=streamer)
+
+    generator.generate = spy
+    chat_loop(generator, SamplingOptions(max_new_tokens=12), console=console, read=lambda prompt: next(inputs))
+    text = console.export_text()
+    assert "Ben saw" in text and "Sue saw" in text
+    assert "conversation cleared" in text and "unknown command" in text
+    assert len(seen_histories) == 2
+    assert seen_histories[1][0] == {"role": "system", "content": "Be brief."}
+    assert len(seen_histories[1]) == 2, "history should have been cleared by /reset and /system"
+
+
+def test_generate_command_writes_jsonl(trained_run, tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("\n".join(json.dumps(r) for r in [
+        {"prompt": "Tell me what Lily saw."},
+        {"instruction": "Tell me what Max saw.", "input": ""},
+        {"messages": [{"role": "user", "content": "Tell me what Anna saw."}]},
+    ]) + "\n")
+    out = tmp_path / "answers.jsonl"
+    code = main(["generate", str(trained_run), "--prompts", str(prompts), "--out", str(out),
+                 "--max-new-tokens", "12", "--batch-size", "2"])
+    assert code == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["response"].split()[0] for r in rows] == ["Lily", "Max", "Anna"]
+
+
+def test_sampling_is_seeded(trained_run):
+    generator = Generator(load_for_inference(str(trained_run)))
+    conv = [[{"role": "user", "content": "Tell me what Tom saw."}]]
+    options = SamplingOptions(max_new_tokens=12, temperature=1.0, seed=3)
+    assert generator.generate(conv, options) == generator.generate(conv, options)
+
+
+def test_data_preview_marks_trained_tokens(stories_dir, tmp_path, capsys):
+    import yaml
+
+    cfg = {"model": {"name_or_path": str(stories_dir)},
+           "data": {"train": [{"path": str(EXAMPLES / "data" / "stories_chat.jsonl")}], "template": "alpaca_zh"}}
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg, allow_unicode=True))
+    assert main(["data", "preview", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "### 指令:" in out and "### 回答:" in out
+    assert "supervised" in out.lower() or "trained" in out.lower()
+
+
+def test_export_without_merge_copies_the_adapter(trained_run, tmp_path):
+    from safetensors.torch import load_file
+
+    from tunesmith.inference.export import export_run
+
+    out = export_run(str(trained_run), str(tmp_path / "copy"), merge=False)
+    copied, original = load_file(out / "adapter_model.safetensors"), load_file(trained_run / "adapter_model.safetensors")
+    assert copied.keys() == original.keys()
+    assert all(torch.equal(copied[k], original[k]) for k in original)
