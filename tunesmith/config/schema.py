@@ -72,7 +72,19 @@ class TrainingConfig(StrictModel):
     tensorboard: bool = True
 
 
+class ClassificationConfig(StrictModel):
+    text_column: str = "text"
+    text_pair_column: str | None = Field(None, description="Second text for sentence-pair tasks")
+    label_column: str = "label"
+    label_names: list[str] | None = Field(None, description="Names in label-id order; default: sorted labels seen")
+    class_weights: Literal["none", "balanced"] | list[float] = "none"
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    metric_for_best: Literal["accuracy", "macro_f1", "loss"] = "macro_f1"
+
+
 class RunConfig(StrictModel):
+    task: Literal["sft", "classification"] = "sft"
+    classification: ClassificationConfig = Field(default_factory=ClassificationConfig)
     model: ModelConfig
     method: Any = Field(default_factory=lambda: {"name": "lora"}, validate_default=True)
     data: DataConfig

@@ -30,7 +30,10 @@ def export_run(run_dir: str, out_dir: str, *, merge: bool = True, dtype: str = "
         # A QLoRA adapter is merged into the full-precision base: merging into 4-bit weights would re-quantise
         # the update away.
         loaded = load_for_inference(run_dir, dtype=dtype)
-        model = loaded.model.merge_and_unload() if meta["artifact"] == "adapter" else loaded.model
+        if meta["artifact"] != "full" and not hasattr(loaded.model, "merge_and_unload"):
+            raise TunesmithError(f"a {meta['method']['name']} run cannot be merged into the base weights",
+                                 hint="export without --merge to copy the adapter as it is")
+        model = loaded.model.merge_and_unload() if meta["artifact"] != "full" else loaded.model
         model = model.to(getattr(torch, dtype))
         model.save_pretrained(staging)
         loaded.tokenizer.save_pretrained(staging)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -22,14 +23,35 @@ class Method:
     Options: ClassVar[type[MethodOptions]]
     #: True when the run saves a PEFT adapter rather than the full model.
     is_peft: ClassVar[bool] = True
+    #: What the run folder holds: "adapter" (PEFT), "full" (a whole model) or "bottleneck" (tunesmith adapters).
+    artifact: ClassVar[str] = "adapter"
 
     def load_kwargs(self, opts: Any, compute_dtype: torch.dtype) -> dict[str, Any]:
         """Extra keyword arguments for `from_pretrained` (e.g. a quantisation config)."""
         return {}
 
-    def prepare(self, model: torch.nn.Module, opts: Any, *, gradient_checkpointing: bool) -> torch.nn.Module:
+    def prepare(self, model: torch.nn.Module, opts: Any, *, gradient_checkpointing: bool,
+                total_steps: int | None = None) -> torch.nn.Module:
         """Return the model ready for training with only this method's parameters trainable."""
         raise NotImplementedError
+
+    def callbacks(self, model: torch.nn.Module, opts: Any) -> list:
+        """TrainerCallbacks the method needs during training (rank re-allocation, schedules...)."""
+        return []
+
+    def optimizer(self, model: torch.nn.Module, opts: Any, args: Any) -> torch.optim.Optimizer | None:
+        """A custom optimizer (e.g. per-group learning rates), or None for the Trainer's own."""
+        return None
+
+    def save(self, model: torch.nn.Module, opts: Any, path: Path) -> None:
+        """Write the trained artifact into `path`."""
+        model.save_pretrained(path)
+
+    def load(self, base: torch.nn.Module, run_dir: Path, meta: dict) -> torch.nn.Module:
+        """Rebuild the trained model for inference from its base and the run folder."""
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(base, run_dir)
 
     def validate(self, opts: BaseModel, full_config: Any) -> None:
         """Raise ConfigError for combinations this method cannot run."""

@@ -20,13 +20,14 @@ class FullMethod(Method):
     description = "Train every parameter; saves a full model"
     Options = FullOptions
     is_peft = False
+    artifact = "full"
 
     def validate(self, opts, full_config):
         if full_config.model.quantization != "none":
             raise ConfigError("full fine-tuning cannot update quantised weights",
                               where="model.quantization", hint="use method: qlora, or model.quantization: none")
 
-    def prepare(self, model, opts, *, gradient_checkpointing):
+    def prepare(self, model, opts, *, gradient_checkpointing, total_steps=None):
         for param in model.parameters():
             param.requires_grad_(True)
         if opts.freeze_embeddings:

@@ -13,6 +13,11 @@ from .base import Method, MethodOptions
 from .registry import register
 
 
+def peft_task_type(model: torch.nn.Module) -> str:
+    """PEFT's task type decides which head stays trainable (e.g. a classifier) and how inputs are routed."""
+    return "SEQ_CLS" if type(model).__name__.endswith("ForSequenceClassification") else "CAUSAL_LM"
+
+
 class LoraOptions(MethodOptions):
     name: Literal["lora"] = "lora"
     r: int = Field(16, gt=0, description="Rank of the update")
@@ -35,9 +40,9 @@ class LoraMethod(Method):
         return LoraConfig(
             r=opts.r, lora_alpha=opts.alpha, lora_dropout=opts.dropout, bias=opts.bias,
             target_modules=resolve_targets(model, opts.target_modules),
-            modules_to_save=opts.modules_to_save or None, task_type="CAUSAL_LM",
+            modules_to_save=opts.modules_to_save or None, task_type=peft_task_type(model),
             use_dora=self.use_dora, use_rslora=self.use_rslora,
         )
 
-    def prepare(self, model, opts, *, gradient_checkpointing):
+    def prepare(self, model, opts, *, gradient_checkpointing, total_steps=None):
         return get_peft_model(model, self.peft_config(model, opts))

@@ -46,7 +46,7 @@ class QLoraMethod(LoraMethod):
             llm_int8_skip_modules=["lm_head"],
         )}
 
-    def prepare(self, model, opts, *, gradient_checkpointing):
+    def prepare(self, model, opts, *, gradient_checkpointing, total_steps=None):
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
                                                 gradient_checkpointing_kwargs={"use_reentrant": False})
         config = self.peft_config(model, opts)

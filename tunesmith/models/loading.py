@@ -147,12 +147,11 @@ def load_for_inference(run_or_model: str, *, dtype: str = "auto", template: str 
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(run_or_model, trust_remote_code=base_cfg.trust_remote_code)
-    if meta["artifact"] == "adapter":
-        from peft import PeftModel
-
-        base = load_model(base_cfg)
-        model = PeftModel.from_pretrained(base, run_or_model)
-    else:
+    if meta["artifact"] == "full":
         model = load_model(ModelConfig(name_or_path=run_or_model, dtype=dtype,
                                        trust_remote_code=base_cfg.trust_remote_code))
+    else:
+        from ..methods.registry import get_method
+
+        model = get_method(meta["method"]["name"]).load(load_model(base_cfg), Path(run_or_model), meta)
     return LoadedModel(model.eval(), tokenizer, template or meta["template"], meta)

@@ -71,7 +71,8 @@ def train(cfg: RunConfig, *, resume: bool = False, console: Console | None = Non
         model.config.use_cache = False
         _check_packing(cfg, model)
         _check_context(cfg, model)
-        model = method.prepare(model, cfg.method, gradient_checkpointing=cfg.training.gradient_checkpointing)
+        model = method.prepare(model, cfg.method, gradient_checkpointing=cfg.training.gradient_checkpointing,
+                               total_steps=total_steps(cfg, len(data.train)))
     trainable, total = count_parameters(model)
     console.print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.4f}%)")
 
@@ -84,9 +85,11 @@ def train(cfg: RunConfig, *, resume: bool = False, console: Console | None = Non
         callbacks.append(_tensorboard(run_dir))
     if cfg.training.early_stopping_patience and data.validation is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.training.early_stopping_patience))
+    callbacks += method.callbacks(model, cfg.method)
     trainer = Trainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.validation,
                       data_collator=make_collator(tokenizer, packing=cfg.data.packing), processing_class=tokenizer,
-                      callbacks=callbacks + list(extra_callbacks or []))
+                      callbacks=callbacks + list(extra_callbacks or []),
+                      optimizers=(method.optimizer(model, cfg.method, args), None))
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
     output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
@@ -95,7 +98,7 @@ def train(cfg: RunConfig, *, resume: bool = False, console: Console | None = Non
     if data.validation is not None:
         metrics.update(trainer.evaluate())
     result = TrainResult(run_dir, trainable, total, metrics, data.stats)
-    _save_run(cfg, result, trainer.model, tokenizer, template.name, method.is_peft)
+    _save_run(cfg, result, trainer.model, tokenizer, template.name, method)
     console.print(f"[green]saved[/] {run_dir}  (chat: tunesmith chat {run_dir})")
     return result
 
@@ -160,15 +163,24 @@ def _base_config(model):
     return model.get_base_model().config if hasattr(model, "get_base_model") else model.config
 
 
-def _save_run(cfg: RunConfig, result: TrainResult, model, tokenizer, template_name: str, is_peft: bool) -> None:
+def total_steps(cfg: RunConfig, train_samples: int) -> int:
+    """Optimizer steps of the whole run, known before training (AdaLoRA's budget schedule needs it)."""
+    t = cfg.training
+    if t.max_steps:
+        return t.max_steps
+    per_epoch = max(math.ceil(math.ceil(train_samples / t.batch_size) / t.grad_accum), 1)
+    return max(math.ceil(t.num_epochs * per_epoch), 1)
+
+
+def _save_run(cfg: RunConfig, result: TrainResult, model, tokenizer, template_name: str, method) -> None:
     run_dir = result.run_dir
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=run_dir))
     _base_config(model).use_cache = True  # the saved model is for inference
-    model.save_pretrained(staging)
+    method.save(model, cfg.method, staging)
     tokenizer.save_pretrained(staging)
     meta = {
         "tunesmith_version": __version__,
-        "artifact": "adapter" if is_peft else "full",
+        "artifact": method.artifact,
         "method": cfg.method.model_dump(mode="json"),
         "base_model": cfg.model.model_dump(mode="json", include={"name_or_path", "gguf_file", "revision",
                                                                   "trust_remote_code", "attn_implementation"}),
