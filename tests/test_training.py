@@ -21,7 +21,7 @@ STORIES_DATA = str(EXAMPLES / "data" / "stories_chat.jsonl")
 
 def make_config(model_dir, out_dir, method="lora", data=None, **training):
     method_cfg = method if isinstance(method, dict) else {"name": method}
-    if method_cfg["name"] != "full":
+    if method_cfg["name"] in ("lora", "dora", "rslora", "qlora"):
         method_cfg = {"r": 8, "alpha": 16, "dropout": 0.0, **method_cfg}
     return validate_config({
         "model": {"name_or_path": str(model_dir)},

@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from peft import LoraConfig, get_peft_model
+from peft import LoraConfig
 from pydantic import Field
 
 from ..models.targets import resolve_targets
-from .base import Method, MethodOptions
+from .base import MethodOptions
+from .peft_method import PeftMethod
 from .registry import register
 
 
@@ -29,20 +30,18 @@ class LoraOptions(MethodOptions):
 
 
 @register
-class LoraMethod(Method):
+class LoraMethod(PeftMethod):
     name = "lora"
     description = "Low-rank adapters on frozen weights (PEFT LoRA)"
     Options = LoraOptions
     use_dora = False
     use_rslora = False
+    init_lora_weights: bool | str = True
 
-    def peft_config(self, model: torch.nn.Module, opts: LoraOptions) -> LoraConfig:
+    def peft_config(self, model: torch.nn.Module, opts: LoraOptions, total_steps: int | None = None) -> LoraConfig:
         return LoraConfig(
             r=opts.r, lora_alpha=opts.alpha, lora_dropout=opts.dropout, bias=opts.bias,
             target_modules=resolve_targets(model, opts.target_modules),
             modules_to_save=opts.modules_to_save or None, task_type=peft_task_type(model),
-            use_dora=self.use_dora, use_rslora=self.use_rslora,
+            use_dora=self.use_dora, use_rslora=self.use_rslora, init_lora_weights=self.init_lora_weights,
         )
-
-    def prepare(self, model, opts, *, gradient_checkpointing, total_steps=None):
-        return get_peft_model(model, self.peft_config(model, opts))

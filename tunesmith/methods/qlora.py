@@ -49,6 +49,6 @@ class QLoraMethod(LoraMethod):
     def prepare(self, model, opts, *, gradient_checkpointing, total_steps=None):
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
                                                 gradient_checkpointing_kwargs={"use_reentrant": False})
-        config = self.peft_config(model, opts)
+        config = self.peft_config(model, opts, total_steps)
         config.use_dora = opts.use_dora
         return get_peft_model(model, config)

@@ -28,4 +28,5 @@ def all_methods() -> dict[str, Method]:
 
 def _ensure_loaded() -> None:
     # Importing the modules registers them; kept lazy so `import tunesmith` stays cheap.
-    from . import dora, full, lora, qlora, rslora  # noqa: F401
+    from . import (adalora, bottleneck, dora, freeze, full, hybrid, ia3, lora, loraplus,  # noqa: F401
+                   pissa, prompt_methods, qlora, rslora, vera)

@@ -27,8 +27,9 @@ def _is_linear(module: nn.Module) -> bool:
 def linear_module_names(model: nn.Module) -> list[str]:
     names = []
     for name, module in model.named_modules():
-        if not name or not _is_linear(module):
+        if not name or not _is_linear(module) or ".lora_" in name:
             continue
+        name = name.removesuffix(".base_layer")  # already wrapped by PEFT: target the wrapper's name
         parts = name.split(".")
         if parts[-1] in _HEAD_NAMES or any(p in _HEAD_NAMES for p in parts[:-1] if p != "output"):
             continue

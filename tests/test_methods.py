@@ -1,0 +1,190 @@
+"""Every method in the registry: it learns, saves, reloads and reproduces its outputs; method-specific checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, TrainerCallback
+
+from tunesmith.adapters import bottleneck
+from tunesmith.methods.registry import all_methods, get_method
+from tunesmith.models.loading import load_for_inference
+from tunesmith.training.run import train
+
+from .test_training import batch, first_last, losses, make_config
+
+# qlora and full have their own tests in test_training.py; the rest run here.
+METHOD_OPTIONS = {
+    "lora": {}, "dora": {}, "rslora": {},
+    "adalora": {"init_r": 8, "target_r": 2, "tinit": 0.1, "tfinal": 0.2},
+    "loraplus": {"lr_ratio": 8},
+    "vera": {"r": 32},
+    "pissa": {"r": 4}, "olora": {"r": 4},
+    "ia3": {},
+    "prefix": {"num_virtual_tokens": 8, "encoder_hidden_size": 32},
+    "ptuning_v2": {"num_virtual_tokens": 8},
+    "prompt": {"num_virtual_tokens": 8},
+    "houlsby": {"size": 16}, "pfeiffer": {"size": 16},
+    "hybrid": {"lora_r": 4, "adapter_size": 8, "num_virtual_tokens": 4},
+    "freeze": {"trainable_layers": 1},
+    "progressive": {"top_k": 1, "boundaries": [0.2, 0.5]},
+}
+# Soft prompts and IA3/VeRA move slowly at a shared learning rate; they get their usual larger one.
+LEARNING_RATES = {"prompt": 3e-2, "prefix": 1e-2, "ptuning_v2": 3e-2, "ia3": 3e-2, "vera": 2e-2, "hybrid": 1e-2}
+
+
+def test_every_registered_method_is_covered():
+    assert set(all_methods()) - {"qlora", "full"} == set(METHOD_OPTIONS)
+
+
+class CaptureLogits(TrainerCallback):
+    def __init__(self, inputs):
+        self.inputs, self.logits = inputs, None
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        model.eval()
+        with torch.no_grad():
+            self.logits = model(**self.inputs).logits.clone()
+
+
+@pytest.mark.parametrize("name", sorted(METHOD_OPTIONS))
+def test_method_learns_saves_and_reloads(stories_dir, tmp_path, name):
+    run = tmp_path / "run"
+    capture = CaptureLogits(batch(stories_dir))
+    cfg = make_config(stories_dir, run, {"name": name, **METHOD_OPTIONS[name]}, max_steps=16,
+                      learning_rate=LEARNING_RATES.get(name, 5e-3))
+    train(cfg, extra_callbacks=[capture])
+    start, end = first_last(losses(run))
+    assert end < start, (name, start, end)
+
+    loaded = load_for_inference(str(run))
+    with torch.no_grad():
+        reloaded = loaded.model(**batch(stories_dir)).logits
+    assert torch.allclose(reloaded, capture.logits, atol=1e-4), (reloaded - capture.logits).abs().max()
+
+
+@pytest.mark.parametrize("placement", ["houlsby", "pfeiffer"])
+def test_bottleneck_adapters_are_the_identity_at_initialisation(stories_dir, placement):
+    base = AutoModelForCausalLM.from_pretrained(stories_dir).eval()
+    inputs = batch(stories_dir)
+    with torch.no_grad():
+        before = base(**inputs).logits
+    container = bottleneck.attach(base, size=16, placement=placement, activation="gelu")
+    with torch.no_grad():
+        after = base(**inputs).logits
+    assert torch.equal(before, after)
+    expected = 5 * (2 if placement == "houlsby" else 1)
+    assert len(container.adapters) == expected
+    # ...and not the identity once the up-projection moves: the hooks really sit in the forward pass.
+    with torch.no_grad():
+        next(iter(container.adapters.values())).up.bias.fill_(0.5)
+        assert not torch.allclose(base(**inputs).logits, before)
+
+
+def test_hybrid_stages_train_exactly_their_parameters(stories_dir, tmp_path):
+    from tunesmith.methods.hybrid import part_of
+
+    snapshots = {}
+
+    class Snapshot(TrainerCallback):
+        def on_step_begin(self, args, state, control, model=None, **kwargs):
+            if state.global_step in (0, 3, 6):
+                snapshots[state.global_step] = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+        def on_train_end(self, args, state, control, model=None, **kwargs):
+            snapshots["end"] = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    opts = {"name": "hybrid", "lora_r": 4, "adapter_size": 8, "num_virtual_tokens": 4, "staged": True,
+            "boundaries": [3, 6], "unit": "steps"}
+    train(make_config(stories_dir, tmp_path / "run", opts, max_steps=9, learning_rate=1e-2),
+          extra_callbacks=[Snapshot()])
+
+    def changed(a, b):
+        return {part_of(n) for n in snapshots[a] if not torch.equal(snapshots[a][n], snapshots[b][n])}
+
+    assert changed(0, 3) == {"prompt"}
+    assert changed(3, 6) == {"prompt", "lora"}
+    assert changed(6, "end") == {"prompt", "lora", "adapter"}
+
+
+def test_hybrid_lora_part_loads_in_plain_peft(stories_dir, tmp_path):
+    from peft import PeftModel
+
+    train(make_config(stories_dir, tmp_path / "run", {"name": "hybrid", **METHOD_OPTIONS["hybrid"]}, max_steps=4,
+                      learning_rate=1e-2))
+    base = AutoModelForCausalLM.from_pretrained(stories_dir)
+    lora_only = PeftModel.from_pretrained(base, tmp_path / "run" / "lora")
+    assert any("lora_B" in n and p.abs().sum() > 0 for n, p in lora_only.named_parameters())
+
+
+def test_adalora_reallocates_ranks_during_training(stories_dir, tmp_path):
+    ranks = {}
+
+    class Ranks(TrainerCallback):
+        def on_train_end(self, args, state, control, model=None, **kwargs):
+            ranks.update(model.peft_config["default"].rank_pattern or {})
+
+    opts = {"name": "adalora", "init_r": 8, "target_r": 2, "tinit": 0.1, "tfinal": 0.3}
+    train(make_config(stories_dir, tmp_path / "run", opts, max_steps=20), extra_callbacks=[Ranks()])
+    kept = [sum(mask) for mask in ranks.values()]
+    assert kept, "AdaLoRA never produced a rank pattern"
+    assert sum(kept) < 8 * len(kept), "the budget should have pruned ranks"
+    assert len(set(kept)) > 1 or max(kept) < 8, kept
+
+
+def test_loraplus_uses_a_larger_learning_rate_for_b(stories_dir, tmp_path):
+    seen = {}
+
+    class Groups(TrainerCallback):
+        def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
+            for group in optimizer.param_groups:
+                for param in group["params"]:
+                    seen[id(param)] = group["lr"]
+
+        def on_train_end(self, args, state, control, model=None, **kwargs):
+            seen["a"] = {seen[id(p)] for n, p in model.named_parameters() if "lora_A" in n}
+            seen["b"] = {seen[id(p)] for n, p in model.named_parameters() if "lora_B" in n}
+
+    train(make_config(stories_dir, tmp_path / "run", {"name": "loraplus", "lr_ratio": 8}, max_steps=2,
+                      learning_rate=1e-3), extra_callbacks=[Groups()])
+    assert seen["a"] == {1e-3} and seen["b"] == {8e-3}
+
+
+def test_progressive_unfreezing_follows_its_schedule(stories_dir):
+    from tunesmith.methods.freeze import ProgressiveOptions, UnfreezeSchedule
+
+    model = AutoModelForCausalLM.from_pretrained(stories_dir)
+    method = get_method("progressive")
+    opts = ProgressiveOptions(top_k=2, boundaries=[2, 4], unit="steps")
+    method.prepare(model, opts, gradient_checkpointing=False)
+    schedule = UnfreezeSchedule(model, opts)
+
+    class State:
+        max_steps, epoch = 10, 0.0
+
+    def trainable_blocks(step):
+        State.global_step = step
+        schedule.on_step_begin(None, State, None)
+        return sorted({int(n.split(".")[2]) for n, p in model.named_parameters() if p.requires_grad and ".layers." in n})
+
+    assert trainable_blocks(0) == [] and model.lm_head.weight.requires_grad
+    assert trainable_blocks(2) == [3, 4]
+    assert trainable_blocks(4) == [0, 1, 2, 3, 4]
+
+
+def test_freeze_trains_only_the_last_blocks(stories_dir):
+    model = AutoModelForCausalLM.from_pretrained(stories_dir)
+    get_method("freeze").prepare(model, get_method("freeze").Options(trainable_layers=2, train_head=False),
+                                 gradient_checkpointing=False)
+    blocks = {int(n.split(".")[2]) for n, p in model.named_parameters() if p.requires_grad and ".layers." in n}
+    assert blocks == {3, 4}
+    assert not model.model.embed_tokens.weight.requires_grad
+
+
+def test_prompt_methods_refuse_packing(tmp_path):
+    from tunesmith.config.loading import validate_config
+    from tunesmith.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="cannot train on packed"):
+        validate_config({"model": {"name_or_path": "x/y"}, "method": {"name": "prefix"},
+                         "data": {"train": [{"path": "a.json"}], "packing": True}})

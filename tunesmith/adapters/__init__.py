@@ -1,0 +1,1 @@
+"""Adapter layers that PEFT does not provide (bottleneck adapters for decoder LLMs)."""

@@ -1,0 +1,29 @@
+"""Methods that PEFT implements: build a PEFT config, wrap the model, save and load in PEFT's own format."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from peft import PeftConfig, get_peft_model
+
+from ..errors import ConfigError
+from .base import Method
+
+
+class PeftMethod(Method):
+    def peft_config(self, model: torch.nn.Module, opts: Any, total_steps: int | None) -> PeftConfig:
+        raise NotImplementedError
+
+    def prepare(self, model, opts, *, gradient_checkpointing, total_steps=None):
+        return get_peft_model(model, self.peft_config(model, opts, total_steps))
+
+
+class PromptLearningMethod(PeftMethod):
+    """Virtual tokens prepended to every sequence (prefix, prompt and P-tuning)."""
+
+    def validate(self, opts, full_config):
+        super().validate(opts, full_config)
+        if full_config.data.packing:
+            raise ConfigError(f"{self.name} prepends virtual tokens to each sequence, so it cannot train on packed "
+                              f"sequences", where="data.packing", hint="set data.packing: false")
