@@ -1,0 +1,218 @@
+"""Score a merge against the models it came from, task by task, and flag the failure signs.
+
+What it measures (kept deliberately simple and honest):
+- `metric: loss` (default): the mean cross-entropy of the reference replies' tokens (prompt tokens masked, the
+  same masking as training), rendered through `template`; lower is better. Perplexity = exp(loss).
+- `metric: exact_match`: greedy generation from the prompt, compared with the reference reply after trimming
+  whitespace; the share that match, higher is better.
+Every task names the `source` model its skill came from. A task is flagged when the merged model keeps less
+than `min_retention` of its source's quality: retention = ppl_source / ppl_merged for loss,
+accuracy_merged / accuracy_source for exact match — the reference's "a task far below its source" sign.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+import yaml
+from pydantic import Field, ValidationError
+
+from ..config.base import StrictModel
+from ..errors import ConfigError
+
+
+class EvalTask(StrictModel):
+    name: str
+    path: str = Field(description="instruction data (Alpaca/ShareGPT/OpenAI records) held out for evaluation")
+    source: str | None = Field(None, description="the model this task's skill came from (a merge input)")
+    max_samples: int | None = Field(None, gt=0)
+
+
+class EvalSuite(StrictModel):
+    tasks: list[EvalTask] = Field(min_length=1)
+    metric: Literal["loss", "exact_match"] = "loss"
+    template: str = "auto"
+    max_samples: int = Field(64, gt=0)
+    max_length: int = Field(512, gt=8)
+    batch_size: int = Field(8, gt=0)
+    min_retention: float = Field(0.8, gt=0, le=1)
+    min_score: float | None = Field(None, description="exact_match only: flag any task below this accuracy")
+
+
+def load_suite(path: str | Path) -> EvalSuite:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("eval suite not found", where=str(path))
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return EvalSuite(**(data or {}))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"invalid YAML: {exc}", where=str(path)) from None
+    except (ValidationError, TypeError) as exc:
+        if isinstance(exc, TypeError):
+            raise ConfigError("expected a mapping with `tasks`", where=str(path)) from None
+        error = exc.errors()[0]
+        raise ConfigError(error["msg"], where=f"{path}: {'.'.join(map(str, error['loc']))}") from None
+
+
+@dataclass
+class Report:
+    metric: str
+    tasks: list[str]
+    scores: dict[str, dict[str, float]]  # model label → task → score
+    retention: dict[str, float]  # task → merged retention vs its source (1 = as good as the source)
+    flags: list[str] = field(default_factory=list)
+
+    def average(self, label: str) -> float:
+        return sum(self.scores[label].values()) / len(self.tasks)
+
+    def worst(self, label: str) -> float:
+        values = self.scores[label].values()
+        return max(values) if self.metric == "loss" else min(values)
+
+    @property
+    def worst_retention(self) -> float:
+        return min(self.retention.values(), default=1.0)
+
+    def to_dict(self) -> dict:
+        return {"metric": self.metric, "scores": self.scores, "retention": self.retention, "flags": self.flags,
+                "average": {m: self.average(m) for m in self.scores}, "worst": {m: self.worst(m) for m in self.scores}}
+
+
+def _records(task: EvalTask, limit: int) -> list[list[dict]]:
+    from ..config.schema import DatasetSpec
+    from ..data.formats import normalize_record
+    from ..data.readers import read_records
+
+    spec = DatasetSpec(path=task.path)
+    return [normalize_record(r, spec) for r in read_records(task.path)[: task.max_samples or limit]]
+
+
+def _load(folder: str):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ..errors import ModelError
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"could not load for evaluation: {exc}", where=folder) from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return model, tokenizer
+
+
+@torch.inference_mode()
+def _mean_loss(model, tokenizer, template, conversations, suite: EvalSuite) -> float:
+    from ..data.encoding import IGNORE_INDEX, encode_conversation
+
+    encoded = [e for e in (encode_conversation(tokenizer, template, c, suite.max_length) for c in conversations) if e]
+    total, count = 0.0, 0
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    for start in range(0, len(encoded), suite.batch_size):
+        batch = encoded[start:start + suite.batch_size]
+        width = max(len(e["input_ids"]) for e in batch)
+        ids = torch.tensor([e["input_ids"] + [pad] * (width - len(e["input_ids"])) for e in batch])
+        labels = torch.tensor([e["labels"] + [IGNORE_INDEX] * (width - len(e["labels"])) for e in batch])
+        mask = torch.tensor([[1] * len(e["input_ids"]) + [0] * (width - len(e["input_ids"])) for e in batch])
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        target = labels[:, 1:]
+        losses = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                                   ignore_index=IGNORE_INDEX, reduction="sum")
+        total += float(losses)
+        count += int((target != IGNORE_INDEX).sum())
+    return total / max(count, 1)
+
+
+def _exact_match(model, tokenizer, template_name, conversations, suite: EvalSuite) -> float:
+    from ..inference.generation import Generator, SamplingOptions
+    from ..models.loading import LoadedModel
+
+    generator = Generator(LoadedModel(model, tokenizer, template_name, {}))
+    hits = 0
+    for start in range(0, len(conversations), suite.batch_size):
+        batch = conversations[start:start + suite.batch_size]
+        longest = max(len(tokenizer(c[-1]["content"])["input_ids"]) for c in batch)
+        answers = generator.generate([c[:-1] for c in batch], SamplingOptions(max_new_tokens=longest + 8))
+        hits += sum(a.strip() == c[-1]["content"].strip() for a, c in zip(answers, batch))
+    return hits / max(len(conversations), 1)
+
+
+def score_model(folder: str, suite: EvalSuite, data: dict[str, list]) -> dict[str, float]:
+    from ..data.templates.registry import get_template
+
+    model, tokenizer = _load(folder)
+    template = get_template(suite.template, tokenizer)
+    scores = {}
+    for task in suite.tasks:
+        if suite.metric == "loss":
+            scores[task.name] = _mean_loss(model, tokenizer, template, data[task.name], suite)
+        else:
+            scores[task.name] = _exact_match(model, tokenizer, suite.template, data[task.name], suite)
+    del model
+    return scores
+
+
+def retention(metric: str, source: float, merged: float) -> float:
+    if metric == "loss":
+        return math.exp(source - merged)  # ppl_source / ppl_merged
+    return merged / source if source > 0 else 1.0
+
+
+def evaluate_merge(merged: str, sources: dict[str, str], suite: EvalSuite,
+                   cache: dict[str, dict[str, float]] | None = None) -> Report:
+    """Score the merged folder and every source (label → folder); `cache` reuses source scores across calls."""
+    data = {task.name: _records(task, suite.max_samples) for task in suite.tasks}
+    cache = {} if cache is None else cache
+    scores = {"merged": score_model(merged, suite, data)}
+    for label, folder in sources.items():
+        if folder not in cache:
+            cache[folder] = score_model(folder, suite, data)
+        scores[label] = cache[folder]
+    kept, flags = {}, []
+    by_folder = {str(Path(f)): label for label, f in sources.items()}
+    for task in suite.tasks:
+        merged_score = scores["merged"][task.name]
+        if task.source:
+            label = by_folder.get(str(Path(task.source)))
+            if label is None:
+                raise ConfigError(f"task '{task.name}' names source {task.source}, which is not a merge input",
+                                  where="tasks[].source", hint=f"one of: {', '.join(sources.values())}")
+            kept[task.name] = retention(suite.metric, scores[label][task.name], merged_score)
+            if kept[task.name] < suite.min_retention:
+                flags.append(f"task '{task.name}' keeps {kept[task.name]:.0%} of its source {label} "
+                             f"({scores[label][task.name]:.4g} → {merged_score:.4g}), below min_retention "
+                             f"{suite.min_retention:.0%}: this merge hurts it")
+        if suite.min_score is not None and suite.metric == "exact_match" and merged_score < suite.min_score:
+            flags.append(f"task '{task.name}' scores {merged_score:.1%}, below min_score {suite.min_score:.0%}")
+    return Report(suite.metric, [t.name for t in suite.tasks], scores, kept, flags)
+
+
+def render_report(report: Report, console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    better = "lower is better" if report.metric == "loss" else "higher is better"
+    table = Table(title=f"merge evaluation — {report.metric} ({better})")
+    table.add_column("model")
+    for task in report.tasks:
+        table.add_column(task, justify="right")
+    table.add_column("average", justify="right")
+    table.add_column("worst", justify="right")
+    for label, scores in report.scores.items():
+        table.add_row(label, *(f"{scores[t]:.4f}" for t in report.tasks), f"{report.average(label):.4f}",
+                      f"{report.worst(label):.4f}")
+    if report.retention:
+        table.add_row("[dim]merged retention[/]", *(f"{report.retention[t]:.0%}" if t in report.retention else "-"
+                                                    for t in report.tasks), "", f"{report.worst_retention:.0%}")
+    console.print(table)
+    for flag in report.flags:
+        console.print(f"[bold yellow]warning:[/] {flag}")
+    if not report.flags:
+        console.print("[green]no task fell below its source's min_retention[/]")
