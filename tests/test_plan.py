@@ -1,0 +1,157 @@
+"""The planner: exact parameter counts against instantiated models, memory-model invariants, CLI and pre-flight."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tunesmith.cli.main import main
+from tunesmith.planning import PlanRequest, exact_counts, load_model_config, plan_memory
+from tunesmith.planning.params import count_params, method_options, nf4_bytes
+
+METHODS = ["full", "lora", "dora", "rslora", "qlora"]
+
+
+def _gemma_folder(tmp_path_factory, stories_dir):
+    from transformers import AutoModelForCausalLM, GemmaConfig
+
+    folder = tmp_path_factory.mktemp("tiny-gemma")
+    config = GemmaConfig(vocab_size=600, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=1, head_dim=8, max_position_embeddings=256)
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def folders(tiny_model_factory, tmp_path_factory, stories_dir):
+    made = {arch: tiny_model_factory(arch) for arch in ("llama", "qwen2", "gpt2")}
+    made["gemma"] = _gemma_folder(tmp_path_factory, stories_dir)
+    return made
+
+
+def _real_counts(folder, method_name):
+    from tunesmith.config.schema import ModelConfig
+    from tunesmith.methods.registry import get_method
+    from tunesmith.models.loading import load_model
+    from tunesmith.models.targets import count_parameters
+
+    method = get_method(method_name)
+    opts = method_options(method_name)
+    dtype = torch.float32
+    model = load_model(ModelConfig(name_or_path=str(folder)), dtype=dtype, extra=method.load_kwargs(opts, dtype))
+    model = method.prepare(model, opts, gradient_checkpointing=False, total_steps=10)
+    return count_parameters(model)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2", "gemma"])
+@pytest.mark.parametrize("method", METHODS)
+def test_counts_equal_instantiated_model(folders, arch, method):
+    trainable, total = _real_counts(folders[arch], method)
+    _, counts = exact_counts(load_model_config(str(folders[arch])), method)
+    assert counts.exact
+    assert (counts.trainable, counts.total) == (trainable, total)
+
+
+def test_every_registered_method_is_counted_or_flagged(folders):
+    from tunesmith.methods.registry import all_methods
+
+    config = load_model_config(str(folders["llama"]))
+    for name in all_methods():
+        _, counts = exact_counts(config, name)
+        assert counts.total > 0
+        assert counts.exact or counts.note, name
+
+
+def test_qlora_weights_are_nf4_with_double_quantised_constants(folders):
+    config = load_model_config(str(folders["llama"]))
+    _, counts = exact_counts(config, "qlora")
+    assert counts.quantized > 0
+    assert nf4_bytes(6400, True) == pytest.approx(6400 * (0.5 + 1 / 64 + 4 / (64 * 256)))
+    _, lora = exact_counts(config, "lora")
+    assert counts.frozen_bytes < lora.frozen_bytes
+
+
+def test_config_json_and_folder_agree(folders):
+    a = load_model_config(str(folders["qwen2"]))
+    b = load_model_config(str(folders["qwen2"] / "config.json"))
+    assert count_params(exact_counts(a, "lora")[0]).trainable == count_params(exact_counts(b, "lora")[0]).trainable
+
+
+def test_memory_model_invariants(folders):
+    config = load_model_config(str(folders["llama"]))
+    short = plan_memory(config, PlanRequest(method="lora", seq=64))
+    long = plan_memory(config, PlanRequest(method="lora", seq=128))
+    ckpt = plan_memory(config, PlanRequest(method="lora", seq=128, gradient_checkpointing=True))
+    assert long.activations > short.activations and long.logits == pytest.approx(2 * short.logits)
+    assert ckpt.activations < long.activations
+    full = plan_memory(config, PlanRequest(method="full", seq=64))
+    assert full.optimizer_state == pytest.approx(2 * full.gradients) and full.gradients == full.weights
+    sgd = plan_memory(config, PlanRequest(method="full", seq=64, optimizer="sgd"))
+    assert sgd.optimizer_state == 0 and sgd.peak < full.peak
+    eight = plan_memory(config, PlanRequest(method="full", seq=64, optimizer="adamw_8bit"))
+    assert eight.optimizer_state == pytest.approx(full.optimizer_state / 4, rel=0.01)
+    z3 = plan_memory(config, PlanRequest(method="full", seq=64, device="cuda", devices=4, zero_stage=3))
+    z0 = plan_memory(config, PlanRequest(method="full", seq=64, device="cuda", devices=4, zero_stage=0))
+    assert z3.weights == pytest.approx(z0.weights / 4) and z3.optimizer_state == pytest.approx(z0.optimizer_state / 4)
+
+
+def test_budget_proposals_fit_and_follow_rank_advice(folders):
+    from tunesmith.planning.advice import propose
+
+    config = load_model_config(str(folders["llama"]))
+    budget = 2 * 2 ** 30
+    proposals = propose(config, PlanRequest(seq=128), budget, task="reasoning")
+    assert proposals and all(p.peak <= budget for p in proposals)
+    assert all(p.rank == 32 for p in proposals if p.method != "full")
+    assert propose(config, PlanRequest(seq=128), 10 * 2 ** 20) == []
+
+
+def test_cli_plan(folders, capsys):
+    assert main(["plan", "--model", str(folders["gpt2"]), "--method", "dora", "--seq", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "trainable parameters" in out and "predicted peak" in out
+    assert main(["plan", "--model", str(folders["llama"] / "config.json"), "--seq", "64", "--budget", "2GB"]) == 0
+    assert "fit" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, field", [
+    (["--model", "/no/such/folder"], "--model"),
+    (["--method", "lora"], "--model"),
+    (["--model", "M", "--seq", "0"], "--seq"),
+    (["--model", "M", "--budget", "lots"], "--budget"),
+    (["--model", "M", "--method", "nope"], "method.name"),
+    (["--model", "M", "--rank", "-4"], "--rank"),
+])
+def test_cli_plan_bad_input(folders, capsys, argv, field):
+    argv = [str(folders["llama"]) if a == "M" else a for a in argv]
+    assert main(["plan", *argv]) == 2
+    err = capsys.readouterr().err
+    assert field in err and "Traceback" not in err
+
+
+def test_preflight_warns_when_peak_exceeds_memory(folders, tmp_path):
+    from rich.console import Console
+
+    from tunesmith.config.loading import validate_config
+    from tunesmith.planning.preflight import preflight
+
+    cfg = validate_config({"model": {"name_or_path": str(folders["llama"])}, "method": "lora",
+                           "data": {"train": [{"path": "x.jsonl"}], "max_length": 64},
+                           "training": {"output_dir": str(tmp_path)}})
+    console = Console(record=True, width=200)
+    plan = preflight(cfg, memory=1, console=console)
+    text = console.export_text()
+    assert plan is not None and "predicted peak" in text and "exceeds" in text
+    console = Console(record=True, width=200)
+    preflight(cfg, memory=10 ** 15, console=console)
+    assert "exceeds" not in console.export_text()
+
+
+def test_time_probe_runs_real_steps(folders, capsys):
+    from tunesmith.planning.time import probe_throughput
+
+    config = load_model_config(str(folders["llama"]))
+    speed = probe_throughput(config, PlanRequest(method="qlora", batch=1, seq=16), steps=1)
+    assert speed.tokens_per_second > 0 and "probed as lora" in speed.note
+    assert main(["plan", "--model", str(folders["llama"]), "--seq", "16", "--probe", "--samples", "100"]) == 0
+    assert "estimated training time" in capsys.readouterr().out

@@ -1,0 +1,144 @@
+"""Activation memory, measured rather than guessed: one forward pass of the prepared model on the meta device
+(no memory, no arithmetic) records every tensor autograd saves for the backward pass.
+
+Hand formulas (e.g. Korthikanti et al. 2022, s*b*h*(34 + 5*a*s/h) per layer) fix one architecture, one attention
+kernel and one method; tracing sees what this model, this method (LoRA dropout copies, DoRA's weight norms) and
+this attention path really keep. Libraries lack this: accelerate's estimator counts weights only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from unittest import mock
+
+import torch
+import torch.nn.functional as F
+from torch.multiprocessing.reductions import StorageWeakRef
+
+
+@dataclass
+class ActivationTrace:
+    per_block: list[int]     # bytes autograd keeps inside each transformer block
+    outside: int             # embeddings, final norm, output projection input
+    vocab: int               # batch x seq x vocabulary tensors kept for the loss (log-softmax output)
+    block_input: int         # one block's input hidden state: all that checkpointing keeps per block
+    vocab_size: int
+    tokens: int
+
+    def saved(self, checkpointing: bool) -> int:
+        """Saved tensors alive when backward starts. With (non-reentrant) checkpointing only block inputs are
+        kept, and one block's activations are rebuilt at a time during backward."""
+        if checkpointing:
+            return len(self.per_block) * self.block_input + max(self.per_block, default=0) + self.outside
+        return sum(self.per_block) + self.outside
+
+
+def _fused_sdpa(device_type: str):
+    """On meta tensors PyTorch's SDPA falls back to the math path, which saves the b*h*s*s attention matrix. On
+    real CPUs and GPUs it dispatches to a fused flash-style kernel that keeps only q, k, v, the output and the
+    log-sum-exp; route meta calls to that kernel (its meta implementation) so the trace saves what reality does."""
+    original = F.scaled_dot_product_attention
+
+    def sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+        if query.device.type != "meta":
+            return original(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa=enable_gqa)
+        if enable_gqa and key.shape[1] != query.shape[1]:
+            groups = query.shape[1] // key.shape[1]
+            key, value = key.repeat_interleave(groups, 1), value.repeat_interleave(groups, 1)
+        out = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            query, key, value, dropout_p, is_causal, attn_mask=attn_mask, scale=scale)
+        return out[0]
+
+    return mock.patch.object(F, "scaled_dot_product_attention", sdpa)
+
+
+class _Frozen4bitMatmul(torch.autograd.Function):
+    """Stands in for bitsandbytes' MatMul4Bit on meta tensors: like it, it keeps nothing but the (already counted)
+    packed weight for backward; it only has to produce tensors of the right shape."""
+
+    @staticmethod
+    def forward(ctx, x, out_features: int):
+        ctx.in_features = x.shape[-1]
+        return x.new_empty(*x.shape[:-1], out_features)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.new_empty(*grad.shape[:-1], ctx.in_features), None
+
+
+def _meta_4bit_linear():
+    try:
+        from bitsandbytes.nn import Linear4bit
+    except ImportError:
+        return contextlib.nullcontext()
+    original = Linear4bit.forward
+
+    def forward(self, x):
+        if x.device.type != "meta":
+            return original(self, x)
+        out = _Frozen4bitMatmul.apply(x, self.out_features)
+        return out + self.bias if self.bias is not None else out
+
+    return mock.patch.object(Linear4bit, "forward", forward)
+
+
+def _no_packed_detection():
+    # Detecting packed sequences reads position-id values (`.item()`), which meta tensors do not have.
+    import transformers.masking_utils as masking
+
+    return mock.patch.object(masking, "find_packed_sequence_indices", lambda *a, **k: None)
+
+
+def trace_activations(model, batch: int, seq: int, *, device_type: str = "cpu") -> ActivationTrace:
+    from ..models.layers import transformer_blocks
+
+    params = {StorageWeakRef(p.untyped_storage()) for p in model.parameters()}
+    vocab_size = model.get_output_embeddings().weight.shape[0] if model.get_output_embeddings() is not None \
+        else getattr(model.config, "vocab_size", 0)
+    saved: dict[StorageWeakRef, tuple[int | None, int, bool]] = {}
+    state = {"block": None, "input": 0}
+
+    def pack(tensor):
+        if tensor.device.type == "meta":
+            ref = StorageWeakRef(tensor.untyped_storage())
+            if ref not in params and ref not in saved:
+                saved[ref] = (state["block"], tensor.untyped_storage().nbytes(),
+                              tensor.dim() > 0 and tensor.shape[-1] == vocab_size)
+        return tensor
+
+    def enter(index):
+        def hook(module, args, kwargs):
+            state["block"] = index
+            hidden = args[0] if args else kwargs.get("hidden_states")
+            if isinstance(hidden, torch.Tensor):
+                state["input"] = hidden.numel() * hidden.element_size()
+        return hook
+
+    def leave(module, args, output):
+        state["block"] = None
+
+    _, blocks = transformer_blocks(model)
+    handles = [b.register_forward_pre_hook(enter(i), with_kwargs=True) for i, b in enumerate(blocks)]
+    handles += [b.register_forward_hook(leave) for b in blocks]
+    ids = torch.zeros(batch, seq, dtype=torch.long, device="meta")
+    was_training = model.training
+    model.train()
+    try:
+        with _fused_sdpa(device_type), _no_packed_detection(), _meta_4bit_linear(), \
+                torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), contextlib.suppress(StopIteration):
+            model(input_ids=ids, attention_mask=None, labels=ids)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    per_block = [0] * len(blocks)
+    outside = vocab = 0
+    for block, nbytes, is_vocab in saved.values():
+        if block is not None:
+            per_block[block] += nbytes
+        elif is_vocab:
+            vocab += nbytes
+        else:
+            outside += nbytes
+    return ActivationTrace(per_block, outside, vocab, state["input"], vocab_size, batch * seq)

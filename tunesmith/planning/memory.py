@@ -1,0 +1,143 @@
+"""Peak training memory, component by component, per device.
+
+The peak of one training step is reached either when backward starts (every saved activation alive, plus the
+loss gradients over the vocabulary) or at the optimizer step (every gradient plus the optimizer's temporaries);
+weights and optimizer state are alive throughout. No library models this: accelerate's estimate-memory counts
+weights and a fixed Adam multiple, without activations, methods, quantisation or sharding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .activations import ActivationTrace, trace_activations
+from .optimizers import OPTIMIZERS, optimizer_state_bytes, resolve_optimizer
+from .params import ParamCounts, exact_counts, method_options
+
+# Measured, not tuned: the peak RSS of a CPU process that has imported the training stack (torch, transformers,
+# peft, bitsandbytes, datasets, tunesmith.training): 547 MiB on the development machine, the "runtime baseline"
+# row of benchmarks/plan_accuracy.py, which passes its own fresh measurement instead of this constant.
+# On CUDA the context and kernel workspaces lie outside max_memory_allocated; 600 MiB is a typical CUDA context plus
+# cuBLAS workspace, NOT validated here (no GPU on the development machine).
+CPU_RUNTIME_OVERHEAD = 574_095_360
+CUDA_RUNTIME_OVERHEAD = 600 * 2 ** 20
+PRECISIONS = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class PlanRequest:
+    method: str = "lora"
+    method_options: dict = field(default_factory=dict)
+    batch: int = 1
+    seq: int = 1024
+    grad_accum: int = 1
+    gradient_checkpointing: bool = False
+    optimizer: str = "auto"
+    precision: str = "auto"          # compute dtype: auto = bf16 on CUDA, fp32 on CPU (as training resolves it)
+    device: str = "cpu"              # cpu | cuda
+    devices: int = 1
+    zero_stage: int = 0              # 0 none, 1 optimizer, 2 +gradients, 3 (= FSDP full shard) +weights
+    attn_implementation: str | None = None
+    runtime_overhead: int | None = None
+
+    def compute_dtype(self) -> torch.dtype:
+        if self.precision == "auto":
+            return torch.bfloat16 if self.device == "cuda" else torch.float32
+        return PRECISIONS[self.precision]
+
+
+@dataclass
+class MemoryPlan:
+    request: PlanRequest
+    counts: ParamCounts
+    optimizer: str
+    weights: float
+    gradients: float
+    optimizer_state: float
+    activations: float
+    logits: float
+    step_temporaries: float
+    overhead: float
+    peak: float
+    peak_phase: str
+    activation_trace: ActivationTrace | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def components(self) -> dict[str, float]:
+        return {"weights": self.weights, "gradients": self.gradients, "optimizer state": self.optimizer_state,
+                "activations": self.activations, "logits & loss": self.logits,
+                "optimizer-step temporaries": self.step_temporaries, "runtime overhead": self.overhead}
+
+
+def _shard(value: float, request: PlanRequest, from_stage: int) -> float:
+    return value / request.devices if request.zero_stage >= from_stage and request.devices > 1 else value
+
+
+def weight_memory(counts: ParamCounts, request: PlanRequest) -> float:
+    return _shard(counts.trainable_bytes + counts.frozen_bytes, request, 3)
+
+
+def gradient_memory(counts: ParamCounts, request: PlanRequest) -> float:
+    # Gradients take their parameter's dtype (fp32 master weights and PEFT's fp32 adapters).
+    return _shard(counts.trainable_bytes, request, 2)
+
+
+def optimizer_memory(counts: ParamCounts, optimizer: str, request: PlanRequest) -> float:
+    return _shard(optimizer_state_bytes(optimizer, counts.trainable, counts.trainable_bytes), request, 1)
+
+
+def activation_memory(trace: ActivationTrace, request: PlanRequest) -> float:
+    return trace.saved(request.gradient_checkpointing)
+
+
+def logits_memory(trace: ActivationTrace, request: PlanRequest) -> float:
+    """The loss over the vocabulary: log-softmax output kept for backward, then its gradient and the logits'
+    gradient (fp32, batch x sequence x vocabulary each) at the top of backward."""
+    return trace.vocab + 2 * trace.tokens * trace.vocab_size * 4
+
+
+def step_temporaries(counts: ParamCounts, optimizer: str, request: PlanRequest) -> float:
+    """AdamW's update allocates a denominator tensor: per parameter on CPU (for-each kernels are CUDA-only), for
+    all parameters at once with CUDA's default for-each implementation."""
+    if OPTIMIZERS[optimizer].states == 0:
+        return 0.0
+    per_element = counts.trainable_bytes / counts.trainable if counts.trainable else 4
+    if request.device == "cuda":
+        return _shard(counts.trainable_bytes, request, 2)
+    return counts.largest_trainable * per_element
+
+
+def runtime_overhead(request: PlanRequest) -> float:
+    if request.runtime_overhead is not None:
+        return request.runtime_overhead
+    return CUDA_RUNTIME_OVERHEAD if request.device == "cuda" else CPU_RUNTIME_OVERHEAD
+
+
+def plan_memory(config, request: PlanRequest) -> MemoryPlan:
+    """Predict the peak memory of training `config` as `request` says, per device."""
+    opts = method_options(request.method, request.method_options)
+    model, counts = exact_counts(config, request.method, opts, compute_dtype=request.compute_dtype(),
+                                 attn_implementation=request.attn_implementation)
+    optimizer = resolve_optimizer(request.optimizer, request.method, request.device)
+    trace = trace_activations(model, request.batch, request.seq, device_type=request.device)
+    weights = weight_memory(counts, request)
+    gradients = gradient_memory(counts, request)
+    state = optimizer_memory(counts, optimizer, request)
+    activations = activation_memory(trace, request)
+    logits = logits_memory(trace, request)
+    temporaries = step_temporaries(counts, optimizer, request)
+    overhead = runtime_overhead(request)
+    # With gradient accumulation the previous micro-batches' gradients stay alive through the next backward.
+    backward_start = activations + logits + (gradients if request.grad_accum > 1 else 0)
+    optimizer_step = gradients + temporaries
+    phase = "start of backward" if backward_start >= optimizer_step else "optimizer step"
+    peak = overhead + weights + state + max(backward_start, optimizer_step)
+    notes = [counts.note] if counts.note else []
+    if OPTIMIZERS[optimizer].paged:
+        notes.append(f"{optimizer} pages its state to CPU RAM under memory pressure; counted here as on-device")
+    if request.zero_stage and request.devices > 1:
+        notes.append(f"ZeRO-{request.zero_stage} over {request.devices} devices: figures are per device")
+    return MemoryPlan(request, counts, optimizer, weights, gradients, state, activations, logits, temporaries,
+                      overhead, peak, phase, trace, notes)

@@ -1,0 +1,63 @@
+"""The planner inside `train`: predict the peak from the config before any weight loads, warn if it won't fit."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from rich.console import Console
+
+from .report import human
+
+
+def device_memory(device: str) -> int:
+    """CUDA: the GPU's total memory. CPU: the RAM available now (what a training process can still get)."""
+    if device == "cuda":
+        return torch.cuda.get_device_properties(0).total_memory
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def request_from_config(cfg, device: str):
+    from .memory import PlanRequest
+
+    t = cfg.training
+    precision = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(cfg.model.dtype, "auto")
+    return PlanRequest(method=cfg.method.name, method_options=cfg.method.model_dump(exclude={"name"}),
+                       batch=t.batch_size, seq=cfg.data.max_length, grad_accum=t.grad_accum,
+                       gradient_checkpointing=t.gradient_checkpointing, optimizer=t.optimizer, precision=precision,
+                       device=device, attn_implementation=cfg.model.attn_implementation)
+
+
+def preflight(cfg, model_config=None, memory: int | None = None, *, console: Console | None = None):
+    """Print the predicted peak of this run and warn when it exceeds the device's memory. Never fails training:
+    a planning problem is reported as a note and the run goes on. Returns the plan (or None)."""
+    from .memory import plan_memory
+    from .params import load_model_config
+
+    console = console or Console(stderr=True)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        if model_config is None:
+            from ..models.loading import _source_kwargs
+
+            ref, _ = _source_kwargs(cfg.model)
+            model_config = load_model_config(ref, trust_remote_code=cfg.model.trust_remote_code)
+        plan = plan_memory(model_config, request_from_config(cfg, device))
+    except Exception as exc:  # noqa: BLE001 - the pre-flight is advice, never a reason to stop
+        console.print(f"[dim]pre-flight: no memory prediction ({type(exc).__name__}: {exc})[/]")
+        return None
+    available = memory if memory is not None else device_memory(device)
+    what = "GPU memory" if device == "cuda" else "available RAM"
+    console.print(f"pre-flight: predicted peak {human(plan.peak)} ({plan.peak_phase}); {what} {human(available)}")
+    if plan.peak > available:
+        console.print(f"[yellow]warning:[/] the predicted peak exceeds {what}; expect an out-of-memory error. "
+                      f"Try training.gradient_checkpointing: true, a smaller training.batch_size (with grad_accum), "
+                      f"a shorter data.max_length, or method qlora; `tunesmith plan --budget` proposes settings")
+    return plan
