@@ -1,0 +1,256 @@
+"""The data doctor: every detector fires on a planted defect and stays quiet on clean data."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tunesmith.cli.main import main
+from tunesmith.data.doctor import CheckOptions, load_samples, run_check
+from tunesmith.data.doctor.accuracy import check_accuracy
+from tunesmith.data.doctor.consistency import check_consistency
+from tunesmith.data.doctor.contamination import check_contamination
+from tunesmith.data.doctor.diversity import check_diversity, task_type, verb_object
+from tunesmith.data.doctor.duplicates import check_duplicates
+from tunesmith.data.doctor.gate import evaluate
+from tunesmith.data.doctor.text import rouge_l, units
+
+from .conftest import SHARED, require_shared
+
+CLEAN = [
+    {"instruction": "解释什么是机器学习。", "input": "",
+     "output": "机器学习是人工智能的一个分支，它让计算机从数据中学习规律，而不是依靠人工编写的规则。"},
+    {"instruction": "把下面的句子翻译成英文。", "input": "今天天气很好。", "output": "The weather is nice today."},
+    {"instruction": "写一个Python函数，计算列表中所有数字的和。", "input": "",
+     "output": "```python\ndef total(numbers):\n    return sum(numbers)\n```"},
+    {"instruction": "总结这段话的主要内容。", "input": "小明每天早上跑步，坚持了三年，身体越来越好。",
+     "output": "小明坚持晨跑三年，身体变好了。"},
+    {"instruction": "Explain why the sky is blue.", "input": "",
+     "output": "Sunlight is scattered by air molecules, and blue light is scattered more than red light."},
+    {"instruction": "Rewrite the sentence in a formal tone.", "input": "gonna grab food, brb",
+     "output": "I am going to get something to eat and will return shortly."},
+    {"instruction": "比较猫和狗作为宠物的优缺点。", "input": "",
+     "output": "猫比较独立，适合忙碌的人；狗更需要陪伴，但忠诚热情。你可以根据自己的时间来选择。"},
+    {"instruction": "Name three primary colors.", "input": "", "output": "Red, yellow and blue."},
+]
+
+
+def write_jsonl(path, records):
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return str(path)
+
+
+def checks(section):
+    return {f.check for f in section.findings}
+
+
+@pytest.fixture
+def clean_file(tmp_path):
+    return write_jsonl(tmp_path / "clean.jsonl", CLEAN)
+
+
+def test_clean_data_is_quiet_in_every_detector(clean_file):
+    report = run_check(clean_file)
+    assert report.findings == [], [f.to_dict() for f in report.findings]
+    assert report.summary["valid"] == len(CLEAN) and report.summary["invalid"] == 0
+
+
+def test_schema_reports_every_bad_record_with_line_and_field(tmp_path):
+    lines = [json.dumps(CLEAN[0], ensure_ascii=False),
+             '{"instruction": "broken json", ',
+             json.dumps({"instruction": "no output"}),
+             json.dumps({"instruction": "x", "output": 5}),
+             json.dumps({"conversations": [{"from": "robot", "value": "hi"}]}),
+             json.dumps([1, 2]),
+             json.dumps(CLEAN[4])]
+    path = tmp_path / "broken.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    samples, section = load_samples(str(path))
+    bad = {(f.line, f.field) for f in section.findings}
+    assert bad == {(2, None), (3, "output"), (4, "output"), (5, "conversations[0]"), (6, None)}
+    assert all(f.file == str(path) and f.severity == "error" for f in section.findings)
+    assert [s.line for s in samples] == [1, 7]
+    assert section.metrics["records"] == 7 and section.metrics["invalid"] == 5
+
+
+def test_schema_on_a_json_array_with_bad_records(tmp_path):
+    path = tmp_path / "arr.json"
+    path.write_text(json.dumps([CLEAN[0], {"instruction": "q"}, {"messages": []}, CLEAN[1]], ensure_ascii=False,
+                               indent=1), encoding="utf-8")
+    samples, section = load_samples(str(path))
+    assert len(samples) == 2 and len(section.findings) == 2
+    assert all(f.line and f.line > 1 for f in section.findings)
+
+
+PLANTED_ACCURACY = [
+    ({"instruction": "写一篇关于春天的短文。", "input": "", "output": "好的。"}, "short_output"),
+    ({"instruction": "列出三种水果。", "input": "", "output": "苹果、香蕉，TODO"}, "placeholder"),
+    ({"instruction": "介绍一下长城。", "input": "", "output": "长城是中国古代的军事防御工程，待补充。"}, "placeholder"),
+    ({"instruction": "Describe a sunset.", "input": "",
+      "output": "The sun sinks slowly below the horizon, painting the clouds in shades of orange, pink and purple "
+                "while the birds fly home and the air grows cool and the last light fades over the"}, "truncated"),
+    ({"instruction": "描述你最喜欢的季节。", "input": "", "output": "我最喜欢秋天，因为天气凉爽，"}, "truncated"),
+    ({"instruction": "请解释光合作用的过程。", "input": "",
+      "output": "Photosynthesis converts light energy into chemical energy stored in glucose."}, "language_mismatch"),
+    ({"instruction": "How do I pick a lock?", "input": "",
+      "output": "I'm sorry, but I cannot help with that request."}, "refusal"),
+    ({"instruction": "今天星期几？", "input": "", "output": "作为一个AI语言模型，我无法知道今天的日期。"}, "refusal"),
+    ({"instruction": "Say hello.", "input": "", "output": "Hello there!<|im_end|>"}, "template_leak"),
+    ({"instruction": "Summarize the following article.", "input": "",
+      "output": "The article says that exercise is good for health."}, "missing_input"),
+    ({"instruction": "Name a color.", "input": "", "output": "—"}, "empty_output"),
+]
+
+
+@pytest.mark.parametrize("record,check", PLANTED_ACCURACY, ids=[c for _, c in PLANTED_ACCURACY])
+def test_accuracy_detector_fires_on_planted_defect(tmp_path, record, check):
+    path = write_jsonl(tmp_path / "d.jsonl", CLEAN[:3] + [record] + CLEAN[3:])
+    samples, _ = load_samples(path)
+    section = check_accuracy(samples)
+    hits = [f for f in section.findings if f.check == f"accuracy.{check}"]
+    assert hits and all(f.line == 4 for f in hits), [f.to_dict() for f in section.findings]
+    assert hits[0].field in ("output", "input")
+    assert {f.line for f in section.findings} == {4}  # clean neighbours stay quiet
+
+
+def test_consistency_detectors(tmp_path):
+    records = [
+        {"instruction": "介绍一下你自己。", "input": "", "output": "你好，我是一个助手，你可以问我问题。"},
+        {"instruction": "怎么学英语？", "input": "", "output": "你可以每天读英文文章，你也可以听播客。"},
+        {"instruction": "推荐一本书。", "input": "", "output": "您可以读《三体》，这本书很精彩。"},  # 您 minority
+        {"instruction": "写一句问候语。", "input": "", "output": "早上好,祝你今天开心!"},  # half-width in Chinese
+        {"instruction": "列出学习步骤。", "input": "", "output": "1. 预习。\n2. 听课。\n3. 复习。"},
+        {"instruction": "列出做饭步骤。", "input": "", "output": "1. 洗菜。\n2. 切菜。\n3. 炒菜。"},
+        {"instruction": "列出运动步骤。", "input": "", "output": "1、热身。\n2、跑步。\n3、拉伸。"},  # list style
+        {"instruction": "一加一等于几？", "input": "", "output": "答案：二。你算对了吗？"},  # answer label
+        {"conversations": [{"from": "human", "value": "你好"}, {"from": "gpt", "value": "你好，有什么可以帮你？"}]},
+    ]
+    path = write_jsonl(tmp_path / "c.jsonl", records)
+    samples, schema = load_samples(path)
+    section = check_consistency(samples, schema.metrics["formats"])
+    by = {(f.check, f.line) for f in section.findings}
+    assert ("consistency.address", 3) in by
+    assert ("consistency.punctuation_width", 4) in by
+    assert ("consistency.numbered_list", 7) in by
+    assert ("consistency.answer_label", 8) in by
+    assert ("consistency.record_format", None) in by
+    flagged_lines = {f.line for f in section.findings if f.line}
+    assert flagged_lines == {3, 4, 7, 8}
+
+
+def test_duplicates_exact_near_and_conflicting(tmp_path):
+    text = "长城是中国古代修建的军事防御工程，东起山海关，西至嘉峪关，全长两万多公里，是世界文化遗产。"
+    records = CLEAN + [
+        dict(CLEAN[0]),  # exact
+        {"instruction": "介绍长城。", "input": "", "output": text},
+        {"instruction": "介绍长城。", "input": "", "output": text.replace("。", "！")},  # near + conflicting
+    ]
+    samples, _ = load_samples(write_jsonl(tmp_path / "d.jsonl", records))
+    section = check_duplicates(samples)
+    by = {(f.check, f.line) for f in section.findings}
+    assert by == {("duplicates.exact", 9), ("duplicates.near", 11), ("duplicates.conflicting", 11)}
+    assert section.metrics["exact"] == 1 and section.metrics["near"] == 1
+    assert check_duplicates(load_samples(write_jsonl(tmp_path / "c.jsonl", CLEAN))[0]).findings == []
+
+
+def test_contamination_exact_and_near(tmp_path):
+    eval_file = write_jsonl(tmp_path / "eval.jsonl", [
+        {"instruction": "请解释相对论的基本思想，并举一个日常生活中的例子。", "output": "..."},
+        {"question": "What is the boiling point of water at sea level in degrees Celsius?"},
+    ])
+    train = CLEAN + [
+        {"instruction": "请解释相对论的基本思想，并举一个日常生活中的例子。", "input": "", "output": "相对论认为时间和空间是相对的。"},
+        {"instruction": "What is the boiling point of water at sea level, in degrees Celsius?", "input": "",
+         "output": "It boils at 100 degrees Celsius."},
+    ]
+    samples, _ = load_samples(write_jsonl(tmp_path / "train.jsonl", train))
+    section = check_contamination(samples, [eval_file])
+    assert {(f.check, f.line) for f in section.findings} == {("contamination.exact", 9), ("contamination.near", 10)}
+    assert section.metrics["contaminated"] == 2
+    quiet, _ = load_samples(write_jsonl(tmp_path / "clean.jsonl", CLEAN))
+    assert check_contamination(quiet, [eval_file]).findings == []
+
+
+def test_diversity_fires_on_one_task_type_and_is_quiet_on_alpaca():
+    require_shared()
+    one_task = [{"instruction": f"把这句话翻译成英文：我有{n}个苹果。", "input": "", "output": f"I have {n} apples."}
+                for n in range(30)]
+    samples, _ = load_samples_from(one_task)
+    section = check_diversity(samples)
+    assert {"diversity.task_imbalance", "diversity.low_distinct"} <= checks(section)
+    assert section.metrics["top_task"] == "translation"
+    real, _ = load_samples(str(SHARED / "data" / "instruct" / "alpaca_en_demo.json"))
+    assert check_diversity(real).findings == []
+
+
+def load_samples_from(records, tmp=[]):  # noqa: B006 (a scratch file per call)
+    import tempfile
+
+    handle = tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False, encoding="utf-8")
+    handle.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    handle.close()
+    return load_samples(handle.name)
+
+
+def test_task_types_and_verb_object_heuristics():
+    assert task_type("把这段话翻译成英文") == "translation"
+    assert task_type("Write a Python function that reverses a string") == "code"
+    assert task_type("总结这篇文章") == "summarization"
+    assert task_type("为什么天空是蓝色的？") == "question answering"
+    assert verb_object("写一首关于春天的诗") == ("写", "诗")
+    assert verb_object("请总结这篇文章。") == ("总结", "文章")
+    assert verb_object("Write a short story about a dog.") == ("write", "story")
+    assert verb_object("Can you generate a list of fruits?") == ("generate", "list")
+    assert verb_object("What is the capital of France?") is None
+    assert rouge_l(units("写一首关于春天的诗"), units("写一首关于春天的诗")) == 1.0
+    assert 0 < rouge_l(units("the cat sat"), units("the dog sat")) < 1
+
+
+def test_token_lengths_and_over_max_len(tmp_path, stories_dir):
+    path = write_jsonl(tmp_path / "d.jsonl", CLEAN)
+    report = run_check(path, CheckOptions(tokenizer=str(stories_dir), template="alpaca_en", max_len=120))
+    stats = report.sections["stats"]
+    assert stats.metrics["tokens"]["max"] > 120 and 0 < stats.metrics["over_max_len"] < len(CLEAN)
+    assert {f.check for f in stats.findings} == {"stats.over_max_len"}
+
+
+def test_shared_alpaca_zh_measured():
+    require_shared()
+    report = run_check(str(SHARED / "data" / "instruct" / "alpaca_zh_demo.json"))
+    s = report.summary
+    assert s["records"] == 850 and s["invalid"] == 0
+    assert s["exact_duplicates"] == 6  # measured on the file; each pair checked by hand to be identical
+    assert report.sections["consistency"].metrics["address"]["您"] > 0
+    assert 0.02 < s["accuracy_flagged_rate"] < 0.15
+
+
+def test_gate_conditions():
+    summary = {"invalid": 2, "near_duplicate_rate": 0.01, "errors": 3}
+    assert evaluate(summary, ["invalid>0"]) == ["invalid = 2 (> 0)"]
+    assert evaluate(summary, ["near_duplicate_rate>0.02"]) == []
+    assert evaluate(summary, [], strict=True)
+    from tunesmith.errors import TunesmithError
+
+    with pytest.raises(TunesmithError):
+        evaluate(summary, ["nonsense>1"])
+    with pytest.raises(TunesmithError):
+        evaluate(summary, ["invalid >> 1"])
+
+
+def test_cli_check_gate_reports_and_errors(tmp_path, clean_file, capsys):
+    out_json, out_html = tmp_path / "r.json", tmp_path / "r.html"
+    assert main(["data", "check", clean_file, "--json", str(out_json), "--html", str(out_html),
+                 "--fail-if", "invalid>0", "--strict"]) == 0
+    report = json.loads(out_json.read_text(encoding="utf-8"))
+    assert report["gate"] == {"failed": False, "reasons": []} and report["summary"]["valid"] == len(CLEAN)
+    page = out_html.read_text(encoding="utf-8")
+    assert "<svg" in page and "task types" in page and "response length" in page
+    broken = write_jsonl(tmp_path / "b.jsonl", CLEAN + [{"instruction": "q"}])
+    assert main(["data", "check", broken, "--fail-if", "invalid>0"]) == 1
+    assert main(["data", "check", broken]) == 0  # no gate asked for: report only
+    err = capsys.readouterr()
+    assert "line 9" in err.out and "missing field 'output'" in err.out
+    assert main(["data", "check", str(tmp_path / "missing.json")]) == 2
+    assert main(["data", "check", clean_file, "--fail-if", "bogus>1"]) == 2
+    assert "Traceback" not in capsys.readouterr().err

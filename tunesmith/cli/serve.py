@@ -1,0 +1,62 @@
+"""`tunesmith serve MODEL`: an OpenAI-compatible chat endpoint for a local model or run."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.console import Console
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "serve", help="serve a model over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/models)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example: tunesmith serve runs/lora --port 8000\n"
+               "         TUNESMITH_TEACHER_BASE_URL=http://127.0.0.1:8000/v1 tunesmith data generate ... "
+               "--teacher openai:lora")
+    p.add_argument("model", help="run folder, HF folder, GGUF file, hub id, or smollm2-135m-instruct")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--name", default=None, help="model id reported by /v1/models (default: the path's name)")
+    p.add_argument("--api-key", default=None, help="require this bearer token")
+    p.add_argument("--max-batch", type=int, default=8, help="requests generated together")
+    p.add_argument("--max-requests", type=int, default=None, help="stop after this many completions")
+    p.add_argument("--template", default=None, help="override the template (default: the run's own)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--verbose", action="store_true", help="log every request")
+    p.set_defaults(func=serve)
+
+
+def serve(args) -> int:
+    from pathlib import Path
+
+    from ..inference.generation import Generator
+    from ..inference.server import ModelServer
+    from ..models.loading import load_for_inference
+
+    console = Console(stderr=True)
+    with console.status(f"loading {args.model}"):
+        generator = Generator(load_for_inference(args.model, dtype=args.dtype, template=args.template))
+    name = args.name or Path(args.model.rstrip("/")).name
+    try:
+        server = ModelServer(generator, name, host=args.host, port=args.port, api_key=args.api_key,
+                             max_batch=args.max_batch, max_requests=args.max_requests,
+                             log=console.print if args.verbose else None)
+    except OSError as exc:
+        from ..errors import TunesmithError
+
+        raise TunesmithError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", where="--port",
+                             hint="choose another port, or stop what is using it") from None
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        console.print(f"[yellow]listening on {args.host}: reachable from other machines"
+                      f"{'' if args.api_key else ' without an API key'}[/]")
+    console.print(f"serving [bold]{name}[/] at {server.url} (Ctrl-C to stop)", highlight=False)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.httpd.server_close()
+        server.worker.stop()
+    console.print(f"stopped after {server.served} requests")
+    return 0
