@@ -16,8 +16,8 @@ from . import commands
 
 # Further command groups live in their own modules under tunesmith/cli/, each exposing `register(subparsers)`;
 # `data` subcommands likewise expose `register_data(data_subparsers)`.
-COMMAND_MODULES: list[str] = []
-DATA_COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["serve", "classify", "merge", "eval", "plan"]
+DATA_COMMAND_MODULES: list[str] = ["data_tools"]
 
 EPILOG = """examples:
   tunesmith demo                                   fine-tune SmolLM2-135M offline and show before/after

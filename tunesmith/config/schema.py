@@ -72,6 +72,19 @@ class TrainingConfig(StrictModel):
     tensorboard: bool = True
 
 
+class GeneralEvalData(StrictModel):
+    path: str = Field(description="general text (.txt, or records with `text`) or instruction data")
+    max_samples: int | None = Field(64, gt=0)
+
+
+class EvalConfig(StrictModel):
+    general: list[GeneralEvalData] = Field(
+        default_factory=list, description="scored (perplexity; response tokens for instruction data) with the base "
+                                          "and the fine-tuned model after training; the forgetting rate goes into "
+                                          "the model card")
+    max_length: int = Field(512, gt=8)
+
+
 class ClassificationConfig(StrictModel):
     text_column: str = "text"
     text_pair_column: str | None = Field(None, description="Second text for sentence-pair tasks")
@@ -89,6 +102,7 @@ class RunConfig(StrictModel):
     method: Any = Field(default_factory=lambda: {"name": "lora"}, validate_default=True)
     data: DataConfig
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
 
     @field_validator("method", mode="before")
     @classmethod

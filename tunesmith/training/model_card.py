@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config.schema import RunConfig
+from ..diagnostics.callback import card_section as diagnostics_section
+from ..evaluation.forgetting import card_section as forgetting_section
 from ..io import atomic_write_text
 
 
@@ -44,6 +46,8 @@ def write_model_card(path: Path, cfg: RunConfig, meta: dict, *, has_plot: bool) 
     ]
     if has_plot:
         lines += ["![loss curves](loss.png)", ""]
+    lines += diagnostics_section(meta.get("diagnostics"), meta.get("restored_from"))
+    lines += forgetting_section(meta.get("forgetting"))
     lines += [
         "## Use",
         "",

@@ -26,6 +26,7 @@ from ..methods.registry import get_method
 from ..models.loading import RUN_META, load_model, load_tokenizer, resolve_dtype
 from ..models.targets import count_parameters
 from .arguments import build_training_arguments
+from ..diagnostics.callback import DiagnosticsCallback, restore_last_good
 from .callbacks import MetricsFileCallback, RichProgressCallback, read_metrics
 from .checkpoints import CHECKPOINT_DIR, is_complete, latest_checkpoint
 from .model_card import write_model_card
@@ -41,10 +42,15 @@ class TrainResult:
     total_params: int
     metrics: dict
     data_stats: dict
+    extra_meta: dict | None = None  # diagnostics findings, forgetting: saved in tunesmith_run.json and the card
 
 
 def train(cfg: RunConfig, *, resume: bool = False, console: Console | None = None,
           extra_callbacks: list | None = None) -> TrainResult:
+    if cfg.task == "classification":
+        from ..tasks.classification.train import train_classification
+
+        return train_classification(cfg, resume=resume, console=console, extra_callbacks=extra_callbacks)
     console = console or Console(stderr=True)
     run_dir = Path(cfg.training.output_dir)
     checkpoint = _checkpoint_to_resume(run_dir, resume, console)
@@ -62,6 +68,10 @@ def train(cfg: RunConfig, *, resume: bool = False, console: Console | None = Non
 
     # Full fine-tuning keeps fp32 master weights and lets autocast run bf16; adapters can sit on a bf16 base.
     load_dtype = torch.float32 if not method.is_peft else compute_dtype
+    with console.status("pre-flight: predicting peak memory"):
+        from ..planning.preflight import preflight
+
+        preflight(cfg, console=console)  # config only (meta device): no weights loaded twice
     with console.status("loading model"):
         model = load_model(cfg.model, dtype=load_dtype, extra=method.load_kwargs(cfg.method, compute_dtype))
         if getattr(model.config, "pad_token_id", None) is None:
@@ -80,7 +90,8 @@ def train(cfg: RunConfig, *, resume: bool = False, console: Console | None = Non
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False,
                                                              allow_unicode=True))
-    callbacks = [RichProgressCallback(console), MetricsFileCallback(run_dir / "metrics.jsonl")]
+    diagnostics = DiagnosticsCallback(run_dir, console, max_grad_norm=cfg.training.max_grad_norm)
+    callbacks = [RichProgressCallback(console), MetricsFileCallback(run_dir / "metrics.jsonl"), diagnostics]
     if cfg.training.tensorboard:
         callbacks.append(_tensorboard(run_dir))
     if cfg.training.early_stopping_patience and data.validation is not None:
@@ -94,10 +105,17 @@ def train(cfg: RunConfig, *, resume: bool = False, console: Console | None = Non
     trainer.remove_callback(PrinterCallback)
     output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
+    extra_meta = {"diagnostics": [f.to_dict() for f in diagnostics.findings]}
+    if diagnostics.diverged:  # the last good checkpoint becomes the run's weights
+        extra_meta["restored_from"] = restore_last_good(trainer, run_dir, diagnostics.diverged, console).name
     metrics = dict(output.metrics)
     if data.validation is not None:
         metrics.update(trainer.evaluate())
-    result = TrainResult(run_dir, trainable, total, metrics, data.stats)
+    if cfg.eval.general:
+        from ..evaluation.forgetting import measure_forgetting
+
+        extra_meta["forgetting"] = measure_forgetting(cfg, trainer.model, tokenizer, template.name, console)
+    result = TrainResult(run_dir, trainable, total, metrics, data.stats, extra_meta)
     _save_run(cfg, result, trainer.model, tokenizer, template.name, method)
     console.print(f"[green]saved[/] {run_dir}  (chat: tunesmith chat {run_dir})")
     return result
@@ -190,6 +208,7 @@ def _save_run(cfg: RunConfig, result: TrainResult, model, tokenizer, template_na
         "total_params": result.total_params,
         "data": result.data_stats,
         "metrics": {k: v for k, v in result.metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)},
+        **(result.extra_meta or {}),
     }
     atomic_write_json(staging / RUN_META, meta)
     metrics = read_metrics(run_dir / "metrics.jsonl")

@@ -1,0 +1,1 @@
+"""Metric families, one module each: perplexity, generation, instruction-following checks, classification, judge."""

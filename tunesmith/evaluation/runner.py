@@ -1,0 +1,153 @@
+"""Run a suite on one model: every task's metrics plus the per-sample outputs behind them."""
+
+from __future__ import annotations
+
+import math
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ..data.templates.registry import get_template
+from ..inference.generation import Generator, SamplingOptions
+from ..models.loading import LoadedModel
+from .data import load_classification, load_conversations, load_generation_items, load_texts, perplexity_kind
+from .metrics.classification import classification_scores, parse_label
+from .metrics.generation import generation_scores
+from .metrics.instruction import check_name, run_check
+from .metrics.judge import DEFAULT_RUBRIC, JudgeSettings, judge_replies
+from .metrics.perplexity import conversation_examples, score_examples, text_examples
+from .suite import ClassificationTask, GenerationTask, PerplexityTask, Suite
+
+# Which direction is better, for reports and the forgetting rate.
+LOWER_IS_BETTER = {"loss", "perplexity", "unparsed_rate", "judge_unparsed"}
+HEADLINE = {"perplexity": "perplexity", "generation": None, "classification": "accuracy"}
+
+
+def headline_metric(task_result: dict) -> str | None:
+    """The one number that sums a task up (perplexity, accuracy, check pass rate, judge score or ROUGE-L)."""
+    metrics = task_result["metrics"]
+    if HEADLINE.get(task_result["type"]):
+        return HEADLINE[task_result["type"]]
+    for name in ("judge_score", "check_pass_rate", "rouge_l", "chrf", "exact_match", "bleu"):
+        if name in metrics:
+            return name
+    return None
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=True)
+
+
+def evaluate_suite(loaded: LoadedModel, suite: Suite, *, label: str = "model",
+                   console: Console | None = None) -> dict:
+    """{"model": label, "suite": name, "tasks": {name: {type, general, metrics, samples}}}."""
+    console = console or Console(stderr=True)
+    generator = Generator(loaded)
+    results = {}
+    with _progress(console) as progress:
+        for task in suite.tasks:
+            bar = progress.add_task(f"{label}: {task.name}", total=None)
+
+            def advance(n: int, bar=bar) -> None:
+                progress.advance(bar, n)
+
+            def total(n: int, bar=bar) -> None:
+                progress.update(bar, total=n)
+
+            if isinstance(task, PerplexityTask):
+                result = _perplexity(loaded, task, total, advance)
+            elif isinstance(task, GenerationTask):
+                result = _generation(generator, suite, task, total, advance, progress)
+            else:
+                result = _classification(generator, suite, task, total, advance)
+            results[task.name] = {"type": task.type, "general": task.general, **result}
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in result["metrics"].items()
+                              if isinstance(v, float) and math.isfinite(v))
+            console.print(f"  {label} · {task.name}: {shown}")
+    return {"model": label, "suite": suite.name, "tasks": results}
+
+
+def _perplexity(loaded: LoadedModel, task: PerplexityTask, total, advance) -> dict:
+    tokenizer = loaded.tokenizer
+    kind = perplexity_kind(task)
+    if kind == "text":
+        examples = text_examples(tokenizer, load_texts(task.data, task.text_field, task.max_samples),
+                                 task.max_length)
+    else:
+        template = get_template(loaded.template_name, tokenizer)
+        examples = conversation_examples(tokenizer, template, load_conversations(task.data, task.max_samples),
+                                         task.max_length)
+    total(len(examples))
+    scores = score_examples(loaded.model, examples, pad_id=tokenizer.pad_token_id or 0,
+                            batch_size=task.batch_size, on_batch=advance)
+    return {"kind": kind, "metrics": {"loss": scores["loss"], "perplexity": scores["perplexity"]},
+            "tokens": scores["tokens"], "samples": []}
+
+
+def _generate_all(generator: Generator, conversations, options: SamplingOptions, batch_size: int,
+                  advance) -> list[str]:
+    replies: list[str] = []
+    for start in range(0, len(conversations), batch_size):
+        chunk = conversations[start:start + batch_size]
+        replies += generator.generate(chunk, options)
+        advance(len(chunk))
+    return replies
+
+
+def _options(suite: Suite, max_new_tokens: int | None) -> SamplingOptions:
+    g = suite.generation
+    return SamplingOptions(max_new_tokens=max_new_tokens or g.max_new_tokens, temperature=g.temperature,
+                           seed=g.seed)
+
+
+def _generation(generator: Generator, suite: Suite, task: GenerationTask, total, advance, progress) -> dict:
+    items = load_generation_items(task)
+    total(len(items))
+    replies = _generate_all(generator, [i.messages for i in items], _options(suite, task.max_new_tokens),
+                            suite.generation.batch_size, advance)
+    metrics: dict[str, float] = {}
+    with_ref = [(r, i.reference) for r, i in zip(replies, items) if i.reference is not None]
+    if task.metrics and with_ref:
+        metrics.update(generation_scores([r for r, _ in with_ref], [ref for _, ref in with_ref], task.metrics))
+    samples = [{"prompt": i.messages[-1]["content"], "reference": i.reference, "reply": r}
+               for i, r in zip(items, replies)]
+    outcomes: dict[str, list[bool]] = {}
+    for item, reply, sample in zip(items, replies, samples):
+        checks = task.checks + item.checks
+        if checks:
+            passed = {check_name(c): run_check(c, reply) for c in checks}
+            sample["checks"] = passed
+            for name, ok in passed.items():
+                outcomes.setdefault(name, []).append(ok)
+    if outcomes:
+        per_sample = [all(s["checks"].values()) for s in samples if "checks" in s]
+        metrics["check_pass_rate"] = sum(per_sample) / len(per_sample)  # every check of the sample passed
+        metrics["check_accuracy"] = (sum(sum(v) for v in outcomes.values())
+                                     / sum(len(v) for v in outcomes.values()))  # share of all checks passed
+    result = {"metrics": metrics, "samples": samples,
+              "checks": {name: sum(v) / len(v) for name, v in outcomes.items()}}
+    if task.judge:
+        j = task.judge
+        settings = JudgeSettings(model=j.model, base_url=j.base_url, api_key_env=j.api_key_env,
+                                 rubric=j.rubric or DEFAULT_RUBRIC, max_score=j.max_score, concurrency=j.concurrency)
+        progress.console.print(f"  judging {task.name} with {j.model} ({len(samples)} replies)")
+        judged = judge_replies(settings, [s["prompt"] for s in samples], [s["reference"] for s in samples],
+                               replies)
+        metrics.update({k: judged[k] for k in ("judge_score", "judge_mean", "judge_unparsed")})
+        for sample, score, raw in zip(samples, judged["scores"], judged["raw"]):
+            sample["judge"] = {"score": score, "reply": raw}
+    return result
+
+
+def _classification(generator: Generator, suite: Suite, task: ClassificationTask, total, advance) -> dict:
+    conversations, gold = load_classification(task)
+    total(len(conversations))
+    replies = _generate_all(generator, conversations, _options(suite, task.max_new_tokens),
+                            suite.generation.batch_size, advance)
+    predicted = [parse_label(r, task.labels) for r in replies]
+    scores = classification_scores(gold, predicted, task.labels)
+    samples = [{"prompt": c[-1]["content"], "reference": g, "reply": r, "predicted": p}
+               for c, g, r, p in zip(conversations, gold, replies, predicted)]
+    return {"metrics": {k: scores[k] for k in ("accuracy", "macro_f1", "unparsed_rate")},
+            "confusion_matrix": scores["confusion_matrix"], "matrix_columns": scores["matrix_columns"],
+            "per_class": scores["per_class"], "samples": samples}

@@ -1,0 +1,1 @@
+"""Tasks other than supervised fine-tuning of a chat model, one sub-package each (`classification/`)."""

@@ -1,0 +1,72 @@
+"""Reload a classification run folder (adapter or full model) and label texts with it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ...config.schema import ModelConfig
+from ...errors import ModelError
+from ...models.loading import read_run_meta
+
+
+@dataclass
+class Classifier:
+    model: Any
+    tokenizer: Any
+    label_names: list[str]
+    meta: dict
+
+    @property
+    def max_length(self) -> int:
+        return int(self.meta.get("max_length", 512))
+
+    @torch.no_grad()
+    def logits(self, texts: list[str], pairs: list[str] | None = None, *, batch_size: int = 32) -> torch.Tensor:
+        """Raw logits, shape (len(texts), number of labels), in the order of the texts."""
+        device = next(self.model.parameters()).device
+        chunks = []
+        for start in range(0, len(texts), batch_size):
+            batch = self.tokenizer(texts[start:start + batch_size],
+                                   pairs[start:start + batch_size] if pairs is not None else None,
+                                   truncation=True, max_length=self.max_length, padding=True, return_tensors="pt")
+            chunks.append(self.model(**batch.to(device)).logits.float().cpu())
+        return torch.cat(chunks) if chunks else torch.empty(0, len(self.label_names))
+
+    def predict(self, texts: list[str], pairs: list[str] | None = None, *, batch_size: int = 32) -> list[dict]:
+        """For each text: the predicted label, its probability, and every label's probability."""
+        probs = torch.softmax(self.logits(texts, pairs, batch_size=batch_size), dim=-1)
+        results = []
+        for row in probs.tolist():
+            best = max(range(len(row)), key=row.__getitem__)
+            results.append({"label": self.label_names[best], "label_id": best, "score": row[best],
+                            "probs": dict(zip(self.label_names, row))})
+        return results
+
+
+def load_classifier(run_dir: str | Path, *, dtype: str = "auto") -> Classifier:
+    """The trained classifier of a run folder, its tokenizer and label names, ready for inference (eval mode)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from ...methods.registry import get_method
+    from ...models.loading import resolve_dtype
+    from .model import load_classification_model
+
+    run_dir = Path(run_dir)
+    meta = read_run_meta(run_dir) if run_dir.is_dir() else None
+    if meta is None or meta.get("task") != "classification":
+        raise ModelError(f"{run_dir} is not a tunesmith classification run (no tunesmith_run.json with "
+                         f"task: classification)", hint="pass the output_dir of a `task: classification` run")
+    label_names = list(meta["label_names"])
+    base_cfg = ModelConfig(**{**meta["base_model"], "dtype": dtype, "quantization": "none"})
+    tokenizer = AutoTokenizer.from_pretrained(run_dir, trust_remote_code=base_cfg.trust_remote_code)
+    if meta["artifact"] == "full":
+        model = AutoModelForSequenceClassification.from_pretrained(
+            run_dir, dtype=resolve_dtype(dtype), trust_remote_code=base_cfg.trust_remote_code)
+    else:
+        base = load_classification_model(base_cfg, label_names, pad_token_id=tokenizer.pad_token_id)
+        model = get_method(meta["method"]["name"]).load(base, run_dir, meta)
+    return Classifier(model.eval(), tokenizer, label_names, meta)
