@@ -16,8 +16,8 @@ def _adapter(base: Path, out: Path, seed: int, r: int, **extra) -> Path:
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(base)
-    config = LoraConfig(r=r, lora_alpha=2 * r, target_modules=["q_proj", "v_proj", "down_proj"],
-                        init_lora_weights=False, **extra)  # random B, so the update is not zero
+    extra.setdefault("target_modules", ["q_proj", "v_proj", "down_proj"])
+    config = LoraConfig(r=r, lora_alpha=2 * r, init_lora_weights=False, **extra)  # random B, so the update is not zero
     get_peft_model(model, config).save_pretrained(out)
     return out
 
@@ -86,6 +86,43 @@ def test_combine_concat_is_exact(setup, tmp_path):
     base_state, delta = _delta_sum(base, [(a, 0.7), (b, -0.4)])
     for k in combined:
         torch.testing.assert_close(combined[k].double(), base_state[k].double() + delta[k], rtol=0, atol=2e-6, msg=k)
+
+
+def test_combine_concat_equals_peft_add_weighted_adapter_cat(setup, tmp_path):
+    """PEFT's own `cat` combination (weights folded into A, α = r) gives the same merged weights."""
+    base, (a, b) = setup
+    peft_model = _peft_model(base, a)  # adapter "default" = a (not rsLoRA, so the cat adapter's scale is 1)
+    peft_model.load_adapter(b, adapter_name="b")
+    peft_model.add_weighted_adapter(["default", "b"], [0.7, -0.4], "cat", combination_type="cat")
+    peft_model.set_adapter("cat")
+    theirs = peft_model.merge_and_unload(adapter_names=["cat"]).state_dict()
+    out = run(parse_config({"method": "lora_combine", "adapters": [{"path": str(a), "weight": 0.7},
+                                                                  {"path": str(b), "weight": -0.4}]}),
+              tmp_path / "c", progress=False)
+    ours = _peft_model(base, out).merge_and_unload().state_dict()
+    assert set(ours) == set(theirs)
+    for k in ours:
+        torch.testing.assert_close(ours[k], theirs[k], rtol=0, atol=2e-6, msg=k)
+
+
+def test_lora_to_base_gpt2_conv1d_and_embedding(tiny_model_factory, tmp_path):
+    """GPT-2 stores Conv1D weights transposed (fan_in_fan_out) and LoRA on an embedding swaps A and B."""
+    from transformers import AutoModelForCausalLM
+
+    base = tiny_model_factory("gpt2")
+    adapter = _adapter(base, tmp_path / "gpt2-lora", 3, 4, target_modules=["c_attn", "c_fc", "wte"],
+                       fan_in_fan_out=True)
+    out = run(parse_config({"method": "lora_to_base", "adapter": str(adapter), "base_model": str(base)}),
+              tmp_path / "merged", progress=False)
+    merged = AutoModelForCausalLM.from_pretrained(out).eval()
+    reference = _peft_model(base, adapter).merge_and_unload()
+    theirs = reference.state_dict()
+    changed = 0
+    base_state = AutoModelForCausalLM.from_pretrained(base).state_dict()
+    for name, ours in merged.state_dict().items():
+        torch.testing.assert_close(ours, theirs[name], rtol=0, atol=2e-6, msg=name)
+        changed += not torch.equal(ours, base_state[name])
+    assert changed >= 5  # wte and both layers' c_attn and c_fc really moved
 
 
 def test_combine_svd_full_rank_is_exact_and_low_rank_is_optimal(setup, tmp_path):
