@@ -9,23 +9,30 @@ from tunesmith.cli.main import main
 from tunesmith.planning import PlanRequest, exact_counts, load_model_config, plan_memory
 from tunesmith.planning.params import count_params, method_options, nf4_bytes
 
-METHODS = ["full", "lora", "dora", "rslora", "qlora"]
+# Every family the issue names: full, LoRA-family (lora, dora, rslora, qlora), bottleneck adapters, prompt methods.
+METHODS = ["full", "lora", "dora", "rslora", "qlora", "houlsby", "pfeiffer", "prefix", "ptuning_v2", "prompt"]
+ARCHS = ["llama", "qwen2", "gpt2", "mistral", "gemma"]
 
 
-def _gemma_folder(tmp_path_factory, stories_dir):
-    from transformers import AutoModelForCausalLM, GemmaConfig
+def _saved_folder(tmp_path_factory, config):
+    from transformers import AutoModelForCausalLM
 
-    folder = tmp_path_factory.mktemp("tiny-gemma")
-    config = GemmaConfig(vocab_size=600, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=1, head_dim=8, max_position_embeddings=256)
+    folder = tmp_path_factory.mktemp(f"tiny-{config.model_type}")
+    torch.manual_seed(0)
     AutoModelForCausalLM.from_config(config).save_pretrained(folder)
     return folder
 
 
 @pytest.fixture(scope="module")
 def folders(tiny_model_factory, tmp_path_factory, stories_dir):
+    from transformers import GemmaConfig, MistralConfig
+
     made = {arch: tiny_model_factory(arch) for arch in ("llama", "qwen2", "gpt2")}
-    made["gemma"] = _gemma_folder(tmp_path_factory, stories_dir)
+    common = dict(vocab_size=600, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  max_position_embeddings=256)
+    made["gemma"] = _saved_folder(tmp_path_factory, GemmaConfig(**common, num_key_value_heads=1, head_dim=8))
+    made["mistral"] = _saved_folder(tmp_path_factory, MistralConfig(**common, num_key_value_heads=2,
+                                                                      sliding_window=64))
     return made
 
 
@@ -43,7 +50,7 @@ def _real_counts(folder, method_name):
     return count_parameters(model)
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2", "gemma"])
+@pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("method", METHODS)
 def test_counts_equal_instantiated_model(folders, arch, method):
     trainable, total = _real_counts(folders[arch], method)
@@ -52,14 +59,15 @@ def test_counts_equal_instantiated_model(folders, arch, method):
     assert (counts.trainable, counts.total) == (trainable, total)
 
 
-def test_every_registered_method_is_counted_or_flagged(folders):
+def test_every_registered_method_counts_like_the_instantiated_model(folders):
+    """Methods added later are counted by their own prepare code too (AdaLoRA, IA3, VeRA, PiSSA, hybrid...)."""
     from tunesmith.methods.registry import all_methods
 
     config = load_model_config(str(folders["llama"]))
     for name in all_methods():
         _, counts = exact_counts(config, name)
-        assert counts.total > 0
-        assert counts.exact or counts.note, name
+        assert counts.exact, counts.note
+        assert (counts.trainable, counts.total) == _real_counts(folders["llama"], name), name
 
 
 def test_qlora_weights_are_nf4_with_double_quantised_constants(folders):

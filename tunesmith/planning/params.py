@@ -113,7 +113,21 @@ def apply_method(build, method_name: str, opts: Any, compute_dtype: torch.dtype)
             model = method.prepare(model, opts, gradient_checkpointing=False, total_steps=1000)
         except RuntimeError as exc:  # the failed attempt may have modified the model: start again
             model = _prepare_with_plain_init(build(), method, opts, exc)
+    _refreeze_moved_extras(model)
     return model, double_quant
+
+
+def _refreeze_moved_extras(model) -> None:
+    """PEFT keeps trainable adapter weights under a tuner layer's `adapter_layer_names`; its `other_param_names`
+    hold fixed extras (AdaLoRA's `ranknum`, VeRA's shared projections). Moving an extra to the base layer's device
+    re-assigns it into a ParameterDict, which wraps the moved tensor as a new Parameter with requires_grad=True. On
+    CPU the move is a no-op, but here the base is on meta, so freeze them again to count what CPU training trains."""
+    for module in model.modules():
+        for name in getattr(module, "other_param_names", ()):
+            container = getattr(module, name, None)
+            if isinstance(container, torch.nn.ParameterDict):
+                for param in container.values():
+                    param.requires_grad_(False)
 
 
 def _prepare_with_plain_init(model, method, opts, error: Exception):
