@@ -5,7 +5,9 @@
 - list style: numbered-list markers (1. / 1、 / 1) / (1)) and bullets (- / * / •) across samples;
 - record format: Alpaca, ShareGPT and OpenAI records mixed in one file; system prompts on some samples only;
 - answer labels: replies that start with a field label (输出：, 回答：, Output:, Answer:).
-For each style family, samples that follow a minority style get a finding naming the majority.
+For each style family: when a few samples (at most 2, or `OUTLIER_SHARE` of those with a style) differ from
+the rest, each gets a finding naming the majority; when the file is split more evenly, one file-level finding
+gives the counts, since the fix is a decision about the whole file rather than a list of lines.
 """
 
 from __future__ import annotations
@@ -19,14 +21,19 @@ from .text import CJK_CHAR, language, strip_code
 _CJK_SET = CJK_CHAR.pattern[1:-1]
 HALF_WIDTH_IN_CHINESE = re.compile(f"[{_CJK_SET}][,;:?!](?!\\d)|[,;:?!][{_CJK_SET}]")
 FULL_WIDTH = re.compile(r"[，；：？！。]")
-NUMBERED = [("1.", re.compile(r"^\s*\d+\.\s", re.M)), ("1、", re.compile(r"^\s*\d+、", re.M)),
-            ("1)", re.compile(r"^\s*\d+\)", re.M)), ("(1)", re.compile(r"^\s*[(（]\d+[)）]", re.M))]
-BULLETS = [("-", re.compile(r"^\s*- ", re.M)), ("*", re.compile(r"^\s*\* ", re.M)), ("•", re.compile(r"^\s*•", re.M))]
-ANSWER_LABEL = re.compile(r"^\s*(输出|回答|答案|答|回复|Output|Answer|Response|A)\s*[:：]", re.I)
+# A numbered list needs items 1 and 2 in the same style ("5、8、10 和 12 的平均值" is not a list).
+NUMBERED = [(style, [re.compile(pattern.format(n=n), re.M) for n in (1, 2)]) for style, pattern in [
+    ("1.", r"^\s*{n}\.\s"), ("1、", r"^\s*{n}、"), ("1)", r"^\s*{n}\)"), ("(1)", r"^\s*[(（]{n}[)）]")]]
+BULLETS = [(style, [re.compile(pattern, re.M)]) for style, pattern in [("-", r"^\s*- "), ("*", r"^\s*\* "),
+                                                                       ("•", r"^\s*•")]]
+ANSWER_LABEL = re.compile(r"^\s*(输出|回答|答案|答|回复|Output|Answer|Response)\s*[:：]", re.I)  # not "A:" (dialogues)
+QUOTED = re.compile(r"“[^”]*”|「[^」]*」|『[^』]*』|\"[^\"\n]*\"")
+OUTLIER_SHARE = 0.2
 
 
 def _address(sample: Sample) -> str | None:
-    text = " ".join(sample.replies)
+    """你 / 您 / both in the replies, quoted speech left out (characters in a story address each other)."""
+    text = QUOTED.sub(" ", " ".join(sample.replies))
     ni, nin = "你" in text, "您" in text
     return "both" if ni and nin else "你" if ni else "您" if nin else None
 
@@ -41,7 +48,7 @@ def _punctuation(sample: Sample) -> str | None:
 
 def _first_style(sample: Sample, styles) -> str | None:
     text = strip_code(sample.response)
-    found = [name for name, pattern in styles if pattern.search(text)]
+    found = [name for name, patterns in styles if all(p.search(text) for p in patterns)]
     return found[0] if found else None
 
 
@@ -51,6 +58,11 @@ def _minority(section: Section, samples: list[Sample], styles: list[str | None],
     if len(counts) < 2:
         return
     majority, majority_count = counts.most_common(1)[0]
+    others = sum(counts.values()) - majority_count
+    if others > max(2, OUTLIER_SHARE * sum(counts.values())):
+        listing = ", ".join(f"'{style}' {count}" for style, count in counts.most_common())
+        section.findings.append(Finding(check, "warning", f"the file mixes styles: {what} {listing}; pick one"))
+        return
     for sample, style in zip(samples, styles):
         if style not in (None, "both", majority):
             section.findings.append(Finding.at(sample, check, "warning",

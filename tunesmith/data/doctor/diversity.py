@@ -1,6 +1,7 @@
 """Diversity: task-type distribution, distinct-n, and verb–object coverage of instructions.
 
-Task types come from ordered keyword rules (Chinese and English); the first rule that matches wins.
+Task types come from ordered keyword rules (Chinese and English); the first rule that matches wins. English task
+verbs (change, add, determine, ...) count only as the first word, so that "climate change" is no rewriting task.
 
 Verb–object pairs (the Self-Instruct paper's diversity picture) without a parser:
 - Chinese: after optional politeness (请, 帮我, 你能, ...), the first verb from a curated list within the first
@@ -24,20 +25,37 @@ from collections import Counter
 from .base import Finding, Sample, Section
 from .text import ngrams, units
 
+_EN_START = r"^(please |can you |could you |now |then )?"  # English task verbs count at the start only
 TASK_RULES: list[tuple[str, re.Pattern]] = [(name, re.compile(pattern, re.I)) for name, pattern in [
     ("translation", r"翻译|译成|译为|翻成|中译英|英译中|translat"),
     ("code", r"代码|编程|程序|函数|脚本|算法|正则|sql|python|javascript|java\b|c\+\+|html|css|\bcode\b|"
              r"\bfunction\b|\bprogram\b|\bscript\b|algorithm|regex|\bquery\b|```"),
-    ("summarization", r"总结|概括|摘要|归纳|概述|summar|tl;?dr|\bcondense"),
-    ("rewriting", r"改写|重写|润色|改正|纠正|转述|换一种|同义句|paraphrase|rewrite|rephrase|reword|proofread|"
-                  r"\bedit\b|correct (the|this|any|all)|more (formal|concise|polite)"),
-    ("analysis", r"分析|比较|对比|评价|评估|判断|分类|区别|优缺点|analy[sz]|compar|contrast|evaluat|assess|"
-                 r"classif|categori[sz]|pros and cons|critique|sentiment"),
-    ("generation", r"^(请|帮我)?(写|生成|创作|创建|创造|建立|编|设计|想出|构思|起草|撰写|提出|建议|讲一个)|组成一个|造句|^(write|generate|create|compose|"
-                   r"draft|design|invent|brainstorm|come up with|make up|produce)\b"),
-    ("question answering", r"什么|为什么|如何|怎么|怎样|哪|谁|多少|是否|吗|解释|说明|介绍|描述|[?？]|"
+    ("summarization", r"总结|概括|摘要|归纳|概述|summar|tl;?dr|\bcondense|sum up (the |this )?(main |key )?(points|"
+                      r"ideas|text|article|passage|paragraph|story|plot)|" + _EN_START + r"outline\b"),
+    ("rewriting", r"改写|重写|润色|改正|纠正|修正|修改|转述|换一种|同义句|改为|改成|变成|替换|转换[为成]|转化[为成]|"
+                  r"重新(排列|表述|组织|措辞|安排)|排序|按.{0,12}排列|格式化|删除|插入|补全|填空|缩写|扩写|简化|"
+                  r"paraphrase|rewrite|rephrase|reword|proofread|\bedit\b|correct (the|this|any|all)|"
+                  r"more (formal|concise|polite)|" + _EN_START + r"(re-?write|substitute|replace|rearrange|re-?order|"
+                  r"reverse|convert|change|transform|fill in|complete|remove|delete|insert|sort|organi[sz]e|"
+                  r"format|simplify|shorten|expand|fix|combine|connect|merge|piece|make (this|the|it))\b"),
+    ("analysis", r"分析|比较|对比|评价|评估|判断|分类|归类|区别|区分|优缺点|情感|情绪|语气|analy[sz]|compar|contrast|"
+                 r"evaluat|assess|classif|categori[sz]|pros and cons|critique|sentiment|" + _EN_START +
+                 r"(determine|differentiate|distinguish|choose|select|pick|decide|rate|rank|detect|diagnose)\b"),
+    # a Chinese task that starts by asking for facts is a question even when it mentions making something
+    # (列出制作…的五个因素, 引用…写的一首诗)
+    ("generation", r"^(?!(请|请你)?(列出|列举|找出|找到|查找|计算|说出|引用|解释|描述|介绍|定义|确定|识别))"
+                   r".*?(写|生成|创作|创建|创造|建立|编一|设计|想出|构思|起草|撰写|提出|建议|讲一个|组成一个|造句|构造|构建|"
+                   r"制作|制定|取一个|起一个|命名|续写|标语|口号|标题|推荐|发一|发布一)|" + _EN_START +
+                   r"(write|generate|create|compose|draft|design|invent|brainstorm|come up with|make|produce|add|"
+                   r"suggest|propose|recommend|develop|construct|formulate|build|plan|imagine|pretend|tell (me )?a|"
+                   r"entertain|give (me )?(an? |some |\w+ )?(examples?|ideas?|tips?|names?|titles?|suggestions?)|"
+                   r"provide (an? |some |\w+ )?(examples?|ideas?|tips?|names?|titles?|suggestions?))\b"),
+    ("question answering", r"什么|为什么|如何|怎么|怎样|哪|谁|多少|是否|吗|解释|说明|介绍|描述|定义|[?？]|列出|列举|找出|找到|"
+                           r"查找|获取|确定|计算|说出|说一个|识别|提供|给出|估计|预测|引用|求出?|"
                            r"^(what|why|how|who|when|where|which|is|are|do|does|can|should)\b|explain|describe|"
-                           r"define|\bname\b|\blist\b|identify|find|calculate|solve|列出|列举|找出|计算|说出|识别|提供|求出?"),
+                           r"define|\bname\b|\blist\b|identify|find|calculate|solve|" + _EN_START +
+                           r"(search|look up|estimate|predict|sum|multiply|divide|compute|state|indicate|tell|give|"
+                           r"provide|derive|prove|cite)\b"),
 ]]
 TASK_TYPES = [name for name, _ in TASK_RULES] + ["other"]
 TASK_LABELS = {"zh": {"translation": "翻译", "code": "代码", "summarization": "摘要", "rewriting": "改写",

@@ -13,7 +13,7 @@ _CJK = r"\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 CJK_CHAR = re.compile(f"[{_CJK}]")
 _UNITS = re.compile(f"[{_CJK}]|[A-Za-z0-9]+(?:['’][A-Za-z]+)?|[^\\W_{_CJK}]+")
 _LATIN = re.compile(r"[A-Za-z]")
-_CODE_FENCE = re.compile(r"```.*?(```|$)", re.S)
+_CODE_FENCE = re.compile(r"```.*?(```|$)|`[^`\n]+`", re.S)
 _CODE_HINTS = re.compile(r"(^|\n)\s*(def |class |import |#include|public |function |SELECT |for \(|if \(|return |"
                          r"<\w+[^>]*>|\}|\{|//)", re.I)
 
@@ -23,11 +23,15 @@ def units(text: str) -> list[str]:
     return [u.lower() for u in _UNITS.findall(text)]
 
 
+def script_counts(text: str) -> tuple[int, int]:
+    """(CJK characters, Latin words of 2+ letters) outside code: the two languages' weights in a text."""
+    text = strip_code(text)
+    return len(CJK_CHAR.findall(text)), len(re.findall(r"[A-Za-z]{2,}", text))
+
+
 def language(text: str) -> str | None:
     """'zh', 'en', or None when the text has too few letters to tell (numbers, symbols, code)."""
-    text = strip_code(text)
-    cjk = len(CJK_CHAR.findall(text))
-    latin_words = len(re.findall(r"[A-Za-z]{2,}", text))
+    cjk, latin_words = script_counts(text)
     if cjk + latin_words < 3:
         return None
     return "zh" if cjk >= latin_words else "en"
@@ -41,7 +45,7 @@ def cjk_share(text: str) -> float:
 
 
 def strip_code(text: str) -> str:
-    """Text without fenced code blocks (their punctuation and language follow other rules)."""
+    """Text without fenced code blocks and inline `code` (their punctuation and language follow other rules)."""
     return _CODE_FENCE.sub(" ", text)
 
 
