@@ -64,6 +64,27 @@ def test_lora_to_base_reads_base_from_adapter_config(setup, tmp_path):
     assert (out / "config.json").is_file()
 
 
+def test_adapters_as_merge_inputs_equal_their_folded_models(setup, tmp_path):
+    """A LoRA folder listed under `models` is read as base + B A, exactly as if folded to disk first."""
+    from tunesmith.merging.checkpoint import Checkpoint
+
+    base, (a, b) = setup
+    folded = [run(parse_config({"method": "lora_to_base", "adapter": str(x), "dtype": "float32"}),
+                  tmp_path / f"folded-{x.name}", progress=False) for x in (a, b)]
+
+    def ties(models, out):
+        return run(parse_config({"method": "ties", "base_model": str(base), "dtype": "float32",
+                                 "models": [{"model": str(m), "density": 0.5} for m in models]}), out,
+                   progress=False)
+
+    direct, reference = Checkpoint(ties([a, b], tmp_path / "direct")), Checkpoint(ties(folded, tmp_path / "ref"))
+    for name in reference.tensors:
+        assert torch.equal(direct.read(name), reference.read(name)), name
+    q = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(direct.read(q), Checkpoint(base).read(q))  # the adapters' updates are in it
+    assert (tmp_path / "direct" / "tokenizer.json").is_file()
+
+
 def _delta_sum(base, adapters_and_weights):
     """Σ wᵢ (merged_i − base) per weight, via PEFT's own merge."""
     from transformers import AutoModelForCausalLM

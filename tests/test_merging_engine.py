@@ -199,3 +199,18 @@ def test_refuses_pickled_weights(tmp_path, capsys, experts):
     code, err = _cli(tmp_path, {"method": "linear", "models": [{"model": str(a)}, {"model": str(tmp_path / "pickled")}],
                                 "output": str(tmp_path / "o")}, capsys)
     assert code == 2 and "only safetensors" in err
+
+
+def test_example_configs_parse():
+    """Every examples/merge*.yaml is a valid merge config or eval suite (the schema and the examples agree)."""
+    from tunesmith.merging import load_config
+    from tunesmith.merging.evaluate import load_suite
+
+    root = Path(__file__).resolve().parents[1] / "examples"
+    examples = sorted(root.glob("merge*.yaml"))
+    assert len(examples) >= 4
+    for path in examples:
+        if path.name == "merge_eval.yaml":
+            assert len(load_suite(path).tasks) == 2
+        else:
+            assert load_config(path).output.startswith("runs/merged/")

@@ -86,3 +86,9 @@ def test_eval_suite_errors(world, tmp_path, capsys):
     assert "tasks.0.path" in capsys.readouterr().err
     assert main(["merge", str(config), "--search", "--eval", str(bad)]) == 2
     assert "search" in capsys.readouterr().err
+    stranger = tmp_path / "stranger.yaml"
+    stranger.write_text(yaml.safe_dump({"tasks": [{"name": "x", "path": "y", "source": str(broken)}]}))
+    assert main(["merge", str(config), "--eval", str(stranger)]) == 2
+    err = capsys.readouterr().err
+    assert "not a merge input" in err and "tasks.0.source" in err
+    assert not (tmp_path / "o").exists()  # refused before merging anything

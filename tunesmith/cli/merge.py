@@ -56,9 +56,11 @@ def merge_command(args) -> int:
     if args.suite:
         if not isinstance(config, MergeConfig):
             raise ConfigError("--eval applies to model merges, not adapter operations", where=args.config)
-        from ..merging.evaluate import load_suite
+        from ..merging.evaluate import load_suite, load_task_data, task_sources
 
-        suite = load_suite(args.suite)  # validated before the merge starts
+        suite = load_suite(args.suite)  # suite, sources and data are checked before the merge starts
+        task_sources(suite, _sources(config), args.suite)
+        load_task_data(suite)
     if args.search:
         return _search(args, config, suite, console)
     out = run(config, args.out, overwrite=args.overwrite, progress=not args.no_progress)
@@ -74,12 +76,14 @@ def merge_command(args) -> int:
 
 
 def _sources(config) -> dict[str, str]:
+    from ..models.loading import resolve_ref
+
     sources, seen = {}, set()
     for label, folder in ([("base", config.base_model)] if config.base_model else []) + \
             [(Path(m.model).name or m.model, m.model) for m in config.models]:
         name = label if label not in seen else f"{label}#{len(seen)}"
         seen.add(name)
-        sources[name] = folder
+        sources[name] = resolve_ref(folder)
     return sources
 
 

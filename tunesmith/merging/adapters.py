@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from ..errors import ConfigError, ModelError
 from ..io import atomic_write_json, publish_dir_contents
 from .checkpoint import Checkpoint, PlannedTensor, ShardedWriter, parse_size
 from .config import LoraCombineConfig, LoraToBaseConfig
-from .engine import _output_dtype, _prepare_output, copy_side_files
+from .engine import _output_dtype, _prepare_output, copy_side_files, write_model_config
 from .progress import tensor_progress
 
 PREFIX = "base_model.model."
@@ -102,54 +101,76 @@ def _pattern(patterns: dict, module: str, default: float) -> float:
     return default
 
 
+class LoraCheckpoint:
+    """A LoRA adapter seen as the model it makes: its base's tensors with s · B A added as each is read.
+
+    It reads like a `Checkpoint`, so an adapter folder (or LoRA run) can be a merge input without folding it
+    to disk first, and `lora_to_base` is just this checkpoint streamed to a writer.
+    """
+
+    def __init__(self, folder: str | Path, role: str = "adapter", base_model: str | None = None):
+        from ..models.loading import resolve_ref
+
+        self.adapter = read_adapter(folder)
+        self.folder, self.role = self.adapter.folder, role
+        base_path = base_model or self.adapter.config.get("base_model_name_or_path")
+        base_path = resolve_ref(base_path) if base_path else base_path
+        if not base_path or not Path(base_path).expanduser().is_dir():
+            raise ConfigError(f"base model folder of the adapter not found: {base_path}", where=f"{role} {folder}",
+                              hint="set base_model: to the local folder the adapter was trained on")
+        self.base = Checkpoint(base_path, f"{role} base model")
+        self.tensors, self.config = self.base.tensors, self.base.config
+        self.fan_in_fan_out = bool(self.adapter.config.get("fan_in_fan_out"))
+        self.targets = {f"{module}.weight": lora for module, lora in self.adapter.modules.items()}
+        for name in list(self.targets) + list(self.adapter.others):
+            if name not in self.tensors:
+                self.base.close()
+                raise ModelError(f"the adapter changes '{name}', which the base model does not store"
+                                 + (" (tied to the input embeddings)" if "lm_head" in name else ""),
+                                 where=f"{folder} vs {self.base.folder}",
+                                 hint="check that base_model is the model this adapter was trained on")
+
+    def read(self, name: str) -> torch.Tensor:
+        tensor = self.adapter.others.get(name)
+        tensor = self.base.read(name) if tensor is None else tensor
+        if name not in self.targets:
+            return tensor
+        delta = self.targets[name].delta(self.fan_in_fan_out)
+        if delta.shape != tensor.shape:
+            raise ModelError(f"LoRA update for '{name}' has shape {list(delta.shape)}, the base tensor "
+                             f"{list(tensor.shape)}", where=str(self.folder))
+        # Kept in float32 (float64 for a float64 base): rounding to a bf16 base's dtype here would lose
+        # part of the update before a merge combines it.
+        return (tensor.double() + delta).to(torch.float64 if tensor.dtype == torch.float64 else torch.float32)
+
+    def close(self) -> None:
+        self.base.close()
+
+
 def lora_to_base(config: LoraToBaseConfig, output=None, *, overwrite: bool = False, progress: bool = True) -> Path:
-    adapter = read_adapter(config.adapter)
-    base_path = config.base_model or adapter.config.get("base_model_name_or_path")
-    if not base_path or not Path(base_path).expanduser().is_dir():
-        raise ConfigError(f"base model folder not found: {base_path}", where="base_model",
-                          hint="set base_model: to the local folder the adapter was trained on")
     out = Path(output or config.output or "")
     if not str(out) or str(out) == ".":
         raise ConfigError("no output folder", where="output", hint="set `output:` or pass --out")
-    base = Checkpoint(base_path, "base_model")
-    fan_in_fan_out = bool(adapter.config.get("fan_in_fan_out"))
-    targets = {f"{module}.weight": lora for module, lora in adapter.modules.items()}
-    for name in list(targets) + list(adapter.others):
-        if name not in base.tensors:
-            base.close()
-            raise ModelError(f"the adapter changes '{name}', which the base model does not store"
-                             + (" (tied to the input embeddings)" if "lm_head" in name else ""),
-                             where=f"{config.adapter} vs {base.folder}",
-                             hint="check that base_model is the model this adapter was trained on")
+    model = LoraCheckpoint(config.adapter, "adapter", config.base_model)
     try:
-        dtype = _output_dtype(config.dtype, base)
-        names = list(base.tensors)
-        plan = [PlannedTensor(n, dtype if base.tensors[n].dtype.is_floating_point else base.tensors[n].dtype,
-                              base.tensors[n].shape) for n in names]
+        dtype = _output_dtype(config.dtype, model.base)
+        names = list(model.tensors)
+        plan = [PlannedTensor(n, dtype if model.tensors[n].dtype.is_floating_point else model.tensors[n].dtype,
+                              model.tensors[n].shape) for n in names]
         staging = _prepare_output(out, overwrite)
         writer = ShardedWriter(staging, plan, parse_size(config.max_shard_size))
         with tensor_progress(len(names), progress, "folding adapter") as bar:
             for item in plan:
-                tensor = adapter.others.get(item.name)
-                tensor = base.read(item.name) if tensor is None else tensor
-                if item.name in targets:
-                    delta = targets[item.name].delta(fan_in_fan_out)
-                    if tuple(delta.shape) != item.shape:
-                        raise ModelError(f"LoRA update for '{item.name}' has shape {list(delta.shape)}, the base "
-                                         f"tensor {list(item.shape)}", where=str(adapter.folder))
-                    tensor = (tensor.double() + delta).to(item.dtype)
-                writer.write(item.name, tensor.to(item.dtype))
+                writer.write(item.name, model.read(item.name).to(item.dtype))
                 bar(item.name)
         writer.close()
-        model_config = dict(base.config)
-        model_config["dtype" if "dtype" in model_config else "torch_dtype"] = str(dtype).removeprefix("torch.")
-        (staging / "config.json").write_text(json.dumps(model_config, indent=2) + "\n", encoding="utf-8")
-        copy_side_files(base.folder, staging)
-        copy_side_files(adapter.folder, staging)  # the run's tokenizer (and chat template) win
+        write_model_config(staging, model.base, dtype)
+        copy_side_files(model.base.folder, staging)
+        copy_side_files(model.folder, staging)  # the run's tokenizer (and chat template) win
         atomic_write_json(staging / "tunesmith_merge.json", {"tunesmith_merge": config.model_dump(mode="json")})
         publish_dir_contents(staging, out)
     finally:
-        base.close()
+        model.close()
     return out
 
 

@@ -84,7 +84,10 @@ class Checkpoint:
     """A model folder whose tensors are read on demand, one at a time."""
 
     def __init__(self, folder: str | Path, role: str = "model"):
-        self.folder = Path(folder).expanduser()
+        from ..models.loading import resolve_ref
+
+        # The same model references as training configs: a local folder, or a model name shipped on PyPI.
+        self.folder = Path(resolve_ref(str(folder))).expanduser()
         self.role = role
         if not self.folder.is_dir():
             raise ModelError("model folder not found", where=f"{role} {self.folder}")

@@ -43,8 +43,8 @@ def merge(config: MergeConfig, output: str | Path | None = None, *, overwrite: b
     if not str(out) or str(out) == ".":
         raise ConfigError("no output folder", where="output", hint="set `output:` or pass --out")
     method = get_method(config.method)
-    sources = [Checkpoint(entry.model, f"models[{i}]") for i, entry in enumerate(config.models)]
-    base = Checkpoint(config.base_model, "base_model") if config.base_model else None
+    sources = [open_checkpoint(entry.model, f"models[{i}]") for i, entry in enumerate(config.models)]
+    base = open_checkpoint(config.base_model, "base_model") if config.base_model else None
     everyone = ([base] if base else []) + sources
     try:
         check_compatible(everyone)
@@ -71,6 +71,15 @@ def merge(config: MergeConfig, output: str | Path | None = None, *, overwrite: b
         for checkpoint in everyone:
             checkpoint.close()
     return MergeResult(out, len(names), shards)
+
+
+def open_checkpoint(ref: str, role: str):
+    """A model folder, or a LoRA adapter folder / LoRA run read as its base model plus the adapter."""
+    if (Path(ref).expanduser() / "adapter_config.json").is_file():
+        from .adapters import LoraCheckpoint
+
+        return LoraCheckpoint(ref, role)
+    return Checkpoint(ref, role)
 
 
 def _merge_one(method: MergeMethod, tensors, base, params: TensorParams, dtype: torch.dtype) -> torch.Tensor:
@@ -132,15 +141,21 @@ def _prepare_output(out: Path, overwrite: bool) -> Path:
 
 
 def _write_side_files(staging: Path, config: MergeConfig, reference: Checkpoint, dtype: torch.dtype) -> None:
+    write_model_config(staging, reference, dtype)
+    from ..models.loading import resolve_ref
+
+    tokenizer_from = Path(resolve_ref(config.tokenizer_source)) if config.tokenizer_source else reference.folder
+    copy_side_files(tokenizer_from, staging)
+    atomic_write_json(staging / PROVENANCE, {"tunesmith_merge": config.model_dump(mode="json")})
+
+
+def write_model_config(staging: Path, reference, dtype: torch.dtype) -> None:
     model_config = dict(reference.config)
     if not model_config:
         raise ModelError("config.json missing, so the result would not load", where=str(reference.folder))
     # transformers 5 writes `dtype`, older versions `torch_dtype`: keep the reference's spelling.
     model_config["dtype" if "dtype" in model_config else "torch_dtype"] = str(dtype).removeprefix("torch.")
     (staging / "config.json").write_text(json.dumps(model_config, indent=2) + "\n", encoding="utf-8")
-    tokenizer_from = Path(config.tokenizer_source or config.base_model or config.models[0].model)
-    copy_side_files(tokenizer_from, staging)
-    atomic_write_json(staging / PROVENANCE, {"tunesmith_merge": config.model_dump(mode="json")})
 
 
 def copy_side_files(source: Path, dest: Path) -> None:

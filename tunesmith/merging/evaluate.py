@@ -30,6 +30,8 @@ class EvalTask(StrictModel):
     path: str = Field(description="instruction data (Alpaca/ShareGPT/OpenAI records) held out for evaluation")
     source: str | None = Field(None, description="the model this task's skill came from (a merge input)")
     max_samples: int | None = Field(None, gt=0)
+    skip: int = Field(0, ge=0, description="records to skip first (e.g. those the source was trained on)")
+    template: str | None = Field(None, description="prompt template of this task (default: the suite's)")
 
 
 class EvalSuite(StrictModel):
@@ -89,7 +91,15 @@ def _records(task: EvalTask, limit: int) -> list[list[dict]]:
     from ..data.readers import read_records
 
     spec = DatasetSpec(path=task.path)
-    return [normalize_record(r, spec) for r in read_records(task.path)[: task.max_samples or limit]]
+    records = read_records(task.path)[task.skip:task.skip + (task.max_samples or limit)]
+    if not records:
+        raise ConfigError(f"task '{task.name}' has no records left after skip: {task.skip}", where=task.path)
+    return [normalize_record(r, spec) for r in records]
+
+
+def load_task_data(suite: EvalSuite) -> dict[str, list[list[dict]]]:
+    """Each task's conversations (also run before a merge, so that bad eval data fails before any work)."""
+    return {task.name: _records(task, suite.max_samples) for task in suite.tasks}
 
 
 def _load(folder: str):
@@ -147,13 +157,13 @@ def score_model(folder: str, suite: EvalSuite, data: dict[str, list]) -> dict[st
     from ..data.templates.registry import get_template
 
     model, tokenizer = _load(folder)
-    template = get_template(suite.template, tokenizer)
     scores = {}
     for task in suite.tasks:
+        name = task.template or suite.template
         if suite.metric == "loss":
-            scores[task.name] = _mean_loss(model, tokenizer, template, data[task.name], suite)
+            scores[task.name] = _mean_loss(model, tokenizer, get_template(name, tokenizer), data[task.name], suite)
         else:
-            scores[task.name] = _exact_match(model, tokenizer, suite.template, data[task.name], suite)
+            scores[task.name] = _exact_match(model, tokenizer, name, data[task.name], suite)
     del model
     return scores
 
@@ -164,10 +174,29 @@ def retention(metric: str, source: float, merged: float) -> float:
     return merged / source if source > 0 else 1.0
 
 
+def task_sources(suite: EvalSuite, sources: dict[str, str], origin: str = "suite") -> dict[str, str]:
+    """Task name → label of the merge input it came from; checked before any model is merged or scored."""
+    from ..models.loading import resolve_ref
+
+    def same(ref: str) -> Path:  # one spelling per model: relative, absolute and PyPI names compare equal
+        return Path(resolve_ref(ref)).expanduser().resolve()
+
+    by_folder = {same(f): label for label, f in sources.items()}
+    labels = {}
+    for i, task in enumerate(suite.tasks):
+        if task.source:
+            labels[task.name] = by_folder.get(same(task.source))
+            if labels[task.name] is None:
+                raise ConfigError(f"task '{task.name}' names source {task.source}, which is not a merge input",
+                                  where=f"{origin}: tasks.{i}.source", hint=f"one of: {', '.join(sources.values())}")
+    return labels
+
+
 def evaluate_merge(merged: str, sources: dict[str, str], suite: EvalSuite,
                    cache: dict[str, dict[str, float]] | None = None) -> Report:
     """Score the merged folder and every source (label → folder); `cache` reuses source scores across calls."""
-    data = {task.name: _records(task, suite.max_samples) for task in suite.tasks}
+    labels = task_sources(suite, sources)
+    data = load_task_data(suite)
     cache = {} if cache is None else cache
     scores = {"merged": score_model(merged, suite, data)}
     for label, folder in sources.items():
@@ -175,14 +204,10 @@ def evaluate_merge(merged: str, sources: dict[str, str], suite: EvalSuite,
             cache[folder] = score_model(folder, suite, data)
         scores[label] = cache[folder]
     kept, flags = {}, []
-    by_folder = {str(Path(f)): label for label, f in sources.items()}
     for task in suite.tasks:
         merged_score = scores["merged"][task.name]
-        if task.source:
-            label = by_folder.get(str(Path(task.source)))
-            if label is None:
-                raise ConfigError(f"task '{task.name}' names source {task.source}, which is not a merge input",
-                                  where="tasks[].source", hint=f"one of: {', '.join(sources.values())}")
+        if task.name in labels:
+            label = labels[task.name]
             kept[task.name] = retention(suite.metric, scores[label][task.name], merged_score)
             if kept[task.name] < suite.min_retention:
                 flags.append(f"task '{task.name}' keeps {kept[task.name]:.0%} of its source {label} "
