@@ -100,6 +100,40 @@ PLANTED_ACCURACY = [
     ({"instruction": "Summarize the following article.", "input": "",
       "output": "The article says that exercise is good for health."}, "missing_input"),
     ({"instruction": "Name a color.", "input": "", "output": "—"}, "empty_output"),
+    ({"instruction": "Repeat after me: the quick brown fox.", "input": "",
+      "output": "Repeat after me: the quick brown fox."}, "echo"),
+]
+
+# Look-alikes taken from ../shared/data/instruct (where earlier rules misfired): each is a fine sample.
+REAL_LOOK_ALIKES = [
+    ({"instruction": "Describe the color yellow in 3 words.", "input": "", "output": "Bright, cheerful, warm."},
+     "short_output"),
+    ({"instruction": "生成哈利波特系列角色的名称列表。", "input": "",
+      "output": "这里是一份哈利波特系列角色的名称列表：\n\n" + "\n".join(
+          f"{n}. {name}" for n, name in enumerate(["Harry Potter", "Ron Weasley", "Hermione Granger", "Neville "
+                                                   "Longbottom", "Luna Lovegood", "Ginny Weasley", "Fred Weasley",
+                                                   "George Weasley", "Albus Dumbledore", "Severus Snape",
+                                                   "Draco Malfoy", "Rubeus Hagrid"], start=1))},
+     "language_mismatch"),
+    ({"instruction": "用“shimmer”、“keepsake”和“breadth”这三个词构造一个复杂句子。", "input": "",
+      "output": "As the sun sets, the shimmer of the horizon becomes a keepsake that reflects the breadth of nature."},
+     "language_mismatch"),
+    ({"instruction": "根据给定的参数生成有效的HTML标签。", "input": "元素名称：meta，属性：charset，值：iso-8859-1。",
+      "output": "`<meta charset=\"iso-8859-1\">`"}, "language_mismatch"),
+    ({"instruction": "Write a function to find out whether a given year is a leap year.", "input": "",
+      "output": "```python\ndef is_leap(year):\n    return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)\n```"},
+     "missing_input"),
+    ({"instruction": "Change this sentence to make it sound more formal: I wanted to alert you", "input": "",
+      "output": "I wished to bring this to your attention."}, "missing_input"),
+    ({"instruction": "列出与给定动词“读”相关的所有名词。", "input": "", "output": "书、文章、报纸、杂志和小说都与阅读有关。"},
+     "missing_input"),
+    ({"instruction": "确定这个陈述的目的。", "input": "我是一个乐于助人的人工智能助手。",
+      "output": "这个陈述的目的是说明我作为一个人工智能助手是非常乐于助人的，以便与用户建立信任。"}, "refusal"),
+    ({"instruction": "Given a sequence of numbers, find the pattern.", "input": "3, 7, 11, 15",
+      "output": "Each number is 4 more than the one before: 3+4, 7+4, 11+4..."}, "truncated"),
+    ({"instruction": "Generate a template for a customer service email.", "input": "",
+      "output": "Dear [Customer Name],\n\nThank you for contacting us. We will reply within two days.\n\n"
+                "Best regards,\n[Your Name]"}, "placeholder"),
 ]
 
 
@@ -112,6 +146,20 @@ def test_accuracy_detector_fires_on_planted_defect(tmp_path, record, check):
     assert hits and all(f.line == 4 for f in hits), [f.to_dict() for f in section.findings]
     assert hits[0].field in ("output", "input")
     assert {f.line for f in section.findings} == {4}  # clean neighbours stay quiet
+
+
+@pytest.mark.parametrize("record,check", REAL_LOOK_ALIKES, ids=[f"{c}-{i}" for i, (_, c) in
+                                                                enumerate(REAL_LOOK_ALIKES)])
+def test_accuracy_is_quiet_on_real_look_alikes(tmp_path, record, check):
+    samples, _ = load_samples(write_jsonl(tmp_path / "d.jsonl", [record]))
+    assert check_accuracy(samples).findings == []
+
+
+def test_template_tokens_in_a_user_turn(tmp_path):
+    record = {"messages": [{"role": "user", "content": "Hi<|im_end|>\n<|im_start|>assistant"},
+                           {"role": "assistant", "content": "Hello! How can I help you today?"}]}
+    samples, _ = load_samples(write_jsonl(tmp_path / "d.jsonl", [record]))
+    assert [(f.check, f.severity) for f in check_accuracy(samples).findings] == [("accuracy.template_leak", "error")]
 
 
 def test_consistency_detectors(tmp_path):
@@ -137,6 +185,34 @@ def test_consistency_detectors(tmp_path):
     assert ("consistency.record_format", None) in by
     flagged_lines = {f.line for f in section.findings if f.line}
     assert flagged_lines == {3, 4, 7, 8}
+
+
+def test_consistency_more_styles_and_look_alikes(tmp_path):
+    you = "你可以先做计划，再按计划行动。"
+    records = [
+        {"instruction": "怎么开始跑步？", "input": "", "output": "你可以先慢跑，您也可以快走。"},  # both in one reply
+        {"instruction": "列出三种水果。", "input": "", "output": "- 苹果\n- 香蕉\n- 橙子"},
+        {"instruction": "列出三种蔬菜。", "input": "", "output": "- 白菜\n- 萝卜\n- 土豆"},
+        {"instruction": "列出三种饮料。", "input": "", "output": "- 茶\n- 咖啡\n- 果汁"},
+        {"instruction": "列出三种花。", "input": "", "output": "* 玫瑰\n* 百合\n* 菊花"},  # bullet minority
+        {"instruction": "计算5、8、10和12的平均值。", "input": "",
+         "output": "5、8、10 和 12 的平均值是 8.75。\n12、10、8 相加再加 5，除以 4 即得。"},  # no list
+        {"instruction": "写一段两个人的对话。", "input": "", "output": "A: 早上好！\nB: 早上好，今天天气不错。"},  # no label
+        {"instruction": "讲一个小故事。", "input": "", "output": "小猫对小狗说：“你跑得真快！”小狗笑了。"},  # quoted 你
+        {"instruction": "如何学习？", "input": "", "output": you, "system": "你是一个助手。"},  # system on one only
+    ]
+    samples, schema = load_samples(write_jsonl(tmp_path / "c.jsonl", records))
+    found = {(f.check, f.line) for f in check_consistency(samples, schema.metrics["formats"]).findings}
+    assert found == {("consistency.address", 1), ("consistency.bullet_list", 5), ("consistency.system_prompt", None)}
+
+
+def test_evenly_mixed_styles_give_one_file_level_finding(tmp_path):
+    records = [{"instruction": f"问题{n}", "input": "", "output": ("你" if n % 2 else "您") + "可以多读书、多练习。"}
+               for n in range(10)]
+    samples, _ = load_samples(write_jsonl(tmp_path / "c.jsonl", records))
+    section = check_consistency(samples)
+    assert [(f.check, f.line) for f in section.findings] == [("consistency.address", None)]
+    assert "'您' 5, '你' 5" in section.findings[0].message
 
 
 def test_duplicates_exact_near_and_conflicting(tmp_path):
@@ -222,7 +298,21 @@ def test_shared_alpaca_zh_measured():
     assert s["records"] == 850 and s["invalid"] == 0
     assert s["exact_duplicates"] == 6  # measured on the file; each pair checked by hand to be identical
     assert report.sections["consistency"].metrics["address"]["您"] > 0
-    assert 0.02 < s["accuracy_flagged_rate"] < 0.15
+    # 你 and 您 are split ~40/60 in this file: one file-level finding, not a warning on every 你 reply
+    address = [f for f in report.findings if f.check == "consistency.address"]
+    assert sum(f.line is None for f in address) == 1 and len(address) < 20
+    assert 0.02 < s["accuracy_flagged_rate"] < 0.08  # every finding was read by hand; see docs/data.md
+
+
+def test_shared_alpaca_en_measured():
+    require_shared()
+    report = run_check(str(SHARED / "data" / "instruct" / "alpaca_en_demo.json"))
+    s = report.summary
+    assert s["records"] == 849 and s["invalid"] == 0 and s["exact_duplicates"] == 10
+    by_check = report.sections["accuracy"].metrics["by_check"]
+    assert "short_output" not in by_check and "language_mismatch" not in by_check  # the misfires fixed
+    assert s["accuracy_flagged_rate"] < 0.04
+    assert report.sections["diversity"].metrics["task_types"].get("other", 0) / s["records"] < 0.15
 
 
 def test_gate_conditions():
