@@ -13,6 +13,7 @@ import pytest
 from tunesmith.data.construct import (AugmentConfig, SelfInstructConfig, TeacherError, TeacherOptions,
                                       augment_file, make_teacher, read_seed_tasks, self_instruct)
 from tunesmith.data.construct.augment import variant_problem
+from tunesmith.data.construct.teachers import RateLimiter, Teacher
 from tunesmith.data.construct.self_instruct import instruction_problem, parse_tasks
 from tunesmith.data.doctor.text import units
 
@@ -25,9 +26,14 @@ def served(stories_dir):
     from tunesmith.inference.server import ModelServer
     from tunesmith.models.loading import load_for_inference
 
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a 260K-parameter model gains nothing from threads, and they contend on shared CPUs
     server = ModelServer(Generator(load_for_inference(str(stories_dir))), "stories", max_requests=200)
     with server:
         yield server
+    torch.set_num_threads(threads)
 
 
 def read_jsonl(path):
@@ -93,6 +99,7 @@ def test_filters():
 
 class _Flaky(BaseHTTPRequestHandler):
     failures_left = 2
+    busy_left = 1
     calls = 0
 
     def log_message(self, *args):
@@ -101,8 +108,14 @@ class _Flaky(BaseHTTPRequestHandler):
     def do_POST(self):  # noqa: N802
         type(self).calls += 1
         self.rfile.read(int(self.headers["Content-Length"]))
+        headers = {}
         if self.path.endswith("/bad/chat/completions"):
             status, payload = 400, {"error": {"message": "unknown model"}}
+        elif self.path.endswith("/busy/chat/completions") and type(self).busy_left > 0:
+            type(self).busy_left -= 1
+            status, payload, headers = 429, {"error": {"message": "rate limited"}}, {"Retry-After": "7"}
+        elif self.path.endswith("/busy/chat/completions"):
+            status, payload = 200, {"choices": [{"message": {"role": "assistant", "content": "ok"}}]}
         elif type(self).failures_left > 0:
             type(self).failures_left -= 1
             status, payload = 503, {"error": {"message": "overloaded"}}
@@ -112,16 +125,25 @@ class _Flaky(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        for key, value in headers.items():
+            self.send_header(key, value)
         self.end_headers()
         self.wfile.write(data)
 
 
-def test_teacher_retries_with_backoff_then_gives_clear_errors():
+@pytest.fixture
+def flaky_url():
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Flaky)
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
-    try:
-        base = f"http://127.0.0.1:{httpd.server_address[1]}"
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_teacher_retries_with_backoff_then_gives_clear_errors(flaky_url):
+    if True:
+        base = flaky_url
         sleeps = []
         teacher = make_teacher("openai:m", base_url=base + "/v1", backoff=0.01, sleep=sleeps.append)
         assert teacher.complete([[{"role": "user", "content": "hi"}]], TeacherOptions()) == ["ok"]
@@ -133,9 +155,88 @@ def test_teacher_retries_with_backoff_then_gives_clear_errors():
         with pytest.raises(TeacherError, match="kept failing after 3 attempts"):
             make_teacher("openai:m", base_url=base + "/v1", max_retries=2, backoff=0.001).complete(
                 [[{"role": "user", "content": "x"}]], TeacherOptions())
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+
+
+def test_teacher_obeys_retry_after_on_429(flaky_url):
+    sleeps = []
+    teacher = make_teacher("openai:m", base_url=flaky_url + "/busy", sleep=sleeps.append)
+    assert teacher.complete([[{"role": "user", "content": "hi"}]], TeacherOptions()) == ["ok"]
+    assert sleeps == [7.0] and teacher.retries == 1
+
+
+def test_rate_limiter_spaces_requests(flaky_url):
+    now, slept = [100.0], []
+
+    def sleep(seconds):
+        slept.append(round(seconds, 6))
+        now[0] += seconds
+
+    limiter = RateLimiter(120, clock=lambda: now[0], sleep=sleep)  # one call every 0.5 s
+    for _ in range(4):
+        limiter.wait()
+    assert slept == [0.5, 0.5, 0.5]
+    # Over HTTP with 4 parallel workers at 6 requests a minute: each request reserves the next 10 s slot.
+    waits = []
+    teacher = make_teacher("openai:m", base_url=flaky_url + "/busy", concurrency=4, requests_per_minute=6,
+                           sleep=waits.append)
+    _Flaky.busy_left = 0
+    assert teacher.complete([[{"role": "user", "content": str(n)}] for n in range(4)], TeacherOptions()) == ["ok"] * 4
+    assert len(waits) == 3 and all(abs(w - 10 * k) < 5 for w, k in zip(sorted(waits), (1, 2, 3)))
+
+
+class _ScriptTeacher(Teacher):
+    """A teacher that translates from a phrase book and records what it was asked (the augmentation logic)."""
+
+    name = "script"
+    book = {"解释什么是机器学习。": "Explain what machine learning is.",
+            "Explain what machine learning is.": "请说明机器学习是什么。",
+            "Why is the sky blue?": "天空为什么是蓝色的？",
+            "天空为什么是蓝色的？": "What makes the sky look blue?",
+            "机器学习让计算机从数据中学习规律。": "Machine learning lets computers learn patterns from data.",
+            "Machine learning lets computers learn patterns from data.": "机器学习使计算机能够从数据里学到规律。"}
+
+    def __init__(self):
+        self.prompts = []
+
+    def complete(self, conversations, options):
+        texts = [c[-1]["content"] for c in conversations]
+        self.prompts += texts
+        return [self.book.get(text.split("\n\n", 1)[1], "?") for text in texts]
+
+
+def test_backtranslation_goes_through_the_other_language_and_records_the_pivot(tmp_path):
+    source = tmp_path / "src.jsonl"
+    records = [{"instruction": "解释什么是机器学习。", "input": "", "output": "机器学习让计算机从数据中学习规律。", "id": 1},
+               {"instruction": "Why is the sky blue?", "input": "", "output": "Light scattering.", "id": 2},
+               {"instruction": "Unknown text here.", "input": "", "output": "x", "id": 3}]
+    source.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    teacher = _ScriptTeacher()
+    out = tmp_path / "bt.jsonl"
+    written, rejected = augment_file(teacher, str(source), str(out), AugmentConfig(methods=("backtranslate",)))
+    rows = read_jsonl(out)
+    assert written == 2 and rejected == {"instruction:pivot": 1}  # the phrase book has no "Unknown text here."
+    zh, en = rows
+    assert zh["instruction"] == "请说明机器学习是什么。" and zh["output"] == records[0]["output"] and zh["id"] == 1
+    assert zh["provenance"] | {"created": None} == {
+        "method": "backtranslate", "teacher": "script", "created": None, "tool": zh["provenance"]["tool"],
+        "field": "instruction", "source": str(source), "source_line": 1,
+        "pivot": {"instruction": "Explain what machine learning is."}}
+    assert en["instruction"] == "What makes the sky look blue?" and en["provenance"]["pivot"] == {
+        "instruction": "天空为什么是蓝色的？"}
+    assert "into English" in teacher.prompts[0] and "翻译成中文" in teacher.prompts[1]  # zh → en first
+    both = tmp_path / "both.jsonl"
+    augment_file(_ScriptTeacher(), str(source), str(both), AugmentConfig(methods=("backtranslate",), field="both"))
+    first = read_jsonl(both)[0]
+    assert first["output"] == "机器学习使计算机能够从数据里学到规律。" and set(first["provenance"]["pivot"]) == {
+        "instruction", "output"}
+
+
+def test_local_teacher_generates_in_batches(stories_dir):
+    teacher = make_teacher(f"local:{stories_dir}", batch_size=2)
+    replies = teacher.complete([[{"role": "user", "content": f"Tell a story about {w}."}] for w in
+                                ("a cat", "a dog", "the sea")], TeacherOptions(max_tokens=6, temperature=0.0))
+    assert len(replies) == 3 and all(isinstance(r, str) and r for r in replies)
+    assert teacher.name == f"local:{stories_dir}"
 
 
 @pytest.mark.slow

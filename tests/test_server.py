@@ -12,10 +12,15 @@ import pytest
 
 @pytest.fixture(scope="module")
 def generator(stories_dir):
+    import torch
+
     from tunesmith.inference.generation import Generator
     from tunesmith.models.loading import load_for_inference
 
-    return Generator(load_for_inference(str(stories_dir)))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a 260K-parameter model gains nothing from threads, and they contend on shared CPUs
+    yield Generator(load_for_inference(str(stories_dir)))
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture
@@ -95,8 +100,11 @@ def test_cli_serve_process_answers_and_stops_by_itself(stories_dir):
     import sys
     import time
 
+    import os
+
     process = subprocess.Popen([sys.executable, "-m", "tunesmith.cli.main", "serve", str(stories_dir), "--port", "0",
-                                "--max-requests", "2"], stderr=subprocess.PIPE, text=True)
+                                "--max-requests", "2"], stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})  # tiny model: threads only contend
     try:
         url, deadline = None, time.time() + 120
         while url is None and time.time() < deadline:

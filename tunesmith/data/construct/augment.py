@@ -47,8 +47,12 @@ def _targets(item: Item, field: str) -> list[tuple[str, int]]:
     return chosen[field] if field != "both" else chosen["instruction"] + chosen["output"]
 
 
-def variant_problem(original: str, variant: str, cfg: AugmentConfig) -> str:
+def variant_problem(original: str, variant: str, cfg: AugmentConfig, pivot: str | None = None) -> str:
+    """Why a variant is rejected ("" when kept). With back-translation, a pivot that is empty or still in the
+    original's language means the teacher did not translate, so the round trip proves nothing."""
     variant = variant.strip()
+    if pivot is not None and (not units(pivot) or language(pivot) == language(original)):
+        return "pivot"
     if not units(variant):
         return "empty"
     if normalize(variant) == normalize(original):
@@ -105,7 +109,7 @@ def augment_file(teacher: Teacher, source: str, out: str, cfg: AugmentConfig, *,
                     variants, pivot_texts = _rewrite(teacher, originals, method, cfg.options)
                     for pair, spot, original, variant, pivot in zip(chosen, spots, originals, variants,
                                                                     pivot_texts):
-                        reason = variant_problem(original, variant, cfg)
+                        reason = variant_problem(original, variant, cfg, pivot)
                         if reason:
                             rejected[f"{field_name}:{reason}"] += 1
                             failed.add(id(pair))

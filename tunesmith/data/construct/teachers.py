@@ -45,21 +45,25 @@ class Teacher:
 
 
 class RateLimiter:
-    """At most `per_minute` calls per minute, spaced evenly (thread-safe)."""
+    """At most `per_minute` calls per minute, spaced evenly (thread-safe): each caller reserves the next free slot
+    under the lock and sleeps outside it, so concurrent workers queue up instead of bursting."""
 
-    def __init__(self, per_minute: float | None):
+    def __init__(self, per_minute: float | None, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep):
         self.interval = 60.0 / per_minute if per_minute else 0.0
         self.next_time = 0.0
         self.lock = threading.Lock()
+        self.clock, self.sleep = clock, sleep
 
     def wait(self) -> None:
         if not self.interval:
             return
         with self.lock:
-            now = time.monotonic()
+            now = self.clock()
             start = max(now, self.next_time)
             self.next_time = start + self.interval
-        time.sleep(max(0.0, start - now))
+        if start > now:
+            self.sleep(start - now)
 
 
 class OpenAITeacher(Teacher):
@@ -72,7 +76,7 @@ class OpenAITeacher(Teacher):
         self.api_key = api_key or os.environ.get("TUNESMITH_TEACHER_API_KEY") or os.environ.get("OPENAI_API_KEY")
         self.name = f"openai:{model}@{self.base_url}"
         self.concurrency, self.max_retries, self.timeout, self.backoff = concurrency, max_retries, timeout, backoff
-        self.limiter = RateLimiter(requests_per_minute)
+        self.limiter = RateLimiter(requests_per_minute, sleep=sleep)
         self.sleep = sleep
         self.retries = 0  # how many retries were needed so far
 
@@ -103,20 +107,25 @@ class OpenAITeacher(Teacher):
                                        where=self.base_url,
                                        hint="check the model name and the API key (TUNESMITH_TEACHER_API_KEY)") \
                         from None
-                delay = _retry_after(exc) or self.backoff * 2 ** attempt
+                # the server's Retry-After is obeyed as given; our own backoff gets jitter so that
+                # concurrent workers do not retry in lockstep
+                delay = _retry_after(exc) or self._backoff(attempt)
                 problem = f"HTTP {exc.code}: {detail}"
             except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
-                delay, problem = self.backoff * 2 ** attempt, f"{type(exc).__name__}: {exc}"
+                delay, problem = self._backoff(attempt), f"{type(exc).__name__}: {exc}"
             except (KeyError, IndexError, json.JSONDecodeError) as exc:
                 raise TeacherError(f"the teacher's reply is not a chat completion ({exc})", where=self.base_url) \
                     from None
             if attempt == self.max_retries:
                 break
             self.retries += 1
-            self.sleep(delay * (0.5 + random.random()))
+            self.sleep(delay)
         raise TeacherError(f"the teacher endpoint kept failing after {self.max_retries + 1} attempts ({problem})",
                            where=self.base_url, hint="check that the server is up; the output so far is kept and "
                                                      "the command resumes where it stopped")
+
+    def _backoff(self, attempt: int) -> float:
+        return self.backoff * 2 ** attempt * (0.5 + random.random())
 
 
 def _error_text(exc: urllib.error.HTTPError) -> str:
