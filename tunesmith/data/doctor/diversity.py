@@ -33,7 +33,7 @@ TASK_RULES: list[tuple[str, re.Pattern]] = [(name, re.compile(pattern, re.I)) fo
     ("summarization", r"总结|概括|摘要|归纳|概述|summar|tl;?dr|\bcondense|sum up (the |this )?(main |key )?(points|"
                       r"ideas|text|article|passage|paragraph|story|plot)|" + _EN_START + r"outline\b"),
     ("rewriting", r"改写|重写|润色|改正|纠正|修正|修改|转述|换一种|同义句|改为|改成|变成|替换|转换[为成]|转化[为成]|"
-                  r"重新(排列|表述|组织|措辞|安排)|排序|按.{0,12}排列|格式化|删除|插入|补全|填空|缩写|扩写|简化|"
+                  r"重新(排列|表述|组织|措辞|安排)|排序|按.{0,12}排列|格式化|删除|插入|添加|加入|补全|填空|缩写|扩写|简化|"
                   r"paraphrase|rewrite|rephrase|reword|proofread|\bedit\b|correct (the|this|any|all)|"
                   r"more (formal|concise|polite)|" + _EN_START + r"(re-?write|substitute|replace|rearrange|re-?order|"
                   r"reverse|convert|change|transform|fill in|complete|remove|delete|insert|sort|organi[sz]e|"
@@ -45,7 +45,7 @@ TASK_RULES: list[tuple[str, re.Pattern]] = [(name, re.compile(pattern, re.I)) fo
     # (列出制作…的五个因素, 引用…写的一首诗)
     ("generation", r"^(?!(请|请你)?(列出|列举|找出|找到|查找|计算|说出|引用|解释|描述|介绍|定义|确定|识别))"
                    r".*?(写|生成|创作|创建|创造|建立|编一|设计|想出|构思|起草|撰写|提出|建议|讲一个|组成一个|造句|构造|构建|"
-                   r"制作|制定|取一个|起一个|命名|续写|标语|口号|标题|推荐|发一|发布一)|" + _EN_START +
+                   r"制作|制定|取一个|起一个|命名|续写|结束.{0,4}故事|标语|口号|标题|推荐|发一|发布一|一封)|" + _EN_START +
                    r"(write|generate|create|compose|draft|design|invent|brainstorm|come up with|make|produce|add|"
                    r"suggest|propose|recommend|develop|construct|formulate|build|plan|imagine|pretend|tell (me )?a|"
                    r"entertain|give (me )?(an? |some |\w+ )?(examples?|ideas?|tips?|names?|titles?|suggestions?)|"
