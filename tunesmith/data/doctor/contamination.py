@@ -12,7 +12,7 @@ from ...errors import DataError
 from ..formats import detect_format, to_conversation, user_text
 from ..readers import read_records
 from .base import Finding, Sample, Section
-from .duplicates import jaccard, minhash
+from .duplicates import NUM_PERM, jaccard, minhashes
 from .text import normalize, shingles
 
 _PROMPT_FIELDS = ("prompt", "question", "query", "instruction", "text", "input")
@@ -41,37 +41,48 @@ def eval_prompts(path: str) -> list[tuple[str, int | None]]:
     return prompts
 
 
-def check_contamination(samples: list[Sample], against: list[str], *, threshold: float = 0.7) -> Section:
+def eval_overlaps(prompts: list[str], path: str, threshold: float = 0.7) -> tuple[list[tuple], int]:
+    """Training prompts that equal or nearly equal a prompt of the eval file `path`: a list of
+    (index into `prompts`, "exact" | "near", eval line, Jaccard), and the number of eval prompts.
+    Shared by `data check --against` and `data dedup --against`."""
     from datasketch import MinHashLSH
 
+    evals = eval_prompts(path)
+    exact = {normalize(text): line for text, line in evals}
+    eval_sets = [shingles(text) for text, _ in evals]
+    lsh = MinHashLSH(threshold=threshold, num_perm=NUM_PERM)
+    filled = [i for i, items in enumerate(eval_sets) if items]
+    for index, signature in zip(filled, minhashes([eval_sets[i] for i in filled])):
+        lsh.insert(index, signature)
+    own = [shingles(prompt) for prompt in prompts]
+    keys = [normalize(prompt) for prompt in prompts]
+    todo = [i for i in range(len(prompts)) if keys[i] not in exact and own[i]]
+    signatures = dict(zip(todo, minhashes([own[i] for i in todo])))
+    found = []
+    for index, key in enumerate(keys):
+        if key in exact:
+            found.append((index, "exact", exact[key], 1.0))
+        elif index in signatures:
+            best = max(((jaccard(own[index], eval_sets[j]), j) for j in lsh.query(signatures[index])),
+                       default=(0.0, -1))
+            if best[0] >= threshold:
+                found.append((index, "near", evals[best[1]][1], round(best[0], 3)))
+    return found, len(evals)
+
+
+def check_contamination(samples: list[Sample], against: list[str], *, threshold: float = 0.7) -> Section:
     section = Section("contamination")
     total_eval = 0
     contaminated: set[int] = set()
     for path in against:
-        prompts = eval_prompts(path)
-        total_eval += len(prompts)
-        exact = {normalize(text): line for text, line in prompts}
-        sets = [shingles(text) for text, _ in prompts]
-        lsh = MinHashLSH(threshold=threshold, num_perm=128)
-        for index, items in enumerate(sets):
-            if items:
-                lsh.insert(index, minhash(items))
-        for sample in samples:
-            key = normalize(sample.prompt)
-            if key in exact:
-                contaminated.add(sample.index)
-                section.findings.append(Finding.at(sample, "contamination.exact", "error",
-                                                   f"prompt appears in {path}, line {exact[key]}"))
-                continue
-            items = shingles(sample.prompt)
-            if not items:
-                continue
-            best = max(((jaccard(items, sets[i]), i) for i in lsh.query(minhash(items))), default=(0.0, -1))
-            if best[0] >= threshold:
-                contaminated.add(sample.index)
-                section.findings.append(Finding.at(
-                    sample, "contamination.near", "error",
-                    f"prompt nearly equals {path}, line {prompts[best[1]][1]} (Jaccard {best[0]:.2f})"))
+        overlaps, count = eval_overlaps([sample.prompt for sample in samples], path, threshold)
+        total_eval += count
+        for index, kind, line, similarity in overlaps:
+            sample = samples[index]
+            contaminated.add(sample.index)
+            message = (f"prompt appears in {path}, line {line}" if kind == "exact" else
+                       f"prompt nearly equals {path}, line {line} (Jaccard {similarity:.2f})")
+            section.findings.append(Finding.at(sample, f"contamination.{kind}", "error", message))
     section.metrics = {"eval_files": against, "eval_prompts": total_eval, "contaminated": len(contaminated),
                        "contaminated_rate": round(len(contaminated) / len(samples), 4) if samples else 0.0,
                        "threshold": threshold}

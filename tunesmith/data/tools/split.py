@@ -13,8 +13,7 @@ from pathlib import Path
 from ...errors import DataError
 from ..dataset import _apportion  # the training mix's largest-remainder rounding, shared on purpose
 from ..doctor.diversity import task_type
-from ..doctor.duplicates import groups, near_duplicate_pairs
-from .dedup import _text
+from ..doctor.duplicates import conversation_text, groups, near_duplicate_pairs
 from .records import read_items, to_record, write_records
 
 
@@ -26,8 +25,8 @@ def split_file(source: str, out_dir: str, *, validation: float = 0.1, test: floa
         raise DataError("split shares must be in [0, 1) and sum to less than 1", field="--validation/--test")
     items = read_items(source, fmt)
     rng = random.Random(seed)
-    grouped = {i: members for members in groups(len(items), near_duplicate_pairs([_text(x) for x in items],
-                                                                                 threshold)) for i in members}
+    texts = [conversation_text(item.messages) for item in items]
+    grouped = {i: members for members in groups(len(items), near_duplicate_pairs(texts, threshold)) for i in members}
     units = []  # groups of item indices that travel together
     done: set[int] = set()
     for index in range(len(items)):
