@@ -105,6 +105,8 @@ def restore_last_good(trainer, run_dir: Path, diverged: Finding, console: Consol
         raise TrainingDiverged(f"training diverged at step {diverged.step} before the first checkpoint; "
                                f"no model was saved", where=str(run_dir),
                                hint=diverged.advice + f"; the curves are in {run_dir}/metrics.jsonl")
+    # The Trainer's own checkpoint loader (what resume uses) knows every artifact kind a method may save
+    # (adapters, full weights, sharded files); transformers has no public call that loads weights only.
     trainer._load_from_checkpoint(str(checkpoint))
     console.print(f"[yellow]restored[/] the last good weights from {checkpoint}")
     return checkpoint

@@ -55,9 +55,11 @@ def measure_forgetting(cfg: RunConfig, model, tokenizer, template_name: str,
     from .suite import PerplexityTask, Suite
 
     console = console or Console(stderr=True)
-    tasks = [PerplexityTask(name=Path(spec.path).stem or f"general{i}", type="perplexity", data=spec.path,
-                            max_samples=spec.max_samples, max_length=cfg.eval.max_length, general=True)
-             for i, spec in enumerate(cfg.eval.general)]
+    names = [Path(spec.path).stem or "general" for spec in cfg.eval.general]
+    names = [n if names.count(n) == 1 else f"{n}_{i + 1}" for i, n in enumerate(names)]  # task names are unique
+    tasks = [PerplexityTask(name=name, type="perplexity", data=spec.path, max_samples=spec.max_samples,
+                            max_length=cfg.eval.max_length, general=True)
+             for name, spec in zip(names, cfg.eval.general)]
     suite = Suite(name="forgetting", tasks=tasks)
     was_training = model.training
     model.eval()

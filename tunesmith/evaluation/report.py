@@ -11,6 +11,7 @@ from ..io import atomic_write_text
 from .forgetting import WARN_RATE
 
 MAX_SAMPLES_SHOWN = 20
+MAX_CELL_CHARS = 600  # long references and replies are cut in the report; results.json keeps them whole
 
 
 def _fmt(value) -> str:
@@ -91,15 +92,19 @@ def _metric_table(results: list[dict], comparison: dict | None) -> tuple[list[st
     return head, body
 
 
+def _cut(text: str) -> str:
+    return text if len(text) <= MAX_CELL_CHARS else text[:MAX_CELL_CHARS] + " …"
+
+
 def _sample_rows(results: list[dict], task: str) -> tuple[list[str], list[list[str]]]:
     head = ["prompt", "reference"] + [r["model"] for r in results]
     rows = []
     samples = [r["tasks"][task].get("samples", []) for r in results]
     for i in range(min(MAX_SAMPLES_SHOWN, len(samples[0]))):
-        cells = [samples[0][i]["prompt"], samples[0][i].get("reference") or ""]
+        cells = [_cut(samples[0][i]["prompt"]), _cut(samples[0][i].get("reference") or "")]
         for per_model in samples:
             s = per_model[i]
-            text = s["reply"]
+            text = _cut(s["reply"])
             if "predicted" in s:
                 text += f"  → {s['predicted']}"
             if s.get("checks"):

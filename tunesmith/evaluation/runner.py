@@ -6,6 +6,7 @@ import math
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from ..data.formats import user_text
 from ..data.templates.registry import get_template
 from ..inference.generation import Generator, SamplingOptions
 from ..models.loading import LoadedModel
@@ -23,11 +24,12 @@ HEADLINE = {"perplexity": "perplexity", "generation": None, "classification": "a
 
 
 def headline_metric(task_result: dict) -> str | None:
-    """The one number that sums a task up (perplexity, accuracy, check pass rate, judge score or ROUGE-L)."""
+    """The one number that sums a task up: perplexity, accuracy; for generation the judge score, else ROUGE-L
+    (or another reference metric), else the check pass rate (checks alone are often simple format rules)."""
     metrics = task_result["metrics"]
     if HEADLINE.get(task_result["type"]):
         return HEADLINE[task_result["type"]]
-    for name in ("judge_score", "check_pass_rate", "rouge_l", "chrf", "exact_match", "bleu"):
+    for name in ("judge_score", "rouge_l", "chrf", "exact_match", "bleu", "check_pass_rate"):
         if name in metrics:
             return name
     return None
@@ -109,7 +111,8 @@ def _generation(generator: Generator, suite: Suite, task: GenerationTask, total,
     with_ref = [(r, i.reference) for r, i in zip(replies, items) if i.reference is not None]
     if task.metrics and with_ref:
         metrics.update(generation_scores([r for r, _ in with_ref], [ref for _, ref in with_ref], task.metrics))
-    samples = [{"prompt": i.messages[-1]["content"], "reference": i.reference, "reply": r}
+    # The prompt as the user wrote it (an Alpaca `input` included), for the report and the judge.
+    samples = [{"prompt": user_text(i.messages[-1]), "reference": i.reference, "reply": r}
                for i, r in zip(items, replies)]
     outcomes: dict[str, list[bool]] = {}
     for item, reply, sample in zip(items, replies, samples):
