@@ -71,7 +71,10 @@ def train(cfg: RunConfig, *, resume: bool = False, console: Console | None = Non
     with console.status("pre-flight: predicting peak memory"):
         from ..planning.preflight import preflight
 
-        preflight(cfg, console=console)  # config only (meta device): no weights loaded twice
+        # Config only (meta device): no weights loaded twice. Its probe tensors must not shift the seeded RNG,
+        # or a run's adapter initialisation would depend on whether the planner ran.
+        with torch.random.fork_rng(devices=[]):
+            preflight(cfg, console=console)
     with console.status("loading model"):
         model = load_model(cfg.model, dtype=load_dtype, extra=method.load_kwargs(cfg.method, compute_dtype))
         if getattr(model.config, "pad_token_id", None) is None:
