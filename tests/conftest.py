@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# Tests never reach the hub (these machines have no route to it); offline mode makes a hub id fail at once
+# instead of after network time-outs. Set before transformers / huggingface_hub read it at import.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 
