@@ -108,6 +108,7 @@ def main() -> None:
 
     names = args.methods.split(",") if args.methods else sorted(all_methods())
     rows = []
+    load_before = os.getloadavg()[0]  # the CPU may be shared: the load average goes into the conditions
     with tempfile.TemporaryDirectory() as tmp, Progress(console=Console(stderr=True)) as progress:
         task = progress.add_task("methods", total=len(names))
         for name in names:
@@ -125,7 +126,8 @@ def main() -> None:
     conditions = (f"model {Path(args.model).name}, data {Path(args.data).name} ({args.samples} samples, 10% "
                   f"validation), {args.steps} steps x batch {args.batch}, max length {args.max_length}, "
                   f"{args.threads} CPU threads, {platform.processor() or platform.machine()}, "
-                  f"torch CPU, fresh process per method")
+                  f"torch {_torch_version()} CPU, fresh process per method; 1-min load average {load_before:.1f} "
+                  f"at start, {os.getloadavg()[0]:.1f} at end on {os.cpu_count()} cores")
     headers = ["method", "trainable", "trainable %", "peak RSS MB", "tokens/s", "first loss", "final train loss",
                "val loss", "artifact MB"]
     table = Table(title="PEFT methods, same budget", caption=conditions)
@@ -139,6 +141,12 @@ def main() -> None:
     Console(width=200).print(table)
     if args.markdown:
         Path(args.markdown).write_text(f"Conditions: {conditions}\n\n" + "\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__
 
 
 def _cells(row: dict) -> list[str]:
