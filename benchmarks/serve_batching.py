@@ -31,7 +31,8 @@ PROMPTS = ["Tell me a story about a cat.", "What is the capital of France?", "Wr
 
 def run(generator: Generator, name: str, max_batch: int, requests: int, max_tokens: int) -> dict:
     with ModelServer(generator, name, max_batch=max_batch, batch_wait=0.02) as server:
-        teacher = make_teacher(f"openai:{name}", base_url=server.url, concurrency=8)
+        # a long client timeout: a request that times out is sent again and would be counted twice
+        teacher = make_teacher(f"openai:{name}", base_url=server.url, concurrency=8, timeout=3600)
         conversations = [[{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}] for i in range(requests)]
         teacher.complete(conversations[:2], TeacherOptions(max_tokens=4, temperature=0.0))  # warm-up
         server.worker.batches.clear()
@@ -47,7 +48,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=[str(SHARED / "stories260K"), "smollm2-135m-instruct"])
     parser.add_argument("--requests", type=int, default=16)
-    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--max-tokens", type=int, default=24)
     args = parser.parse_args()
     console = Console()
     table = Table(title=f"{args.requests} concurrent chat completions over HTTP, greedy, {args.max_tokens} new "

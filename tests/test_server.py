@@ -79,6 +79,23 @@ def test_concurrent_requests_are_batched(server):
     assert max(server.worker.batches) > 1
 
 
+def test_a_client_that_gives_up_is_no_server_error(server, capsys):
+    import time
+
+    body = {"messages": [{"role": "user", "content": "Once upon a time"}], "max_tokens": 48}
+    request = urllib.request.Request(server.url + "/chat/completions", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json", "Authorization": "Bearer k3y"})
+    before = server.served
+    with pytest.raises(OSError):  # the client's timeout
+        urllib.request.urlopen(request, timeout=0.001)
+    deadline = time.time() + 60
+    while server.served == before and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)
+    assert server.served == before + 1 and "Traceback" not in capsys.readouterr().err
+    assert call(server.url + "/models")[0] == 200  # still serving
+
+
 def test_max_requests_stops_the_server(generator):
     from tunesmith.inference.server import ModelServer
 

@@ -118,6 +118,9 @@ def _teacher_args(p) -> None:
     g.add_argument("--concurrency", type=int, default=4, help="parallel HTTP requests")
     g.add_argument("--rpm", type=float, default=None, help="at most this many requests per minute")
     g.add_argument("--max-retries", type=int, default=5)
+    g.add_argument("--timeout", type=float, default=120.0,
+                   help="seconds to wait for one reply (raise it for a slow local server: a request that times out "
+                        "is sent again and queues behind the others)")
     g.add_argument("--max-tokens", type=int, default=512)
     g.add_argument("--temperature", type=float, default=0.7)
 
@@ -127,7 +130,7 @@ def _teacher(args):
 
     with console.status(f"preparing teacher {args.teacher}"):
         return make_teacher(args.teacher, base_url=args.base_url, concurrency=args.concurrency,
-                            requests_per_minute=args.rpm, max_retries=args.max_retries)
+                            requests_per_minute=args.rpm, max_retries=args.max_retries, timeout=args.timeout)
 
 
 def _progress(description: str):

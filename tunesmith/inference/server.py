@@ -218,7 +218,12 @@ class ModelServer:
                 self.send_header("Content-Type", "application/json; charset=utf-8")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                self.wfile.write(data)
+                try:
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):  # the client gave up (its timeout): not our error
+                    self.close_connection = True
+                    if server.log:
+                        server.log(f"{self.address_string()} left before the reply was sent")
 
             def _error(self, error: RequestError) -> None:
                 self._send(error.status, {"error": {"message": error.message, "type": error.kind, "code": None}})
