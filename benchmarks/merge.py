@@ -3,12 +3,14 @@
 Inputs: three random-initialised Llama-shaped checkpoints (a base and two "experts" = base + noise), fp32,
 each ~660 MB in several safetensors shards (written once under --workdir). The merge is TIES (density 0.5 / 0.3,
 then sign election and disjoint mean) — the heaviest of the deterministic methods; `--method linear` is also
-offered. Each contender runs as its own process; wall time is measured around it and peak memory is that
-process's peak resident set (ru_maxrss from wait4, which includes memory-mapped file pages it touched).
+offered. Each contender runs as its own process; wall time is measured around it, CPU time (user + system,
+all threads) and peak memory (peak resident set, ru_maxrss, which includes memory-mapped file pages it touched)
+come from wait4. On a machine shared with other jobs wall time mostly measures the contention, so CPU time is
+reported beside it; `--repeat N` runs the contenders round-robin N times and reports each one's median.
 The file cache is warmed before the first contender so none pays the first disk read alone.
 
 mergekit comes from its own venv (see benchmarks/merge_parity.py); it is never a tunesmith dependency.
-Run:  python benchmarks/merge.py [--workdir /tmp/merge-bench] [--method ties] [--threads N]
+Run:  python benchmarks/merge.py [--workdir /tmp/merge-bench] [--method ties|linear] [--repeat N]
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -94,16 +97,17 @@ def make_checkpoints(workdir: Path) -> list[Path]:
     return paths
 
 
-def timed(cmd: list[str], env=None) -> tuple[float, float, int]:
+def timed(cmd: list[str], env=None) -> tuple[float, float, float, int]:
+    """(wall s, CPU s, peak RSS GiB, exit code) of one process."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    err = proc.stderr.read().decode(errors="replace")  # drained while it runs, so a full pipe cannot block it
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
-    err = proc.stderr.read().decode(errors="replace")
     code = os.waitstatus_to_exitcode(status)
     if code:
         print(f"FAILED ({code}): {' '.join(cmd)}\n{err[-2000:]}")
-    return wall, usage.ru_maxrss / 2**20, code  # ru_maxrss is in KiB on Linux → GiB
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 2**20, code  # ru_maxrss: KiB on Linux
 
 
 def main() -> int:
@@ -112,6 +116,7 @@ def main() -> int:
     parser.add_argument("--method", default="ties", choices=["ties", "linear"])
     parser.add_argument("--mergekit-yaml", default="/tmp/mk-venv/bin/mergekit-yaml")
     parser.add_argument("--skip", nargs="*", default=[], choices=["tunesmith", "mergekit", "naive"])
+    parser.add_argument("--repeat", type=int, default=1, help="round-robin runs per contender (median reported)")
     args = parser.parse_args()
     work = Path(args.workdir)
     base, a, b = make_checkpoints(work)
@@ -144,25 +149,29 @@ def main() -> int:
         "naive": [sys.executable, "-c", NAIVE, str(base), str(a), str(b), str(work / "out-naive"), str(ROOT),
                   args.method],
     }
-    results = {}
-    for name, cmd in contenders.items():
-        if name in args.skip:
-            continue
-        shutil.rmtree(work / f"out-{name}", ignore_errors=True)
-        results[name] = timed(cmd, env)
-        shutil.rmtree(work / f"out-{name}", ignore_errors=True)
+    runs: dict[str, list[tuple[float, float, float, int]]] = {n: [] for n in contenders if n not in args.skip}
+    for _ in range(args.repeat):
+        for name in runs:
+            shutil.rmtree(work / f"out-{name}", ignore_errors=True)
+            runs[name].append(timed(contenders[name], env))
+            shutil.rmtree(work / f"out-{name}", ignore_errors=True)
+    results = {name: tuple(statistics.median(r[i] for r in rs) for i in range(3)) + (max(r[3] for r in rs),)
+               for name, rs in runs.items()}
     mk_version = subprocess.run([str(Path(args.mergekit_yaml).parent / "python"), "-c",
                                  "import importlib.metadata as m; print(m.version('mergekit'))"],
                                 capture_output=True, text=True).stdout.strip() or "?"
+    shards = len(list(a.glob("*.safetensors")))
     print(f"\nmerge benchmark: {args.method}, 3 inputs x {input_mb:.0f} MB fp32 Llama-shaped (hidden 1024, 8 layers,"
-          f" vocab 32000), 5 shards each; {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
-          f"torch {torch.__version__} (threads {torch.get_num_threads()}), mergekit {mk_version}; warm file cache")
-    print(f"{'tool':12} {'wall s':>8} {'peak RSS GiB':>13} {'vs mergekit time':>17} {'vs mergekit RSS':>16}")
+          f" vocab 32000), {shards} shards each; {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}),"
+          f" load average {os.getloadavg()[0]:.1f} at the end; torch {torch.__version__}, mergekit {mk_version}; "
+          f"warm file cache; median of {args.repeat} round-robin run(s)")
+    print(f"{'tool':10} {'wall s':>7} {'CPU s':>7} {'peak RSS GiB':>13} {'wall vs mergekit':>17} "
+          f"{'CPU vs mergekit':>16} {'RSS vs mergekit':>16}")
     ref = results.get("mergekit")
-    for name, (wall, rss, code) in results.items():
-        rel_t = f"{wall / ref[0]:.2f}x" if ref else "-"
-        rel_m = f"{rss / ref[1]:.2f}x" if ref else "-"
-        print(f"{name:12} {wall:8.1f} {rss:13.2f} {rel_t:>17} {rel_m:>16}" + ("  FAILED" if code else ""))
+    for name, (wall, cpu, rss, code) in results.items():
+        rel = [f"{x / y:.2f}x" if ref else "-" for x, y in zip((wall, cpu, rss), ref or (1, 1, 1))]
+        print(f"{name:10} {wall:7.1f} {cpu:7.1f} {rss:13.2f} {rel[0]:>17} {rel[1]:>16} {rel[2]:>16}"
+              + ("  FAILED" if code else ""))
     return 0
 
 
