@@ -47,6 +47,8 @@ class DataConfig(StrictModel):
     packing: bool = False
     num_samples: int | None = Field(None, gt=0, description="Total training samples drawn when mixing")
     seed: int = 42
+    cache: bool = Field(True, description="Reuse the tokenised data of an identical earlier run (fingerprinted; "
+                                          "under the tunesmith cache root)")
 
 
 class TrainingConfig(StrictModel):
@@ -70,6 +72,13 @@ class TrainingConfig(StrictModel):
     save_total_limit: int | None = Field(2, gt=0)
     early_stopping_patience: int | None = Field(None, gt=0)
     tensorboard: bool = True
+    # Speed and memory (docs/benchmarks.md). None of these changes what is learned.
+    supervised_logits: bool = Field(True, description="LM head only at positions whose next token is trained")
+    cpu_threads: int | None = Field(None, gt=0, description="torch threads on CPU (default: physical cores)")
+    liger_kernel: bool = Field(False, description="Liger fused kernels (CUDA; pip install 'tunesmith[gpu]')")
+    torch_compile: bool = Field(False, description="torch.compile the model")
+    activation_offload: bool = Field(False, description="keep saved activations in CPU memory (CUDA); "
+                                                        "with gradient_checkpointing only the layer inputs")
 
 
 class GeneralEvalData(StrictModel):

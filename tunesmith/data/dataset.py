@@ -51,8 +51,15 @@ def load_samples(spec: DatasetSpec, source: int = 0) -> list[Sample]:
     return samples
 
 
-def build_datasets(data_cfg: DataConfig, tokenizer, template: ChatTemplate) -> BuiltData:
-    """Read, validate, mix, split and tokenise the configured data."""
+def build_datasets(data_cfg: DataConfig, tokenizer, template: ChatTemplate, cache_root=None) -> BuiltData:
+    """Read, validate, mix, split and tokenise the configured data; with `cache_root`, through the fingerprinted
+    cache under it (a rerun with the same data, tokenizer and template skips all of this)."""
+    from .cache import cached_build
+
+    return cached_build(data_cfg, tokenizer, template, _build, cache_root)
+
+
+def _build(data_cfg: DataConfig, tokenizer, template: ChatTemplate) -> BuiltData:
     rng = random.Random(data_cfg.seed)
     pools = [load_samples(spec, index) for index, spec in enumerate(data_cfg.train)]
     sizes = [len(pool) for pool in pools]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from pathlib import Path
 
 import torch
@@ -27,11 +29,48 @@ def choose_optimizer(cfg: RunConfig) -> str:
     return _OPTIMIZERS[name]
 
 
+def physical_cores() -> int:
+    """Physical cores this process may run on: hyper-threads share one core's vector units, so more torch
+    threads than physical cores only add contention."""
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        import psutil  # a dependency of accelerate
+
+        physical = psutil.cpu_count(logical=False) or available
+    except ImportError:
+        physical = available
+    return max(1, min(available, physical))
+
+
+def configure_cpu_threads(cfg: RunConfig) -> int | None:
+    """torch's intra-op threads on CPU: training.cpu_threads, else the physical cores. None on a GPU."""
+    if torch.cuda.is_available():
+        return None
+    threads = cfg.training.cpu_threads or physical_cores()
+    torch.set_num_threads(threads)
+    return threads
+
+
+def check_speed_options(cfg: RunConfig, cuda: bool) -> None:
+    t = cfg.training
+    if t.liger_kernel and not cuda:
+        raise ConfigError("Liger kernels are Triton GPU kernels and need a CUDA GPU", where="training.liger_kernel",
+                          hint="set training.liger_kernel: false on CPU")
+    if t.liger_kernel and importlib.util.find_spec("liger_kernel") is None:
+        raise ConfigError("training.liger_kernel needs the liger-kernel package", where="training.liger_kernel",
+                          hint="pip install 'tunesmith[gpu]'")
+    if t.activation_offload and not cuda:
+        raise ConfigError("activation offload moves activations from GPU to CPU memory; on CPU there is nowhere "
+                          "to offload to", where="training.activation_offload",
+                          hint="set training.gradient_checkpointing: true to save activation memory on CPU")
+
+
 def build_training_arguments(cfg: RunConfig, *, compute_dtype: torch.dtype, has_validation: bool) -> TrainingArguments:
     t = cfg.training
     cuda = torch.cuda.is_available()
     if compute_dtype == torch.float16 and not cuda:
         raise ConfigError("float16 training needs a GPU", where="model.dtype", hint="use float32 (or auto) on CPU")
+    check_speed_options(cfg, cuda)
     eval_steps = t.eval_steps or t.save_steps
     early = t.early_stopping_patience is not None
     if early and t.save_steps % eval_steps:
@@ -55,5 +94,5 @@ def build_training_arguments(cfg: RunConfig, *, compute_dtype: torch.dtype, has_
         train_sampling_strategy="group_by_length" if t.group_by_length and not cfg.data.packing else "random",
         length_column_name="length", include_num_input_tokens_seen="non_padding",
         remove_unused_columns=False, disable_tqdm=True, report_to="none", dataloader_num_workers=0,
-        dataloader_pin_memory=cuda,
+        dataloader_pin_memory=cuda, use_liger_kernel=t.liger_kernel, torch_compile=t.torch_compile,
     )

