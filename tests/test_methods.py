@@ -188,3 +188,28 @@ def test_prompt_methods_refuse_packing(tmp_path):
     with pytest.raises(ConfigError, match="cannot train on packed"):
         validate_config({"model": {"name_or_path": "x/y"}, "method": {"name": "prefix"},
                          "data": {"train": [{"path": "a.json"}], "packing": True}})
+
+
+def test_methods_cli_prints_every_method_with_exact_counts(stories_dir, monkeypatch, capsys):
+    from tunesmith.cli.main import main as cli_main
+
+    monkeypatch.setenv("COLUMNS", "250")  # one table row per line
+    assert cli_main(["methods", "--model", str(stories_dir)]) == 0
+    rows = {}
+    for line in capsys.readouterr().out.splitlines():
+        cells = [c.strip() for c in line.strip("│ ").split("│")]
+        if len(cells) == 5 and " of " in cells[3]:
+            trainable, total = (int(x.replace(",", "")) for x in cells[3].split(" of "))
+            rows[cells[0]] = (trainable, total, float(cells[4]))
+    assert set(rows) == set(all_methods())
+
+    # independent counts: LoRA's default r=16 on every linear layer but the head is r·(in + out) per layer
+    base = AutoModelForCausalLM.from_pretrained(stories_dir)
+    n_base = sum(p.numel() for p in base.parameters())
+    linears = [m for name, m in base.named_modules() if isinstance(m, torch.nn.Linear) and "lm_head" not in name]
+    lora = 16 * sum(m.in_features + m.out_features for m in linears)
+    assert rows["lora"][:2] == (lora, n_base + lora)
+    assert rows["full"][:2] == (n_base, n_base) and rows["full"][2] == 100.0
+    assert rows["prompt"][0] == 16 * base.config.hidden_size  # 16 virtual tokens
+    assert rows["qlora"][0] == lora  # same adapter on the 4-bit base, counted by logical size
+    assert rows["ia3"][2] == pytest.approx(100 * rows["ia3"][0] / rows["ia3"][1], abs=1e-4)

@@ -85,14 +85,40 @@ def demo(args: Namespace) -> int:
 def methods(args: Namespace) -> int:
     from ..methods.registry import all_methods
 
-    table = Table(title="fine-tuning methods (method.name)")
+    counts = _method_counts(args.model) if getattr(args, "model", None) else {}
+    table = Table(title="fine-tuning methods (method.name)" + (f" on {args.model}" if counts else ""),
+                  caption="counts at step 0 with each method's default options" if counts else None)
     table.add_column("name", style="bold")
     table.add_column("description")
     table.add_column("saves")
+    if counts:
+        table.add_column("trainable", justify="right")
+        table.add_column("trainable %", justify="right")
     for name, method in sorted(all_methods().items()):
-        table.add_row(name, method.description, "adapter" if method.is_peft else "full model")
+        row = [name, method.description, _SAVES.get(method.artifact, method.artifact)]
+        if counts:
+            c = counts[name]
+            row += [f"{c.trainable:,} of {c.total:,}", f"{c.percent:.4f}"] if c.error is None else [c.error, ""]
+        table.add_row(*row)
     Console().print(table)
     return 0
+
+
+_SAVES = {"adapter": "PEFT adapter", "full": "full model", "bottleneck": "bottleneck adapters",
+          "hybrid": "PEFT adapters + bottleneck"}
+
+
+def _method_counts(model: str) -> dict:
+    from rich.progress import Progress
+
+    from ..config.schema import ModelConfig
+    from ..methods.counts import method_parameter_counts
+
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("loading the model", total=None)
+        counts = method_parameter_counts(ModelConfig(name_or_path=model),
+                                         on_method=lambda name: progress.update(task, description=name))
+    return {c.name: c for c in counts}
 
 
 def templates(args: Namespace) -> int:

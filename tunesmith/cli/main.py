@@ -101,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=commands.demo)
 
     p = sub.add_parser("methods", help="list fine-tuning methods")
+    p.add_argument("--model", default=None,
+                   help="also show each method's exact trainable parameter count and %% on this model")
     p.set_defaults(func=commands.methods)
     p = sub.add_parser("templates", help="list chat templates")
     p.set_defaults(func=commands.templates)
