@@ -122,25 +122,32 @@ def main() -> None:
             else:
                 rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
             progress.advance(task)
+            if args.markdown:  # rows so far, so that an interrupted run still leaves what it measured
+                _write_markdown(args.markdown, f"{len(rows)} of {len(names)} methods done", rows)
 
     conditions = (f"model {Path(args.model).name}, data {Path(args.data).name} ({args.samples} samples, 10% "
                   f"validation), {args.steps} steps x batch {args.batch}, max length {args.max_length}, "
                   f"{args.threads} CPU threads, {platform.processor() or platform.machine()}, "
                   f"torch {_torch_version()} CPU, fresh process per method; 1-min load average {load_before:.1f} "
                   f"at start, {os.getloadavg()[0]:.1f} at end on {os.cpu_count()} cores")
-    headers = ["method", "trainable", "trainable %", "peak RSS MB", "tokens/s", "first loss", "final train loss",
-               "val loss", "artifact MB"]
     table = Table(title="PEFT methods, same budget", caption=conditions)
-    for header in headers:
+    for header in HEADERS:
         table.add_column(header, justify="left" if header == "method" else "right")
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for row in rows:
-        cells = _cells(row)
-        table.add_row(*cells)
-        lines.append("| " + " | ".join(cells) + " |")
+        table.add_row(*_cells(row))
     Console(width=200).print(table)
     if args.markdown:
-        Path(args.markdown).write_text(f"Conditions: {conditions}\n\n" + "\n".join(lines) + "\n", encoding="utf-8")
+        _write_markdown(args.markdown, conditions, rows)
+
+
+HEADERS = ["method", "trainable", "trainable %", "peak RSS MB", "tokens/s", "first loss", "final train loss",
+           "val loss", "artifact MB"]
+
+
+def _write_markdown(path: str, conditions: str, rows: list[dict]) -> None:
+    lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+    lines += ["| " + " | ".join(_cells(row)) + " |" for row in rows]
+    Path(path).write_text(f"Conditions: {conditions}\n\n" + "\n".join(lines) + "\n", encoding="utf-8")
 
 
 def _torch_version() -> str:
