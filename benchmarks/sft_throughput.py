@@ -19,8 +19,12 @@ so losses compare even though sample order differs between the tools.
     python benchmarks/sft_throughput.py --model ../shared/models/stories260K --steps 6 --samples 48   # smoke test
     python benchmarks/sft_throughput.py --only reference,tunesmith
 
-LLaMA-Factory lives outside the product's dependencies, in its own venv:
-    python3.11 -m venv /tmp/lf-venv && /tmp/lf-venv/bin/pip install torch==2.13.0 && /tmp/lf-venv/bin/pip install llamafactory
+LLaMA-Factory lives outside the product's dependencies, in its own venv with the same torch:
+    python3.11 -m venv /tmp/lf-venv && /tmp/lf-venv/bin/pip install torch==2.13.0 llamafactory
+    /tmp/lf-venv/bin/pip install torch==2.13.0 && /tmp/lf-venv/bin/pip uninstall -y torchvision torchaudio
+llamafactory 0.9.5 pulls a newer torch with torchvision/torchaudio; neither has a build for torch 2.13, and it
+imports torchaudio unconditionally (for audio inputs). If the directory --lf-stubs holds an empty `torchaudio`
+package it goes on LLaMA-Factory's PYTHONPATH (text SFT never calls it), and the table says so.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 DEFAULT_DATA = SHARED / "data" / "instruct" / "alpaca_zh_demo.json"
 DEFAULT_LF_PYTHON = "/tmp/lf-venv/bin/python"
+DEFAULT_LF_STUBS = "/tmp/lf-stubs"
 CONTENDERS = ("reference", "trl", "llamafactory", "tunesmith")
 LABELS = {"reference": "(a) reference: pad to 512, HF Trainer", "trl": "(b) TRL SFTTrainer, defaults",
           "llamafactory": "(c) LLaMA-Factory", "tunesmith": "(d) tunesmith"}
@@ -238,7 +243,8 @@ WORKERS = {"reference": run_reference, "trl": run_trl, "llamafactory": run_llama
 
 # ---------------------------------------------------------------- orchestration
 
-def spawn(python: str, worker: str, args, tmp: Path, extra: list[str] = ()) -> tuple[dict | None, str]:
+def spawn(python: str, worker: str, args, tmp: Path, extra: list[str] = (), env: dict | None = None
+          ) -> tuple[dict | None, str]:
     result = tmp / f"{worker}.json"
     cmd = [python, __file__, "--worker", worker, "--result", str(result), "--model", args.model, "--data", args.data,
            "--samples", str(args.samples), "--eval-samples", str(args.eval_samples), "--steps", str(args.steps),
@@ -247,7 +253,7 @@ def spawn(python: str, worker: str, args, tmp: Path, extra: list[str] = ()) -> t
            *extra]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "WANDB_DISABLED": "true", "DISABLE_VERSION_CHECK": "1", "TOKENIZERS_PARALLELISM": "false",
-           "PYTHONWARNINGS": "ignore"}
+           "PYTHONWARNINGS": "ignore", **(env or {})}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp)
     if proc.returncode or not result.exists():
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-6:]
@@ -255,12 +261,17 @@ def spawn(python: str, worker: str, args, tmp: Path, extra: list[str] = ()) -> t
     return json.loads(result.read_text()), ""
 
 
-def llamafactory_python(path: str) -> tuple[str | None, str]:
+def llamafactory_env(stubs: str) -> dict:
+    return {"PYTHONPATH": stubs} if (Path(stubs) / "torchaudio").is_dir() else {}
+
+
+def llamafactory_python(path: str, stubs: str) -> tuple[str | None, str]:
     if not Path(path).exists():
         return None, f"no LLaMA-Factory venv at {path} (see the module docstring to create one)"
-    probe = subprocess.run([path, "-c", "import llamafactory, transformers; "
-                                        "print(llamafactory.__version__, transformers.__version__)"],
-                           capture_output=True, text=True, env={**os.environ, "DISABLE_VERSION_CHECK": "1"})
+    probe = subprocess.run([path, "-c", "import llamafactory, transformers; from llamafactory.train.tuner import "
+                                        "run_exp; print(llamafactory.__version__, transformers.__version__)"],
+                           capture_output=True, text=True,
+                           env={**os.environ, "DISABLE_VERSION_CHECK": "1", **llamafactory_env(stubs)})
     if probe.returncode:
         return None, "llamafactory does not import: " + (probe.stderr.strip().splitlines() or ["?"])[-1][-300:]
     return path, probe.stdout.strip()
@@ -280,6 +291,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--only", default=",".join(CONTENDERS), help="comma-separated subset of " + ", ".join(CONTENDERS))
     parser.add_argument("--lf-python", default=DEFAULT_LF_PYTHON, help="python of the LLaMA-Factory venv")
+    parser.add_argument("--lf-stubs", default=DEFAULT_LF_STUBS, help="PYTHONPATH entry with a torchaudio stub")
     parser.add_argument("--worker", choices=list(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -305,17 +317,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="sft_throughput-") as tmp_name:
         tmp = Path(tmp_name)
         for name in chosen:
-            python = sys.executable
+            python, env = sys.executable, {}
             if name == "llamafactory":
-                python, info = llamafactory_python(args.lf_python)
+                env = llamafactory_env(args.lf_stubs)
+                python, info = llamafactory_python(args.lf_python, args.lf_stubs)
                 if python is None:
                     notes[name] = info
                     console.print(f"[yellow]{LABELS[name]}: skipped[/] ({info})")
                     continue
-                notes[name] = f"llamafactory {info.split()[0]}, transformers {info.split()[1]} (own venv)"
+                notes[name] = (f"llamafactory {info.split()[-2]}, transformers {info.split()[-1]} (own venv, same torch)"
+                               + (", empty torchaudio stub on its path" if env else ""))
             with console.status(f"training {LABELS[name]} ({args.steps} steps)"):
                 started = time.perf_counter()
-                result, error = spawn(python, name, args, tmp)
+                result, error = spawn(python, name, args, tmp, env=env)
             if result is None:
                 notes[name] = f"failed: {error}"
                 console.print(f"[red]{LABELS[name]} failed[/]: {error}")

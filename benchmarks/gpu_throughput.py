@@ -1,0 +1,183 @@
+"""GPU training throughput, model FLOPs utilisation and peak memory: plain HF vs HF + Liger vs tunesmith's trainer.
+
+Random-initialised models of real shapes (no download: the weights do not matter for speed): Llama-3.2-1B-shaped
+with LoRA, Llama-3-8B-shaped with QLoRA (NF4, double quantisation; gradient checkpointing), sequence length 2048,
+bf16, LoRA r=16 on q/k/v/o. Each (shape, variant) trains in a fresh process so peak memory is its own:
+
+  hf         transformers Trainer + PEFT, SDPA attention: the plain baseline
+  hf+liger   the same with `use_liger_kernel=True` (fused linear cross-entropy, RMSNorm, RoPE, SwiGLU)
+  tunesmith  tunesmith's TunesmithTrainer (LM head only at supervised positions) + Liger, as `training.liger_kernel:
+             true` configures it (Liger's fused cross-entropy then takes the place of the supervised-logits path)
+
+Half of each sequence is "prompt" (label -100), as in instruction data. MFU counts the model FLOPs a LoRA/QLoRA
+step needs — forward 2·N·tokens plus attention 4·layers·seq·hidden·tokens (causal: half of it), backward the same
+again for the input gradients (the frozen base needs no weight gradients; LoRA's are negligible) — over the GPU's
+dense bf16 peak (--peak-tflops; 989 for H100/H200 SXM); recomputation by checkpointing is not counted.
+
+    python benchmarks/gpu_throughput.py                     # on a CUDA machine (e.g. the device tool)
+    python benchmarks/gpu_throughput.py --dry-run           # tiny shapes on CPU: checks the script end to end
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAPES = {  # Llama-3.2-1B and Llama-3-8B configurations (public model cards)
+    "llama-3.2-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+                         num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=True, rope_theta=500000.0),
+    "llama-3-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                       num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False, rope_theta=500000.0),
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=1000, tie_word_embeddings=True),
+}
+RUNS = {"llama-3.2-1b": "lora", "llama-3-8b": "qlora"}
+VARIANTS = ("hf", "hf+liger", "tunesmith")
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+
+
+def model_flops_per_token(cfg: dict, seq: int) -> float:
+    h, layers, inter = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["intermediate_size"]
+    kv = h * cfg["num_key_value_heads"] // cfg["num_attention_heads"]
+    per_layer = h * h * 2 + h * kv * 2 + 3 * h * inter       # q, o, k, v, gate/up/down
+    n = layers * per_layer + h * cfg["vocab_size"]            # + LM head
+    forward = 2 * n + 4 * layers * seq * h / 2                # causal attention: half of QK^T and AV
+    return 2 * forward                                        # + backward to the inputs only
+
+
+def worker(args) -> None:
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import (AutoModelForCausalLM, BitsAndBytesConfig, LlamaConfig, Trainer, TrainerCallback,
+                              TrainingArguments)
+
+    cuda = torch.cuda.is_available()
+    dtype = torch.bfloat16 if cuda else torch.float32
+    shape = SHAPES[args.shape]
+    config = LlamaConfig(**shape, max_position_embeddings=max(args.seq, 256))
+    torch.manual_seed(0)
+    if args.method == "qlora":  # bitsandbytes quantises while loading: save random weights once, load them in 4 bit
+        folder = Path(args.out) / "random-weights"
+        if not (folder / "config.json").exists():
+            AutoModelForCausalLM.from_config(config, dtype=dtype).save_pretrained(folder)
+        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                   bnb_4bit_compute_dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(folder, quantization_config=quant, dtype=dtype,
+                                                     device_map={"": 0} if cuda else None)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+    else:
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
+        model.to("cuda" if cuda else "cpu")
+    model.config.use_cache = False
+    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj",
+                                                                                  "o_proj"], task_type="CAUSAL_LM"))
+    ids = torch.randint(10, shape["vocab_size"], (args.batch * (args.steps + 1), args.seq))
+    labels = ids.clone()
+    labels[:, : args.seq // 2] = -100
+    data = Dataset.from_dict({"input_ids": ids.tolist(), "labels": labels.tolist()})
+    times = []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, a, state, control, **kwargs):
+            if cuda:
+                torch.cuda.synchronize()
+            times.append(time.perf_counter())
+
+    training = TrainingArguments(
+        output_dir=str(Path(args.out) / "run"), per_device_train_batch_size=args.batch, max_steps=args.steps,
+        learning_rate=2e-4, logging_steps=1, save_strategy="no", report_to="none", bf16=cuda,
+        use_cpu=not cuda, gradient_checkpointing=args.method == "qlora",
+        gradient_checkpointing_kwargs={"use_reentrant": False}, use_liger_kernel=args.variant != "hf" and cuda,
+        remove_unused_columns=False, dataloader_num_workers=0)
+    kwargs = dict(model=model, args=training, train_dataset=data, callbacks=[Clock()])
+    if args.variant == "tunesmith":
+        sys.path.insert(0, str(ROOT))
+        from tunesmith.training.trainer import TunesmithTrainer
+
+        # As run.py does: the supervised-logits path only where Liger's fused cross-entropy is not in use.
+        trainer = TunesmithTrainer(**kwargs, supervised_logits=not training.use_liger_kernel)
+    else:
+        trainer = Trainer(**kwargs)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    trainer.train()
+    timed = times[args.warmup - 1:] if args.warmup else times
+    seconds = (timed[-1] - timed[0]) / (len(timed) - 1)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
+    Path(args.result).write_text(json.dumps({"s_per_step": seconds, "tokens_per_s": args.batch * args.seq / seconds,
+                                             "peak_gib": peak, "liger": training.use_liger_kernel}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dry-run", action="store_true", help="tiny shapes, seq 128, on CPU: checks the script")
+    parser.add_argument("--seq", type=int, default=2048)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--warmup", type=int, default=3, help="steps left out of the timing")
+    parser.add_argument("--only", default=",".join(RUNS), help="shapes: " + ", ".join(RUNS))
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--peak-tflops", type=float, help="dense bf16 peak of the GPU (default: from its name)")
+    for hidden in ("--worker", "--shape", "--method", "--variant", "--result", "--out"):
+        parser.add_argument(hidden, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        args.steps, args.seq, args.batch, args.warmup = int(args.steps), int(args.seq), int(args.batch), int(args.warmup)
+        worker(args)
+        return
+
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=160)
+    cuda = torch.cuda.is_available()
+    if not cuda and not args.dry_run:
+        sys.exit("no CUDA GPU here: run this on a GPU machine, or pass --dry-run to check the script on CPU")
+    device = torch.cuda.get_device_name(0) if cuda else "CPU (dry run)"
+    peak = args.peak_tflops or next((v for k, v in PEAK_TFLOPS.items() if k in device), None)
+    if args.dry_run:
+        args.seq, args.steps, args.warmup = 128, 4, 1
+    table = Table(title=f"GPU training throughput, seq {args.seq}, batch {args.batch}, {args.steps} steps "
+                        f"({args.warmup} warm-up) on {device}")
+    for column in ("model", "method", "variant", "tokens/s", "s/step", "MFU", "peak GiB", "vs hf"):
+        table.add_column(column, justify="left" if column in ("model", "method", "variant") else "right")
+    with tempfile.TemporaryDirectory(prefix="gpu_throughput-") as tmp:
+        for name in args.only.split(","):
+            shape = "tiny" if args.dry_run else name
+            baseline = None
+            for variant in args.variants.split(","):
+                result = Path(tmp) / f"{name}-{variant}.json"
+                cmd = [sys.executable, __file__, "--worker", "1", "--shape", shape, "--method", RUNS[name],
+                       "--variant", variant, "--result", str(result), "--out", str(Path(tmp) / name),
+                       "--seq", str(args.seq), "--batch", str(args.batch), "--steps", str(args.steps),
+                       "--warmup", str(args.warmup)]
+                with console.status(f"{name} {RUNS[name]} {variant}"):
+                    proc = subprocess.run(cmd, capture_output=True, text=True,
+                                          env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"})
+                if proc.returncode or not result.exists():
+                    error = " | ".join(proc.stderr.strip().splitlines()[-3:])[-300:]
+                    table.add_row(name, RUNS[name], variant, "failed", "", "", "", error)
+                    continue
+                r = json.loads(result.read_text())
+                baseline = baseline or (r["tokens_per_s"] if variant == "hf" else None)
+                mfu = r["tokens_per_s"] * model_flops_per_token(SHAPES[shape], args.seq) / (peak * 1e12) if peak else None
+                table.add_row(name, RUNS[name], variant + ("" if r["liger"] or variant == "hf" else " (no Liger: CPU)"),
+                              f"{r['tokens_per_s']:,.0f}", f"{r['s_per_step']:.3f}",
+                              f"{100 * mfu:.1f}%" if mfu else "-", f"{r['peak_gib']:.2f}",
+                              f"{r['tokens_per_s'] / baseline:.2f}x" if baseline else "")
+    console.print(table)
+    console.print(f"conditions: torch {torch.__version__}, bf16 {'on' if cuda else 'off'}, LoRA r=16 q/k/v/o, "
+                  f"random weights, half of each sequence supervised; MFU peak {peak or '?'} TFLOPS")
+
+
+if __name__ == "__main__":
+    main()
