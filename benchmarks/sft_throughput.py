@@ -168,19 +168,18 @@ def run_llamafactory(args) -> None:
 
     data_dir = Path(args.out) / "lf_data"
     data_dir.mkdir(parents=True, exist_ok=True)
+    from transformers import AutoTokenizer
+
+    eos = AutoTokenizer.from_pretrained(args.model).eos_token  # `empty` adds no EOS; the others train one
     records = read_records(args.data, 0, args.samples)
     (data_dir / "bench.json").write_text(json.dumps(
-        [{"instruction": render_prompt(r), "input": "", "output": r["output"]} for r in records],
+        [{"instruction": render_prompt(r), "input": "", "output": r["output"] + eos} for r in records],
         ensure_ascii=False), encoding="utf-8")
     (data_dir / "dataset_info.json").write_text(json.dumps({"bench": {"file_name": "bench.json"}}))
-    common = common_args(args)
-    for key in ("dataloader_num_workers", "include_num_input_tokens_seen"):
-        common.pop(key)
     run_exp({"stage": "sft", "do_train": True, "model_name_or_path": args.model, "finetuning_type": "lora",
              "lora_rank": 16, "lora_alpha": 32, "lora_dropout": 0.05, "lora_target": ",".join(TARGETS),
              "dataset": "bench", "dataset_dir": str(data_dir), "template": "empty", "cutoff_len": args.max_length,
-             "overwrite_cache": True, "preprocessing_num_workers": 1, "include_num_input_tokens_seen": True,
-             **common}, callbacks=[meter_callback(args.result, args.warmup)])
+             "overwrite_cache": True, "preprocessing_num_workers": 1, **common_args(args)}, callbacks=[meter_callback(args.result, args.warmup)])
     from shutil import copytree
 
     copytree(args.out, args.adapter, dirs_exist_ok=True)
