@@ -63,6 +63,7 @@ def test_text_examples_window_long_texts(stories_dir):
     windows = text_examples(tokenizer, [text], max_length=8)
     assert [w for w, _ in windows] == [ids[i:i + 8] for i in range(0, len(ids), 8) if len(ids[i:i + 8]) > 1]
     assert all(ids_ == labels for ids_, labels in windows)
+    assert text_examples(tokenizer, [text], max_length=8, max_windows=2) == windows[:2]
 
 
 # --- generation metrics ------------------------------------------------------------------------------------------

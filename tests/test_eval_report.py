@@ -65,6 +65,20 @@ def test_eval_cli_rejects_a_bad_suite_before_loading_any_model(tmp_path, capsys)
     assert "suite.yaml" in err and "max_word" in err and "parameters:" in err
 
 
+def test_eval_cli_reports_bad_data_before_loading_any_model(tmp_path, capsys):
+    data = tmp_path / "sst.tsv"
+    data.write_text("label\tsentence\n1\tgreat\n7\todd\n")
+    path = write_suite(tmp_path, {"tasks": [{"name": "s", "type": "classification", "data": str(data),
+                                             "text_column": "sentence", "labels": ["neg", "pos"],
+                                             "label_map": {"0": "neg", "1": "pos"}}]})
+    assert main(["eval", "no/such/model", "--suite", str(path)]) == 2
+    assert "sst.tsv, line 3, field 'label'" in capsys.readouterr().err
+    data.write_text("label\tsentence\n1\tgreat\n")
+    suite = load_suite(path)
+    assert suite.tasks[0].prompt == "{sentence}"  # the default prompt is the text column
+    assert load_classification(suite.tasks[0]) == ([[{"role": "user", "content": "great"}]], ["pos"])
+
+
 def test_generation_items_from_each_record_shape(tmp_path):
     data = tmp_path / "items.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in [

@@ -42,7 +42,10 @@ def run_eval(args) -> int:
     from ..models.loading import read_run_meta
 
     console = Console(stderr=True)
-    suite = load_suite(args.suite)  # validated before any model loads
+    from ..evaluation.data import check_task_data
+
+    suite = load_suite(args.suite)  # the suite and all its data are validated before any model loads
+    check_task_data(suite)
     meta = read_run_meta(args.model) if Path(args.model).is_dir() else None
     base_ref = args.compare
     if base_ref == "base":

@@ -27,8 +27,10 @@ def perplexity_kind(task: PerplexityTask) -> str:
         return task.kind
     if Path(task.data).suffix == ".txt":
         return "text"
-    first = read_records(task.data)[0]
-    return "text" if isinstance(first.data.get(task.text_field), str) else "instruct"
+    records = read_records(task.data)
+    if not records:
+        raise DataError("no records", file=task.data)
+    return "text" if isinstance(records[0].data.get(task.text_field), str) else "instruct"
 
 
 def load_texts(path: str, text_field: str = "text", max_samples: int | None = None) -> list[str]:
@@ -125,3 +127,17 @@ def load_classification(task: ClassificationTask) -> tuple[list[list[Message]], 
         conversations.append(messages + [{"role": "user", "content": content}])
         gold.append(label)
     return conversations, gold
+
+
+def check_task_data(suite) -> None:
+    """Read every task's data once, so that a bad file or record is reported before any model loads."""
+    for task in suite.tasks:
+        if isinstance(task, PerplexityTask):
+            if perplexity_kind(task) == "text":
+                load_texts(task.data, task.text_field, task.max_samples)
+            else:
+                load_conversations(task.data, task.max_samples)
+        elif isinstance(task, GenerationTask):
+            load_generation_items(task)
+        else:
+            load_classification(task)

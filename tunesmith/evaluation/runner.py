@@ -74,7 +74,7 @@ def _perplexity(loaded: LoadedModel, task: PerplexityTask, total, advance) -> di
     kind = perplexity_kind(task)
     if kind == "text":
         examples = text_examples(tokenizer, load_texts(task.data, task.text_field, task.max_samples),
-                                 task.max_length)
+                                 task.max_length, task.max_windows)
     else:
         template = get_template(loaded.template_name, tokenizer)
         examples = conversation_examples(tokenizer, template, load_conversations(task.data, task.max_samples),

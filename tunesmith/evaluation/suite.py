@@ -59,6 +59,8 @@ class PerplexityTask(_Task):
                             "records with text_field, else instruct")
     text_field: str = "text"
     max_length: int = Field(512, gt=8)
+    max_windows: int | None = Field(1, gt=0, description="text: windows of max_length scored per text (the "
+                                                          "first ones); null = the whole text")
     batch_size: int = Field(8, gt=0)
 
 
@@ -84,12 +86,15 @@ class ClassificationTask(_Task):
     label_map: dict[str, str] = Field(default_factory=dict, description="gold value in the data -> label word")
     text_column: str = "text"
     label_column: str = "label"
-    prompt: str = Field("{text}", description="user message; {column} fields are filled from the record")
+    prompt: str | None = Field(None, description="user message; {column} fields are filled from the record "
+                                                 "(default: the text column alone)")
     system: str | None = None
     max_new_tokens: int = Field(8, gt=0)
 
     @model_validator(mode="after")
     def _mapped_labels(self):
+        if self.prompt is None:
+            self.__dict__["prompt"] = "{" + self.text_column + "}"
         bad = sorted(set(self.label_map.values()) - set(self.labels))
         if bad:
             raise ValueError(f"label_map values {bad} are not among labels {self.labels}")

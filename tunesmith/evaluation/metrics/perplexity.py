@@ -15,12 +15,16 @@ from ...data.templates.base import ChatTemplate
 Example = tuple[list[int], list[int]]  # input ids, labels (IGNORE_INDEX where not scored)
 
 
-def text_examples(tokenizer, texts: Iterable[str], max_length: int) -> list[Example]:
+def text_examples(tokenizer, texts: Iterable[str], max_length: int, max_windows: int | None = None
+                  ) -> list[Example]:
     """Every token of each text is scored; a text longer than `max_length` is cut into consecutive windows
-    (each window is scored without the previous one as context, the usual simple approximation)."""
+    (each window is scored without the previous one as context, the usual simple approximation), at most
+    `max_windows` per text (a whole Wikipedia article is hundreds of windows)."""
     examples = []
     for text in texts:
         ids = tokenizer(text, add_special_tokens=needs_special_tokens(tokenizer, text))["input_ids"]
+        if max_windows:
+            ids = ids[:max_windows * max_length]
         for start in range(0, len(ids), max_length):
             window = ids[start:start + max_length]
             if len(window) > 1:  # the first token of a window has no prediction
