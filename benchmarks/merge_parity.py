@@ -51,7 +51,7 @@ def cases(p: dict[str, Path]) -> list[tuple[str, dict, dict]]:
     """(label, tunesmith config, mergekit config)."""
     a, b, c, base = str(p["a"]), str(p["b"]), str(p["c"]), str(p["base"])
     t = [{"filter": "self_attn", "value": [0.0, 0.5, 0.3, 0.7, 1.0]}, {"filter": "mlp", "value": [1.0, 0.5, 0.7, 0.3, 0]},
-         {"value": 0.4}]
+         {"value": [0.2, 0.9]}]  # a gradient on the default too: embeddings, final norm and head take its start
     return [
         ("linear", {"method": "linear", "models": [{"model": a, "weight": 0.5}, {"model": b, "weight": 0.3},
                                                    {"model": c, "weight": 0.2}]},

@@ -214,3 +214,17 @@ def test_example_configs_parse():
             assert len(load_suite(path).tasks) == 2
         else:
             assert load_config(path).output.startswith("runs/merged/")
+
+
+def test_gradient_positions_follow_mergekit():
+    """Blocks spread 0…1 over the depth; tensors outside blocks sit at 0; a one-block model's block at 1."""
+    from tunesmith.merging.schedule import layer_positions, resolve
+
+    names = ["model.embed_tokens.weight", *[f"model.layers.{i}.mlp.up_proj.weight" for i in range(5)],
+             "model.norm.weight", "lm_head.weight"]
+    pos = layer_positions(names)
+    assert [pos[n] for n in names] == [0.0, 0.0, 0.25, 0.5, 0.75, 1.0, 0.0, 0.0]
+    assert resolve([0.0, 1.0, 0.0], names[2], pos[names[2]], "t") == pytest.approx(0.5)
+    assert resolve([0.2, 0.9], names[-1], pos[names[-1]], "t") == pytest.approx(0.2)
+    assert layer_positions(["model.layers.0.mlp.up_proj.weight", "lm_head.weight"]) == {
+        "model.layers.0.mlp.up_proj.weight": 1.0, "lm_head.weight": 0.0}

@@ -19,12 +19,12 @@ def layer_index(name: str) -> int | None:
 def layer_positions(names: list[str]) -> dict[str, float]:
     """Each tensor's place along the depth, 0 (first block) … 1 (last block).
 
-    Tensors outside the blocks (embeddings, final norm, head) take position 0, as mergekit does, so a
-    gradient means the same thing in both tools.
+    Tensors outside the blocks (embeddings, final norm, head) take position 0, and the only block of a
+    one-block model position 1, as mergekit does, so a gradient means the same thing in both tools.
     """
     indices = {name: layer_index(name) for name in names}
     count = max((i for i in indices.values() if i is not None), default=0) + 1
-    return {name: (i / (count - 1) if i is not None and count > 1 else 0.0) for name, i in indices.items()}
+    return {name: 0.0 if i is None else (i / (count - 1) if count > 1 else 1.0) for name, i in indices.items()}
 
 
 def resolve(value, tensor: str, position: float, field: str):
