@@ -268,7 +268,7 @@ def test_encoder_trains_saves_reloads_and_reproduces_logits(tiny_bert, tmp_path,
 
 @pytest.mark.slow
 def test_lora_on_minilm_beats_chance_on_held_out_sentiment(tmp_path):
-    """examples/classify_sentiment.yaml (LoRA defaults on all-MiniLM-L6-v2), on a seeded sample of SST-2: 320
+    """examples/classify_sentiment_lora.yaml (LoRA defaults on all-MiniLM-L6-v2), on a seeded sample of SST-2: 320
     rows to train, 160 other rows held out; accuracy must clearly beat always answering the majority class."""
     import yaml
 
@@ -284,7 +284,7 @@ def test_lora_on_minilm_beats_chance_on_held_out_sentiment(tmp_path):
     sample = random.Random(0).sample(rows, 480)
     for name, part in (("train.tsv", sample[:320]), ("held_out.tsv", sample[320:])):
         (tmp_path / name).write_text("\n".join([header, *part]) + "\n", encoding="utf-8")
-    raw = yaml.safe_load((EXAMPLES / "classify_sentiment.yaml").read_text(encoding="utf-8"))
+    raw = yaml.safe_load((EXAMPLES / "classify_sentiment_lora.yaml").read_text(encoding="utf-8"))
     raw["data"].update(train=[{"path": str(tmp_path / "train.tsv")}], val_size=0.0,
                        validation=[{"path": str(tmp_path / "held_out.tsv")}])
     raw["training"].update(output_dir=str(tmp_path / "run"), max_steps=40, tensorboard=False)
