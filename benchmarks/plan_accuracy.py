@@ -138,7 +138,8 @@ def measure(specs: list[dict]) -> dict[str, dict]:
     from rich.progress import Progress
 
     CACHE.mkdir(parents=True, exist_ok=True)
-    measured = {}
+    # A subset (--only) re-measures its configurations and keeps the others' stored measurements.
+    measured = load_measurements() if RESULTS.is_file() and len(specs) < len(configurations(None)) else {}
     with Progress() as progress:
         task = progress.add_task("measuring (fresh subprocess each)", total=len(specs) + 1)
         measured["baseline"] = _run_worker(["--worker-baseline"])

@@ -94,6 +94,8 @@ def test_memory_model_invariants(folders):
     assert ckpt.activations < long.activations
     full = plan_memory(config, PlanRequest(method="full", seq=64))
     assert full.optimizer_state == pytest.approx(2 * full.gradients) and full.gradients == full.weights
+    # CPU AdamW, one parameter at a time: sqrt(exp_avg_sq) and its quotient, both the largest parameter's size.
+    assert full.step_temporaries == 2 * 4 * full.counts.largest_trainable
     sgd = plan_memory(config, PlanRequest(method="full", seq=64, optimizer="sgd"))
     assert sgd.optimizer_state == 0 and sgd.peak < full.peak
     eight = plan_memory(config, PlanRequest(method="full", seq=64, optimizer="adamw_8bit"))
@@ -101,6 +103,43 @@ def test_memory_model_invariants(folders):
     z3 = plan_memory(config, PlanRequest(method="full", seq=64, device="cuda", devices=4, zero_stage=3))
     z0 = plan_memory(config, PlanRequest(method="full", seq=64, device="cuda", devices=4, zero_stage=0))
     assert z3.weights == pytest.approx(z0.weights / 4) and z3.optimizer_state == pytest.approx(z0.optimizer_state / 4)
+
+
+@pytest.mark.parametrize("method", ["full", "lora", "dora"])
+def test_activation_trace_equals_what_real_autograd_saves(folders, method):
+    """The meta-device trace must save exactly the bytes a real CPU forward saves for backward (GQA model: the fused
+    attention kernel keeps the shared key/value heads, not expanded copies)."""
+    from torch.multiprocessing.reductions import StorageWeakRef
+    from transformers import AutoModelForCausalLM
+
+    from tunesmith.planning.activations import trace_activations
+    from tunesmith.planning.params import apply_method
+
+    config = load_model_config(str(folders["llama"]))
+    assert config.num_key_value_heads < config.num_attention_heads
+    meta, _ = exact_counts(config, method)
+    trace = trace_activations(meta, 2, 48)
+
+    def build():
+        model = AutoModelForCausalLM.from_pretrained(folders["llama"])
+        model.config.use_cache = False
+        return model
+
+    real, _ = apply_method(build, method, method_options(method), torch.float32)
+    real.train()
+    params = {StorageWeakRef(p.untyped_storage()) for p in real.parameters()}
+    saved = {}
+
+    def pack(tensor):
+        ref = StorageWeakRef(tensor.untyped_storage())
+        if ref not in params:
+            saved[ref] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    ids = torch.randint(3, config.vocab_size, (2, 48))
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        real(input_ids=ids, labels=ids)
+    assert sum(trace.per_block) + trace.outside + trace.vocab == sum(saved.values())
 
 
 def test_budget_proposals_fit_and_follow_rank_advice(folders):
@@ -129,6 +168,7 @@ def test_cli_plan(folders, capsys):
     (["--model", "M", "--budget", "lots"], "--budget"),
     (["--model", "M", "--method", "nope"], "method.name"),
     (["--model", "M", "--rank", "-4"], "--rank"),
+    (["--model", "M", "--device", "cpu", "--optimizer", "paged_adamw_8bit"], "--optimizer"),
 ])
 def test_cli_plan_bad_input(folders, capsys, argv, field):
     argv = [str(folders["llama"]) if a == "M" else a for a in argv]

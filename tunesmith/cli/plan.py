@@ -98,6 +98,9 @@ def build_request(args):
         request.precision = args.precision
     if request.device == "cpu" and request.precision == "fp16":
         raise ConfigError("fp16 training needs a GPU", where="--precision", hint="use fp32 or bf16 on CPU")
+    if request.device == "cpu" and request.optimizer.startswith("paged"):  # as training.arguments refuses it
+        raise ConfigError(f"optimizer '{request.optimizer}' needs a CUDA GPU", where="--optimizer",
+                          hint="use adamw, adamw_8bit or sgd on CPU, or add --device cuda")
     if args.rank:
         request.method_options["r"] = args.rank
     if args.targets:

@@ -43,9 +43,8 @@ def _fused_sdpa(device_type: str):
     def sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
         if query.device.type != "meta":
             return original(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa=enable_gqa)
-        if enable_gqa and key.shape[1] != query.shape[1]:
-            groups = query.shape[1] // key.shape[1]
-            key, value = key.repeat_interleave(groups, 1), value.repeat_interleave(groups, 1)
+        # Grouped-query attention: the fused CPU kernel reads the shared key/value heads in place (no expanded copy
+        # is saved), and so does its meta implementation.
         out = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
             query, key, value, dropout_p, is_causal, attn_mask=attn_mask, scale=scale)
         return out[0]

@@ -99,14 +99,15 @@ def logits_memory(trace: ActivationTrace, request: PlanRequest) -> float:
 
 
 def step_temporaries(counts: ParamCounts, optimizer: str, request: PlanRequest) -> float:
-    """AdamW's update allocates a denominator tensor: per parameter on CPU (for-each kernels are CUDA-only), for
-    all parameters at once with CUDA's default for-each implementation."""
+    """AdamW's update allocates its denominator. On CPU (for-each kernels are CUDA-only) torch runs one parameter at
+    a time, `(exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)`: the sqrt and the quotient are both alive for
+    the largest parameter. CUDA's default for-each path takes one sqrt of every state, then divides in place."""
     if OPTIMIZERS[optimizer].states == 0:
         return 0.0
     per_element = counts.trainable_bytes / counts.trainable if counts.trainable else 4
     if request.device == "cuda":
         return _shard(counts.trainable_bytes, request, 2)
-    return counts.largest_trainable * per_element
+    return 2 * counts.largest_trainable * per_element
 
 
 def runtime_overhead(request: PlanRequest) -> float:
