@@ -3,7 +3,7 @@ baseline) and gathered into batches (max_batch 8), over real HTTP on 127.0.0.1.
 
 Clients: tunesmith's own OpenAI-compatible teacher (`openai:MODEL`, 8 parallel requests), as `data generate` uses
 it. Requests are greedy, `--max-tokens` new tokens each, one prompt per request from a fixed list.
-Run:  python benchmarks/serve_batching.py [--models stories260K smollm2-135m-instruct] [--requests 16]
+Run:  python benchmarks/serve_batching.py [--models PATH ...] [--requests 16] [--max-tokens 24] [--threads N]
 """
 
 from __future__ import annotations
@@ -49,7 +49,10 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=[str(SHARED / "stories260K"), "smollm2-135m-instruct"])
     parser.add_argument("--requests", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=24)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     console = Console()
     table = Table(title=f"{args.requests} concurrent chat completions over HTTP, greedy, {args.max_tokens} new "
                         f"tokens max")

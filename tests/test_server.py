@@ -120,7 +120,7 @@ def test_cli_serve_process_answers_and_stops_by_itself(stories_dir):
     import os
 
     process = subprocess.Popen([sys.executable, "-m", "tunesmith.cli.main", "serve", str(stories_dir), "--port", "0",
-                                "--max-requests", "2"], stderr=subprocess.PIPE, text=True,
+                                "--max-requests", "2", "--threads", "1"], stderr=subprocess.PIPE, text=True,
                                env={**os.environ, "OMP_NUM_THREADS": "1"})  # tiny model: threads only contend
     try:
         url, deadline = None, time.time() + 120

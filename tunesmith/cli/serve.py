@@ -23,6 +23,9 @@ def register(subparsers) -> None:
     p.add_argument("--max-requests", type=int, default=None, help="stop after this many completions")
     p.add_argument("--template", default=None, help="override the template (default: the run's own)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for generation (default: torch's choice; 1 is faster for tiny models on busy "
+                        "CPUs, see docs/data.md)")
     p.add_argument("--verbose", action="store_true", help="log every request")
     p.set_defaults(func=serve)
 
@@ -35,6 +38,10 @@ def serve(args) -> int:
     from ..models.loading import load_for_inference
 
     console = Console(stderr=True)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     with console.status(f"loading {args.model}"):
         generator = Generator(load_for_inference(args.model, dtype=args.dtype, template=args.template))
     name = args.name or Path(args.model.rstrip("/")).name

@@ -1,8 +1,9 @@
 """An OpenAI-compatible HTTP server for a local model: /v1/chat/completions and /v1/models.
 
 Standard library only (http.server), loopback by default. Concurrent requests are gathered into batches (up to
-`max_batch`, waiting at most `batch_wait` seconds for company) and generated together, since one batched forward
-pass on the model costs little more than a single one. Streaming, tools and n > 1 are not supported and answered
+`max_batch`, waiting at most `batch_wait` seconds for company) and generated together: one forward pass per token
+for the batch instead of one per request. What that buys depends on the hardware; benchmarks/serve_batching.py
+measures it (docs/data.md). Streaming, tools and n > 1 are not supported and answered
 with a 400 in the OpenAI error format.
 """
 
