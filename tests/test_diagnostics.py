@@ -62,6 +62,9 @@ def test_oscillation_fires_when_the_loss_swings_instead_of_settling():
     assert codes(found) == ["oscillation"] and "learning rate" in found[0].advice
     assert detect_oscillation(healthy_loss()) == []
     assert "oscillation" in codes(diagnose(records(swinging)))
+    # A zigzag on a loss that keeps falling is learning (alternating kinds of batches), not oscillation.
+    zigzag = [(s, (3.0 - s / 40) * (1 + 0.2 * (-1) ** s)) for s in range(1, 61)]
+    assert detect_oscillation(zigzag) == []
 
 
 def test_plateau_fires_when_the_loss_does_not_fall():

@@ -60,7 +60,8 @@ def detect_oscillation(series: Series, *, min_points: int = 12, rel_amplitude: f
                        min_sign_changes: float = 0.6) -> list[Finding]:
     """The second half of the curve swings up and down instead of settling: each value is far from the mean of
     its two neighbours (the median distance ≥ 15% of the level; a steady trend, straight or gently curved, has
-    none) and successive changes keep flipping direction.
+    none) and successive changes keep flipping direction, while the loss no longer falls (a curve still falling
+    by over 10% across the second half is learning, whatever its zigzag: batches of different kinds alternate).
 
     The median makes one spike, which `detect_spikes` reports, not read as oscillation; minibatch noise alone
     flips direction about 2/3 of the time, so the swing is what tells oscillation apart from noise (noise of
@@ -70,6 +71,9 @@ def detect_oscillation(series: Series, *, min_points: int = 12, rel_amplitude: f
         return []
     tail = values[len(values) // 2:]
     level = abs(sum(tail) / len(tail))
+    k = max(len(tail) // 3, 1)
+    if level and (sum(tail[:k]) - sum(tail[-k:])) / k / level > 0.1:
+        return []
     amplitude = _median([abs(b - (a + c) / 2) for a, b, c in zip(tail, tail[1:], tail[2:])])
     diffs = [b - a for a, b in zip(tail, tail[1:])]
     flips = sum((a > 0) != (b > 0) for a, b in zip(diffs, diffs[1:]) if a and b) / max(len(diffs) - 1, 1)
