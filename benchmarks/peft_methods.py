@@ -106,7 +106,9 @@ def main() -> None:
 
     from tunesmith.methods.registry import all_methods
 
-    names = args.methods.split(",") if args.methods else sorted(all_methods())
+    # The plain baselines first (full, then LoRA), so that even a cut-short run compares against them.
+    names = args.methods.split(",") if args.methods else sorted(all_methods(), key=lambda n: (n != "full",
+                                                                                             n != "lora", n))
     rows = []
     load_before = os.getloadavg()[0]  # the CPU may be shared: the load average goes into the conditions
     with tempfile.TemporaryDirectory() as tmp, Progress(console=Console(stderr=True)) as progress:
