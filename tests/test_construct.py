@@ -251,3 +251,9 @@ def test_cli_generate_against_served_model(served, tmp_path, capsys):
     assert (code == 0 and len(records) == 2) or (code == 1 and "stopped short" in capsys.readouterr().err)
     assert main(["data", "generate", "--seeds", str(EXAMPLES / "seed_tasks_zh.jsonl"), "--out", str(out),
                  "--teacher", "nonsense"]) == 2
+    augmented = tmp_path / "a.jsonl"
+    assert main(["data", "augment", str(EXAMPLES / "seed_tasks_en.jsonl"), "--out", str(augmented), "--teacher",
+                 "openai:stories", "--base-url", served.url, "--max-tokens", "16", "--max-rouge", "1.01"]) == 0
+    rows = read_jsonl(augmented)
+    assert rows and all(r["provenance"]["method"] == "paraphrase" for r in rows)
+    assert "variants appended" in capsys.readouterr().err
