@@ -168,6 +168,8 @@ def _nothing_follows(instruction: str) -> bool:
 def _reply_field(sample: Sample, position: int, last: int) -> str:
     if sample.fmt == "alpaca":
         return "output" if position == last else "history"
+    if position == last and "chosen" in sample.raw:  # preference records: the reply checked is the chosen one
+        return "chosen"
     key = "messages" if sample.fmt == "openai" else "conversations"
     offset = 1 if sample.messages[0]["role"] == "system" and "system" not in sample.raw else 0
     return f"{key}[{position - offset}]" if key in sample.raw else "chosen"
