@@ -105,7 +105,7 @@ def _adapter_files(path: Path) -> tuple[Path, Path]:
     config, weights = path / ADAPTER_CONFIG, path / ADAPTER_WEIGHTS
     if not config.is_file() or not weights.is_file():
         what = "a full fine-tune (no adapter)" if (path / "model.safetensors").is_file() else "no LoRA adapter"
-        raise ConfigError(f"{path} holds {what}: analyze needs {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS}",
+        raise ConfigError(f"this folder holds {what}: analyze needs {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS}",
                           where=str(path), hint="pass a run (or checkpoint) trained with lora, qlora, dora, "
                                                 "rslora, loraplus or pissa/olora")
     return config, weights
