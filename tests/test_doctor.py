@@ -256,25 +256,16 @@ def test_contamination_exact_and_near(tmp_path):
     assert check_contamination(quiet, [eval_file]).findings == []
 
 
-def test_diversity_fires_on_one_task_type_and_is_quiet_on_alpaca():
+def test_diversity_fires_on_one_task_type_and_is_quiet_on_alpaca(tmp_path):
     require_shared()
     one_task = [{"instruction": f"把这句话翻译成英文：我有{n}个苹果。", "input": "", "output": f"I have {n} apples."}
                 for n in range(30)]
-    samples, _ = load_samples_from(one_task)
+    samples, _ = load_samples(write_jsonl(tmp_path / "one.jsonl", one_task))
     section = check_diversity(samples)
     assert {"diversity.task_imbalance", "diversity.low_distinct"} <= checks(section)
     assert section.metrics["top_task"] == "translation"
     real, _ = load_samples(str(SHARED / "data" / "instruct" / "alpaca_en_demo.json"))
     assert check_diversity(real).findings == []
-
-
-def load_samples_from(records, tmp=[]):  # noqa: B006 (a scratch file per call)
-    import tempfile
-
-    handle = tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False, encoding="utf-8")
-    handle.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-    handle.close()
-    return load_samples(handle.name)
 
 
 def test_task_types_and_verb_object_heuristics():
