@@ -12,7 +12,7 @@ from ...errors import DataError
 from ..formats import detect_format, to_conversation, user_text
 from ..readers import read_records
 from .base import Finding, Sample, Section
-from .duplicates import NUM_PERM, jaccard, minhashes
+from .duplicates import candidate_index, jaccard, minhashes
 from .text import normalize, shingles
 
 _PROMPT_FIELDS = ("prompt", "question", "query", "instruction", "text", "input")
@@ -45,12 +45,10 @@ def eval_overlaps(prompts: list[str], path: str, threshold: float = 0.7) -> tupl
     """Training prompts that equal or nearly equal a prompt of the eval file `path`: a list of
     (index into `prompts`, "exact" | "near", eval line, Jaccard), and the number of eval prompts.
     Shared by `data check --against` and `data dedup --against`."""
-    from datasketch import MinHashLSH
-
     evals = eval_prompts(path)
     exact = {normalize(text): line for text, line in evals}
     eval_sets = [shingles(text) for text, _ in evals]
-    lsh = MinHashLSH(threshold=threshold, num_perm=NUM_PERM)
+    lsh = candidate_index(threshold)
     filled = [i for i, items in enumerate(eval_sets) if items]
     for index, signature in zip(filled, minhashes([eval_sets[i] for i in filled])):
         lsh.insert(index, signature)

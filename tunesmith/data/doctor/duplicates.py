@@ -13,6 +13,7 @@ from .base import Finding, Sample, Section
 from .text import normalize, shingles
 
 NUM_PERM = 128
+LSH_MARGIN = 0.1
 
 
 def minhashes(sets: list[set[str]]) -> list:
@@ -23,16 +24,23 @@ def minhashes(sets: list[set[str]]) -> list:
     return MinHash.bulk([[item.encode("utf-8") for item in items] for items in sets], num_perm=NUM_PERM, seed=1)
 
 
+def candidate_index(threshold: float):
+    """An LSH index tuned below `threshold`: its banding is an S-curve, not a step, so pairs just above the
+    threshold are often missed when it is tuned at the threshold itself. Candidates are confirmed with the exact
+    Jaccard, so the lower setting costs a few more checks and reports nothing falsely."""
+    from datasketch import MinHashLSH
+
+    return MinHashLSH(threshold=max(0.3, threshold - LSH_MARGIN), num_perm=NUM_PERM)
+
+
 def jaccard(a: set[str], b: set[str]) -> float:
     return len(a & b) / len(a | b) if a or b else 1.0
 
 
 def near_duplicate_pairs(texts: list[str], threshold: float = 0.8) -> list[tuple[int, int, float]]:
     """(i, j, jaccard) for i < j whose shingle sets have Jaccard >= threshold."""
-    from datasketch import MinHashLSH
-
     sets = [shingles(text) for text in texts]
-    lsh = MinHashLSH(threshold=threshold, num_perm=NUM_PERM)
+    lsh = candidate_index(threshold)
     pairs = []
     filled = [index for index, items in enumerate(sets) if items]
     for index, signature in zip(filled, minhashes([sets[i] for i in filled])):
