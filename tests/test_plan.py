@@ -77,6 +77,11 @@ def test_qlora_weights_are_nf4_with_double_quantised_constants(folders):
     assert nf4_bytes(6400, True) == pytest.approx(6400 * (0.5 + 1 / 64 + 4 / (64 * 256)))
     _, lora = exact_counts(config, "lora")
     assert counts.frozen_bytes < lora.frozen_bytes
+    # On CPU the quantised layers' source pages (fp32 here) are read from the mapped checkpoint and stay resident.
+    cpu = plan_memory(config, PlanRequest(method="qlora", seq=32, device="cpu"))
+    cuda = plan_memory(config, PlanRequest(method="qlora", seq=32, device="cuda"))
+    assert cpu.checkpoint_pages == counts.quantized * 4 and cuda.checkpoint_pages == 0
+    assert "checkpoint pages read to quantise" in cpu.components()
 
 
 def test_config_json_and_folder_agree(folders):

@@ -34,13 +34,6 @@ class Proposal:
     cost: float
 
 
-def peak_at_batch(plan: MemoryPlan, batch: int) -> float:
-    """Activations and logits grow linearly with the batch; everything else does not."""
-    scale = batch / plan.request.batch
-    backward = (plan.activations + plan.logits) * scale + (plan.gradients if plan.request.grad_accum > 1 else 0)
-    return plan.overhead + plan.weights + plan.optimizer_state + max(backward, plan.gradients + plan.step_temporaries)
-
-
 def candidate_methods(budget: float, full_plan: MemoryPlan | None, samples: int | None, low_latency: bool,
                       best_quality: bool) -> list[tuple[str, str]]:
     methods = [("lora", "default choice (reference: LoRA first)")]
@@ -71,14 +64,14 @@ def propose(config, base: PlanRequest, budget: float, *, task: str = "chat", sam
                     progress(f"{method}, seq {seq}, {'with' if checkpointing else 'no'} checkpointing")
                 plan = plan_memory(config, replace(base, method=method, method_options=options, batch=1, seq=seq,
                                                    gradient_checkpointing=checkpointing))
-                fitting = [b for b in BATCHES if peak_at_batch(plan, b) <= budget]
+                fitting = [b for b in BATCHES if plan.peak_at_batch(b)[0] <= budget]
                 if fitting:
                     batch = fitting[0]
                     note = reason if seq == base.seq else f"{reason}; shorter sequences ({seq}) to fit"
                     cost = (COST.get(method, 2.5) + (1.0 if checkpointing else 0.0)) * (1 + 1 / batch)
                     found.append(Proposal(method, rank if method != "full" else None, batch, seq, checkpointing,
                                           str(base.compute_dtype()).removeprefix("torch."),
-                                          peak_at_batch(plan, batch), note, cost))
+                                          plan.peak_at_batch(batch)[0], note, cost))
                     break  # the longest sequence that fits, for this method and checkpointing choice
     # Requested sequence length first, then expected speed.
     found.sort(key=lambda p: (p.seq != base.seq, p.cost))

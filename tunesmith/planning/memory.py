@@ -64,11 +64,28 @@ class MemoryPlan:
     peak_phase: str
     activation_trace: ActivationTrace | None = None
     notes: list[str] = field(default_factory=list)
+    checkpoint_pages: float = 0.0
 
     def components(self) -> dict[str, float]:
-        return {"weights": self.weights, "gradients": self.gradients, "optimizer state": self.optimizer_state,
-                "activations": self.activations, "logits & loss": self.logits,
-                "optimizer-step temporaries": self.step_temporaries, "runtime overhead": self.overhead}
+        parts = {"weights": self.weights, "gradients": self.gradients, "optimizer state": self.optimizer_state,
+                 "activations": self.activations, "logits & loss": self.logits,
+                 "optimizer-step temporaries": self.step_temporaries, "runtime overhead": self.overhead}
+        if self.checkpoint_pages:
+            parts["checkpoint pages read to quantise"] = self.checkpoint_pages
+        return parts
+
+    def peak_at_batch(self, batch: int) -> tuple[float, str]:
+        """(peak, phase) at another batch size: activations and logits grow linearly with it, nothing else does.
+        The peak is reached when backward starts (every saved activation alive, plus the loss gradients) or at the
+        optimizer step (every gradient plus the update's temporaries); with gradient accumulation the previous
+        micro-batches' gradients stay alive through the next backward."""
+        scale = batch / self.request.batch
+        backward_start = (self.activations + self.logits) * scale + \
+            (self.gradients if self.request.grad_accum > 1 else 0)
+        optimizer_step = self.gradients + self.step_temporaries
+        phase = "start of backward" if backward_start >= optimizer_step else "optimizer step"
+        base = self.overhead + self.checkpoint_pages + self.weights + self.optimizer_state
+        return base + max(backward_start, optimizer_step), phase
 
 
 def _shard(value: float, request: PlanRequest, from_stage: int) -> float:
@@ -110,6 +127,17 @@ def step_temporaries(counts: ParamCounts, optimizer: str, request: PlanRequest) 
     return 2 * counts.largest_trainable * per_element
 
 
+def checkpoint_pages(config, counts: ParamCounts, request: PlanRequest) -> float:
+    """Loading in 4 bits on CPU: transformers maps the safetensors file and bitsandbytes quantises from it, so every
+    source page of the quantised layers is read into this process and stays resident while the mapping lives (the
+    unquantised tensors, e.g. the embeddings, still alias it). On CUDA those pages are host memory, not GPU memory."""
+    if request.device != "cpu" or not counts.quantized:
+        return 0.0
+    stored = getattr(config, "dtype", None) or torch.float32
+    stored = getattr(torch, stored) if isinstance(stored, str) else stored
+    return counts.quantized * torch.empty((), dtype=stored).element_size()
+
+
 def runtime_overhead(request: PlanRequest) -> float:
     if request.runtime_overhead is not None:
         return request.runtime_overhead
@@ -130,15 +158,13 @@ def plan_memory(config, request: PlanRequest) -> MemoryPlan:
     logits = logits_memory(trace, request)
     temporaries = step_temporaries(counts, optimizer, request)
     overhead = runtime_overhead(request)
-    # With gradient accumulation the previous micro-batches' gradients stay alive through the next backward.
-    backward_start = activations + logits + (gradients if request.grad_accum > 1 else 0)
-    optimizer_step = gradients + temporaries
-    phase = "start of backward" if backward_start >= optimizer_step else "optimizer step"
-    peak = overhead + weights + state + max(backward_start, optimizer_step)
+    pages = checkpoint_pages(config, counts, request)
     notes = [counts.note] if counts.note else []
     if OPTIMIZERS[optimizer].paged:
         notes.append(f"{optimizer} pages its state to CPU RAM under memory pressure; counted here as on-device")
     if request.zero_stage and request.devices > 1:
         notes.append(f"ZeRO-{request.zero_stage} over {request.devices} devices: figures are per device")
-    return MemoryPlan(request, counts, optimizer, weights, gradients, state, activations, logits, temporaries,
-                      overhead, peak, phase, trace, notes)
+    plan = MemoryPlan(request, counts, optimizer, weights, gradients, state, activations, logits, temporaries,
+                      overhead, 0.0, "", trace, notes, pages)
+    plan.peak, plan.peak_phase = plan.peak_at_batch(request.batch)
+    return plan
