@@ -26,7 +26,9 @@ import time
 from pathlib import Path
 
 CACHE = Path(os.environ.get("TUNESMITH_CACHE", Path.home() / ".cache" / "tunesmith")) / "bench"
-RESULTS = CACHE / "plan_accuracy.jsonl"
+# Measurements under another malloc setting are kept apart from the default ones.
+MALLOC = os.environ.get("MALLOC_MMAP_THRESHOLD_")
+RESULTS = CACHE / (f"plan_accuracy-mmap{MALLOC}.jsonl" if MALLOC else "plan_accuracy.jsonl")
 STEPS = 2  # step 1 creates the optimizer state; step 2 runs forward and backward with it alive
 # A Llama-shaped model too big to be "tiny" and built from its config (no download): ~360M parameters.
 LARGER = dict(architectures=["LlamaForCausalLM"], model_type="llama", hidden_size=1024, intermediate_size=2816,
