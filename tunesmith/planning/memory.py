@@ -162,6 +162,10 @@ def plan_memory(config, request: PlanRequest) -> MemoryPlan:
     notes = [counts.note] if counts.note else []
     if OPTIMIZERS[optimizer].paged:
         notes.append(f"{optimizer} pages its state to CPU RAM under memory pressure; counted here as on-device")
+    if counts.trainable_dtypes.get("float32") and request.compute_dtype() != torch.float32 and \
+            request.method in ("full", "freeze", "progressive"):
+        notes.append("fp32 master weights with bf16/fp16 autocast: activations were traced in fp32 (autocast does not "
+                     "run on meta tensors), an upper bound for the activations autocast keeps in half precision")
     if request.device == "cpu":
         notes.append("CPU: this is the peak of live tensors plus the runtime; glibc keeps memory freed between steps in "
                      "its heap, so the process RSS runs above it (measured in docs/planning.md); "

@@ -160,7 +160,8 @@ def count_params(model, double_quant: bool | None = None) -> ParamCounts:
             trainable += n
             trainable_bytes += size
             largest = max(largest, n)
-            dtypes[str(param.dtype).removeprefix("torch.")] = dtypes.get(str(param.dtype), 0) + n
+            key = str(param.dtype).removeprefix("torch.")
+            dtypes[key] = dtypes.get(key, 0) + n
         else:
             frozen_bytes += size
     return ParamCounts(total, trainable, trainable_bytes, frozen_bytes, quantized, largest, trainable_dtypes=dtypes)
