@@ -139,7 +139,7 @@ def test_report_markdown_and_html_with_plots(tmp_path):
     text = md.read_text()
     assert "| task | metric | base | tuned | change |" in text
     assert "| wiki | perplexity ★ | 20 | 30 | +10 worse |" in text
-    assert "| wiki | perplexity | 20 | 30 | +50.0% |" in text and "Warning: 50% lost" in text
+    assert "| wiki | perplexity | 20 | 30 | +50.0% |" in text and "Warning: the worst forgetting rate is +50.0%" in text
     assert "Q\\|1 <b>" in text and "x" * 600 + " …" in text and "x" * 601 not in text  # escaped, long replies cut
     html = page.read_text()
     assert "<img src='metrics.png'" in html and "<img src='confusion_sst2.png'" in html and "Q|1 &lt;b&gt;" in html

@@ -98,7 +98,7 @@ def card_section(rows: list[dict] | None) -> list[str]:
               for r in rows]
     worst = max((r["rate"] for r in rows if math.isfinite(r["rate"])), default=0.0)
     if worst > WARN_RATE:
-        lines += ["", f"**Warning:** up to {100 * worst:.0f}% of general ability was lost. Mix general data into "
-                      "training (`data.train` with a `weight`), lower the learning rate or the number of epochs, "
-                      "or use a smaller LoRA rank."]
+        lines += ["", f"**Warning:** the worst forgetting rate is {100 * worst:+.1f}%, above the "
+                      f"{100 * WARN_RATE:.0f}% target. Mix general data into training (`data.train` with a "
+                      "`weight`), lower the learning rate or the number of epochs, or use a smaller LoRA rank."]
     return lines + [""]

@@ -135,8 +135,9 @@ def write_report(results: list[dict], out_dir: Path, comparison: dict | None = N
         note = ("Forgetting rate = relative loss of general ability (perplexity: its relative rise); "
                 "negative = improved.")
         if worst > WARN_RATE:
-            note += (f" Warning: {100 * worst:.0f}% lost on a general task — mix general data into training, "
-                     "lower the learning rate or epochs, or use a smaller rank.")
+            note += (f" Warning: the worst forgetting rate is {100 * worst:+.1f}%, above the {100 * WARN_RATE:.0f}% "
+                     "target — mix general data into training, lower the learning rate or epochs, or use a smaller "
+                     "rank.")
         sections.append(("Forgetting", ["general task", "metric", "before", "after", "forgetting rate"],
                          [[r["task"], r["metric"], _fmt(r["before"]), _fmt(r["after"]), f"{100 * r['rate']:+.1f}%"]
                           for r in comparison["forgetting"]], note))
