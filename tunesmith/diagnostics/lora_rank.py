@@ -177,6 +177,7 @@ def plot_rank_analysis(analysis: RankAnalysis, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     r = analysis.r
@@ -200,6 +201,7 @@ def plot_rank_analysis(analysis: RankAnalysis, path: Path) -> None:
                    color=f"C{i % 10}", label=kind)
         right.plot(xs, [layer.rank_at_threshold for layer in chosen], marker="x", ms=4, lw=0, color=f"C{i % 10}")
     right.axhline(r, color="gray", ls="--", lw=1)
+    right.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     right.set(xlabel="layer", ylabel="rank", ylim=(0, r + 1),
               title=f"effective rank (lines) and rank for {100 * analysis.threshold:.0f}% energy (x)")
     right.legend(fontsize=7, ncol=2)
