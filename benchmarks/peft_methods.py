@@ -1,7 +1,10 @@
 """Train every fine-tuning method on the same model, data and step budget; print one comparison table.
 
 Each method runs in its own fresh process so that peak memory (the process's high-water RSS, VmHWM) is its
-own. `full` is the plain baseline. Run:
+own. `full` is the plain baseline. Columns: trainable parameters as training reports them; peak RSS of the
+worker process (Python, torch and the data included); tokens/s = non-padding tokens seen / train runtime;
+first loss = the first logged step's; final train loss = mean of the last 3 logged steps; val loss on the 10%
+held out after training; artifact = the run folder's safetensors files. Run:
 
     python benchmarks/peft_methods.py                                   # stories260K, fast
     python benchmarks/peft_methods.py --model smollm2-135m-instruct --steps 20 --max-length 256
@@ -111,6 +114,11 @@ def main() -> None:
                                                                                              n != "lora", n))
     rows = []
     load_before = os.getloadavg()[0]  # the CPU may be shared: the load average goes into the conditions
+    conditions = (f"model {Path(args.model).name}, data {Path(args.data).name} ({args.samples} samples, 10% "
+                  f"validation), {args.steps} steps x batch {args.batch}, max length {args.max_length}, "
+                  f"{args.threads} CPU threads, {platform.processor() or platform.machine()}, "
+                  f"torch {_torch_version()} CPU, fresh process per method; 1-min load average {load_before:.1f} "
+                  f"at start")
     with tempfile.TemporaryDirectory() as tmp, Progress(console=Console(stderr=True)) as progress:
         task = progress.add_task("methods", total=len(names))
         for name in names:
@@ -125,13 +133,9 @@ def main() -> None:
                 rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
             progress.advance(task)
             if args.markdown:  # rows so far, so that an interrupted run still leaves what it measured
-                _write_markdown(args.markdown, f"{len(rows)} of {len(names)} methods done", rows)
+                _write_markdown(args.markdown, f"{conditions}; {len(rows)} of {len(names)} methods done", rows)
 
-    conditions = (f"model {Path(args.model).name}, data {Path(args.data).name} ({args.samples} samples, 10% "
-                  f"validation), {args.steps} steps x batch {args.batch}, max length {args.max_length}, "
-                  f"{args.threads} CPU threads, {platform.processor() or platform.machine()}, "
-                  f"torch {_torch_version()} CPU, fresh process per method; 1-min load average {load_before:.1f} "
-                  f"at start, {os.getloadavg()[0]:.1f} at end on {os.cpu_count()} cores")
+    conditions += f", {os.getloadavg()[0]:.1f} at end on {os.cpu_count()} cores"
     table = Table(title="PEFT methods, same budget", caption=conditions)
     for header in HEADERS:
         table.add_column(header, justify="left" if header == "method" else "right")
