@@ -171,6 +171,7 @@ class Poison(TrainerCallback):
                         p.fill_(float("nan"))
 
 
+@pytest.mark.slow
 def test_nan_stops_training_and_the_run_keeps_the_last_good_checkpoint(tiny_model_factory, tmp_path):
     from tunesmith.training.run import train
 
