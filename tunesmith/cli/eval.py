@@ -8,8 +8,8 @@ from rich.console import Console
 from rich.table import Table
 
 EPILOG = """examples:
-  tunesmith eval runs/lora --suite examples/suite.yaml                 metrics of the fine-tuned run
-  tunesmith eval runs/lora --suite examples/suite.yaml --compare base  the same prompts through the run's base model
+  tunesmith eval runs/lora --suite examples/eval_suite.yaml            metrics of the fine-tuned run
+  tunesmith eval runs/lora --suite examples/eval_suite.yaml --compare base   the same prompts through the base model
   tunesmith eval runs/lora --suite suite.yaml --compare other/model --out reports/lora
 """
 
