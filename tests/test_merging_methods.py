@@ -80,7 +80,7 @@ def test_task_arithmetic_with_negative_weight_and_scale(tensors):
     torch.testing.assert_close(out, base, rtol=0, atol=1e-12)
 
 
-def _ties_reference(base, models, weights, densities, scale=1.0):
+def _ties_reference(base, models, weights, densities, scale=1.0, normalize=True):
     """Per-parameter loops straight from the paper (trim → elect → disjoint mean)."""
     n = base.numel()
     trimmed = []
@@ -95,7 +95,7 @@ def _ties_reference(base, models, weights, densities, scale=1.0):
         sign = (total > 0) - (total < 0)
         agree = [(w, t[i]) for w, t in zip(weights, trimmed) if t[i] != 0 and ((w * t[i] > 0) - (w * t[i] < 0)) == sign]
         if agree:
-            out[i] += scale * sum(w * v for w, v in agree) / sum(w for w, _ in agree)
+            out[i] += scale * sum(w * v for w, v in agree) / (sum(w for w, _ in agree) if normalize else 1)
     return out.reshape(base.shape)
 
 
@@ -105,6 +105,13 @@ def test_ties_matches_the_paper(tensors, densities, weights):
     c = base + torch.randn_like(base) * 0.1
     out = run("ties", [a, b, c], base, params(weights=(*weights, 0.5), densities=(*densities, 0.6), scale=0.9))
     expected = _ties_reference(base, [a, b, c], (*weights, 0.5), (*densities, 0.6), scale=0.9)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+
+
+def test_ties_without_normalisation_sums_the_agreeing_entries(tensors):
+    base, a, b = tensors
+    out = run("ties", [a, b], base, params(weights=(0.8, 0.6), densities=(0.4, 0.7), normalize=False))
+    expected = _ties_reference(base, [a, b], (0.8, 0.6), (0.4, 0.7), normalize=False)
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
 
 
