@@ -17,8 +17,9 @@ from .optimizers import OPTIMIZERS, optimizer_state_bytes, resolve_optimizer
 from .params import ParamCounts, exact_counts, method_options
 
 # Measured, not tuned: the peak RSS of a CPU process that has imported the training stack (torch, transformers,
-# peft, bitsandbytes, datasets, tunesmith.training): 547 MiB on the development machine, the "runtime baseline"
-# row of benchmarks/plan_accuracy.py, which passes its own fresh measurement instead of this constant.
+# peft, bitsandbytes, datasets, tunesmith.training): 547 MiB in one run on the development machine (the "runtime
+# baseline" of benchmarks/plan_accuracy.py, which passes its own fresh measurement instead of this constant; it
+# varies between runs, 549 to 617 MiB in the runs published in docs/planning.md).
 # On CUDA the context and kernel workspaces lie outside max_memory_allocated; 600 MiB is a typical CUDA context plus
 # cuBLAS workspace, NOT validated here (no GPU on the development machine).
 CPU_RUNTIME_OVERHEAD = 574_095_360
