@@ -130,9 +130,12 @@ class LoraCheckpoint:
                                  where=f"{folder} vs {self.base.folder}",
                                  hint="check that base_model is the model this adapter was trained on")
 
-    def read(self, name: str) -> torch.Tensor:
+    def nbytes(self, name: str) -> int:
+        return self.base.nbytes(name)
+
+    def read(self, name: str, buffer: torch.Tensor | None = None) -> torch.Tensor:
         tensor = self.adapter.others.get(name)
-        tensor = self.base.read(name) if tensor is None else tensor
+        tensor = self.base.read(name, buffer) if tensor is None else tensor.clone()  # merges work in place
         if name not in self.targets:
             return tensor
         delta = self.targets[name].delta(self.fan_in_fan_out)

@@ -98,12 +98,16 @@ class Checkpoint:
         self.config = json.loads(config.read_text(encoding="utf-8")) if config.is_file() else {}
         self._handles: dict[Path, object] = {}
 
-    def read(self, name: str) -> torch.Tensor:
+    def nbytes(self, name: str) -> int:
+        return self.tensors[name].end - self.tensors[name].start
+
+    def read(self, name: str, buffer: torch.Tensor | None = None) -> torch.Tensor:
+        """The tensor, read into `buffer` (uint8, exactly `nbytes(name)` long) when one is given."""
         info = self.tensors[name]
         handle = self._handles.get(info.file)
         if handle is None:
             handle = self._handles[info.file] = open(info.file, "rb", buffering=0)
-        data = torch.empty(info.end - info.start, dtype=torch.uint8)
+        data = torch.empty(info.end - info.start, dtype=torch.uint8) if buffer is None else buffer
         view = memoryview(data.numpy())
         done = 0
         while done < len(view):  # os.preadv may return short reads on huge tensors

@@ -57,11 +57,20 @@ def merge(config: MergeConfig, output: str | Path | None = None, *, overwrite: b
         staging = _prepare_output(out, overwrite)
         writer = ShardedWriter(staging, plan, parse_size(config.max_shard_size))
         with ThreadPoolExecutor(max_workers=1) as reader, tensor_progress(len(names), progress, "merging") as bar:
-            read = lambda name: ([c.read(name) for c in sources], base.read(name) if base else None)  # noqa: E731
-            pending = reader.submit(read, names[0]) if names else None
+            # Two sets of read buffers, reused: tensor i + 1 is read into one set while tensor i, in the other,
+            # is combined and written; tensor i + 2 is only submitted once tensor i is on disk. Fresh buffers
+            # for every tensor would make the kernel fault in and zero their pages each time.
+            pools: list[dict[int, torch.Tensor]] = [{}, {}]
+
+            def read(i: int):
+                pool = pools[i % 2]
+                tensors = [c.read(names[i], _buffer(pool, k, c.nbytes(names[i]))) for k, c in enumerate(sources)]
+                return tensors, base.read(names[i], _buffer(pool, -1, base.nbytes(names[i]))) if base else None
+
+            pending = reader.submit(read, 0) if names else None
             for i, name in enumerate(names):
                 tensors, base_tensor = pending.result()
-                pending = reader.submit(read, names[i + 1]) if i + 1 < len(names) else None
+                pending = reader.submit(read, i + 1) if i + 1 < len(names) else None
                 writer.write(name, _merge_one(method, tensors, base_tensor, params[name], plan[i].dtype))
                 bar(name)
         shards = writer.close()
@@ -71,6 +80,13 @@ def merge(config: MergeConfig, output: str | Path | None = None, *, overwrite: b
         for checkpoint in everyone:
             checkpoint.close()
     return MergeResult(out, len(names), shards)
+
+
+def _buffer(pool: dict[int, torch.Tensor], key: int, nbytes: int) -> torch.Tensor:
+    """A reusable byte buffer of at least `nbytes` (grown when a bigger tensor comes)."""
+    if key not in pool or pool[key].numel() < nbytes:
+        pool[key] = torch.empty(nbytes, dtype=torch.uint8)
+    return pool[key][:nbytes]
 
 
 def open_checkpoint(ref: str, role: str):

@@ -8,7 +8,8 @@ from .base import MergeMethod, TensorParams, register
 
 
 def weighted_sum(tensors: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
-    out = tensors[0] * weights[0]
+    """Σ wᵢ tᵢ, accumulated in place in the first tensor (methods own their inputs)."""
+    out = tensors[0] if weights[0] == 1 else tensors[0].mul_(weights[0])
     for tensor, weight in zip(tensors[1:], weights[1:]):
         out.add_(tensor, alpha=weight)
     return out
