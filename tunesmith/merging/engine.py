@@ -56,10 +56,13 @@ def merge(config: MergeConfig, output: str | Path | None = None, *, overwrite: b
                               else reference.tensors[n].dtype, reference.tensors[n].shape) for n in names]
         staging = _prepare_output(out, overwrite)
         writer = ShardedWriter(staging, plan, parse_size(config.max_shard_size))
-        with ThreadPoolExecutor(max_workers=1) as reader, tensor_progress(len(names), progress, "merging") as bar:
-            # Two sets of read buffers, reused: tensor i + 1 is read into one set while tensor i, in the other,
-            # is combined and written; tensor i + 2 is only submitted once tensor i is on disk. Fresh buffers
-            # for every tensor would make the kernel fault in and zero their pages each time.
+        with ThreadPoolExecutor(max_workers=1) as reader, ThreadPoolExecutor(max_workers=1) as saver, \
+                tensor_progress(len(names), progress, "merging") as bar:
+            # Reading, combining and writing overlap: tensor i + 1 is read and tensor i - 1 written in background
+            # threads (file I/O releases the GIL) while tensor i is combined. Two sets of read buffers are
+            # reused: tensor i + 1 goes into the set of tensor i - 1, whose result (which may live in its
+            # buffers) is on disk first. Fresh buffers per tensor would make the kernel fault in and zero
+            # their pages every time.
             pools: list[dict[int, torch.Tensor]] = [{}, {}]
 
             def read(i: int):
@@ -67,12 +70,17 @@ def merge(config: MergeConfig, output: str | Path | None = None, *, overwrite: b
                 tensors = [c.read(names[i], _buffer(pool, k, c.nbytes(names[i]))) for k, c in enumerate(sources)]
                 return tensors, base.read(names[i], _buffer(pool, -1, base.nbytes(names[i]))) if base else None
 
-            pending = reader.submit(read, 0) if names else None
+            pending, written = (reader.submit(read, 0) if names else None), None
             for i, name in enumerate(names):
                 tensors, base_tensor = pending.result()
+                if written is not None:
+                    written.result()
                 pending = reader.submit(read, i + 1) if i + 1 < len(names) else None
-                writer.write(name, _merge_one(method, tensors, base_tensor, params[name], plan[i].dtype))
+                merged = _merge_one(method, tensors, base_tensor, params[name], plan[i].dtype)
+                written = saver.submit(writer.write, name, merged)
                 bar(name)
+            if written is not None:
+                written.result()
         shards = writer.close()
         _write_side_files(staging, config, reference, out_dtype)
         publish_dir_contents(staging, out)
