@@ -170,7 +170,7 @@ def plan_memory(config, request: PlanRequest) -> MemoryPlan:
     if request.device == "cpu":
         notes.append("CPU: this is the peak of live tensors plus the runtime; glibc keeps memory freed between steps in "
                      "its heap, so the process RSS runs above it (measured in docs/planning.md); "
-                     "MALLOC_MMAP_THRESHOLD_=65536 returns freed blocks to the OS at some speed cost")
+                     "MALLOC_MMAP_THRESHOLD_=65536 returns freed blocks to the OS (its speed cost is not measured here)")
     if request.zero_stage and request.devices > 1:
         notes.append(f"ZeRO-{request.zero_stage} over {request.devices} devices: figures are per device")
     plan = MemoryPlan(request, counts, optimizer, weights, gradients, state, activations, logits, temporaries,
