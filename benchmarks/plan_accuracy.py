@@ -6,11 +6,11 @@ its peak resident set size (VmHWM) on CPU, or torch.cuda.max_memory_allocated on
 planner's runtime overhead on CPU is the measured peak of a process that only imports the same libraries, printed
 as its own row.
 
-    python benchmarks/plan_accuracy.py                  # measure everything (CPU: ~20-40 min on 2 cores)
+    python benchmarks/plan_accuracy.py                  # measure everything (2-10 min per configuration on 2 shared cores)
     python benchmarks/plan_accuracy.py --reuse          # re-print from the last measurements (predictions fresh)
-    python benchmarks/plan_accuracy.py --only smollm2   # a subset (substring of the config name)
+    python benchmarks/plan_accuracy.py --only smollm2   # a subset (substring of the name); keeps the other rows
     MALLOC_MMAP_THRESHOLD_=65536 python benchmarks/plan_accuracy.py --only "lora seq128"
-        # glibc returns every block >= 64 KiB to the OS on free: isolates allocator retention (much slower)
+        # glibc returns every block >= 64 KiB to the OS on free: isolates allocator retention (own results file)
 """
 
 from __future__ import annotations
