@@ -147,3 +147,27 @@ def test_tokenised_data_is_cached_by_fingerprint(tmp_path, stories_dir, monkeypa
     data.write_text(data.read_text() + json.dumps({"instruction": "Say x", "output": "Ax"}) + "\n")
     changed = dataset.build_datasets(cfg, tok, template, cache_root=tmp_path / "cache")
     assert "cached" not in changed.stats and changed.stats["train_samples"] == 11
+
+
+def test_activation_offload_wraps_the_forward_in_save_on_cpu(tiny_llama, tmp_path, monkeypatch):
+    import contextlib
+
+    from transformers import TrainingArguments
+
+    entered = []
+
+    @contextlib.contextmanager
+    def recording(pin_memory=False):
+        entered.append(pin_memory)
+        yield
+
+    monkeypatch.setattr(torch.autograd.graph, "save_on_cpu", recording)  # the real one needs CUDA to pin memory
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    trainer = TunesmithTrainer(model=tiny_llama, args=args, activation_offload=True)
+    tiny_llama.train()
+    with trainer.compute_loss_context_manager():
+        pass
+    tiny_llama.eval()
+    with trainer.compute_loss_context_manager():  # evaluation keeps nothing for backward: nothing to offload
+        pass
+    assert entered == [True]
