@@ -33,10 +33,22 @@ def run_cli(*argv) -> subprocess.CompletedProcess:
                           text=True, cwd=ROOT, timeout=300)
 
 
-@pytest.mark.parametrize("example", sorted(p.name for p in EXAMPLES.glob("*.yaml")))
+def _run_configs() -> list[str]:
+    """Training configs among the examples (merge configs and eval suites are checked by their own tests)."""
+    import yaml
+
+    return sorted(p.name for p in EXAMPLES.glob("*.yaml")
+                  if "training" in (yaml.safe_load(p.read_text(encoding="utf-8")) or {}))
+
+
+def test_examples_include_every_training_config():
+    assert {"lora.yaml", "qlora_zh.yaml", "full.yaml", "dora.yaml", "rslora.yaml"} <= set(_run_configs())
+
+
+@pytest.mark.parametrize("example", _run_configs())
 def test_every_example_config_validates(example):
     cfg = load_config(EXAMPLES / example)
-    assert cfg.method.name in example.split(".")[0] or example.startswith("mix")
+    assert cfg.method.name in example.split(".")[0] or example.startswith(("mix", "eval_"))
 
 
 def test_overrides_reach_nested_fields_with_yaml_types(tmp_path):
