@@ -12,16 +12,23 @@ from ..errors import ConfigError, TunesmithError
 from .schema import RunConfig
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+def read_yaml_file(path: str | Path, what: str = "config file"):
+    """The parsed contents of a YAML file (None when empty); a missing file or bad YAML is a ConfigError
+    naming the file and, for bad YAML, the line."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"{what} not found", where=str(path))
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}, line {mark.line + 1}" if mark else str(path)
-        raise ConfigError(f"not valid YAML: {getattr(exc, 'problem', exc)}", where=where) from None
+        raise ConfigError(f"invalid YAML: {getattr(exc, 'problem', None) or exc}", where=where) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    path = Path(path)
+    raw = read_yaml_file(path) or {}
     if not isinstance(raw, dict):
         raise ConfigError("the config must be a mapping of sections (model, method, data, training)",
                           where=str(path))

@@ -17,11 +17,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
-import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from ..config.base import StrictModel
-from ..config.loading import _explain
+from ..config.loading import _explain, read_yaml_file
 from ..errors import ConfigError, TunesmithError
 from .metrics.generation import GENERATION_METRICS
 from .metrics.instruction import validate_check
@@ -120,14 +119,7 @@ class Suite(StrictModel):
 
 def load_suite(path: str | Path) -> Suite:
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"suite file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise ConfigError(f"not valid YAML: {getattr(exc, 'problem', exc)}",
-                          where=f"{path}, line {mark.line + 1}" if mark else str(path)) from None
+    raw = read_yaml_file(path, "suite file") or {}
     if not isinstance(raw, dict):
         raise ConfigError("a suite is a mapping with `tasks` (and optionally name, generation)", where=str(path))
     suite = validate_suite(raw, source=str(path))

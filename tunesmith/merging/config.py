@@ -10,10 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, Union
 
-import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from ..config.base import StrictModel
+from ..config.loading import read_yaml_file
 from ..errors import ConfigError
 
 
@@ -132,11 +132,4 @@ def parse_config(data: Any, source: str = "config") -> AnyMergeConfig:
 
 
 def load_config(path: str | Path) -> AnyMergeConfig:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError("merge config not found", where=str(path))
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"invalid YAML: {exc}", where=str(path)) from None
-    return parse_config(data, str(path))
+    return parse_config(read_yaml_file(path, "merge config"), str(path))

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-import yaml
 from pydantic import Field, ValidationError
 
 from ..config.base import StrictModel
+from ..config.loading import read_yaml_file
 from ..errors import ConfigError
 
 
@@ -47,13 +47,9 @@ class EvalSuite(StrictModel):
 
 def load_suite(path: str | Path) -> EvalSuite:
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError("eval suite not found", where=str(path))
+    data = read_yaml_file(path, "eval suite")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
         return EvalSuite(**(data or {}))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"invalid YAML: {exc}", where=str(path)) from None
     except (ValidationError, TypeError) as exc:
         if isinstance(exc, TypeError):
             raise ConfigError("expected a mapping with `tasks`", where=str(path)) from None

@@ -105,14 +105,21 @@ def load_tokenizer(cfg: ModelConfig):
     return tokenizer
 
 
-def load_model(cfg: ModelConfig, *, dtype: torch.dtype | None = None, extra: dict[str, Any] | None = None):
-    from transformers import AutoModelForCausalLM
-
+def model_load_kwargs(cfg: ModelConfig, dtype: torch.dtype | None = None,
+                      extra: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+    """`from_pretrained`'s reference and keyword arguments for any head (causal LM, classification)."""
     ref, kwargs = _source_kwargs(cfg)
     kwargs["dtype"] = dtype or resolve_dtype(cfg.dtype)
     if cfg.attn_implementation:
         kwargs["attn_implementation"] = cfg.attn_implementation
     kwargs.update(extra or {})
+    return ref, kwargs
+
+
+def load_model(cfg: ModelConfig, *, dtype: torch.dtype | None = None, extra: dict[str, Any] | None = None):
+    from transformers import AutoModelForCausalLM
+
+    ref, kwargs = model_load_kwargs(cfg, dtype, extra)
     try:
         return AutoModelForCausalLM.from_pretrained(ref, **kwargs)
     except (OSError, ValueError, KeyError) as exc:

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from ...config.schema import ModelConfig
-from ...models.loading import _source_kwargs, _wrap_load_error, resolve_dtype
+from ...models.loading import _wrap_load_error, model_load_kwargs
 from ...models.targets import linear_module_names
 
 # Names of the query and value projections across encoder families (BERT/RoBERTa, DistilBERT, DeBERTa, Llama).
@@ -22,11 +22,7 @@ def load_classification_model(cfg: ModelConfig, label_names: list[str], *, pad_t
     """The base model with a freshly initialised head of len(label_names) outputs, named by id2label."""
     from transformers import AutoModelForSequenceClassification
 
-    ref, kwargs = _source_kwargs(cfg)
-    kwargs["dtype"] = dtype or resolve_dtype(cfg.dtype)
-    if cfg.attn_implementation:
-        kwargs["attn_implementation"] = cfg.attn_implementation
-    kwargs.update(extra or {})
+    ref, kwargs = model_load_kwargs(cfg, dtype, extra)
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
             ref, num_labels=len(label_names), id2label=dict(enumerate(label_names)),
