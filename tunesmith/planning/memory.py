@@ -41,6 +41,9 @@ class PlanRequest:
     devices: int = 1
     zero_stage: int = 0              # 0 none, 1 optimizer, 2 +gradients, 3 (= FSDP full shard) +weights
     attn_implementation: str | None = None
+    # Training runs the LM head and the loss only where the next token is trained (training.supervised_logits), so
+    # the batch x seq x vocabulary buffers scale with the replies' share of tokens; 1.0 (every token) is the bound.
+    supervised_share: float = 1.0
     runtime_overhead: int | None = None
 
     def compute_dtype(self) -> torch.dtype:
@@ -112,8 +115,8 @@ def activation_memory(trace: ActivationTrace, request: PlanRequest) -> float:
 
 def logits_memory(trace: ActivationTrace, request: PlanRequest) -> float:
     """The loss over the vocabulary: log-softmax output kept for backward, then its gradient and the logits'
-    gradient (fp32, batch x sequence x vocabulary each) at the top of backward."""
-    return trace.vocab + 2 * trace.tokens * trace.vocab_size * 4
+    gradient (fp32, batch x sequence x vocabulary each) at the top of backward; only at trained positions."""
+    return request.supervised_share * (trace.vocab + 2 * trace.tokens * trace.vocab_size * 4)
 
 
 def step_temporaries(counts: ParamCounts, optimizer: str, request: PlanRequest) -> float:
@@ -168,9 +171,9 @@ def plan_memory(config, request: PlanRequest) -> MemoryPlan:
         notes.append("fp32 master weights with bf16/fp16 autocast: activations were traced in fp32 (autocast does not "
                      "run on meta tensors), an upper bound for the activations autocast keeps in half precision")
     if request.device == "cpu":
-        notes.append("CPU: this is the peak of live tensors plus the runtime; glibc keeps memory freed between steps in "
-                     "its heap, so the process RSS runs above it (measured in docs/planning.md); "
-                     "MALLOC_MMAP_THRESHOLD_=65536 returns freed blocks to the OS (its speed cost is not measured here)")
+        notes.append("CPU: the peak of live tensors plus the runtime, as the process sees it with training.cpu_allocator: "
+                     "lean (tunesmith's default); with glibc's default allocator settings the process keeps freed "
+                     "memory and its RSS runs well above this (measured in docs/planning.md)")
     if request.zero_stage and request.devices > 1:
         notes.append(f"ZeRO-{request.zero_stage} over {request.devices} devices: figures are per device")
     plan = MemoryPlan(request, counts, optimizer, weights, gradients, state, activations, logits, temporaries,

@@ -27,6 +27,7 @@ from ..models.loading import RUN_META, load_model, load_tokenizer, resolve_dtype
 from ..models.pypi_models import default_cache_root
 from ..models.targets import count_parameters
 from .arguments import build_training_arguments, configure_cpu_threads
+from .cpu_memory import configure_cpu_allocator
 from ..diagnostics.callback import DiagnosticsCallback, restore_last_good
 from .callbacks import MetricsFileCallback, RichProgressCallback, read_metrics
 from .checkpoints import CHECKPOINT_DIR, is_complete, latest_checkpoint
@@ -58,6 +59,8 @@ def train(cfg: RunConfig, *, resume: bool = False, console: Console | None = Non
     checkpoint = _checkpoint_to_resume(run_dir, resume, console)
     set_seed(cfg.training.seed)
     configure_cpu_threads(cfg)
+    if not torch.cuda.is_available():
+        console.print(f"CPU allocator: {configure_cpu_allocator(cfg.training.cpu_allocator)}")
     method = get_method(cfg.method.name)
     compute_dtype = resolve_dtype(cfg.model.dtype)
 
