@@ -8,6 +8,9 @@ all threads) and peak memory (peak resident set, ru_maxrss, which includes memor
 come from wait4. On a machine shared with other jobs wall time mostly measures the contention, so CPU time is
 reported beside it; `--repeat N` runs the contenders round-robin N times and reports each one's median.
 The file cache is warmed before the first contender so none pays the first disk read alone.
+This process never imports torch: on Linux a child's ru_maxrss starts from its parent's high-water mark (exec keeps
+it, and subprocess spawns with vfork), so a parent holding the checkpoints it wrote would lift every contender's
+peak; the checkpoints are written by a child process of their own.
 
 mergekit comes from its own venv (see benchmarks/merge_parity.py); it is never a tunesmith dependency.
 Run:  python benchmarks/merge.py [--workdir /tmp/merge-bench] [--method ties|linear] [--repeat N]
@@ -26,7 +29,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,7 +56,15 @@ models[0].save_pretrained(out, max_shard_size="2GB")
 '''
 
 
+def checkpoint_folders(workdir: Path) -> list[Path]:
+    folders = [workdir / label for label in ("base", "expert_a", "expert_b")]
+    if not all((f / "model.safetensors.index.json").is_file() for f in folders):
+        subprocess.run([sys.executable, __file__, "--make-checkpoints", "--workdir", str(workdir)], check=True)
+    return folders
+
+
 def make_checkpoints(workdir: Path) -> list[Path]:
+    import torch
     from safetensors.torch import save_file
     from transformers import LlamaConfig
 
@@ -117,9 +127,13 @@ def main() -> int:
     parser.add_argument("--mergekit-yaml", default="/tmp/mk-venv/bin/mergekit-yaml")
     parser.add_argument("--skip", nargs="*", default=[], choices=["tunesmith", "mergekit", "naive"])
     parser.add_argument("--repeat", type=int, default=1, help="round-robin runs per contender (median reported)")
+    parser.add_argument("--make-checkpoints", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     work = Path(args.workdir)
-    base, a, b = make_checkpoints(work)
+    if args.make_checkpoints:
+        make_checkpoints(work)
+        return 0
+    base, a, b = checkpoint_folders(work)
     input_mb = sum(f.stat().st_size for f in a.glob("*.safetensors")) / 1e6
     for folder in (base, a, b):  # warm the file cache for everyone
         for file in folder.glob("*.safetensors"):
@@ -160,10 +174,12 @@ def main() -> int:
     mk_version = subprocess.run([str(Path(args.mergekit_yaml).parent / "python"), "-c",
                                  "import importlib.metadata as m; print(m.version('mergekit'))"],
                                 capture_output=True, text=True).stdout.strip() or "?"
+    torch_version = subprocess.run([sys.executable, "-c", "import importlib.metadata as m; print(m.version('torch'))"],
+                                   capture_output=True, text=True).stdout.strip() or "?"
     shards = len(list(a.glob("*.safetensors")))
     print(f"\nmerge benchmark: {args.method}, 3 inputs x {input_mb:.0f} MB fp32 Llama-shaped (hidden 1024, 8 layers,"
           f" vocab 32000), {shards} shards each; {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}),"
-          f" load average {os.getloadavg()[0]:.1f} at the end; torch {torch.__version__}, mergekit {mk_version}; "
+          f" load average {os.getloadavg()[0]:.1f} at the end; torch {torch_version}, mergekit {mk_version}; "
           f"warm file cache; median of {args.repeat} round-robin run(s)")
     print(f"{'tool':10} {'wall s':>7} {'CPU s':>7} {'peak RSS GiB':>13} {'wall vs mergekit':>17} "
           f"{'CPU vs mergekit':>16} {'RSS vs mergekit':>16}")

@@ -44,9 +44,13 @@ SHARED = ROOT.parent / "shared"
 DEFAULT_DATA = SHARED / "data" / "instruct" / "alpaca_zh_demo.json"
 DEFAULT_LF_PYTHON = "/tmp/lf-venv/bin/python"
 DEFAULT_LF_STUBS = "/tmp/lf-stubs"
-CONTENDERS = ("reference", "trl", "llamafactory", "tunesmith")
+CONTENDERS = ("reference", "trl", "llamafactory", "tunesmith", "tunesmith-gc")
 LABELS = {"reference": "(a) reference: pad to 512, HF Trainer", "trl": "(b) TRL SFTTrainer, defaults",
-          "llamafactory": "(c) LLaMA-Factory", "tunesmith": "(d) tunesmith"}
+          "llamafactory": "(c) LLaMA-Factory, defaults", "tunesmith": "(d) tunesmith, defaults",
+          "tunesmith-gc": "(e) tunesmith + gradient checkpointing"}
+# Whether each contender recomputes activations in backward (TRL's and LLaMA-Factory's defaults do): memory
+# compares like for like only between rows with the same answer.
+CHECKPOINTING = {"reference": "no", "trl": "yes", "llamafactory": "yes", "tunesmith": "no", "tunesmith-gc": "yes"}
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 IGNORE = -100
 
@@ -185,7 +189,7 @@ def run_llamafactory(args) -> None:
     copytree(args.out, args.adapter, dirs_exist_ok=True)
 
 
-def run_tunesmith(args) -> None:
+def run_tunesmith(args, gradient_checkpointing: bool = False) -> None:
     """tunesmith's defaults: the alpaca_zh template gives exactly the prompt the others are fed."""
     sys.path.insert(0, str(ROOT))
     from rich.console import Console
@@ -200,7 +204,8 @@ def run_tunesmith(args) -> None:
                  "max_length": args.max_length},
         "training": {"output_dir": args.adapter, "max_steps": args.steps, "batch_size": args.batch,
                      "learning_rate": args.lr, "lr_scheduler": "cosine", "warmup_ratio": 1 / args.steps,
-                     "logging_steps": 1, "save_steps": 10_000, "tensorboard": False, "seed": 0},
+                     "logging_steps": 1, "save_steps": 10_000, "tensorboard": False, "seed": 0,
+                     "gradient_checkpointing": gradient_checkpointing},
     })
     train(cfg, console=Console(stderr=True, quiet=True), extra_callbacks=[meter_callback(args.result, args.warmup)])
 
@@ -237,7 +242,8 @@ def held_out_loss(args) -> None:
 
 
 WORKERS = {"reference": run_reference, "trl": run_trl, "llamafactory": run_llamafactory,
-           "tunesmith": run_tunesmith, "eval": held_out_loss}
+           "tunesmith": run_tunesmith, "tunesmith-gc": lambda args: run_tunesmith(args, gradient_checkpointing=True),
+           "eval": held_out_loss}
 
 
 # ---------------------------------------------------------------- orchestration
@@ -344,23 +350,26 @@ def main() -> None:
 
     ours = results.get("tunesmith")
     ours_tps = ours["tokens"] / ours["seconds"] if ours else None
+    gc = results.get("tunesmith-gc")
+    gc_tps = gc["tokens"] / gc["seconds"] if gc else None
     table = Table(title=f"SFT throughput, LoRA r=16 q/k/v/o, batch {args.batch}, max length {args.max_length}, "
                         f"{args.steps} steps ({args.warmup} warm-up steps not timed)")
-    for column in ("contender", "real tokens/s", "s/step", "peak RSS (MiB)", "last train loss",
-                   "held-out loss", "tunesmith speed-up"):
+    for column in ("contender", "grad. ckpt", "real tokens/s", "s/step", "peak RSS (MiB)", "last train loss",
+                   "held-out loss", "(d) speed-up", "(e) speed-up"):
         table.add_column(column, justify="left" if column == "contender" else "right")
     for name in chosen:
         r = results.get(name)
         if r is None:
-            table.add_row(LABELS[name], "-", "-", "-", "-", "-", "n/a")
+            table.add_row(LABELS[name], CHECKPOINTING[name], "-", "-", "-", "-", "-", "n/a", "n/a")
             continue
         tps = r["tokens"] / r["seconds"]
-        table.add_row(LABELS[name], f"{tps:,.0f}", f"{r['seconds'] / r['steps']:.2f}", f"{r['rss_peak_mb']:,.0f}",
+        table.add_row(LABELS[name], CHECKPOINTING[name], f"{tps:,.0f}", f"{r['seconds'] / r['steps']:.2f}", f"{r['rss_peak_mb']:,.0f}",
                       f"{r['losses'][-1]:.3f}" if r["losses"] else "-",
                       f"{losses[name]:.3f}" if name in losses else "-",
-                      f"{ours_tps / tps:.2f}x" if ours_tps and name != "tunesmith" else "")
+                      f"{ours_tps / tps:.2f}x" if ours_tps and not name.startswith("tunesmith") else "",
+                      f"{gc_tps / tps:.2f}x" if gc_tps and not name.startswith("tunesmith") else "")
     if "base model" in losses:
-        table.add_row("(untrained base model)", "", "", "", "", f"{losses['base model']:.3f}", "")
+        table.add_row("(untrained base model)", "", "", "", "", "", f"{losses['base model']:.3f}", "", "")
     console.print(table)
     import torch
 

@@ -146,8 +146,13 @@ def test_activation_trace_equals_what_real_autograd_saves(folders, method):
 
     ids = torch.randint(3, config.vocab_size, (2, 48))
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        real(input_ids=ids, labels=ids)
-    assert sum(trace.per_block) + trace.outside + trace.vocab == sum(saved.values())
+        output = real(input_ids=ids, labels=ids)
+    # What is still saved when backward starts (DoRA's side graph for its detached weight norm is gone by then).
+    alive = sum(nbytes for ref, nbytes in saved.items() if not ref.expired())
+    if method == "dora":
+        assert alive < sum(saved.values())
+    assert sum(trace.per_block) + trace.outside + trace.vocab == alive
+    del output
 
 
 def test_budget_proposals_fit_and_follow_rank_advice(folders):

@@ -123,17 +123,25 @@ def trace_activations(model, batch: int, seq: int, *, device_type: str = "cpu") 
     ids = torch.zeros(batch, seq, dtype=torch.long, device="meta")
     was_training = model.training
     model.train()
+    output = None
     try:
         with _fused_sdpa(device_type), _no_packed_detection(), _meta_4bit_linear(), \
                 torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), contextlib.suppress(StopIteration):
-            model(input_ids=ids, attention_mask=None, labels=ids)
+            output = model(input_ids=ids, attention_mask=None, labels=ids)
+        # With the output held, a saved tensor whose storage is already gone belonged to a side graph the loss does
+        # not depend on (DoRA builds its LoRA weight from an identity matrix for a detached norm): it is freed
+        # before backward starts and takes no memory at the peak.
+        alive = {ref for ref in saved if not ref.expired()}
     finally:
         for h in handles:
             h.remove()
         model.train(was_training)
+    del output
     per_block = [0] * len(blocks)
     outside = vocab = 0
-    for block, nbytes, is_vocab in saved.values():
+    for ref, (block, nbytes, is_vocab) in saved.items():
+        if ref not in alive:
+            continue
         if block is not None:
             per_block[block] += nbytes
         elif is_vocab:
