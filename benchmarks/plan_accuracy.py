@@ -9,8 +9,8 @@ as its own row.
     python benchmarks/plan_accuracy.py                  # measure everything (2-10 min per configuration on 2 shared cores)
     python benchmarks/plan_accuracy.py --reuse          # re-print from the last measurements (predictions fresh)
     python benchmarks/plan_accuracy.py --only smollm2   # a subset (substring of the name); keeps the other rows
-    python benchmarks/plan_accuracy.py --allocator default   # glibc's dynamic settings instead of tunesmith's
-        # lean default (training.cpu_allocator); kept in its own results file
+    python benchmarks/plan_accuracy.py --allocator default   # glibc's dynamic settings instead of lean
+        # (training.cpu_allocator; `auto`, the default, goes lean when memory is tight); own results file
 """
 
 from __future__ import annotations
@@ -246,7 +246,8 @@ def main() -> int:
     parser.add_argument("--reuse", action="store_true", help="print from the last measurements")
     parser.add_argument("--only", default=None, help="only configurations whose name contains this")
     parser.add_argument("--allocator", choices=("lean", "default"), default="lean",
-                        help="training.cpu_allocator for every configuration (default: lean, tunesmith's default)")
+                        help="training.cpu_allocator for every configuration (default: lean, what `auto` picks "
+                             "when the predicted peak is close to the available RAM)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--worker-baseline", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -44,13 +44,22 @@ SHARED = ROOT.parent / "shared"
 DEFAULT_DATA = SHARED / "data" / "instruct" / "alpaca_zh_demo.json"
 DEFAULT_LF_PYTHON = "/tmp/lf-venv/bin/python"
 DEFAULT_LF_STUBS = "/tmp/lf-stubs"
-CONTENDERS = ("reference", "trl", "llamafactory", "tunesmith", "tunesmith-gc")
+CONTENDERS = ("reference", "trl", "llamafactory", "tunesmith", "tunesmith-gc", "tunesmith-gc-lean", "tunesmith-bf16",
+              "tunesmith-packed")
 LABELS = {"reference": "(a) reference: pad to 512, HF Trainer", "trl": "(b) TRL SFTTrainer, defaults",
           "llamafactory": "(c) LLaMA-Factory, defaults", "tunesmith": "(d) tunesmith, defaults",
-          "tunesmith-gc": "(e) tunesmith + gradient checkpointing"}
+          "tunesmith-gc": "(e) tunesmith + gradient checkpointing",
+          "tunesmith-gc-lean": "(f) tunesmith + grad. ckpt + lean allocator",
+          "tunesmith-bf16": "(g) tunesmith, bf16 autocast",
+          "tunesmith-packed": "(h) tunesmith, packing (no length grouping)"}
+# tunesmith's variants: config overrides on top of its defaults.
+VARIANTS = {"tunesmith": {}, "tunesmith-gc": {"training": {"gradient_checkpointing": True}},
+            "tunesmith-gc-lean": {"training": {"gradient_checkpointing": True, "cpu_allocator": "lean"}},
+            "tunesmith-bf16": {"model": {"dtype": "bfloat16"}}, "tunesmith-packed": {"data": {"packing": True}}}
 # Whether each contender recomputes activations in backward (TRL's and LLaMA-Factory's defaults do): memory
 # compares like for like only between rows with the same answer.
-CHECKPOINTING = {"reference": "no", "trl": "yes", "llamafactory": "yes", "tunesmith": "no", "tunesmith-gc": "yes"}
+CHECKPOINTING = {"reference": "no", "trl": "yes", "llamafactory": "yes",
+                 **{name: "yes" if "gc" in name else "no" for name in VARIANTS}}
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 IGNORE = -100
 
@@ -189,25 +198,28 @@ def run_llamafactory(args) -> None:
     copytree(args.out, args.adapter, dirs_exist_ok=True)
 
 
-def run_tunesmith(args, gradient_checkpointing: bool = False) -> None:
-    """tunesmith's defaults: the alpaca_zh template gives exactly the prompt the others are fed."""
+def run_tunesmith(args, variant: str = "tunesmith") -> None:
+    """tunesmith's defaults (plus the variant's overrides): the alpaca_zh template gives exactly the prompt the
+    others are fed."""
     sys.path.insert(0, str(ROOT))
     from rich.console import Console
 
     from tunesmith.config.loading import validate_config
     from tunesmith.training.run import train
 
-    cfg = validate_config({
+    raw = {
         "model": {"name_or_path": args.model},
         "method": {"name": "lora", "r": 16, "alpha": 32, "dropout": 0.05, "target_modules": list(TARGETS)},
         "data": {"train": [{"path": args.data, "max_samples": args.samples}], "template": "alpaca_zh",
                  "max_length": args.max_length},
         "training": {"output_dir": args.adapter, "max_steps": args.steps, "batch_size": args.batch,
                      "learning_rate": args.lr, "lr_scheduler": "cosine", "warmup_ratio": 1 / args.steps,
-                     "logging_steps": 1, "save_steps": 10_000, "tensorboard": False, "seed": 0,
-                     "gradient_checkpointing": gradient_checkpointing},
-    })
-    train(cfg, console=Console(stderr=True, quiet=True), extra_callbacks=[meter_callback(args.result, args.warmup)])
+                     "logging_steps": 1, "save_steps": 10_000, "tensorboard": False, "seed": 0},
+    }
+    for section, values in VARIANTS[variant].items():
+        raw[section].update(values)
+    train(validate_config(raw), console=Console(stderr=True, quiet=True),
+          extra_callbacks=[meter_callback(args.result, args.warmup)])
 
 
 # ---------------------------------------------------------------- the common yardstick
@@ -241,9 +253,8 @@ def held_out_loss(args) -> None:
     Path(args.result).write_text(json.dumps(losses))
 
 
-WORKERS = {"reference": run_reference, "trl": run_trl, "llamafactory": run_llamafactory,
-           "tunesmith": run_tunesmith, "tunesmith-gc": lambda args: run_tunesmith(args, gradient_checkpointing=True),
-           "eval": held_out_loss}
+WORKERS = {"reference": run_reference, "trl": run_trl, "llamafactory": run_llamafactory, "eval": held_out_loss,
+           **{name: (lambda args, name=name: run_tunesmith(args, name)) for name in VARIANTS}}
 
 
 # ---------------------------------------------------------------- orchestration
@@ -348,35 +359,32 @@ def main() -> None:
             losses, error = spawn(sys.executable, "eval", args, tmp, ["--adapters", json.dumps(adapters)])
         losses = losses or {}
 
-    ours = results.get("tunesmith")
-    ours_tps = ours["tokens"] / ours["seconds"] if ours else None
-    gc = results.get("tunesmith-gc")
-    gc_tps = gc["tokens"] / gc["seconds"] if gc else None
+    speed = {name: r["tokens"] / r["seconds"] for name, r in results.items()}
+    ours = [name for name in chosen if name in VARIANTS and name in speed]  # one speed-up column each
     table = Table(title=f"SFT throughput, LoRA r=16 q/k/v/o, batch {args.batch}, max length {args.max_length}, "
                         f"{args.steps} steps ({args.warmup} warm-up steps not timed)")
     for column in ("contender", "grad. ckpt", "real tokens/s", "s/step", "peak RSS (MiB)", "last train loss",
-                   "held-out loss", "(d) speed-up", "(e) speed-up"):
+                   "held-out loss", *(f"{LABELS[name][:3]} speed-up" for name in ours)):
         table.add_column(column, justify="left" if column == "contender" else "right")
     for name in chosen:
         r = results.get(name)
         if r is None:
-            table.add_row(LABELS[name], CHECKPOINTING[name], "-", "-", "-", "-", "-", "n/a", "n/a")
+            table.add_row(LABELS[name], CHECKPOINTING[name], "-", "-", "-", "-", "-", *("n/a" for _ in ours))
             continue
-        tps = r["tokens"] / r["seconds"]
-        table.add_row(LABELS[name], CHECKPOINTING[name], f"{tps:,.0f}", f"{r['seconds'] / r['steps']:.2f}", f"{r['rss_peak_mb']:,.0f}",
-                      f"{r['losses'][-1]:.3f}" if r["losses"] else "-",
+        table.add_row(LABELS[name], CHECKPOINTING[name], f"{speed[name]:,.0f}", f"{r['seconds'] / r['steps']:.2f}",
+                      f"{r['rss_peak_mb']:,.0f}", f"{r['losses'][-1]:.3f}" if r["losses"] else "-",
                       f"{losses[name]:.3f}" if name in losses else "-",
-                      f"{ours_tps / tps:.2f}x" if ours_tps and not name.startswith("tunesmith") else "",
-                      f"{gc_tps / tps:.2f}x" if gc_tps and not name.startswith("tunesmith") else "")
+                      *(f"{speed[mine] / speed[name]:.2f}x" if name not in VARIANTS else "" for mine in ours))
     if "base model" in losses:
-        table.add_row("(untrained base model)", "", "", "", "", "", f"{losses['base model']:.3f}", "", "")
+        table.add_row("(untrained base model)", "", "", "", "", "", f"{losses['base model']:.3f}", *("" for _ in ours))
     console.print(table)
     import torch
 
     console.print(f"conditions: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
                   f"torch {torch.__version__} ({torch.get_num_threads()} threads), python {platform.python_version()}; "
                   f"model {Path(args.model).name}; data {Path(args.data).name} records 0-{args.samples - 1} "
-                  f"(held-out {args.samples}-{args.samples + args.eval_samples - 1}); lr {args.lr}, cosine, fp32")
+                  f"(held-out {args.samples}-{args.samples + args.eval_samples - 1}); lr {args.lr}, cosine, fp32 "
+                  f"except (g); tunesmith's training.cpu_allocator: auto except (f)")
     for name, note in notes.items():
         console.print(f"  {LABELS[name]}: {note}")
     if os.getloadavg()[0] > 0.5 * (os.cpu_count() or 1):

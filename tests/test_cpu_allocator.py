@@ -40,3 +40,13 @@ def test_lean_allocator_returns_freed_tensors_to_the_os():
     # 400 x 512 KiB = 200 MiB were freed; glibc's default keeps them in the heap, lean returns them.
     assert retained_default > 150 << 20
     assert retained_lean < 20 << 20
+
+
+def test_auto_goes_lean_only_when_memory_is_tight():
+    from tunesmith.training.cpu_memory import DEFAULT_RETENTION, choose_cpu_allocator
+
+    gib = 2 ** 30
+    assert choose_cpu_allocator("auto", 4 * gib, 20 * gib) == "default"
+    assert choose_cpu_allocator("auto", 4 * gib, 4 * DEFAULT_RETENTION * gib - 1) == "lean"
+    assert choose_cpu_allocator("auto", None, 20 * gib) == "lean"  # no prediction: stay safe
+    assert choose_cpu_allocator("lean", 1, 20 * gib) == "lean" and choose_cpu_allocator("default", 30 * gib, 1) == "default"

@@ -171,3 +171,11 @@ def test_activation_offload_wraps_the_forward_in_save_on_cpu(tiny_llama, tmp_pat
     with trainer.compute_loss_context_manager():  # evaluation keeps nothing for backward: nothing to offload
         pass
     assert entered == [True]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU behaviour")
+def test_bf16_on_cpu_is_autocast(tmp_path):
+    args = build_training_arguments(_config(tmp_path), compute_dtype=torch.bfloat16, has_validation=False)
+    assert args.bf16 and args.use_cpu  # transformers autocasts to bf16 on CPU only with both
+    fp32 = build_training_arguments(_config(tmp_path), compute_dtype=torch.float32, has_validation=False)
+    assert not fp32.bf16 and not fp32.use_cpu

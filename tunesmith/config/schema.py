@@ -75,9 +75,10 @@ class TrainingConfig(StrictModel):
     # Speed and memory (docs/benchmarks.md). None of these changes what is learned.
     supervised_logits: bool = Field(True, description="LM head only at positions whose next token is trained")
     cpu_threads: int | None = Field(None, gt=0, description="torch threads on CPU (default: physical cores)")
-    cpu_allocator: Literal["lean", "default"] = Field(
-        "lean", description="CPU (Linux): lean returns freed tensors to the OS (lower peak RSS, slower steps); "
-                            "default keeps glibc's dynamic settings")
+    cpu_allocator: Literal["auto", "lean", "default"] = Field(
+        "auto", description="CPU (Linux): lean returns freed tensors to the OS (lower, predictable peak RSS; "
+                            "slower steps); default keeps glibc's settings (fast); auto picks default when the "
+                            "predicted peak leaves room, else lean")
     liger_kernel: bool = Field(False, description="Liger fused kernels (CUDA; pip install 'tunesmith[gpu]')")
     torch_compile: bool = Field(False, description="torch.compile the model")
     activation_offload: bool = Field(False, description="keep saved activations in CPU memory (CUDA); "

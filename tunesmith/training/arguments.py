@@ -85,7 +85,9 @@ def build_training_arguments(cfg: RunConfig, *, compute_dtype: torch.dtype, has_
         optim=choose_optimizer(cfg), seed=t.seed, data_seed=t.seed,
         activation_checkpointing=t.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
-        bf16=cuda and compute_dtype == torch.bfloat16, fp16=cuda and compute_dtype == torch.float16,
+        # On CPU, bf16 autocast runs matmuls on AMX / AVX512-BF16 units where the CPU has them.
+        bf16=compute_dtype == torch.bfloat16, fp16=cuda and compute_dtype == torch.float16,
+        use_cpu=not cuda and compute_dtype == torch.bfloat16,  # transformers autocasts on CPU only when told
         logging_strategy="steps", logging_steps=t.logging_steps, logging_first_step=True,
         save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit,
         eval_strategy="steps" if has_validation else "no", eval_steps=eval_steps if has_validation else None,

@@ -27,7 +27,7 @@ from ..models.loading import RUN_META, load_model, load_tokenizer, resolve_dtype
 from ..models.pypi_models import default_cache_root
 from ..models.targets import count_parameters
 from .arguments import build_training_arguments, configure_cpu_threads
-from .cpu_memory import configure_cpu_allocator
+from .cpu_memory import choose_cpu_allocator, configure_cpu_allocator
 from ..diagnostics.callback import DiagnosticsCallback, restore_last_good
 from .callbacks import MetricsFileCallback, RichProgressCallback, read_metrics
 from .checkpoints import CHECKPOINT_DIR, is_complete, latest_checkpoint
@@ -59,8 +59,6 @@ def train(cfg: RunConfig, *, resume: bool = False, console: Console | None = Non
     checkpoint = _checkpoint_to_resume(run_dir, resume, console)
     set_seed(cfg.training.seed)
     configure_cpu_threads(cfg)
-    if not torch.cuda.is_available():
-        console.print(f"CPU allocator: {configure_cpu_allocator(cfg.training.cpu_allocator)}")
     method = get_method(cfg.method.name)
     compute_dtype = resolve_dtype(cfg.model.dtype)
 
@@ -73,15 +71,22 @@ def train(cfg: RunConfig, *, resume: bool = False, console: Console | None = Non
                               cache_root=default_cache_root() if cfg.data.cache else None)
     _report_data(console, data.stats)
 
-    # Full fine-tuning keeps fp32 master weights and lets autocast run bf16; adapters can sit on a bf16 base.
-    load_dtype = torch.float32 if not method.is_peft else compute_dtype
+    # Full fine-tuning keeps fp32 master weights and lets autocast run bf16; adapters can sit on a bf16 base on a
+    # GPU. On CPU the base stays fp32 under bf16 autocast: only matmuls go bf16 (AMX / AVX512-BF16), while the
+    # elementwise ops and their backward, slow in bf16 on CPU, stay fp32 (docs/benchmarks.md).
+    load_dtype = torch.float32 if not method.is_peft or not torch.cuda.is_available() else compute_dtype
     with console.status("pre-flight: predicting peak memory"):
         from ..planning.preflight import preflight
 
         # Config only (meta device): no weights loaded twice. Its probe tensors must not shift the seeded RNG,
         # or a run's adapter initialisation would depend on whether the planner ran.
         with torch.random.fork_rng(devices=[]):
-            preflight(cfg, console=console)
+            plan = preflight(cfg, console=console)
+    if not torch.cuda.is_available():
+        from ..planning.preflight import device_memory
+
+        allocator = choose_cpu_allocator(cfg.training.cpu_allocator, plan.peak if plan else None, device_memory("cpu"))
+        console.print(f"CPU allocator: {configure_cpu_allocator(allocator)}")
     with console.status("loading model"):
         model = load_model(cfg.model, dtype=load_dtype, extra=method.load_kwargs(cfg.method, compute_dtype))
         if getattr(model.config, "pad_token_id", None) is None:
