@@ -4,7 +4,8 @@ Each setting runs in a fresh process: SmolLM2-135M-Instruct (offline, from PyPI 
 fp32, AdamW, random token batches of batch x seq with every token trained (the heaviest case for the logits), a few
 steps; the first `--warmup` steps are not timed. Peak memory is the process's VmHWM.
 
-    python benchmarks/cpu_allocator.py [--batch 4] [--seq 512] [--steps 6] [--warmup 2] [--repeat 1]
+    python benchmarks/cpu_allocator.py [--batch 4] [--seq 512] [--steps 6] [--warmup 2] [--repeat 1] [--bf16]
+    (--bf16: under bf16 autocast, as model.dtype: bfloat16 trains on CPU)
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MODES = ("default", "lean")
 
 
-def worker(mode: str, batch: int, seq: int, steps: int, warmup: int) -> dict:
+def worker(mode: str, batch: int, seq: int, steps: int, warmup: int, bf16: bool) -> dict:
     sys.path.insert(0, str(ROOT))
     from tunesmith.training.cpu_memory import configure_cpu_allocator
 
@@ -45,7 +46,9 @@ def worker(mode: str, batch: int, seq: int, steps: int, warmup: int) -> dict:
     for _ in range(steps):
         ids = torch.randint(3, model.config.vocab_size, (batch, seq), generator=generator)
         start = time.perf_counter()
-        model(input_ids=ids, labels=ids).loss.backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
         optimizer.step()
         optimizer.zero_grad()
         times.append(time.perf_counter() - start)
@@ -61,22 +64,24 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=1, help="alternate the settings N times, report medians")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (fp32 model)")
     parser.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.batch, args.seq, args.steps, args.warmup)))
+        print(json.dumps(worker(args.worker, args.batch, args.seq, args.steps, args.warmup, args.bf16)))
         return 0
     runs: dict[str, list[dict]] = {mode: [] for mode in MODES}
     for _ in range(args.repeat):
         for mode in MODES:
             proc = subprocess.run([sys.executable, __file__, "--worker", mode, "--batch", str(args.batch), "--seq",
-                                   str(args.seq), "--steps", str(args.steps), "--warmup", str(args.warmup)],
+                                   str(args.seq), "--steps", str(args.steps), "--warmup", str(args.warmup),
+                                   *(["--bf16"] if args.bf16 else [])],
                                   capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
             if proc.returncode:
                 print(proc.stderr[-2000:])
                 return 1
             runs[mode].append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    print(f"\ntraining.cpu_allocator: SmolLM2-135M LoRA r=16 q/k/v/o, fp32, batch {args.batch} x {args.seq} tokens, "
+    print(f"\ntraining.cpu_allocator: SmolLM2-135M LoRA r=16 q/k/v/o, {'bf16 autocast' if args.bf16 else 'fp32'}, batch {args.batch} x {args.seq} tokens, "
           f"{args.steps - args.warmup} timed steps after {args.warmup}, median of {args.repeat} alternating run(s); "
           f"{os.cpu_count()} CPUs ({platform.machine()}), glibc {platform.libc_ver()[1]}, "
           f"load average {os.getloadavg()[0]:.1f} at the end")

@@ -387,7 +387,7 @@ def main() -> None:
                   f"except (g); tunesmith's training.cpu_allocator: auto except (f)")
     for name, note in notes.items():
         console.print(f"  {LABELS[name]}: {note}")
-    if os.getloadavg()[0] > 0.5 * (os.cpu_count() or 1):
+    if os.getloadavg()[0] > 1.5 * (os.cpu_count() or 1):  # the contenders alone keep every core busy
         console.print(f"  load average {os.getloadavg()[0]:.1f} at the end: the CPUs were shared with other jobs")
 
 

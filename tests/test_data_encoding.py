@@ -138,27 +138,3 @@ class _ShiftedOffsets:
 def test_mask_check_catches_wrong_offsets(tok):
     with pytest.raises(DataError, match="label mask"):
         encode_conversation(_ShiftedOffsets(tok), get_template("alpaca_en", tok), TWO_TURNS[:2], 512)
-
-
-def test_batch_tokenisation_equals_one_by_one_and_is_used(tok):
-    from tunesmith.data.encoding import _tokenize, tokenize_batch
-
-    template = get_template("alpaca_zh", tok)
-    conversations = [ZH, [{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "Hi there"}]]
-    texts = [template.render(m).text for m in conversations] + [tok.bos_token + "already starts with BOS"]
-    batch = tokenize_batch(tok, texts)
-    assert batch == {text: _tokenize(tok, text) for text in texts}
-
-    class NoTokenizing:  # decodes (for the mask check) but must not be asked to tokenise
-        def __init__(self, inner):
-            self.inner = inner
-
-        def __call__(self, *args, **kwargs):
-            raise AssertionError("tokenised again although the batch had this text")
-
-        def __getattr__(self, name):
-            return getattr(self.inner, name)
-
-    for messages in conversations:
-        assert encode_conversation(NoTokenizing(tok), template, messages, 512, tokenized=batch) == \
-            encode_conversation(tok, template, messages, 512)

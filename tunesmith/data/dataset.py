@@ -11,7 +11,7 @@ import datasets
 
 from ..config.schema import DataConfig, DatasetSpec
 from ..errors import DataError
-from .encoding import IGNORE_INDEX, encode_conversation, tokenize_batch
+from .encoding import IGNORE_INDEX, encode_conversation
 from .formats import Message, find_placeholders, normalize_record
 from .readers import Record, read_records
 from .templates.base import ChatTemplate
@@ -148,11 +148,6 @@ def _apportion(total: int, shares: list[float]) -> list[int]:
     return counts
 
 
-# Records tokenised per batch call: large enough to keep every core busy, small enough that the ids and offsets of
-# one batch are a few MB.
-_BATCH = 1024
-
-
 class _Encoder:
     """Encodes samples (each distinct record once, even when repeated), counting drops and truncations."""
 
@@ -162,19 +157,12 @@ class _Encoder:
         self.dropped_by_source: dict[int, int] = {}
 
     def __call__(self, samples: list[Sample], split: str) -> list[dict]:
-        distinct: dict[int, Sample] = {}
-        for sample in samples:
-            distinct.setdefault(id(sample.record), sample)
         cache: dict[int, dict | None] = {}
-        chunks = list(distinct.values())
-        for start in range(0, len(chunks), _BATCH):
-            chunk = chunks[start:start + _BATCH]
-            tokenized = tokenize_batch(self.tokenizer, [text for s in chunk if (text := self._render(s)) is not None])
-            for sample in chunk:
-                cache[id(sample.record)] = self._encode(sample, tokenized)
         rows = []
         for sample in samples:
             key = id(sample.record)
+            if key not in cache:
+                cache[key] = self._encode(sample)
             encoded = cache[key]
             if encoded is None:
                 self.dropped += 1
@@ -193,18 +181,10 @@ class _Encoder:
                           f"max_length={self.cfg.max_length}", stacklevel=3)
         return rows
 
-    def _render(self, sample: Sample) -> str | None:
-        """The rendered text, to tokenise in a batch; a record that fails to render is left to `_encode`, which
-        reports it with its file and line."""
-        try:
-            return self.template.render(sample.messages).text
-        except DataError:
-            return None
-
-    def _encode(self, sample: Sample, tokenized: dict | None = None) -> dict | None:
+    def _encode(self, sample: Sample) -> dict | None:
         try:
             return encode_conversation(self.tokenizer, self.template, sample.messages,
-                                       self.cfg.max_length, self.cfg.train_on, tokenized)
+                                       self.cfg.max_length, self.cfg.train_on)
         except DataError as exc:
             if exc.file:
                 raise

@@ -19,12 +19,11 @@ _SLACK = 16  # characters a reply's boundary tokens may add to it when decoded
 
 
 def encode_conversation(tokenizer, template: ChatTemplate, messages: list[Message], max_length: int,
-                        train_on: str = "all_assistant", tokenized: dict | None = None) -> dict | None:
+                        train_on: str = "all_assistant") -> dict | None:
     """{input_ids, labels, length, truncated}, or None when no supervised token survives truncation.
 
     Too long: drop the earliest whole exchanges first, then shorten the user's text in the prompt
     (keeping the template's headers), and only when the reply alone does not fit, cut its end.
-    `tokenized` maps rendered texts already tokenised in a batch (see `tokenize_batch`) to their ids and offsets.
     """
     if train_on not in ("all_assistant", "last_assistant"):
         raise ValueError(f"train_on must be all_assistant or last_assistant, not {train_on!r}")
@@ -32,7 +31,7 @@ def encode_conversation(tokenizer, template: ChatTemplate, messages: list[Messag
     while True:
         rendered = template.render(messages)
         spans = rendered.assistant_spans if train_on == "all_assistant" else rendered.assistant_spans[-1:]
-        ids, offsets = (tokenized or {}).get(rendered.text) or _tokenize(tokenizer, rendered.text)
+        ids, offsets = _tokenize(tokenizer, rendered.text)
         owners = _span_owners(offsets, spans)
         labels = [tok if owner is not None else IGNORE_INDEX for tok, owner in zip(ids, owners)]
         _check_mask(tokenizer, rendered.text, spans, ids, owners)
@@ -53,29 +52,10 @@ def needs_special_tokens(tokenizer, text: str) -> bool:
     return not (bos and text.startswith(bos))
 
 
-def tokenize_batch(tokenizer, texts: list[str]) -> dict[str, tuple[list[int], list[tuple[int, int]]]]:
-    """Tokenise many rendered texts in one call per special-token setting: a fast tokenizer encodes a batch on all
-    cores (its Rust side runs in parallel unless TOKENIZERS_PARALLELISM=false), where one call per text runs on one."""
-    _require_fast(tokenizer)
-    result = {}
-    for special in (True, False):
-        group = [t for t in dict.fromkeys(texts) if needs_special_tokens(tokenizer, t) == special]
-        if not group:
-            continue
-        encoded = tokenizer(group, add_special_tokens=special, return_offsets_mapping=True)
-        for text, ids, offsets in zip(group, encoded["input_ids"], encoded["offset_mapping"]):
-            result[text] = (list(ids), [tuple(o) for o in offsets])
-    return result
-
-
-def _require_fast(tokenizer) -> None:
+def _tokenize(tokenizer, text: str) -> tuple[list[int], list[tuple[int, int]]]:
     if not getattr(tokenizer, "is_fast", False):
         raise ModelError("label masking needs a fast tokenizer (character offsets)",
                          hint="load the tokenizer with use_fast=True / ship a tokenizer.json")
-
-
-def _tokenize(tokenizer, text: str) -> tuple[list[int], list[tuple[int, int]]]:
-    _require_fast(tokenizer)
     encoded = tokenizer(text, add_special_tokens=needs_special_tokens(tokenizer, text),
                         return_offsets_mapping=True)
     return list(encoded["input_ids"]), [tuple(o) for o in encoded["offset_mapping"]]

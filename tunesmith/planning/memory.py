@@ -151,8 +151,10 @@ def runtime_overhead(request: PlanRequest) -> float:
 def plan_memory(config, request: PlanRequest) -> MemoryPlan:
     """Predict the peak memory of training `config` as `request` says, per device."""
     opts = method_options(request.method, request.method_options)
+    # As training loads it: on CPU the base stays fp32 under bf16 autocast (tunesmith.training.run).
     model, counts = exact_counts(config, request.method, opts, compute_dtype=request.compute_dtype(),
-                                 attn_implementation=request.attn_implementation)
+                                 attn_implementation=request.attn_implementation,
+                                 load_dtype=torch.float32 if request.device == "cpu" else None)
     optimizer = resolve_optimizer(request.optimizer, request.method, request.device)
     trace = trace_activations(model, request.batch, request.seq, device_type=request.device)
     weights = weight_memory(counts, request)
@@ -167,13 +169,14 @@ def plan_memory(config, request: PlanRequest) -> MemoryPlan:
     if OPTIMIZERS[optimizer].paged:
         notes.append(f"{optimizer} pages its state to CPU RAM under memory pressure; counted here as on-device")
     if counts.trainable_dtypes.get("float32") and request.compute_dtype() != torch.float32 and \
-            request.method in ("full", "freeze", "progressive"):
+            (request.method in ("full", "freeze", "progressive") or request.device == "cpu"):
         notes.append("fp32 master weights with bf16/fp16 autocast: activations were traced in fp32 (autocast does not "
                      "run on meta tensors), an upper bound for the activations autocast keeps in half precision")
     if request.device == "cpu":
-        notes.append("CPU: the peak of live tensors plus the runtime, as the process sees it with training.cpu_allocator: "
-                     "lean (tunesmith's default); with glibc's default allocator settings the process keeps freed "
-                     "memory and its RSS runs well above this (measured in docs/planning.md)")
+        notes.append("CPU: the peak of live tensors plus the runtime, which the process reaches with "
+                     "training.cpu_allocator: lean (what auto picks when memory is tight); with glibc's default "
+                     "settings the process keeps freed memory and its RSS can run up to ~1.7x higher "
+                     "(docs/planning.md)")
     if request.zero_stage and request.devices > 1:
         notes.append(f"ZeRO-{request.zero_stage} over {request.devices} devices: figures are per device")
     plan = MemoryPlan(request, counts, optimizer, weights, gradients, state, activations, logits, temporaries,

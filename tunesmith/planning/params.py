@@ -182,11 +182,12 @@ def method_options(method_name: str, values: dict[str, Any] | None = None):
 
 
 def exact_counts(config, method_name: str, opts: Any = None, *, compute_dtype: torch.dtype = torch.float32,
-                 attn_implementation: str | None = None):
+                 attn_implementation: str | None = None, load_dtype: torch.dtype | None = None):
     """(prepared meta model, ParamCounts). A method that cannot run on meta weights falls back to counting the
     base model with everything frozen, flagged `exact=False` with the reason, instead of failing the plan."""
     opts = opts if opts is not None else method_options(method_name)
-    full_dtype = torch.float32 if method_name in ("full", "freeze", "progressive") else compute_dtype
+    full_dtype = load_dtype or (torch.float32 if method_name in ("full", "freeze", "progressive") else compute_dtype)
+
     def build():
         return build_meta_model(config, full_dtype, attn_implementation)
 
