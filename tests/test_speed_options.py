@@ -179,3 +179,11 @@ def test_bf16_on_cpu_is_autocast(tmp_path):
     assert args.bf16 and args.use_cpu  # transformers autocasts to bf16 on CPU only with both
     fp32 = build_training_arguments(_config(tmp_path), compute_dtype=torch.float32, has_validation=False)
     assert not fp32.bf16 and not fp32.use_cpu
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU behaviour")
+def test_cpu_keeps_an_fp32_base_under_bf16_autocast():
+    from tunesmith.models.loading import training_load_dtype
+
+    assert training_load_dtype(True, torch.bfloat16) == torch.float32  # adapters: fp32 base on CPU
+    assert training_load_dtype(False, torch.bfloat16) == torch.float32  # full: fp32 master weights

@@ -25,6 +25,14 @@ def resolve_dtype(name: str, *, for_training_full: bool = False) -> torch.dtype:
     return torch.float32
 
 
+def training_load_dtype(is_peft: bool, compute_dtype: torch.dtype) -> torch.dtype:
+    """The dtype to load a model in for training. Full fine-tuning keeps fp32 master weights and lets autocast run
+    bf16; adapters can sit on a bf16 base on a GPU. On CPU the base stays fp32 under bf16 autocast: only matmuls go
+    bf16 (AMX / AVX512-BF16), while elementwise ops and their backward, slow in bf16 on CPU, stay fp32
+    (docs/benchmarks.md)."""
+    return compute_dtype if is_peft and torch.cuda.is_available() else torch.float32
+
+
 def resolve_ref(ref: str) -> str:
     """Turn a short name of a model shipped on PyPI (e.g. smollm2-135m-instruct) into a local folder."""
     try:

@@ -23,7 +23,7 @@ from ..data.dataset import build_datasets
 from ..data.templates.registry import get_template
 from ..io import atomic_write_json, atomic_write_text, publish_dir_contents
 from ..methods.registry import get_method
-from ..models.loading import RUN_META, load_model, load_tokenizer, resolve_dtype
+from ..models.loading import RUN_META, load_model, load_tokenizer, resolve_dtype, training_load_dtype
 from ..models.pypi_models import default_cache_root
 from ..models.targets import count_parameters
 from .arguments import build_training_arguments, configure_cpu_threads
@@ -71,10 +71,7 @@ def train(cfg: RunConfig, *, resume: bool = False, console: Console | None = Non
                               cache_root=default_cache_root() if cfg.data.cache else None)
     _report_data(console, data.stats)
 
-    # Full fine-tuning keeps fp32 master weights and lets autocast run bf16; adapters can sit on a bf16 base on a
-    # GPU. On CPU the base stays fp32 under bf16 autocast: only matmuls go bf16 (AMX / AVX512-BF16), while the
-    # elementwise ops and their backward, slow in bf16 on CPU, stay fp32 (docs/benchmarks.md).
-    load_dtype = torch.float32 if not method.is_peft or not torch.cuda.is_available() else compute_dtype
+    load_dtype = training_load_dtype(method.is_peft, compute_dtype)
     with console.status("pre-flight: predicting peak memory"):
         from ..planning.preflight import preflight
 

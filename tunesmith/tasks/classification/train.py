@@ -7,7 +7,6 @@ import math
 import tempfile
 from pathlib import Path
 
-import torch
 import yaml
 from rich.console import Console
 from transformers import EarlyStoppingCallback, Trainer, set_seed
@@ -17,9 +16,9 @@ from ... import __version__
 from ...config.schema import RunConfig
 from ...io import atomic_write_json, atomic_write_text, publish_dir_contents
 from ...methods.registry import get_method
-from ...models.loading import RUN_META, load_tokenizer, resolve_dtype
+from ...models.loading import RUN_META, load_tokenizer, resolve_dtype, training_load_dtype
 from ...models.targets import count_parameters
-from ...training.arguments import build_training_arguments
+from ...training.arguments import build_training_arguments, configure_cpu_threads
 from ...training.callbacks import MetricsFileCallback, RichProgressCallback, read_metrics
 from ...training.plots import plot_loss_curves
 from ...training.run import TrainResult, _checkpoint_to_resume, _tensorboard, total_steps
@@ -37,6 +36,7 @@ def train_classification(cfg: RunConfig, *, resume: bool = False, console: Conso
     run_dir = Path(cfg.training.output_dir)
     checkpoint = _checkpoint_to_resume(run_dir, resume, console)
     set_seed(cfg.training.seed)
+    configure_cpu_threads(cfg)
     method = get_method(cfg.method.name)
     compute_dtype = resolve_dtype(cfg.model.dtype)
 
@@ -51,7 +51,7 @@ def train_classification(cfg: RunConfig, *, resume: bool = False, console: Conso
     counts = list(data.stats["train_class_counts"].values())
     weights = class_weights(task.class_weights, counts)
 
-    load_dtype = torch.float32 if not method.is_peft else compute_dtype
+    load_dtype = training_load_dtype(method.is_peft, compute_dtype)
     with console.status("loading model"):
         model = load_classification_model(cfg.model, data.label_names, pad_token_id=tokenizer.pad_token_id,
                                           dtype=load_dtype, extra=method.load_kwargs(cfg.method, compute_dtype))
