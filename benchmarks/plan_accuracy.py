@@ -76,7 +76,7 @@ def worker_train(spec: dict) -> dict:
 
     from tunesmith.config.schema import RunConfig
     from tunesmith.methods.registry import get_method
-    from tunesmith.models.loading import load_model, resolve_dtype
+    from tunesmith.models.loading import load_model, resolve_dtype, training_load_dtype
     from tunesmith.training.arguments import build_training_arguments
 
     out = tempfile.mkdtemp(prefix="plan-bench-")
@@ -89,7 +89,7 @@ def worker_train(spec: dict) -> dict:
     # The same sequence as tunesmith.training.run.train, minus data files and saving.
     method = get_method(cfg.method.name)
     compute_dtype = resolve_dtype(cfg.model.dtype)
-    load_dtype = torch.float32 if not method.is_peft else compute_dtype
+    load_dtype = training_load_dtype(method.is_peft, compute_dtype)
     model = load_model(cfg.model, dtype=load_dtype, extra=method.load_kwargs(cfg.method, compute_dtype))
     model.config.use_cache = False
     after_load = _peak_rss()

@@ -25,12 +25,13 @@ def resolve_dtype(name: str, *, for_training_full: bool = False) -> torch.dtype:
     return torch.float32
 
 
-def training_load_dtype(is_peft: bool, compute_dtype: torch.dtype) -> torch.dtype:
-    """The dtype to load a model in for training. Full fine-tuning keeps fp32 master weights and lets autocast run
-    bf16; adapters can sit on a bf16 base on a GPU. On CPU the base stays fp32 under bf16 autocast: only matmuls go
-    bf16 (AMX / AVX512-BF16), while elementwise ops and their backward, slow in bf16 on CPU, stay fp32
-    (docs/benchmarks.md)."""
-    return compute_dtype if is_peft and torch.cuda.is_available() else torch.float32
+def training_load_dtype(is_peft: bool, compute_dtype: torch.dtype, *, cuda: bool | None = None) -> torch.dtype:
+    """The dtype to load a model in for training (on a GPU when `cuda`, default: whether this machine has one).
+    Full fine-tuning keeps fp32 master weights and lets autocast run bf16; adapters can sit on a bf16 base on a GPU.
+    On CPU the base stays fp32 under bf16 autocast: only matmuls go bf16 (AMX / AVX512-BF16), while elementwise ops
+    and their backward, slow in bf16 on CPU, stay fp32 (docs/benchmarks.md). The planner counts with the same rule."""
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    return compute_dtype if is_peft and cuda else torch.float32
 
 
 def resolve_ref(ref: str) -> str:

@@ -151,10 +151,8 @@ def runtime_overhead(request: PlanRequest) -> float:
 def plan_memory(config, request: PlanRequest) -> MemoryPlan:
     """Predict the peak memory of training `config` as `request` says, per device."""
     opts = method_options(request.method, request.method_options)
-    # As training loads it: on CPU the base stays fp32 under bf16 autocast (tunesmith.training.run).
     model, counts = exact_counts(config, request.method, opts, compute_dtype=request.compute_dtype(),
-                                 attn_implementation=request.attn_implementation,
-                                 load_dtype=torch.float32 if request.device == "cpu" else None)
+                                 attn_implementation=request.attn_implementation, cuda=request.device == "cuda")
     optimizer = resolve_optimizer(request.optimizer, request.method, request.device)
     trace = trace_activations(model, request.batch, request.seq, device_type=request.device)
     weights = weight_memory(counts, request)

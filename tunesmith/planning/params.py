@@ -182,11 +182,15 @@ def method_options(method_name: str, values: dict[str, Any] | None = None):
 
 
 def exact_counts(config, method_name: str, opts: Any = None, *, compute_dtype: torch.dtype = torch.float32,
-                 attn_implementation: str | None = None, load_dtype: torch.dtype | None = None):
+                 attn_implementation: str | None = None, cuda: bool = True):
     """(prepared meta model, ParamCounts). A method that cannot run on meta weights falls back to counting the
-    base model with everything frozen, flagged `exact=False` with the reason, instead of failing the plan."""
+    base model with everything frozen, flagged `exact=False` with the reason, instead of failing the plan.
+    The base is built in the dtype training loads it in on that device (`cuda`)."""
+    from ..methods.registry import get_method
+    from ..models.loading import training_load_dtype
+
     opts = opts if opts is not None else method_options(method_name)
-    full_dtype = load_dtype or (torch.float32 if method_name in ("full", "freeze", "progressive") else compute_dtype)
+    full_dtype = training_load_dtype(get_method(method_name).is_peft, compute_dtype, cuda=cuda)
 
     def build():
         return build_meta_model(config, full_dtype, attn_implementation)

@@ -6,9 +6,9 @@ between the forward and the backward pass stays in the process. On SmolLM2-135M 
 is ~2.6 GB on top of ~4.1 GB of live tensors (docs/planning.md). A fixed threshold (glibc's initial 128 KiB) makes
 every tensor of 128 KiB or more its own mapping, returned to the OS when freed, so the process size follows the live
 tensors, which is also what `tunesmith plan` predicts. The price is page faults on fresh mappings: steps measured
-31% (fp32) to 76% (bf16 autocast) slower on the 2-core development machine (benchmarks/cpu_allocator.py, docs/benchmarks.md). So `auto` (the
-default) keeps glibc's fast settings while even the worst measured retention fits in the available RAM, and goes
-lean only when memory is tight. No library exposes this; glibc's mallopt is the documented interface (the
+31% (fp32) to 76% (bf16 autocast) slower on the 2-core development machine (benchmarks/cpu_allocator.py,
+docs/benchmarks.md). So `auto` (the default) keeps glibc's fast settings while even the worst measured retention
+fits in the available RAM, and goes lean only when memory is tight. No library exposes this; glibc's mallopt is the documented interface (the
 MALLOC_MMAP_THRESHOLD_ environment variable does the same from outside).
 """
 
