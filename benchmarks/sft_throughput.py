@@ -45,17 +45,19 @@ DEFAULT_DATA = SHARED / "data" / "instruct" / "alpaca_zh_demo.json"
 DEFAULT_LF_PYTHON = "/tmp/lf-venv/bin/python"
 DEFAULT_LF_STUBS = "/tmp/lf-stubs"
 CONTENDERS = ("reference", "trl", "llamafactory", "tunesmith", "tunesmith-gc", "tunesmith-gc-lean", "tunesmith-bf16",
-              "tunesmith-packed")
+              "tunesmith-packed", "tunesmith-torch-dropout")
 LABELS = {"reference": "(a) reference: pad to 512, HF Trainer", "trl": "(b) TRL SFTTrainer, defaults",
           "llamafactory": "(c) LLaMA-Factory, defaults", "tunesmith": "(d) tunesmith, defaults",
           "tunesmith-gc": "(e) tunesmith + gradient checkpointing",
           "tunesmith-gc-lean": "(f) tunesmith + grad. ckpt + lean allocator",
           "tunesmith-bf16": "(g) tunesmith, bf16 autocast",
-          "tunesmith-packed": "(h) tunesmith, packing (no length grouping)"}
+          "tunesmith-packed": "(h) tunesmith, packing (no length grouping)",
+          "tunesmith-torch-dropout": "(i) tunesmith, torch's dropout (fast_dropout off)"}
 # tunesmith's variants: config overrides on top of its defaults.
 VARIANTS = {"tunesmith": {}, "tunesmith-gc": {"training": {"gradient_checkpointing": True}},
             "tunesmith-gc-lean": {"training": {"gradient_checkpointing": True, "cpu_allocator": "lean"}},
-            "tunesmith-bf16": {"model": {"dtype": "bfloat16"}}, "tunesmith-packed": {"data": {"packing": True}}}
+            "tunesmith-bf16": {"model": {"dtype": "bfloat16"}}, "tunesmith-packed": {"data": {"packing": True}},
+            "tunesmith-torch-dropout": {"training": {"fast_dropout": False}}}
 # Whether each contender recomputes activations in backward (TRL's and LLaMA-Factory's defaults do): memory
 # compares like for like only between rows with the same answer.
 CHECKPOINTING = {"reference": "no", "trl": "yes", "llamafactory": "yes",

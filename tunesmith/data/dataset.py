@@ -13,6 +13,7 @@ from ..config.schema import DataConfig, DatasetSpec
 from ..errors import DataError
 from .encoding import IGNORE_INDEX, encode_conversation
 from .formats import Message, find_placeholders, normalize_record
+from .parallel import map_samples, worker_count
 from .readers import Record, read_records
 from .templates.base import ChatTemplate
 
@@ -157,13 +158,14 @@ class _Encoder:
         self.dropped_by_source: dict[int, int] = {}
 
     def __call__(self, samples: list[Sample], split: str) -> list[dict]:
-        cache: dict[int, dict | None] = {}
+        unique: dict[int, Sample] = {}
+        for sample in samples:
+            unique.setdefault(id(sample.record), sample)
+        workers = worker_count(self.cfg.num_proc, len(unique))
+        encoded_by_record = dict(zip(unique, map_samples(self._encode, list(unique.values()), workers)))
         rows = []
         for sample in samples:
-            key = id(sample.record)
-            if key not in cache:
-                cache[key] = self._encode(sample)
-            encoded = cache[key]
+            encoded = encoded_by_record[id(sample.record)]
             if encoded is None:
                 self.dropped += 1
                 if split == "train":

@@ -28,6 +28,7 @@ from ..models.pypi_models import default_cache_root
 from ..models.targets import count_parameters
 from .arguments import build_training_arguments, configure_cpu_threads
 from .cpu_memory import choose_cpu_allocator, configure_cpu_allocator
+from .dropout import apply_fast_dropout
 from ..diagnostics.callback import DiagnosticsCallback, restore_last_good
 from .callbacks import MetricsFileCallback, RichProgressCallback, read_metrics
 from .checkpoints import CHECKPOINT_DIR, is_complete, latest_checkpoint
@@ -95,6 +96,7 @@ def train(cfg: RunConfig, *, resume: bool = False, console: Console | None = Non
         _check_context(cfg, model)
         model = method.prepare(model, cfg.method, gradient_checkpointing=cfg.training.gradient_checkpointing,
                                total_steps=total_steps(cfg, len(data.train)))
+        apply_fast_dropout(cfg, model, console)
     trainable, total = count_parameters(model)
     console.print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.4f}%)")
 

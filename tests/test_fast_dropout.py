@@ -1,0 +1,90 @@
+"""training.fast_dropout: the cheap CPU dropout mask keeps dropout's statistics, gradient and reproducibility."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from torch import nn
+from transformers import AutoModelForCausalLM
+
+from tunesmith.training.dropout import FastDropout, keep_mask, use_fast_dropout
+
+
+def test_every_lane_drops_with_probability_p():
+    torch.manual_seed(0)
+    keep, dropped = keep_mask(torch.Size([1_000_000, 4]), 0.1)
+    assert dropped == round(0.1 * 32768) / 32768 and abs(dropped - 0.1) < 1 / 32768
+    rates = 1 - keep.float().mean(dim=0)  # the four 16-bit lanes of each 64-bit word, separately
+    assert torch.allclose(rates, torch.full((4,), dropped), atol=0.0015), rates
+    assert keep.shape == (1_000_000, 4) and keep.dtype == torch.bool
+
+
+def test_odd_sizes_and_extremes():
+    keep, _ = keep_mask(torch.Size([3, 5, 7]), 0.5)
+    assert keep.shape == (3, 5, 7)
+    assert keep_mask(torch.Size([1000]), 0.0)[0].all()
+    with pytest.raises(ValueError):
+        FastDropout(1.0)
+
+
+def test_forward_backward_match_dropout_semantics():
+    torch.manual_seed(1)
+    x = (torch.rand(512, 256) + 0.5).requires_grad_()  # no zeros, so a zero output means dropped
+    layer = FastDropout(0.2).train()
+    out = layer(x)
+    kept = out != 0
+    scale = 1 / (1 - round(0.2 * 32768) / 32768)
+    assert torch.allclose(out[kept], x[kept] * scale)
+    assert abs(1 - kept.float().mean().item() - 0.2) < 0.01
+    assert abs(out.mean().item() / x.mean().item() - 1) < 0.01  # expectation preserved
+    out.backward(torch.ones_like(out))
+    assert torch.equal(x.grad, kept.float() * scale)
+    assert layer.eval()(x) is x and FastDropout(0.0).train()(x) is x
+
+
+def test_seeded_masks_repeat():
+    layer, x = FastDropout(0.3).train(), torch.ones(64, 64)
+    torch.manual_seed(5)
+    first = layer(x)
+    torch.manual_seed(5)
+    assert torch.equal(first, layer(x))
+
+
+def _lora(model_dir, dropout):
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    return get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout,
+                                            target_modules=["q_proj", "v_proj"]))
+
+
+def test_swaps_peft_lora_dropouts_and_the_adapter_still_saves(tiny_model_factory, tmp_path):
+    model_dir = tiny_model_factory("llama")
+    model = _lora(model_dir, 0.1)
+    layers = model.get_base_model().config.num_hidden_layers
+    assert use_fast_dropout(model) == 2 * layers
+    assert not any(type(m) is nn.Dropout for m in model.modules())
+    assert use_fast_dropout(_lora(model_dir, 0.0)) == 0  # PEFT uses nn.Identity then: nothing to swap
+    model.save_pretrained(tmp_path / "adapter")
+    reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir), tmp_path / "adapter")
+    assert reloaded.peft_config["default"].lora_dropout == 0.1
+
+
+def test_gradient_checkpointing_recomputes_the_same_masks(tiny_model_factory):
+    """Checkpointing replays the forward pass; the CPU RNG state it restores must give the same masks, or the
+    gradients would differ from a run without checkpointing."""
+    model_dir = tiny_model_factory("llama")
+    ids = torch.randint(3, 200, (2, 24), generator=torch.Generator().manual_seed(0))
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = _lora(model_dir, 0.3)
+        use_fast_dropout(model)
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
+        torch.manual_seed(1)
+        model(input_ids=ids, labels=ids).loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6), name
