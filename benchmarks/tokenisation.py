@@ -45,7 +45,8 @@ def worker(mode: str, data: str, cache_root: str) -> dict:
     built = build_datasets(cfg, tokenizer, get_template("alpaca_zh", tokenizer),
                            cache_root=Path(cache_root) if cached else None)
     seconds = time.perf_counter() - start
-    digest = hashlib.sha256(json.dumps([built.train["input_ids"], built.train["labels"]]).encode()).hexdigest()
+    columns = built.train.to_dict()
+    digest = hashlib.sha256(json.dumps([columns["input_ids"], columns["labels"]]).encode()).hexdigest()
     return {"seconds": seconds, "rows": len(built.train), "tokens": built.stats["train_tokens"], "digest": digest}
 
 

@@ -7,7 +7,8 @@ import torch
 
 from tunesmith.config.loading import validate_config
 from tunesmith.errors import ConfigError
-from tunesmith.training.arguments import build_training_arguments, configure_cpu_threads, physical_cores
+from tunesmith.training.arguments import (build_training_arguments, configure_cpu_threads, native_bf16_cpu,
+                                          physical_cores)
 from tunesmith.training.trainer import (TunesmithTrainer, next_token_mask, supervised_loss,
                                         supports_supervised_logits)
 
@@ -187,3 +188,10 @@ def test_cpu_keeps_an_fp32_base_under_bf16_autocast():
 
     assert training_load_dtype(True, torch.bfloat16) == torch.float32  # adapters: fp32 base on CPU
     assert training_load_dtype(False, torch.bfloat16) == torch.float32  # full: fp32 master weights
+
+
+def test_native_bf16_cpu_reads_the_flags():
+    amx = "processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
+    assert native_bf16_cpu(amx) == "amx_bf16"
+    assert native_bf16_cpu("flags\t\t: fpu avx512f avx512_bf16\n") == "avx512_bf16"
+    assert native_bf16_cpu("flags\t\t: fpu sse2 avx2\n") is None and native_bf16_cpu("") is None

@@ -42,6 +42,17 @@ def physical_cores() -> int:
     return max(1, min(available, physical))
 
 
+def native_bf16_cpu(cpuinfo: str | None = None) -> str | None:
+    """The CPU flag that makes bf16 matmuls fast (AMX or AVX512-BF16), or None (also off Linux)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return None
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
+    return next((flag for flag in ("amx_bf16", "avx512_bf16") if flag in flags), None)
+
+
 def configure_cpu_threads(cfg: RunConfig) -> int | None:
     """torch's intra-op threads on CPU: training.cpu_threads, else the physical cores. None on a GPU."""
     if torch.cuda.is_available():
