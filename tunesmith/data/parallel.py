@@ -3,14 +3,16 @@
 Why by hand: datasets' `map(num_proc=...)` parallelises a transform of one Arrow dataset, but tunesmith encodes
 validated in-memory conversations (read from several files, mixed and split first) and must report a bad record with
 its file and line. So the encoding function runs over slices of that list in forked workers, which inherit the
-tokenizer, template and samples without pickling them; only the encoded rows travel back. Where fork is unavailable
-(Windows, or a platform whose default is spawn), encoding stays in this process.
+tokenizer, template and samples without pickling them; only the encoded rows travel back. Off Linux (no fork on
+Windows; fork is unsafe with macOS system libraries, hence Python's spawn default there) encoding stays in this
+process.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
 from typing import Callable, Sequence
 
 from ..errors import DataError
@@ -35,7 +37,7 @@ def map_samples(encode: Callable, samples: Sequence, workers: int) -> list:
 
     A DataError raised for a sample reaches the caller as itself (file, line, field and hint kept), the first one in
     sample order, as in a serial run."""
-    if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+    if workers <= 1 or not sys.platform.startswith("linux"):
         return [encode(sample) for sample in samples]
     global _job
     bounds = [len(samples) * i // workers for i in range(workers + 1)]
