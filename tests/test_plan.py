@@ -217,3 +217,22 @@ def test_time_probe_runs_real_steps(folders, capsys):
     assert speed.tokens_per_second > 0 and "probed as lora" in speed.note
     assert main(["plan", "--model", str(folders["llama"]), "--seq", "16", "--probe", "--samples", "100"]) == 0
     assert "estimated training time" in capsys.readouterr().out
+
+
+def test_time_probe_trains_as_training_does(folders, monkeypatch):
+    """On CPU the probe swaps in fast dropout and, for bf16, keeps an fp32 base under bf16 autocast, like train()."""
+    from tunesmith.planning import time as probe_module
+
+    seen, swap = {}, probe_module.use_fast_dropout
+
+    def spy_dropout(model):
+        seen["swapped"] = swap(model)
+        seen["base dtype"] = next(p.dtype for p in model.parameters() if not p.requires_grad)
+        return seen["swapped"]
+
+    monkeypatch.setattr(probe_module, "use_fast_dropout", spy_dropout)
+    config = load_model_config(str(folders["llama"]))
+    speed = probe_module.probe_throughput(config, PlanRequest(method="lora", batch=1, seq=16, precision="bf16"),
+                                         steps=1)
+    assert speed.tokens_per_second > 0
+    assert seen["swapped"] > 0 and seen["base dtype"] == torch.float32

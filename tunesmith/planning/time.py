@@ -2,7 +2,9 @@
 
 Throughput depends on kernels, memory bandwidth and contention that no formula knows, so it is measured. The probe
 trains a randomly initialised copy of the model built from its config (no download) with the method applied;
-QLoRA is probed as LoRA (a 4-bit base cannot be built from a config without weights), which is noted.
+QLoRA is probed as LoRA (a 4-bit base cannot be built from a config without weights), which is noted. The probe
+runs the model as training does: training's load-dtype rule with autocast to the compute dtype (an fp32 base under
+bf16 autocast on CPU), and on CPU the fast dropout that `training.fast_dropout` (on by default) swaps in.
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
+from ..methods.registry import get_method
+from ..models.loading import training_load_dtype
+from ..training.dropout import use_fast_dropout
 from .memory import PlanRequest
 from .params import apply_method, method_options
 
@@ -33,7 +38,9 @@ def probe_throughput(config, request: PlanRequest, *, steps: int = 3, progress=N
     if method == "qlora":
         method, note = "lora", "qlora probed as lora on an unquantised base (expect QLoRA to be slower)"
     device = torch.device(request.device)
-    dtype = torch.float32 if method in ("full", "freeze") else request.compute_dtype()
+    compute_dtype = request.compute_dtype()
+    dtype = training_load_dtype(get_method(method).is_peft, compute_dtype, cuda=device.type == "cuda")
+    autocast = compute_dtype != torch.float32  # as the Trainer does with bf16/fp16 set
     torch.manual_seed(0)
 
     def build():
@@ -42,7 +49,9 @@ def probe_throughput(config, request: PlanRequest, *, steps: int = 3, progress=N
         model.config.use_cache = False
         return model
 
-    model, _ = apply_method(build, method, method_options(method, request.method_options), dtype)
+    model, _ = apply_method(build, method, method_options(method, request.method_options), compute_dtype)
+    if device.type == "cpu":
+        use_fast_dropout(model)
     if request.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if hasattr(model, "enable_input_require_grads"):
@@ -55,7 +64,9 @@ def probe_throughput(config, request: PlanRequest, *, steps: int = 3, progress=N
         if progress:
             progress(step, steps + 1)
         start = time.perf_counter()
-        model(input_ids=ids, labels=ids).loss.backward()
+        with torch.autocast(device.type, dtype=compute_dtype, enabled=autocast):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if device.type == "cuda":
