@@ -78,6 +78,7 @@ def worker_train(spec: dict) -> dict:
     from tunesmith.methods.registry import get_method
     from tunesmith.models.loading import load_model, resolve_dtype, training_load_dtype
     from tunesmith.training.arguments import build_training_arguments
+    from tunesmith.training.dropout import apply_fast_dropout
 
     out = tempfile.mkdtemp(prefix="plan-bench-")
     cfg = RunConfig.model_validate({
@@ -95,6 +96,7 @@ def worker_train(spec: dict) -> dict:
     after_load = _peak_rss()
     model = method.prepare(model, cfg.method, gradient_checkpointing=cfg.training.gradient_checkpointing,
                            total_steps=STEPS)
+    apply_fast_dropout(cfg, model)
     generator = torch.Generator().manual_seed(0)
     n = spec["batch"] * STEPS
     ids = torch.randint(3, model.config.vocab_size, (n, spec["seq"]), generator=generator).tolist()

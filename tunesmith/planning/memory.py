@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..training.dropout import use_fast_dropout
 from .activations import ActivationTrace, trace_activations
 from .optimizers import OPTIMIZERS, optimizer_state_bytes, resolve_optimizer
 from .params import ParamCounts, exact_counts, method_options
@@ -44,6 +45,8 @@ class PlanRequest:
     # Training runs the LM head and the loss only where the next token is trained (training.supervised_logits), so
     # the batch x seq x vocabulary buffers scale with the replies' share of tokens; 1.0 (every token) is the bound.
     supervised_share: float = 1.0
+    # training.fast_dropout: on CPU each dropout keeps a boolean mask for backward instead of torch's float32 noise.
+    fast_dropout: bool = True
     runtime_overhead: int | None = None
 
     def compute_dtype(self) -> torch.dtype:
@@ -154,6 +157,8 @@ def plan_memory(config, request: PlanRequest) -> MemoryPlan:
     model, counts = exact_counts(config, request.method, opts, compute_dtype=request.compute_dtype(),
                                  attn_implementation=request.attn_implementation, cuda=request.device == "cuda")
     optimizer = resolve_optimizer(request.optimizer, request.method, request.device)
+    if request.device == "cpu" and request.fast_dropout:
+        use_fast_dropout(model)  # as training.run.train does
     trace = trace_activations(model, request.batch, request.seq, device_type=request.device)
     weights = weight_memory(counts, request)
     gradients = gradient_memory(counts, request)

@@ -32,7 +32,8 @@ def request_from_config(cfg, device: str):
     return PlanRequest(method=cfg.method.name, method_options=cfg.method.model_dump(exclude={"name"}),
                        batch=t.batch_size, seq=cfg.data.max_length, grad_accum=t.grad_accum,
                        gradient_checkpointing=t.gradient_checkpointing, optimizer=t.optimizer, precision=precision,
-                       device=device, attn_implementation=cfg.model.attn_implementation)
+                       device=device, attn_implementation=cfg.model.attn_implementation,
+                       fast_dropout=t.fast_dropout)
 
 
 def preflight(cfg, model_config=None, memory: int | None = None, *, console: Console | None = None):
