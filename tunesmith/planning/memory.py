@@ -45,7 +45,8 @@ class PlanRequest:
     # Training runs the LM head and the loss only where the next token is trained (training.supervised_logits), so
     # the batch x seq x vocabulary buffers scale with the replies' share of tokens; 1.0 (every token) is the bound.
     supervised_share: float = 1.0
-    # training.fast_dropout: on CPU each dropout keeps a boolean mask for backward instead of torch's float32 noise.
+    # training.fast_dropout: on CPU each dropout keeps a boolean mask for backward instead of torch's float32 noise
+    # (on CUDA torch's fused dropout already does; the switch changes nothing there).
     fast_dropout: bool = True
     runtime_overhead: int | None = None
 
@@ -157,8 +158,10 @@ def plan_memory(config, request: PlanRequest) -> MemoryPlan:
     model, counts = exact_counts(config, request.method, opts, compute_dtype=request.compute_dtype(),
                                  attn_implementation=request.attn_implementation, cuda=request.device == "cuda")
     optimizer = resolve_optimizer(request.optimizer, request.method, request.device)
-    if request.device == "cpu" and request.fast_dropout:
-        use_fast_dropout(model)  # as training.run.train does
+    # What dropout keeps for backward: training's fast dropout on CPU, and torch's fused dropout on CUDA, keep a
+    # boolean mask; the meta trace would take torch's unfused path (float32 noise) unless FastDropout stands in.
+    if request.device == "cuda" or request.fast_dropout:
+        use_fast_dropout(model)
     trace = trace_activations(model, request.batch, request.seq, device_type=request.device)
     weights = weight_memory(counts, request)
     gradients = gradient_memory(counts, request)
