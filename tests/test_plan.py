@@ -250,3 +250,6 @@ def test_time_probe_trains_as_training_does(folders, monkeypatch):
                                          steps=1)
     assert speed.tokens_per_second > 0
     assert seen["swapped"] > 0 and seen["base dtype"] == torch.float32
+    seen.clear()
+    probe_module.probe_throughput(config, PlanRequest(method="lora", batch=1, seq=16, fast_dropout=False), steps=1)
+    assert seen == {}  # training.fast_dropout off: the probe keeps torch's dropout, as training does

@@ -7,8 +7,8 @@ import torch
 
 from tunesmith.config.loading import validate_config
 from tunesmith.errors import ConfigError
-from tunesmith.training.arguments import (build_training_arguments, configure_cpu_threads, native_bf16_cpu,
-                                          physical_cores)
+from tunesmith.hardware import native_bf16_cpu, physical_cores
+from tunesmith.training.arguments import build_training_arguments, configure_cpu_threads
 from tunesmith.training.trainer import (TunesmithTrainer, next_token_mask, supervised_loss,
                                         supports_supervised_logits)
 

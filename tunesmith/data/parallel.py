@@ -11,11 +11,11 @@ process.
 from __future__ import annotations
 
 import multiprocessing
-import os
 import sys
 from typing import Callable, Sequence
 
 from ..errors import DataError
+from ..hardware import usable_cpus
 
 # Below this many samples the workers' start-up and the trip back cost more than they save (measured on 2 cores:
 # benchmarks/tokenisation.py).
@@ -28,8 +28,7 @@ def worker_count(requested: int | None, samples: int) -> int:
     """`data.num_proc`: None = one per available CPU while each gets MIN_SAMPLES_PER_WORKER samples; 1 = serial."""
     if requested is not None:
         return max(1, min(requested, samples))
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(cpus, samples // MIN_SAMPLES_PER_WORKER))
+    return max(1, min(usable_cpus(), samples // MIN_SAMPLES_PER_WORKER))
 
 
 def map_samples(encode: Callable, samples: Sequence, workers: int) -> list:

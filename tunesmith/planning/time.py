@@ -4,7 +4,7 @@ Throughput depends on kernels, memory bandwidth and contention that no formula k
 trains a randomly initialised copy of the model built from its config (no download) with the method applied;
 QLoRA is probed as LoRA (a 4-bit base cannot be built from a config without weights), which is noted. The probe
 runs the model as training does: training's load-dtype rule with autocast to the compute dtype (an fp32 base under
-bf16 autocast on CPU), and on CPU the fast dropout that `training.fast_dropout` (on by default) swaps in.
+bf16 autocast on CPU), and on CPU the fast dropout that `training.fast_dropout` (`PlanRequest.fast_dropout`) swaps in.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def probe_throughput(config, request: PlanRequest, *, steps: int = 3, progress=N
         return model
 
     model, _ = apply_method(build, method, method_options(method, request.method_options), compute_dtype)
-    if device.type == "cpu":
+    if device.type == "cpu" and request.fast_dropout:
         use_fast_dropout(model)
     if request.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 
 import torch
@@ -11,6 +10,7 @@ from transformers import TrainingArguments
 
 from ..config.schema import RunConfig
 from ..errors import ConfigError
+from ..hardware import physical_cores
 from .checkpoints import CHECKPOINT_DIR
 
 _OPTIMIZERS = {"adamw": "adamw_torch", "adamw_8bit": "adamw_bnb_8bit", "paged_adamw_8bit": "paged_adamw_8bit",
@@ -27,30 +27,6 @@ def choose_optimizer(cfg: RunConfig) -> str:
         raise ConfigError(f"optimizer '{name}' needs a CUDA GPU", where="training.optimizer",
                           hint="use adamw (or auto) on CPU")
     return _OPTIMIZERS[name]
-
-
-def physical_cores() -> int:
-    """Physical cores this process may run on: hyper-threads share one core's vector units, so more torch
-    threads than physical cores only add contention."""
-    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    try:
-        import psutil  # a dependency of accelerate
-
-        physical = psutil.cpu_count(logical=False) or available
-    except ImportError:
-        physical = available
-    return max(1, min(available, physical))
-
-
-def native_bf16_cpu(cpuinfo: str | None = None) -> str | None:
-    """The CPU flag that makes bf16 matmuls fast (AMX or AVX512-BF16), or None (also off Linux)."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return None
-    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
-    return next((flag for flag in ("amx_bf16", "avx512_bf16") if flag in flags), None)
 
 
 def configure_cpu_threads(cfg: RunConfig) -> int | None:

@@ -26,7 +26,8 @@ from ..methods.registry import get_method
 from ..models.loading import RUN_META, load_model, load_tokenizer, resolve_dtype, training_load_dtype
 from ..models.pypi_models import default_cache_root
 from ..models.targets import count_parameters
-from .arguments import build_training_arguments, configure_cpu_threads, native_bf16_cpu
+from ..hardware import native_bf16_cpu
+from .arguments import build_training_arguments, configure_cpu_threads
 from .cpu_memory import choose_cpu_allocator, configure_cpu_allocator
 from .dropout import apply_fast_dropout
 from ..diagnostics.callback import DiagnosticsCallback, restore_last_good

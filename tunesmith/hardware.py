@@ -1,0 +1,35 @@
+"""Facts about the machine a run is on: CPUs this process may use, physical cores, native bf16 units."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def usable_cpus() -> int:
+    """Logical CPUs this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def physical_cores() -> int:
+    """Physical cores this process may run on: hyper-threads share one core's vector units, so more torch
+    threads than physical cores only add contention."""
+    available = usable_cpus()
+    try:
+        import psutil  # a dependency of accelerate
+
+        physical = psutil.cpu_count(logical=False) or available
+    except ImportError:
+        physical = available
+    return max(1, min(available, physical))
+
+
+def native_bf16_cpu(cpuinfo: str | None = None) -> str | None:
+    """The CPU flag that makes bf16 matmuls fast (AMX or AVX512-BF16), or None (also off Linux)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return None
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
+    return next((flag for flag in ("amx_bf16", "avx512_bf16") if flag in flags), None)
