@@ -1,4 +1,5 @@
-"""training.cpu_allocator on CPU: step time and peak memory with glibc's default settings vs tunesmith's `lean`.
+"""training.cpu_allocator on CPU: step time and peak memory with glibc's default settings, tunesmith's `lean` and
+tcmalloc (preloaded, as the `tunesmith` command does when it is installed).
 
 Each setting runs in a fresh process: SmolLM2-135M-Instruct (offline, from PyPI via tunesmith), LoRA r=16 on q/k/v/o,
 fp32, AdamW, random token batches of batch x seq with every token trained (the heaviest case for the logits), a few
@@ -21,13 +22,14 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-MODES = ("default", "lean")
+MODES = ("default", "lean", "tcmalloc")
 
 
 def worker(mode: str, batch: int, seq: int, steps: int, warmup: int, bf16: bool) -> dict:
     sys.path.insert(0, str(ROOT))
-    from tunesmith.training.cpu_memory import configure_cpu_allocator
+    from tunesmith.training.cpu_memory import configure_cpu_allocator, preload_tcmalloc
 
+    preload_tcmalloc(mode if mode == "tcmalloc" else "default")  # restarts this worker with tcmalloc preloaded
     configure_cpu_allocator(mode)  # first, as tunesmith.training.run.train does before loading anything
     import torch
     from peft import LoraConfig, get_peft_model
@@ -70,9 +72,14 @@ def main() -> int:
     if args.worker:
         print(json.dumps(worker(args.worker, args.batch, args.seq, args.steps, args.warmup, args.bf16)))
         return 0
-    runs: dict[str, list[dict]] = {mode: [] for mode in MODES}
+    sys.path.insert(0, str(ROOT))
+    from tunesmith.training.cpu_memory import find_tcmalloc
+
+    tcmalloc = find_tcmalloc()
+    modes = MODES if tcmalloc else tuple(m for m in MODES if m != "tcmalloc")
+    runs: dict[str, list[dict]] = {mode: [] for mode in modes}
     for _ in range(args.repeat):
-        for mode in MODES:
+        for mode in modes:
             proc = subprocess.run([sys.executable, __file__, "--worker", mode, "--batch", str(args.batch), "--seq",
                                    str(args.seq), "--steps", str(args.steps), "--warmup", str(args.warmup),
                                    *(["--bf16"] if args.bf16 else [])],
@@ -84,10 +91,10 @@ def main() -> int:
     print(f"\ntraining.cpu_allocator: SmolLM2-135M LoRA r=16 q/k/v/o, {'bf16 autocast' if args.bf16 else 'fp32'}, batch {args.batch} x {args.seq} tokens, "
           f"{args.steps - args.warmup} timed steps after {args.warmup}, median of {args.repeat} alternating run(s); "
           f"{os.cpu_count()} CPUs ({platform.machine()}), glibc {platform.libc_ver()[1]}, "
-          f"load average {os.getloadavg()[0]:.1f} at the end")
+          f"load average {os.getloadavg()[0]:.1f} at the end; tcmalloc: {tcmalloc or 'not installed (row left out)'}")
     print(f"{'setting':10} {'s/step':>8} {'peak RSS MiB':>13} {'time vs default':>16} {'memory vs default':>18}")
     base = {k: statistics.median(r[k] for r in runs["default"]) for k in ("step_s", "peak")}
-    for mode in MODES:
+    for mode in modes:
         step, peak = (statistics.median(r[k] for r in runs[mode]) for k in ("step_s", "peak"))
         print(f"{mode:10} {step:8.2f} {peak / 2**20:13,.0f} {step / base['step_s']:15.2f}x {peak / base['peak']:17.2f}x")
     return 0

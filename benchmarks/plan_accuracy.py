@@ -10,7 +10,8 @@ as its own row.
     python benchmarks/plan_accuracy.py --reuse          # re-print from the last measurements (predictions fresh)
     python benchmarks/plan_accuracy.py --only smollm2   # a subset (substring of the name); keeps the other rows
     python benchmarks/plan_accuracy.py --allocator default   # glibc's dynamic settings instead of lean
-        # (training.cpu_allocator; `auto`, the default, goes lean when memory is tight); own results file
+    python benchmarks/plan_accuracy.py --allocator tcmalloc  # tcmalloc preloaded (what `auto` uses when installed)
+        # (training.cpu_allocator); each setting has its own results file
 """
 
 from __future__ import annotations
@@ -153,7 +154,7 @@ def measure(specs: list[dict]) -> dict[str, dict]:
     measured = load_measurements() if results_file().is_file() and len(specs) < len(configurations(None)) else {}
     with Progress() as progress:
         task = progress.add_task("measuring (fresh subprocess each)", total=len(specs) + 1)
-        measured["baseline"] = _run_worker(["--worker-baseline"])
+        measured["baseline"] = _run_worker(["--worker-baseline", "--allocator", ALLOCATOR])
         progress.advance(task)
         for spec in specs:
             progress.update(task, description=spec["name"])
@@ -238,8 +239,8 @@ def report(measured: dict[str, dict]) -> int:
 
     from tunesmith.training.cpu_memory import LEAN_MMAP_THRESHOLD
 
-    malloc = f"lean (fixed mmap threshold {LEAN_MMAP_THRESHOLD // 1024} KiB)" if ALLOCATOR == "lean" \
-        else "glibc default (dynamic mmap threshold)"
+    malloc = {"lean": f"lean (fixed mmap threshold {LEAN_MMAP_THRESHOLD // 1024} KiB)",
+              "default": "glibc default (dynamic mmap threshold)", "tcmalloc": "tcmalloc (preloaded)"}[ALLOCATOR]
     console.print(f"conditions: training.cpu_allocator {malloc}; {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
                   f"torch {torch.__version__}, batch {BATCH}, {STEPS} steps, fp32 (CPU), sdpa attention, "
                   f"AdamW (torch), no gradient checkpointing; measured = VmHWM of a fresh process; runtime baseline = "
@@ -252,7 +253,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reuse", action="store_true", help="print from the last measurements")
     parser.add_argument("--only", default=None, help="only configurations whose name contains this")
-    parser.add_argument("--allocator", choices=("lean", "default"), default="lean",
+    parser.add_argument("--allocator", choices=("lean", "default", "tcmalloc"), default="lean",
                         help="training.cpu_allocator for every configuration (default: lean, what `auto` picks "
                              "when the predicted peak is close to the available RAM)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -260,6 +261,12 @@ def main() -> int:
     args = parser.parse_args()
     global ALLOCATOR
     ALLOCATOR = args.allocator
+    if args.worker or args.worker_baseline:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from tunesmith.training.cpu_memory import preload_tcmalloc
+
+        # As the tunesmith command does: restart this worker with tcmalloc preloaded (only for `tcmalloc`).
+        preload_tcmalloc(json.loads(args.worker)["allocator"] if args.worker else ALLOCATOR)
     if args.worker_baseline:
         print(json.dumps(worker_baseline()))
         return 0

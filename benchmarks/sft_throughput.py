@@ -8,7 +8,9 @@ is its own:
   (a) reference  the reference recipe: every sample padded to 512, HF Trainer
   (b) trl        TRL's SFTTrainer with its defaults (prompt-completion data; bf16 switched off like everywhere)
   (c) llamafactory  LLaMA-Factory from PyPI, in its own virtual environment (--lf-python)
-  (d) tunesmith  `tunesmith.training.run.train` with its defaults
+  (d) tunesmith  `tunesmith.training.run.train` with its defaults, started as the `tunesmith` command starts it
+                 (with libtcmalloc preloaded when it is installed: training.cpu_allocator auto)
+  (e)-(j)        tunesmith variants, one setting each (VARIANTS)
 
 All render the records with the same alpaca_zh prompt (`### 指令:` / `### 输入:` / `### 回答:`) and train on the
 reply tokens only. Throughput is measured after `--warmup` steps: real (non-padding) input tokens per second, seconds
@@ -45,19 +47,21 @@ DEFAULT_DATA = SHARED / "data" / "instruct" / "alpaca_zh_demo.json"
 DEFAULT_LF_PYTHON = "/tmp/lf-venv/bin/python"
 DEFAULT_LF_STUBS = "/tmp/lf-stubs"
 CONTENDERS = ("reference", "trl", "llamafactory", "tunesmith", "tunesmith-gc", "tunesmith-gc-lean", "tunesmith-bf16",
-              "tunesmith-packed", "tunesmith-torch-dropout")
+              "tunesmith-packed", "tunesmith-torch-dropout", "tunesmith-glibc")
 LABELS = {"reference": "(a) reference: pad to 512, HF Trainer", "trl": "(b) TRL SFTTrainer, defaults",
           "llamafactory": "(c) LLaMA-Factory, defaults", "tunesmith": "(d) tunesmith, defaults",
           "tunesmith-gc": "(e) tunesmith + gradient checkpointing",
           "tunesmith-gc-lean": "(f) tunesmith + grad. ckpt + lean allocator",
           "tunesmith-bf16": "(g) tunesmith, bf16 autocast",
           "tunesmith-packed": "(h) tunesmith, packing (no length grouping)",
-          "tunesmith-torch-dropout": "(i) tunesmith, torch's dropout (fast_dropout off)"}
+          "tunesmith-torch-dropout": "(i) tunesmith, torch's dropout (fast_dropout off)",
+          "tunesmith-glibc": "(j) tunesmith, glibc's allocator (cpu_allocator: default)"}
 # tunesmith's variants: config overrides on top of its defaults.
 VARIANTS = {"tunesmith": {}, "tunesmith-gc": {"training": {"gradient_checkpointing": True}},
             "tunesmith-gc-lean": {"training": {"gradient_checkpointing": True, "cpu_allocator": "lean"}},
             "tunesmith-bf16": {"model": {"dtype": "bfloat16"}}, "tunesmith-packed": {"data": {"packing": True}},
-            "tunesmith-torch-dropout": {"training": {"fast_dropout": False}}}
+            "tunesmith-torch-dropout": {"training": {"fast_dropout": False}},
+            "tunesmith-glibc": {"training": {"cpu_allocator": "default"}}}
 # Whether each contender recomputes activations in backward (TRL's and LLaMA-Factory's defaults do): memory
 # compares like for like only between rows with the same answer.
 CHECKPOINTING = {"reference": "no", "trl": "yes", "llamafactory": "yes",
@@ -204,6 +208,10 @@ def run_tunesmith(args, variant: str = "tunesmith") -> None:
     """tunesmith's defaults (plus the variant's overrides): the alpaca_zh template gives exactly the prompt the
     others are fed."""
     sys.path.insert(0, str(ROOT))
+    from tunesmith.training.cpu_memory import preload_tcmalloc
+
+    # As the tunesmith command does: may start this worker again with tcmalloc preloaded.
+    preload_tcmalloc(VARIANTS[variant].get("training", {}).get("cpu_allocator", "auto"))
     from rich.console import Console
 
     from tunesmith.config.loading import validate_config
@@ -329,6 +337,9 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
+    sys.path.insert(0, str(ROOT))
+    from tunesmith.training.cpu_memory import find_tcmalloc
+
     console = Console(width=200)
     chosen = [c for c in CONTENDERS if c in args.only.split(",")]
     results, notes, adapters = {}, {}, {}
@@ -386,7 +397,8 @@ def main() -> None:
                   f"torch {torch.__version__} ({torch.get_num_threads()} threads), python {platform.python_version()}; "
                   f"model {Path(args.model).name}; data {Path(args.data).name} records 0-{args.samples - 1} "
                   f"(held-out {args.samples}-{args.samples + args.eval_samples - 1}); lr {args.lr}, cosine, fp32 "
-                  f"except (g); tunesmith's training.cpu_allocator: auto except (f)")
+                  f"except (g); tunesmith's training.cpu_allocator: auto except (f) lean and (j) default; auto "
+                  f"preloads tcmalloc: {find_tcmalloc() or 'not installed, so glibc default or lean'}")
     for name, note in notes.items():
         console.print(f"  {LABELS[name]}: {note}")
     if os.getloadavg()[0] > 1.5 * (os.cpu_count() or 1):  # the contenders alone keep every core busy

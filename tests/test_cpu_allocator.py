@@ -1,4 +1,5 @@
-"""training.cpu_allocator: with `lean`, memory freed by torch goes back to the OS instead of staying in the heap."""
+"""training.cpu_allocator: with `lean`, memory freed by torch goes back to the OS instead of staying in the heap;
+`auto`/`tcmalloc` start the tunesmith command again with libtcmalloc preloaded."""
 
 from __future__ import annotations
 
@@ -46,7 +47,96 @@ def test_auto_goes_lean_only_when_memory_is_tight():
     from tunesmith.training.cpu_memory import DEFAULT_RETENTION, choose_cpu_allocator
 
     gib = 2 ** 30
-    assert choose_cpu_allocator("auto", 4 * gib, 20 * gib) == "default"
-    assert choose_cpu_allocator("auto", 4 * gib, 4 * DEFAULT_RETENTION * gib - 1) == "lean"
-    assert choose_cpu_allocator("auto", None, 20 * gib) == "lean"  # no prediction: stay safe
+    assert choose_cpu_allocator("auto", 4 * gib, 20 * gib, tcmalloc=False) == "default"
+    assert choose_cpu_allocator("auto", 4 * gib, 4 * DEFAULT_RETENTION * gib - 1, tcmalloc=False) == "lean"
+    assert choose_cpu_allocator("auto", None, 20 * gib, tcmalloc=False) == "lean"  # no prediction: stay safe
     assert choose_cpu_allocator("lean", 1, 20 * gib) == "lean" and choose_cpu_allocator("default", 30 * gib, 1) == "default"
+
+
+# ---------------------------------------------------------------- tcmalloc, preloaded by the tunesmith command
+
+from tunesmith.training import cpu_memory  # noqa: E402
+
+needs_tcmalloc = pytest.mark.skipif(platform.system() != "Linux" or cpu_memory.find_tcmalloc() is None,
+                                    reason="libtcmalloc not installed (.ci/run installs libtcmalloc-minimal4)")
+RESTART_PROBE = r"""
+import os, sys
+from tunesmith.training.cpu_memory import preload_tcmalloc, tcmalloc_loaded
+print("start", tcmalloc_loaded(), flush=True)
+preload_tcmalloc(sys.argv[1])
+print("after", tcmalloc_loaded(), os.environ.get("LD_PRELOAD", ""), sys.argv[1:])
+"""
+
+
+def _restart(mode: str, **env) -> list[str]:
+    import os
+
+    out = subprocess.run([sys.executable, "-c", RESTART_PROBE, mode], capture_output=True, text=True, check=True,
+                         env={**os.environ, **env})
+    return out.stdout.strip().splitlines()
+
+
+@needs_tcmalloc
+def test_auto_restarts_the_command_once_with_tcmalloc_and_hides_the_preload_from_subprocesses():
+    lines = _restart("auto", LD_PRELOAD="libm.so.6")
+    # The first process printed "start" and was replaced; the restarted one runs the same argv under tcmalloc.
+    assert lines[0] == "start False" and lines[1] == "start True"
+    assert lines[2] == "after True libm.so.6 ['auto']"  # the user's own LD_PRELOAD comes back, tcmalloc's goes
+    assert _restart("tcmalloc")[-1].startswith("after True  ")
+
+
+@pytest.mark.parametrize("mode", ["lean", "default"])
+def test_explicit_glibc_modes_never_restart(mode):
+    assert _restart(mode) == ["start False", "after False  " + repr([mode])]
+
+
+def test_no_restart_without_the_library_or_with_a_gpu_and_a_clear_error_when_asked_for(monkeypatch):
+    from tunesmith.errors import ConfigError
+
+    monkeypatch.setattr(cpu_memory.platform, "system", lambda: "Linux")
+    monkeypatch.setattr(cpu_memory, "tcmalloc_loaded", lambda: False)
+    monkeypatch.setattr(cpu_memory.os, "execve", lambda *a: pytest.fail("restarted"))
+    monkeypatch.setattr(cpu_memory, "find_tcmalloc", lambda: None)
+    cpu_memory.preload_tcmalloc("auto")  # not installed: auto carries on with glibc
+    with pytest.raises(ConfigError, match="libtcmalloc") as error:
+        cpu_memory.preload_tcmalloc("tcmalloc")
+    assert error.value.where == "training.cpu_allocator" and "apt install" in error.value.hint
+    monkeypatch.setattr(cpu_memory, "find_tcmalloc", lambda: "libtcmalloc_minimal.so.4")
+    monkeypatch.setattr(cpu_memory, "_gpu_visible", lambda: True)
+    cpu_memory.preload_tcmalloc("auto")  # auto leaves GPU machines alone
+
+
+def test_find_tcmalloc_prefers_the_environment_prefix(monkeypatch, tmp_path):
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "libtcmalloc_minimal.so.4").write_bytes(b"")
+    monkeypatch.setenv("CONDA_PREFIX", str(tmp_path))
+    assert cpu_memory.find_tcmalloc() == str(tmp_path / "lib" / "libtcmalloc_minimal.so.4")
+
+
+def test_auto_takes_tcmalloc_when_loaded_and_tcmalloc_falls_back_when_not():
+    gib = 1 << 30
+    assert cpu_memory.choose_cpu_allocator("auto", 4 * gib, 5 * gib, tcmalloc=True) == "tcmalloc"
+    assert cpu_memory.choose_cpu_allocator("tcmalloc", None, 5 * gib, tcmalloc=True) == "tcmalloc"
+    assert cpu_memory.choose_cpu_allocator("tcmalloc", 4 * gib, 20 * gib, tcmalloc=False) == "default"
+    assert cpu_memory.choose_cpu_allocator("lean", 4 * gib, 20 * gib, tcmalloc=True) == "lean"
+
+
+@needs_tcmalloc
+@pytest.mark.slow
+def test_tunesmith_train_command_trains_under_tcmalloc(stories_dir, tmp_path):
+    import os
+
+    import yaml
+
+    from .test_training import STORIES_DATA
+
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({
+        "model": {"name_or_path": str(stories_dir)}, "method": {"name": "lora", "r": 4},
+        "data": {"train": [{"path": STORIES_DATA, "max_samples": 16}], "template": "alpaca_en", "max_length": 64},
+        "training": {"output_dir": str(tmp_path / "run"), "max_steps": 2, "batch_size": 4, "tensorboard": False}}))
+    proc = subprocess.run([sys.executable, "-m", "tunesmith.cli.main", "train", str(config)], capture_output=True,
+                          text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "CPU allocator: tcmalloc" in proc.stderr
+    assert (tmp_path / "run" / "adapter_model.safetensors").is_file()

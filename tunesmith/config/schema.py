@@ -77,10 +77,11 @@ class TrainingConfig(StrictModel):
     # Speed and memory (docs/benchmarks.md). None of these changes what is learned.
     supervised_logits: bool = Field(True, description="LM head only at positions whose next token is trained")
     cpu_threads: int | None = Field(None, gt=0, description="torch threads on CPU (default: physical cores)")
-    cpu_allocator: Literal["auto", "lean", "default"] = Field(
-        "auto", description="CPU (Linux): lean returns freed tensors to the OS (lower, predictable peak RSS; "
-                            "slower steps); default keeps glibc's settings (fast); auto picks default when the "
-                            "predicted peak leaves room, else lean")
+    cpu_allocator: Literal["auto", "tcmalloc", "lean", "default"] = Field(
+        "auto", description="CPU (Linux): tcmalloc (preloaded by the tunesmith command; glibc's speed, ~lean's "
+                            "memory); lean returns freed tensors to the OS (lower, predictable peak RSS; slower "
+                            "steps); default keeps glibc's settings (fast, retains freed memory); auto: tcmalloc "
+                            "when installed, else default when the predicted peak leaves room, else lean")
     fast_dropout: bool = Field(True, description="CPU: dropout masks from 64-bit random words (5x cheaper; drop "
                                                  "probability rounded to 1/32768)")
     liger_kernel: bool = Field(False, description="Liger fused kernels (CUDA; pip install 'tunesmith[gpu]')")

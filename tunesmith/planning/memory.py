@@ -180,8 +180,8 @@ def plan_memory(config, request: PlanRequest) -> MemoryPlan:
                      "run on meta tensors), an upper bound for the activations autocast keeps in half precision")
     if request.device == "cpu":
         notes.append("CPU: the peak of live tensors plus the runtime, which the process reaches with "
-                     "training.cpu_allocator: lean (what auto picks when memory is tight); with glibc's default "
-                     "settings the process keeps freed memory and its RSS can run up to ~1.7x higher "
+                     "training.cpu_allocator: lean; tcmalloc (what auto uses when installed) keeps a little more, "
+                     "glibc's default settings keep freed memory and their RSS can run up to ~1.7x higher "
                      "(docs/planning.md)")
     if request.zero_stage and request.devices > 1:
         notes.append(f"ZeRO-{request.zero_stage} over {request.devices} devices: figures are per device")
