@@ -1,12 +1,12 @@
 """SFT training throughput and memory: the reference recipe, TRL, LLaMA-Factory and tunesmith, side by side.
 
 One run, one machine, one model, the same data and hyperparameters for all: LoRA r=16 (alpha 32, dropout 0.05) on
-q/k/v/o, batch 4, max length 512, learning rate 2e-4 (cosine, 1 warm-up step), AdamW, fp32, the same number of
-optimizer steps. Every contender trains in its own fresh process, so peak memory (the process's high-water RSS)
+q/k/v/o, batch 4, max length 512, learning rate 2e-4 (cosine, 1 warm-up step), AdamW, fp32 (--bf16: bf16 autocast
+for all), the same number of optimizer steps. Every contender trains in its own fresh process, so peak memory (the process's high-water RSS)
 is its own:
 
   (a) reference  the reference recipe: every sample padded to 512, HF Trainer
-  (b) trl        TRL's SFTTrainer with its defaults (prompt-completion data; bf16 switched off like everywhere)
+  (b) trl        TRL's SFTTrainer with its defaults (prompt-completion data; bf16 as everyone's: off unless --bf16)
   (c) llamafactory  LLaMA-Factory from PyPI, in its own virtual environment (--lf-python)
   (d) tunesmith  `tunesmith.training.run.train` with its defaults, started as the `tunesmith` command starts it
                  (with libtcmalloc preloaded when it is installed: training.cpu_allocator auto)
@@ -20,6 +20,7 @@ so losses compare even though sample order differs between the tools.
     python benchmarks/sft_throughput.py                                  # SmolLM2-135M, offline
     python benchmarks/sft_throughput.py --model ../shared/models/stories260K --steps 6 --samples 48   # smoke test
     python benchmarks/sft_throughput.py --only reference,tunesmith
+    python benchmarks/sft_throughput.py --bf16     # everyone under bf16 autocast (the reference chapter's bf16=True)
 
 LLaMA-Factory lives outside the product's dependencies, in its own venv with the same torch:
     python3.11 -m venv /tmp/lf-venv && /tmp/lf-venv/bin/pip install torch==2.13.0 llamafactory
@@ -89,7 +90,7 @@ def common_args(args) -> dict:
     return dict(output_dir=args.out, per_device_train_batch_size=args.batch, max_steps=args.steps,
                 learning_rate=args.lr, lr_scheduler_type="cosine", warmup_steps=1, weight_decay=0.0,
                 max_grad_norm=1.0, optim="adamw_torch", seed=0, logging_steps=1, save_strategy="no",
-                report_to="none", bf16=False, fp16=False, dataloader_num_workers=0,
+                report_to="none", bf16=args.bf16, fp16=False, dataloader_num_workers=0,
                 include_num_input_tokens_seen="non_padding")
 
 
@@ -218,7 +219,7 @@ def run_tunesmith(args, variant: str = "tunesmith") -> None:
     from tunesmith.training.run import train
 
     raw = {
-        "model": {"name_or_path": args.model},
+        "model": {"name_or_path": args.model, **({"dtype": "bfloat16"} if args.bf16 else {})},
         "method": {"name": "lora", "r": 16, "alpha": 32, "dropout": 0.05, "target_modules": list(TARGETS)},
         "data": {"train": [{"path": args.data, "max_samples": args.samples}], "template": "alpaca_zh",
                  "max_length": args.max_length},
@@ -276,7 +277,7 @@ def spawn(python: str, worker: str, args, tmp: Path, extra: list[str] = (), env:
            "--samples", str(args.samples), "--eval-samples", str(args.eval_samples), "--steps", str(args.steps),
            "--warmup", str(args.warmup), "--batch", str(args.batch), "--max-length", str(args.max_length),
            "--lr", str(args.lr), "--out", str(tmp / worker / "out"), "--adapter", str(tmp / worker / "adapter"),
-           *extra]
+           *(["--bf16"] if args.bf16 else []), *extra]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "WANDB_DISABLED": "true", "DISABLE_VERSION_CHECK": "1", "TOKENIZERS_PARALLELISM": "false",
            "PYTHONWARNINGS": "ignore", **(env or {})}
@@ -285,6 +286,28 @@ def spawn(python: str, worker: str, args, tmp: Path, extra: list[str] = (), env:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-6:]
         return None, " | ".join(line.strip() for line in tail)[-400:]
     return json.loads(result.read_text()), ""
+
+
+def versus_peers(chosen: list[str], results: dict, speed: dict):
+    """Each tunesmith row against each peer: its speed-up and its peak memory as a share of the peer's. A cell
+    marked ✓ beats that peer on both (faster, no more memory)."""
+    from rich.table import Table
+
+    peers = [name for name in chosen if name not in VARIANTS and name in results]
+    table = Table(title="each tunesmith row against each peer: speed-up, peak memory as a share of the peer's "
+                        "(✓: faster with no more memory)")
+    table.add_column("tunesmith")
+    for peer in peers:
+        table.add_column(f"vs {LABELS[peer][:3]}", justify="right")
+    for name in (n for n in chosen if n in VARIANTS and n in results):
+        cells = []
+        for peer in peers:
+            ratio = speed[name] / speed[peer]
+            share = results[name]["rss_peak_mb"] / results[peer]["rss_peak_mb"]
+            cell = f"{ratio:.2f}x, {100 * share:.0f}%"
+            cells.append(cell + (" ✓" if ratio > 1 and share <= 1 else "  "))
+        table.add_row(LABELS[name], *cells)
+    return table
 
 
 def llamafactory_env(stubs: str) -> dict:
@@ -315,6 +338,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--bf16", action="store_true",
+                        help="every contender under bf16 autocast (the reference chapter's bf16=True, TRL's default); "
+                             "row (g) is then the same as (d) and left out")
     parser.add_argument("--only", default=",".join(CONTENDERS), help="comma-separated subset of " + ", ".join(CONTENDERS))
     parser.add_argument("--lf-python", default=DEFAULT_LF_PYTHON, help="python of the LLaMA-Factory venv")
     parser.add_argument("--lf-stubs", default=DEFAULT_LF_STUBS, help="PYTHONPATH entry with a torchaudio stub")
@@ -341,7 +367,7 @@ def main() -> None:
     from tunesmith.training.cpu_memory import find_tcmalloc
 
     console = Console(width=200)
-    chosen = [c for c in CONTENDERS if c in args.only.split(",")]
+    chosen = [c for c in CONTENDERS if c in args.only.split(",") and not (args.bf16 and c == "tunesmith-bf16")]
     results, notes, adapters = {}, {}, {}
     with tempfile.TemporaryDirectory(prefix="sft_throughput-") as tmp_name:
         tmp = Path(tmp_name)
@@ -373,31 +399,31 @@ def main() -> None:
         losses = losses or {}
 
     speed = {name: r["tokens"] / r["seconds"] for name, r in results.items()}
-    ours = [name for name in chosen if name in VARIANTS and name in speed]  # one speed-up column each
-    table = Table(title=f"SFT throughput, LoRA r=16 q/k/v/o, batch {args.batch}, max length {args.max_length}, "
+    table = Table(title=f"SFT throughput, {'bf16 autocast' if args.bf16 else 'fp32'}, LoRA r=16 q/k/v/o, "
+                        f"batch {args.batch}, max length {args.max_length}, "
                         f"{args.steps} steps ({args.warmup} warm-up steps not timed)")
     for column in ("contender", "grad. ckpt", "real tokens/s", "s/step", "peak RSS (MiB)", "last train loss",
-                   "held-out loss", *(f"{LABELS[name][:3]} speed-up" for name in ours)):
+                   "held-out loss"):
         table.add_column(column, justify="left" if column == "contender" else "right")
     for name in chosen:
         r = results.get(name)
         if r is None:
-            table.add_row(LABELS[name], CHECKPOINTING[name], "-", "-", "-", "-", "-", *("n/a" for _ in ours))
+            table.add_row(LABELS[name], CHECKPOINTING[name], "-", "-", "-", "-", "-")
             continue
         table.add_row(LABELS[name], CHECKPOINTING[name], f"{speed[name]:,.0f}", f"{r['seconds'] / r['steps']:.2f}",
                       f"{r['rss_peak_mb']:,.0f}", f"{r['losses'][-1]:.3f}" if r["losses"] else "-",
-                      f"{losses[name]:.3f}" if name in losses else "-",
-                      *(f"{speed[mine] / speed[name]:.2f}x" if name not in VARIANTS else "" for mine in ours))
+                      f"{losses[name]:.3f}" if name in losses else "-")
     if "base model" in losses:
-        table.add_row("(untrained base model)", "", "", "", "", "", f"{losses['base model']:.3f}", *("" for _ in ours))
+        table.add_row("(untrained base model)", "", "", "", "", "", f"{losses['base model']:.3f}")
     console.print(table)
+    console.print(versus_peers(chosen, results, speed))
     import torch
 
     console.print(f"conditions: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
                   f"torch {torch.__version__} ({torch.get_num_threads()} threads), python {platform.python_version()}; "
                   f"model {Path(args.model).name}; data {Path(args.data).name} records 0-{args.samples - 1} "
-                  f"(held-out {args.samples}-{args.samples + args.eval_samples - 1}); lr {args.lr}, cosine, fp32 "
-                  f"except (g); tunesmith's training.cpu_allocator: auto except (f) lean and (j) default; auto "
+                  f"(held-out {args.samples}-{args.samples + args.eval_samples - 1}); lr {args.lr}, cosine, "
+                  f"{'bf16 autocast for every contender (--bf16)' if args.bf16 else 'fp32 except (g)'}; tunesmith's training.cpu_allocator: auto except (f) lean and (j) default; auto "
                   f"preloads tcmalloc: {find_tcmalloc() or 'not installed, so glibc default or lean'}")
     for name, note in notes.items():
         console.print(f"  {LABELS[name]}: {note}")
