@@ -86,8 +86,11 @@ def read_records(path: str, start: int, count: int) -> list[dict]:
 
 
 def common_args(args) -> dict:
-    """TrainingArguments fields every HF-Trainer-based contender gets."""
-    return dict(output_dir=args.out, per_device_train_batch_size=args.batch, max_steps=args.steps,
+    """TrainingArguments fields every HF-Trainer-based contender gets (transformers wants use_cpu for bf16 on a
+    CPU)."""
+    import torch
+
+    return dict(use_cpu=args.bf16 and not torch.cuda.is_available(), output_dir=args.out, per_device_train_batch_size=args.batch, max_steps=args.steps,
                 learning_rate=args.lr, lr_scheduler_type="cosine", warmup_steps=1, weight_decay=0.0,
                 max_grad_norm=1.0, optim="adamw_torch", seed=0, logging_steps=1, save_strategy="no",
                 report_to="none", bf16=args.bf16, fp16=False, dataloader_num_workers=0,

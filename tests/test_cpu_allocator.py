@@ -140,3 +140,23 @@ def test_tunesmith_train_command_trains_under_tcmalloc(stories_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "CPU allocator: tcmalloc" in proc.stderr
     assert (tmp_path / "run" / "adapter_model.safetensors").is_file()
+
+
+def test_only_a_real_command_line_restarts_never_main_called_from_python(monkeypatch, tmp_path, stories_dir):
+    import yaml
+
+    from tunesmith.cli.main import main
+
+    from .test_training import STORIES_DATA
+
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({
+        "model": {"name_or_path": str(stories_dir)}, "method": "lora",
+        "data": {"train": [{"path": STORIES_DATA}], "template": "alpaca_en"},
+        "training": {"output_dir": str(tmp_path / "run"), "cpu_allocator": "tcmalloc"}}))
+    asked: list[str] = []
+    monkeypatch.setattr(cpu_memory, "preload_tcmalloc", asked.append)
+    monkeypatch.setattr("tunesmith.training.run.train", lambda cfg, **kwargs: None)
+    assert main(["train", str(config)]) == 0 and asked == []  # e.g. a test calling main([...]): no restart
+    monkeypatch.setattr(sys, "argv", ["tunesmith", "train", str(config)])
+    assert main() == 0 and asked == ["tcmalloc"]  # the command line itself: the config's setting decides

@@ -14,9 +14,10 @@ def train(args: Namespace) -> int:
     from ..config.loading import load_config
 
     cfg = load_config(args.config, args.overrides)  # validate before the heavy imports
-    from ..training.cpu_memory import preload_tcmalloc
+    if getattr(args, "may_restart", False):
+        from ..training.cpu_memory import preload_tcmalloc
 
-    preload_tcmalloc(cfg.training.cpu_allocator)  # may start this command again, with tcmalloc preloaded
+        preload_tcmalloc(cfg.training.cpu_allocator)  # may start this command again, with tcmalloc preloaded
     from ..training.run import train as run_training
 
     run_training(cfg, resume=args.resume, console=console)
@@ -79,9 +80,10 @@ def export(args: Namespace) -> int:
 
 
 def demo(args: Namespace) -> int:
-    from ..training.cpu_memory import preload_tcmalloc
+    if getattr(args, "may_restart", False):
+        from ..training.cpu_memory import preload_tcmalloc
 
-    preload_tcmalloc("auto")  # the demo's config keeps the default allocator setting
+        preload_tcmalloc("auto")  # the demo's config keeps the default allocator setting
     from ..demo.run import run_demo
 
     run_demo(out_dir=args.out, steps=args.steps, model=args.model, console=console)

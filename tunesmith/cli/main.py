@@ -122,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 1
+    # Only a real command line (not main([...]) called from Python, e.g. a test) may restart its own process
+    # (training.cpu_allocator: tcmalloc is preloaded by starting the command again).
+    args.may_restart = argv is None
     # Long paths in messages must stay on one line so that file, line and field can be read (and grepped).
     console = Console(stderr=True, soft_wrap=True)
     # Deprecation chatter from the libraries underneath is not actionable for a tunesmith user.
