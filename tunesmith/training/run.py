@@ -151,7 +151,7 @@ def _suggest_cpu_bf16(cfg: RunConfig, compute_dtype: torch.dtype, console: Conso
     flag = native_bf16_cpu()
     if flag:
         console.print(f"[dim]tip: this CPU multiplies bf16 natively ({flag}); model.dtype: bfloat16 trains with bf16 "
-                      f"autocast, 1.3x faster in docs/benchmarks.md[/]")
+                      f"autocast, 1.3-1.7x faster in docs/benchmarks.md[/]")
 
 
 def _suggest_tcmalloc(cfg: RunConfig, allocator: str, console: Console) -> None:
