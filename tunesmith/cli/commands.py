@@ -10,14 +10,20 @@ from rich.table import Table
 console = Console(stderr=True)
 
 
+def restart_with_tcmalloc(args: Namespace, allocator: str) -> None:
+    """For commands that train on the CPU: may start this command again with tcmalloc preloaded
+    (training.cpu_allocator), but only from a real command line, never from main([...]) called in Python."""
+    if getattr(args, "may_restart", False):
+        from ..training.cpu_memory import preload_tcmalloc
+
+        preload_tcmalloc(allocator)
+
+
 def train(args: Namespace) -> int:
     from ..config.loading import load_config
 
     cfg = load_config(args.config, args.overrides)  # validate before the heavy imports
-    if getattr(args, "may_restart", False):
-        from ..training.cpu_memory import preload_tcmalloc
-
-        preload_tcmalloc(cfg.training.cpu_allocator)  # may start this command again, with tcmalloc preloaded
+    restart_with_tcmalloc(args, cfg.training.cpu_allocator)
     from ..training.run import train as run_training
 
     run_training(cfg, resume=args.resume, console=console)
@@ -80,10 +86,7 @@ def export(args: Namespace) -> int:
 
 
 def demo(args: Namespace) -> int:
-    if getattr(args, "may_restart", False):
-        from ..training.cpu_memory import preload_tcmalloc
-
-        preload_tcmalloc("auto")  # the demo's config keeps the default allocator setting
+    restart_with_tcmalloc(args, "auto")  # the demo's config keeps the default allocator setting
     from ..demo.run import run_demo
 
     run_demo(out_dir=args.out, steps=args.steps, model=args.model, console=console)

@@ -124,11 +124,11 @@ def plan_command(args) -> int:
     from ..planning import load_model_config, plan_memory
     from ..planning.report import counts_table, human, memory_table
 
-    if args.probe and getattr(args, "may_restart", False):  # time the steps under the allocator training uses
+    if args.probe:  # time the steps under the allocator training uses
         from ..config.loading import load_config
-        from ..training.cpu_memory import preload_tcmalloc
+        from .commands import restart_with_tcmalloc
 
-        preload_tcmalloc(load_config(args.config).training.cpu_allocator if args.config else "auto")
+        restart_with_tcmalloc(args, load_config(args.config).training.cpu_allocator if args.config else "auto")
     out, err = Console(), Console(stderr=True)
     model_ref, request, cfg = build_request(args)
     trust = bool(cfg and cfg.model.trust_remote_code)
