@@ -212,14 +212,8 @@ def run_tunesmith(args, variant: str = "tunesmith") -> None:
     """tunesmith's defaults (plus the variant's overrides): the alpaca_zh template gives exactly the prompt the
     others are fed."""
     sys.path.insert(0, str(ROOT))
-    from tunesmith.training.cpu_memory import preload_tcmalloc
-
-    # As the tunesmith command does: may start this worker again with tcmalloc preloaded.
-    preload_tcmalloc(VARIANTS[variant].get("training", {}).get("cpu_allocator", "auto"))
-    from rich.console import Console
-
     from tunesmith.config.loading import validate_config
-    from tunesmith.training.run import train
+    from tunesmith.training.cpu_memory import preload_tcmalloc
 
     raw = {
         "model": {"name_or_path": args.model, **({"dtype": "bfloat16"} if args.bf16 else {})},
@@ -232,8 +226,13 @@ def run_tunesmith(args, variant: str = "tunesmith") -> None:
     }
     for section, values in VARIANTS[variant].items():
         raw[section].update(values)
-    train(validate_config(raw), console=Console(stderr=True, quiet=True),
-          extra_callbacks=[meter_callback(args.result, args.warmup)])
+    cfg = validate_config(raw)
+    preload_tcmalloc(cfg.training.cpu_allocator)  # as the tunesmith command does: may restart this worker
+    from rich.console import Console
+
+    from tunesmith.training.run import train
+
+    train(cfg, console=Console(stderr=True, quiet=True), extra_callbacks=[meter_callback(args.result, args.warmup)])
 
 
 # ---------------------------------------------------------------- the common yardstick

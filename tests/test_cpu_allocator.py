@@ -102,7 +102,7 @@ def test_no_restart_without_the_library_or_with_a_gpu_and_a_clear_error_when_ask
         cpu_memory.preload_tcmalloc("tcmalloc")
     assert error.value.where == "training.cpu_allocator" and "apt install" in error.value.hint
     monkeypatch.setattr(cpu_memory, "find_tcmalloc", lambda: "libtcmalloc_minimal.so.4")
-    monkeypatch.setattr(cpu_memory, "_gpu_visible", lambda: True)
+    monkeypatch.setattr(cpu_memory, "gpu_device_visible", lambda: True)
     cpu_memory.preload_tcmalloc("auto")  # auto leaves GPU machines alone
 
 
@@ -160,3 +160,12 @@ def test_only_a_real_command_line_restarts_never_main_called_from_python(monkeyp
     assert main(["train", str(config)]) == 0 and asked == []  # e.g. a test calling main([...]): no restart
     monkeypatch.setattr(sys, "argv", ["tunesmith", "train", str(config)])
     assert main() == 0 and asked == ["tcmalloc"]  # the command line itself: the config's setting decides
+
+
+def test_the_run_log_says_how_to_get_tcmalloc_when_auto_could_not_use_it(monkeypatch):
+    monkeypatch.setattr(cpu_memory.platform, "system", lambda: "Linux")
+    assert cpu_memory.tcmalloc_tip("auto", "tcmalloc") is None and cpu_memory.tcmalloc_tip("lean", "lean") is None
+    monkeypatch.setattr(cpu_memory, "find_tcmalloc", lambda: None)
+    assert "apt install libtcmalloc-minimal4" in cpu_memory.tcmalloc_tip("auto", "default")
+    monkeypatch.setattr(cpu_memory, "find_tcmalloc", lambda: "libtcmalloc_minimal.so.4")
+    assert "LD_PRELOAD=libtcmalloc_minimal.so.4" in cpu_memory.tcmalloc_tip("tcmalloc", "lean")

@@ -1,7 +1,8 @@
-"""Facts about the machine a run is on: CPUs this process may use, physical cores, native bf16 units."""
+"""Facts about the machine a run is on: CPUs this process may use, physical cores, native bf16 units, GPU devices."""
 
 from __future__ import annotations
 
+import glob
 import os
 from pathlib import Path
 
@@ -33,3 +34,8 @@ def native_bf16_cpu(cpuinfo: str | None = None) -> str | None:
             return None
     flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
     return next((flag for flag in ("amx_bf16", "avx512_bf16") if flag in flags), None)
+
+
+def gpu_device_visible() -> bool:
+    """Whether an NVIDIA or ROCm device node exists, without importing torch (the tcmalloc restart runs first)."""
+    return bool(glob.glob("/dev/nvidia[0-9]*")) or os.path.exists("/dev/kfd")

@@ -30,6 +30,7 @@ import sys
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..hardware import gpu_device_visible
 
 M_MMAP_THRESHOLD = -3     # <malloc.h>
 LEAN_MMAP_THRESHOLD = 128 * 1024
@@ -66,11 +67,6 @@ def tcmalloc_loaded() -> bool:
         return False
 
 
-def _gpu_visible() -> bool:
-    """Without importing torch (this runs before it is): NVIDIA or ROCm device nodes."""
-    return bool(glob.glob("/dev/nvidia[0-9]*")) or os.path.exists("/dev/kfd")
-
-
 def preload_tcmalloc(mode: str) -> None:
     """For the `tunesmith` command, before anything heavy is imported: when `training.cpu_allocator` is `tcmalloc`,
     or `auto` on a Linux machine without a GPU, start this same command again with libtcmalloc preloaded.
@@ -85,7 +81,7 @@ def preload_tcmalloc(mode: str) -> None:
         return
     if mode not in ("auto", "tcmalloc") or platform.system() != "Linux" or tcmalloc_loaded():
         return
-    if mode == "auto" and _gpu_visible():
+    if mode == "auto" and gpu_device_visible():
         return
     library = find_tcmalloc()
     if library is None:
@@ -117,6 +113,16 @@ def choose_cpu_allocator(mode: str, predicted_peak: float | None, available: flo
     if predicted_peak is None:
         return "lean"
     return "default" if predicted_peak * DEFAULT_RETENTION <= available else "lean"
+
+
+def tcmalloc_tip(mode: str, chosen: str) -> str | None:
+    """For the run log when `auto`/`tcmalloc` ended up without tcmalloc (Linux only): how to get it."""
+    if chosen == "tcmalloc" or mode not in ("auto", "tcmalloc") or platform.system() != "Linux":
+        return None
+    library = find_tcmalloc()
+    how = (f"the tunesmith command preloads it; from Python, start it with LD_PRELOAD={library}" if library
+           else INSTALL_HINT)
+    return f"with tcmalloc, CPU training keeps this speed at about lean's memory ({how})"
 
 
 def configure_cpu_allocator(mode: str) -> str:

@@ -28,7 +28,7 @@ from ..models.pypi_models import default_cache_root
 from ..models.targets import count_parameters
 from ..hardware import native_bf16_cpu
 from .arguments import build_training_arguments, configure_cpu_threads
-from .cpu_memory import INSTALL_HINT, choose_cpu_allocator, configure_cpu_allocator, find_tcmalloc
+from .cpu_memory import choose_cpu_allocator, configure_cpu_allocator, tcmalloc_tip
 from .dropout import apply_fast_dropout
 from ..diagnostics.callback import DiagnosticsCallback, restore_last_good
 from .callbacks import MetricsFileCallback, RichProgressCallback, read_metrics
@@ -87,7 +87,9 @@ def train(cfg: RunConfig, *, resume: bool = False, console: Console | None = Non
 
         allocator = choose_cpu_allocator(cfg.training.cpu_allocator, plan.peak if plan else None, device_memory("cpu"))
         console.print(f"CPU allocator: {configure_cpu_allocator(allocator)}")
-        _suggest_tcmalloc(cfg, allocator, console)
+        tip = tcmalloc_tip(cfg.training.cpu_allocator, allocator)
+        if tip:
+            console.print(f"[dim]tip: {tip}[/]")
     with console.status("loading model"):
         model = load_model(cfg.model, dtype=load_dtype, extra=method.load_kwargs(cfg.method, compute_dtype))
         if getattr(model.config, "pad_token_id", None) is None:
@@ -152,18 +154,6 @@ def _suggest_cpu_bf16(cfg: RunConfig, compute_dtype: torch.dtype, console: Conso
     if flag:
         console.print(f"[dim]tip: this CPU multiplies bf16 natively ({flag}); model.dtype: bfloat16 trains with bf16 "
                       f"autocast, 1.3-1.7x faster in docs/benchmarks.md[/]")
-
-
-def _suggest_tcmalloc(cfg: RunConfig, allocator: str, console: Console) -> None:
-    """tcmalloc trains as fast as glibc's defaults with about lean's memory; say how to get it when `auto` could
-    not use it."""
-    if allocator == "tcmalloc" or cfg.training.cpu_allocator not in ("auto", "tcmalloc") or \
-            not Path("/proc/self/maps").exists():
-        return
-    library = find_tcmalloc()
-    how = (f"the tunesmith command preloads it; from Python, start it with LD_PRELOAD={library}" if library
-           else INSTALL_HINT)
-    console.print(f"[dim]tip: with tcmalloc, CPU training keeps this speed at about lean's memory ({how})[/]")
 
 
 def _check_packing(cfg: RunConfig, model) -> None:
