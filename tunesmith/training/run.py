@@ -23,7 +23,7 @@ from ..data.dataset import build_datasets
 from ..data.templates.registry import get_template
 from ..io import atomic_write_json, atomic_write_text, publish_dir_contents
 from ..methods.registry import get_method
-from ..models.loading import RUN_META, load_model, load_tokenizer, resolve_dtype, training_load_dtype
+from ..models.loading import RUN_META, load_model, load_tokenizer, training_compute_dtype, training_load_dtype
 from ..models.pypi_models import default_cache_root
 from ..models.targets import count_parameters
 from ..hardware import native_bf16_cpu
@@ -62,10 +62,10 @@ def train(cfg: RunConfig, *, resume: bool = False, console: Console | None = Non
     set_seed(cfg.training.seed)
     configure_cpu_threads(cfg)
     method = get_method(cfg.method.name)
-    compute_dtype = resolve_dtype(cfg.model.dtype)
+    compute_dtype = training_compute_dtype(cfg.model.dtype)
 
     console.print(f"[bold]tunesmith[/] {cfg.method.name} on {cfg.model.name_or_path}")
-    _suggest_cpu_bf16(cfg, compute_dtype, console)
+    _report_cpu_precision(cfg, compute_dtype, console)
     tokenizer = load_tokenizer(cfg.model)
     tokenizer.padding_side = "right"
     template = get_template(cfg.data.template, tokenizer)
@@ -145,15 +145,17 @@ def train(cfg: RunConfig, *, resume: bool = False, console: Console | None = Non
     return result
 
 
-def _suggest_cpu_bf16(cfg: RunConfig, compute_dtype: torch.dtype, console: Console) -> None:
-    """fp32 stays the CPU default (mixed precision changes the numerics: the user's call), but say when this CPU
-    would run bf16 autocast much faster."""
-    if cfg.model.dtype != "auto" or compute_dtype != torch.float32 or torch.cuda.is_available():
+def _report_cpu_precision(cfg: RunConfig, compute_dtype: torch.dtype, console: Console) -> None:
+    """On CPU, say which precision `auto` chose and how to change it (mixed precision changes the numerics)."""
+    if cfg.model.dtype != "auto" or torch.cuda.is_available():
         return
     flag = native_bf16_cpu()
-    if flag:
+    if compute_dtype == torch.bfloat16:
+        console.print(f"precision: bf16 autocast over an fp32 model (model.dtype auto: this CPU has {flag}); "
+                      "model.dtype: float32 trains in full fp32")
+    elif flag:
         console.print(f"[dim]tip: this CPU multiplies bf16 natively ({flag}); model.dtype: bfloat16 trains with bf16 "
-                      f"autocast, 1.3-1.7x faster in docs/benchmarks.md[/]")
+                      f"autocast, faster on CPUs with AMX (docs/benchmarks.md)[/]")
 
 
 def _check_packing(cfg: RunConfig, model) -> None:

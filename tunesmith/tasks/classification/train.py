@@ -16,7 +16,7 @@ from ... import __version__
 from ...config.schema import RunConfig
 from ...io import atomic_write_json, atomic_write_text, publish_dir_contents
 from ...methods.registry import get_method
-from ...models.loading import RUN_META, load_tokenizer, resolve_dtype, training_load_dtype
+from ...models.loading import RUN_META, load_tokenizer, training_compute_dtype, training_load_dtype
 from ...models.targets import count_parameters
 from ...training.arguments import build_training_arguments, configure_cpu_threads
 from ...training.dropout import apply_fast_dropout
@@ -39,7 +39,7 @@ def train_classification(cfg: RunConfig, *, resume: bool = False, console: Conso
     set_seed(cfg.training.seed)
     configure_cpu_threads(cfg)
     method = get_method(cfg.method.name)
-    compute_dtype = resolve_dtype(cfg.model.dtype)
+    compute_dtype = training_compute_dtype(cfg.model.dtype)
 
     console.print(f"[bold]tunesmith[/] classification ({cfg.method.name}) on {cfg.model.name_or_path}")
     tokenizer = load_tokenizer(cfg.model)
