@@ -3,19 +3,20 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import sys
 
 import pytest
 
-from tunesmith.training.cpu_memory import configure_cpu_allocator
+from tunesmith.training.cpu_memory import ONEDNN_CACHE_VARIABLES, configure_cpu_allocator
 
 # In a fresh process: raise glibc's dynamic threshold (free one 4 MiB mapping), then fill the heap with 512 KiB
 # tensors, keep only the last one (it pins the heap top, so glibc cannot trim below it) and read the resident size.
 PROBE = r"""
 import sys, torch
-from tunesmith.training.cpu_memory import configure_cpu_allocator
+from tunesmith.training.cpu_memory import ONEDNN_CACHE_VARIABLES, configure_cpu_allocator
 configure_cpu_allocator(sys.argv[1])
 def rss():
     return int(open("/proc/self/statm").read().split()[1]) * 4096
@@ -169,3 +170,55 @@ def test_the_run_log_says_how_to_get_tcmalloc_when_auto_could_not_use_it(monkeyp
     assert "apt install libtcmalloc-minimal4" in cpu_memory.tcmalloc_tip("auto", "default")
     monkeypatch.setattr(cpu_memory, "find_tcmalloc", lambda: "libtcmalloc_minimal.so.4")
     assert "LD_PRELOAD=libtcmalloc_minimal.so.4" in cpu_memory.tcmalloc_tip("tcmalloc", "lean")
+
+
+# In a fresh process: bf16-autocast matmuls of 200 different shapes (as length-grouped batches bring), with or
+# without tunesmith's oneDNN cache limit; prints the resident growth in bytes.
+ONEDNN_PROBE = r"""
+import sys, torch
+from tunesmith.training.cpu_memory import limit_onednn_caches
+if sys.argv[1] == "limited":
+    limit_onednn_caches()
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096
+weight, rows = torch.randn(1536, 576), torch.randn(4000, 576)
+before = rss()
+with torch.autocast("cpu", dtype=torch.bfloat16):
+    for m in range(400, 1600, 6):
+        (rows[:m] @ weight.t()).sum()
+print(rss() - before)
+"""
+
+
+@pytest.mark.skipif(platform.system() != "Linux", reason="reads /proc")
+def test_onednn_caches_stay_small_under_bf16_autocast():
+    from tunesmith.hardware import native_bf16_cpu
+
+    if native_bf16_cpu() is None:
+        pytest.skip("bf16 matmuls take oneDNN's native path only on CPUs with AMX / AVX512-BF16")
+    growth = {mode: int(subprocess.run([sys.executable, "-c", ONEDNN_PROBE, mode], capture_output=True, text=True,
+                                       check=True, env={k: v for k, v in os.environ.items()
+                                                        if k not in ONEDNN_CACHE_VARIABLES}).stdout.split()[-1])
+              for mode in ("default", "limited")}
+    assert growth["limited"] < growth["default"] / 2, growth
+
+
+RELEASE_PROBE = r"""
+import torch
+from tunesmith.training.cpu_memory import release_free_memory, tcmalloc_loaded
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096
+assert tcmalloc_loaded()
+blocks = [torch.ones(1 << 20) for _ in range(100)]  # 100 x 4 MiB
+del blocks
+kept = rss()
+release_free_memory()
+print(kept - rss())
+"""
+
+
+@needs_tcmalloc
+def test_release_free_memory_gives_tcmallocs_free_pages_back():
+    out = subprocess.run([sys.executable, "-c", RELEASE_PROBE], capture_output=True, text=True, check=True,
+                         env={**os.environ, "LD_PRELOAD": cpu_memory.find_tcmalloc()})
+    assert int(out.stdout.split()[-1]) > 300 << 20  # of the 400 MiB freed, tcmalloc had kept nearly all

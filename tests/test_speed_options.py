@@ -8,7 +8,7 @@ import torch
 from tunesmith.config.loading import validate_config
 from tunesmith.errors import ConfigError
 from tunesmith.hardware import native_bf16_cpu, physical_cores
-from tunesmith.training.arguments import build_training_arguments, configure_cpu_threads
+from tunesmith.training.arguments import build_training_arguments, configure_cpu_runtime
 from tunesmith.training.trainer import (TunesmithTrainer, next_token_mask, supervised_loss,
                                         supports_supervised_logits)
 
@@ -90,8 +90,8 @@ def test_prompt_learning_keeps_full_logits(tiny_llama):
 def test_cpu_threads_default_to_physical_cores(tmp_path):
     before = torch.get_num_threads()
     try:
-        assert configure_cpu_threads(_config(tmp_path)) == physical_cores() == torch.get_num_threads()
-        assert configure_cpu_threads(_config(tmp_path, cpu_threads=1)) == 1 == torch.get_num_threads()
+        assert configure_cpu_runtime(_config(tmp_path)) == physical_cores() == torch.get_num_threads()
+        assert configure_cpu_runtime(_config(tmp_path, cpu_threads=1)) == 1 == torch.get_num_threads()
     finally:
         torch.set_num_threads(before)
 

@@ -12,6 +12,7 @@ from ..config.schema import RunConfig
 from ..errors import ConfigError
 from ..hardware import physical_cores
 from .checkpoints import CHECKPOINT_DIR
+from .cpu_memory import limit_onednn_caches
 
 _OPTIMIZERS = {"adamw": "adamw_torch", "adamw_8bit": "adamw_bnb_8bit", "paged_adamw_8bit": "paged_adamw_8bit",
                "paged_adamw_32bit": "paged_adamw_32bit", "sgd": "sgd"}
@@ -29,10 +30,12 @@ def choose_optimizer(cfg: RunConfig) -> str:
     return _OPTIMIZERS[name]
 
 
-def configure_cpu_threads(cfg: RunConfig) -> int | None:
-    """torch's intra-op threads on CPU: training.cpu_threads, else the physical cores. None on a GPU."""
+def configure_cpu_runtime(cfg: RunConfig) -> int | None:
+    """On CPU: torch's intra-op threads (training.cpu_threads, else the physical cores; returned) and oneDNN's
+    per-shape caches kept small (`limit_onednn_caches`). None on a GPU."""
     if torch.cuda.is_available():
         return None
+    limit_onednn_caches()
     threads = cfg.training.cpu_threads or physical_cores()
     torch.set_num_threads(threads)
     return threads

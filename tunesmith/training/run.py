@@ -27,8 +27,8 @@ from ..models.loading import RUN_META, load_model, load_tokenizer, training_comp
 from ..models.pypi_models import default_cache_root
 from ..models.targets import count_parameters
 from ..hardware import native_bf16_cpu
-from .arguments import build_training_arguments, configure_cpu_threads
-from .cpu_memory import choose_cpu_allocator, configure_cpu_allocator, tcmalloc_tip
+from .arguments import build_training_arguments, configure_cpu_runtime
+from .cpu_memory import choose_cpu_allocator, configure_cpu_allocator, release_free_memory, tcmalloc_tip
 from .dropout import apply_fast_dropout
 from ..diagnostics.callback import DiagnosticsCallback, restore_last_good
 from .callbacks import MetricsFileCallback, RichProgressCallback, read_metrics
@@ -52,15 +52,26 @@ class TrainResult:
 
 def train(cfg: RunConfig, *, resume: bool = False, console: Console | None = None,
           extra_callbacks: list | None = None) -> TrainResult:
-    if cfg.task == "classification":
-        from ..tasks.classification.train import train_classification
+    """Train as `cfg` says; the trained model is saved in training.output_dir. Once the model and trainer are gone,
+    freed memory goes back to the OS, so what the process does next (evaluation, chat, the demo's probes) starts
+    small (`release_free_memory`)."""
+    try:
+        if cfg.task == "classification":
+            from ..tasks.classification.train import train_classification
 
-        return train_classification(cfg, resume=resume, console=console, extra_callbacks=extra_callbacks)
+            return train_classification(cfg, resume=resume, console=console, extra_callbacks=extra_callbacks)
+        return _train_causal_lm(cfg, resume=resume, console=console, extra_callbacks=extra_callbacks)
+    finally:
+        release_free_memory()
+
+
+def _train_causal_lm(cfg: RunConfig, *, resume: bool, console: Console | None,
+                     extra_callbacks: list | None) -> TrainResult:
     console = console or Console(stderr=True)
     run_dir = Path(cfg.training.output_dir)
     checkpoint = _checkpoint_to_resume(run_dir, resume, console)
     set_seed(cfg.training.seed)
-    configure_cpu_threads(cfg)
+    configure_cpu_runtime(cfg)
     method = get_method(cfg.method.name)
     compute_dtype = training_compute_dtype(cfg.model.dtype)
 

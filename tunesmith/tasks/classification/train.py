@@ -18,7 +18,7 @@ from ...io import atomic_write_json, atomic_write_text, publish_dir_contents
 from ...methods.registry import get_method
 from ...models.loading import RUN_META, load_tokenizer, training_compute_dtype, training_load_dtype
 from ...models.targets import count_parameters
-from ...training.arguments import build_training_arguments, configure_cpu_threads
+from ...training.arguments import build_training_arguments, configure_cpu_runtime
 from ...training.dropout import apply_fast_dropout
 from ...training.callbacks import MetricsFileCallback, RichProgressCallback, read_metrics
 from ...training.plots import plot_loss_curves
@@ -37,7 +37,7 @@ def train_classification(cfg: RunConfig, *, resume: bool = False, console: Conso
     run_dir = Path(cfg.training.output_dir)
     checkpoint = _checkpoint_to_resume(run_dir, resume, console)
     set_seed(cfg.training.seed)
-    configure_cpu_threads(cfg)
+    configure_cpu_runtime(cfg)
     method = get_method(cfg.method.name)
     compute_dtype = training_compute_dtype(cfg.model.dtype)
 
