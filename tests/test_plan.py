@@ -253,3 +253,13 @@ def test_time_probe_trains_as_training_does(folders, monkeypatch):
     seen.clear()
     probe_module.probe_throughput(config, PlanRequest(method="lora", batch=1, seq=16, fast_dropout=False), steps=1)
     assert seen == {}  # training.fast_dropout off: the probe keeps torch's dropout, as training does
+
+
+def test_cpu_bf16_plan_names_the_uncounted_weight_copies(folders):
+    config = load_model_config(str(folders["llama"]))
+    plan = plan_memory(config, PlanRequest(method="lora", batch=1, seq=32, precision="bf16", device="cpu"))
+    weights_mib = (plan.counts.trainable_bytes + plan.counts.frozen_bytes) / 2 / 2 ** 20
+    note = next(n for n in plan.notes if "autocast" in n)
+    assert f"up to {weights_mib:,.0f} MiB" in note and "not counted" in note
+    fp32 = plan_memory(config, PlanRequest(method="lora", batch=1, seq=32, precision="fp32", device="cpu"))
+    assert not any("autocast" in n for n in fp32.notes)
