@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch.multiprocessing.reductions import StorageWeakRef
 
+from .meta_autocast import MetaAutocast
+
 
 @dataclass
 class ActivationTrace:
@@ -34,10 +36,11 @@ class ActivationTrace:
         return sum(self.per_block) + self.outside
 
 
-def _fused_sdpa(device_type: str):
+def _fused_sdpa(device_type: str, autocast: MetaAutocast | None):
     """On meta tensors PyTorch's SDPA falls back to the math path, which saves the b*h*s*s attention matrix. On
     real CPUs and GPUs it dispatches to a fused flash-style kernel that keeps only q, k, v, the output and the
-    log-sum-exp; route meta calls to that kernel (its meta implementation) so the trace saves what reality does."""
+    log-sum-exp; route meta calls to that kernel (its meta implementation) so the trace saves what reality does.
+    Under (meta) autocast q, k and v are cast first, as autocast casts them for SDPA."""
     original = F.scaled_dot_product_attention
 
     def sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
@@ -45,6 +48,8 @@ def _fused_sdpa(device_type: str):
             return original(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa=enable_gqa)
         # Grouped-query attention: the fused CPU kernel reads the shared key/value heads in place (no expanded copy
         # is saved), and so does its meta implementation.
+        if autocast is not None:
+            query, key, value = autocast.cast_sdpa(query, key, value)
         out = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
             query, key, value, dropout_p, is_causal, attn_mask=attn_mask, scale=scale)
         return out[0]
@@ -89,7 +94,10 @@ def _no_packed_detection():
     return mock.patch.object(masking, "find_packed_sequence_indices", lambda *a, **k: None)
 
 
-def trace_activations(model, batch: int, seq: int, *, device_type: str = "cpu") -> ActivationTrace:
+def trace_activations(model, batch: int, seq: int, *, device_type: str = "cpu",
+                      autocast_dtype: torch.dtype | None = None) -> ActivationTrace:
+    """What autograd saves in one training forward of `model` at (batch, seq); `autocast_dtype`: the half
+    precision training's autocast computes in (None or float32: no autocast)."""
     from ..models.layers import transformer_blocks
 
     params = {StorageWeakRef(p.untyped_storage()) for p in model.parameters()}
@@ -124,8 +132,10 @@ def trace_activations(model, batch: int, seq: int, *, device_type: str = "cpu") 
     was_training = model.training
     model.train()
     output = None
+    autocast = MetaAutocast(autocast_dtype) if autocast_dtype not in (None, torch.float32) else None
     try:
-        with _fused_sdpa(device_type), _no_packed_detection(), _meta_4bit_linear(), \
+        with _fused_sdpa(device_type, autocast), _no_packed_detection(), _meta_4bit_linear(), \
+                autocast or contextlib.nullcontext(), \
                 torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), contextlib.suppress(StopIteration):
             output = model(input_ids=ids, attention_mask=None, labels=ids)
         # With the output held, a saved tensor whose storage is already gone belonged to a side graph the loss does

@@ -150,12 +150,6 @@ def checkpoint_pages(config, counts: ParamCounts, request: PlanRequest) -> float
     return counts.quantized * torch.empty((), dtype=stored).element_size()
 
 
-def _half_copies(counts: ParamCounts) -> float:
-    """A 2-byte copy of every 4-byte weight (embeddings included, which autocast does not cast): an upper bound for
-    what autocast's casts for the matmuls hold."""
-    return (counts.trainable_bytes + counts.frozen_bytes) / 2
-
-
 def runtime_overhead(request: PlanRequest) -> float:
     if request.runtime_overhead is not None:
         return request.runtime_overhead
@@ -172,7 +166,10 @@ def plan_memory(config, request: PlanRequest) -> MemoryPlan:
     # boolean mask; the meta trace would take torch's unfused path (float32 noise) unless FastDropout stands in.
     if request.device == "cuda" or request.fast_dropout:
         use_fast_dropout(model)
-    trace = trace_activations(model, request.batch, request.seq, device_type=request.device)
+    # Training autocasts whenever it computes in half precision (TrainingArguments bf16/fp16), over fp32 weights or
+    # a half-precision base with fp32 adapters alike; the trace does the same (meta_autocast.py).
+    trace = trace_activations(model, request.batch, request.seq, device_type=request.device,
+                              autocast_dtype=request.compute_dtype())
     weights = weight_memory(counts, request)
     gradients = gradient_memory(counts, request)
     state = optimizer_memory(counts, optimizer, request)
@@ -184,12 +181,9 @@ def plan_memory(config, request: PlanRequest) -> MemoryPlan:
     notes = [counts.note] if counts.note else []
     if OPTIMIZERS[optimizer].paged:
         notes.append(f"{optimizer} pages its state to CPU RAM under memory pressure; counted here as on-device")
-    if counts.trainable_dtypes.get("float32") and request.compute_dtype() != torch.float32 and \
-            (request.method in ("full", "freeze", "progressive") or request.device == "cpu"):
-        notes.append("fp32 master weights with bf16/fp16 autocast: activations were traced in fp32 (autocast does not "
-                     "run on meta tensors), an upper bound for the activations autocast keeps in half precision; not "
-                     f"counted: the half-precision copies of the weights autocast makes and keeps for backward, up to "
-                     f"{_half_copies(counts) / 2 ** 20:,.0f} MiB (CPU, SmolLM2-135M: -16% at seq 128, docs/planning.md)")
+    if request.compute_dtype() != torch.float32 and request.device == "cuda":
+        notes.append("half-precision autocast traced by casting the matmuls' inputs as CPU autocast does (the matmul "
+                     "family is cast the same way on CUDA; not validated on a GPU)")
     if request.device == "cpu":
         notes.append("CPU: the peak of live tensors plus the runtime, which the process reaches with "
                      "training.cpu_allocator: lean; tcmalloc (what auto uses when installed) keeps a little more, "
