@@ -76,6 +76,9 @@ class TrainingConfig(StrictModel):
     tensorboard: bool = True
     # Speed and memory (docs/benchmarks.md). None of these changes what is learned.
     supervised_logits: bool = Field(True, description="LM head only at positions whose next token is trained")
+    chunked_loss: bool = Field(True, description="LM head and cross-entropy over chunks of tokens, gradients "
+                                                 "computed on the way: no tokens x vocabulary logits (needs "
+                                                 "supervised_logits; liger_kernel uses Liger's instead)")
     cpu_threads: int | None = Field(None, gt=0, description="torch threads on CPU (default: physical cores)")
     cpu_allocator: Literal["auto", "tcmalloc", "lean", "default"] = Field(
         "auto", description="CPU (Linux): tcmalloc (preloaded by the tunesmith command; glibc's speed, ~lean's "

@@ -135,7 +135,8 @@ def _train_causal_lm(cfg: RunConfig, *, resume: bool, console: Console | None,
                                processing_class=tokenizer,
                                callbacks=callbacks + list(extra_callbacks or []),
                                optimizers=(method.optimizer(model, cfg.method, args), None),
-                               supervised_logits=supervised, activation_offload=t.activation_offload)
+                               supervised_logits=supervised, chunked_loss=t.chunked_loss,
+                               activation_offload=t.activation_offload)
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
     output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)

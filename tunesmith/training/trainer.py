@@ -7,6 +7,11 @@ mask from the labels, so this subclass does, through the Trainer's public hooks 
 `compute_loss`). The loss is the same summed cross-entropy over the supervised tokens divided by the same
 `num_items_in_batch`, so what is learned does not change; the LM head (vocabulary x hidden, the largest single
 matmul of a small model) and the float32 logits shrink to the supervised share of the tokens.
+
+With `chunked_loss` the head's input at those positions is taken as it enters the head (a forward pre-hook; the head
+itself then runs on no rows) and the loss goes through `chunked_loss.chunked_linear_cross_entropy`: no logits over
+the vocabulary at all. Models that change their logits after the head (soft-capping, scaling) are detected on the
+first batch, by comparing the model's own logits with the head's, and keep the plain path.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import torch.nn.functional as F
 from transformers import Trainer
 
 from ..data.encoding import IGNORE_INDEX
+from .chunked_loss import head_compute_dtype, chunked_linear_cross_entropy
 
 log = logging.getLogger(__name__)
 
@@ -59,16 +65,46 @@ def supports_supervised_logits(model) -> bool:
     return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
-class TunesmithTrainer(Trainer):
-    """`Trainer` with `supervised_logits=True`: logits only where the loss reads them (see the module docstring)."""
+class _HeadInput:
+    """Within it, the output head's input is kept in `hidden` and the head runs on none of its rows."""
 
-    def __init__(self, *args, supervised_logits: bool = False, activation_offload: bool = False, **kwargs):
+    def __init__(self, head: torch.nn.Module):
+        self.head, self.hidden, self._handle = head, None, None
+
+    def _take(self, module, args):
+        self.hidden = args[0]
+        return (args[0][:0], *args[1:])
+
+    def __enter__(self):
+        self._handle = self.head.register_forward_pre_hook(self._take)
+        return self
+
+    def __exit__(self, *exc):
+        self._handle.remove()
+
+
+def _plain_head(model) -> torch.nn.Linear | None:
+    """The model's output head when it is a plain nn.Linear (not an adapter layer), else None."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    return head if type(head) is torch.nn.Linear else None
+
+
+class TunesmithTrainer(Trainer):
+    """`Trainer` with `supervised_logits=True`: logits only where the loss reads them, and with `chunked_loss`
+    not even those (see the module docstring)."""
+
+    def __init__(self, *args, supervised_logits: bool = False, chunked_loss: bool = False,
+                 activation_offload: bool = False, **kwargs):
         if supervised_logits and kwargs.get("compute_loss_func") is None:
-            kwargs["compute_loss_func"] = supervised_loss
+            kwargs["compute_loss_func"] = self._loss
+        self._taken: _HeadInput | None = None
         super().__init__(*args, **kwargs)
         self.supervised_logits = supervised_logits
+        self.chunked_loss = supervised_logits and chunked_loss
         self.activation_offload = activation_offload
         self._checked = False
+        self._chunked_checked = False
 
     def compute_loss_context_manager(self):
         # Activation offload: tensors saved for backward during the forward pass wait in (pinned) CPU memory;
@@ -79,10 +115,71 @@ class TunesmithTrainer(Trainer):
             stack.enter_context(torch.autograd.graph.save_on_cpu(pin_memory=True))
         return stack
 
+    def _head_dtype(self) -> torch.dtype | None:
+        """The dtype autocast gives the head's matmul in training (the loss runs outside the model's forward,
+        where accelerate's autocast does not reach)."""
+        return torch.bfloat16 if self.args.bf16 else torch.float16 if self.args.fp16 else None
+
+    def _chunked_matches_model(self, model, inputs, head) -> bool:
+        """Whether the model's logits are its head's output and nothing more: one short row, no gradients, the
+        random state untouched (dropout draws would otherwise shift the run)."""
+        ids = inputs["input_ids"][:1, :32]
+        keep = torch.ones_like(ids, dtype=torch.bool)
+        captured = {}
+
+        def grab(module, args, output):
+            captured["hidden"] = args[0]
+
+        handle = head.register_forward_hook(grab)
+        try:
+            with torch.no_grad(), torch.random.fork_rng(devices=[]):
+                logits = model(input_ids=ids, logits_to_keep=keep).logits
+        except (IndexError, ValueError, RuntimeError):
+            return False
+        finally:
+            handle.remove()
+        dtype = head_compute_dtype(head.weight, self._head_dtype())
+        with torch.no_grad(), torch.autocast(ids.device.type, enabled=False):
+            bias = head.bias.to(dtype) if head.bias is not None else None
+            ours = F.linear(captured["hidden"].to(dtype), head.weight.to(dtype), bias)
+        return logits.shape == ours.shape and torch.allclose(logits.float(), ours.float(), rtol=1e-5, atol=1e-6)
+
+    def _loss(self, outputs, labels, num_items_in_batch=None):
+        """`compute_loss_func`: the chunked loss over the head input taken in this forward, else the plain one."""
+        if self._taken is None:
+            return supervised_loss(outputs, labels, num_items_in_batch)
+        hidden, head = self._taken.hidden, self._taken.head
+        targets = labels[:, 1:][next_token_mask(labels)[:, :-1]].to(hidden.device)
+        total = chunked_linear_cross_entropy(hidden, head.weight, head.bias, targets, dtype=self._head_dtype())
+        if num_items_in_batch is None:
+            return total / max(targets.numel(), 1)
+        if torch.is_tensor(num_items_in_batch):
+            num_items_in_batch = num_items_in_batch.to(total.device)
+        return total / num_items_in_batch
+
+    def _chunked_head(self, model, masked) -> torch.nn.Linear | None:
+        """The head to take the input of, once the first batch has shown the model's logits are its output."""
+        head = _plain_head(self.accelerator.unwrap_model(model))
+        if not self._chunked_checked:
+            self._chunked_checked = True
+            if head is None or not self._chunked_matches_model(model, masked, head):
+                log.warning("chunked loss: %s changes its logits after the output head (or has no plain head); "
+                            "computing them in full", type(model).__name__)
+                self.chunked_loss = False
+                return None
+        return head
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if not self.supervised_logits or "labels" not in inputs:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         masked = {**inputs, "logits_to_keep": next_token_mask(inputs["labels"])}
+        head = self._chunked_head(model, masked) if self.chunked_loss and model.training else None
+        if head is not None:
+            with _HeadInput(head) as self._taken:
+                try:
+                    return super().compute_loss(model, masked, return_outputs, num_items_in_batch)
+                finally:
+                    self._taken = None
         if self._checked:
             return super().compute_loss(model, masked, return_outputs, num_items_in_batch)
         # First batch: make sure this model's forward really slices with the mask (flat logits); otherwise

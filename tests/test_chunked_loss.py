@@ -1,0 +1,154 @@
+"""The chunked LM-head cross-entropy: the plain loss and gradients without the tokens x vocabulary logits."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tunesmith.training.chunked_loss import chunk_tokens, chunked_linear_cross_entropy
+from tunesmith.training.trainer import TunesmithTrainer
+
+
+def _head_problem(dtype=torch.float64, tokens=103, hidden=24, vocab=211, trainable=True, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    h = torch.randn(tokens, hidden, generator=generator, dtype=dtype).requires_grad_()
+    w = (0.3 * torch.randn(vocab, hidden, generator=generator, dtype=dtype)).requires_grad_(trainable)
+    b = (0.1 * torch.randn(vocab, generator=generator, dtype=dtype)).requires_grad_(trainable)
+    t = torch.randint(0, vocab, (tokens,), generator=generator)
+    return h, w, b, t
+
+
+@pytest.mark.parametrize("trainable", [True, False], ids=["trained head", "frozen head"])
+def test_matches_a_float64_cross_entropy(trainable):
+    """fp32 chunks (of a size that does not divide the tokens) against the plain loss recomputed in float64:
+    the summed loss and the gradients of the hidden states, the head's weight and its bias."""
+    h64, w64, b64, t = _head_problem(trainable=trainable)
+    reference = F.cross_entropy(F.linear(h64, w64, b64), t, reduction="sum")
+    reference.backward()
+    h, w, b = (x.detach().float().requires_grad_(x.requires_grad) for x in (h64, w64, b64))
+    loss = chunked_linear_cross_entropy(h, w, b, t, chunk=17)
+    (0.25 * loss).backward()  # the incoming gradient scales every gradient
+    assert loss.item() == pytest.approx(reference.item(), rel=1e-6)
+    assert torch.allclose(h.grad.double(), 0.25 * h64.grad, atol=1e-5)
+    if trainable:
+        assert torch.allclose(w.grad.double(), 0.25 * w64.grad, atol=1e-5)
+        assert torch.allclose(b.grad.double(), 0.25 * b64.grad, atol=1e-6)
+    else:
+        assert w.grad is None and b.grad is None
+
+
+def test_under_bf16_autocast_matches_the_autocast_head():
+    """As autocast runs the plain head (bf16 matmul, fp32 loss), within bf16 rounding of it."""
+    h, w, _, t = _head_problem(dtype=torch.float32, trainable=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        plain = F.cross_entropy(F.linear(h, w).float(), t, reduction="sum")
+    plain.backward()
+    expected = h.grad.clone()
+    h.grad = None
+    ours = chunked_linear_cross_entropy(h, w, None, t, chunk=10, dtype=torch.bfloat16)
+    ours.backward()
+    assert ours.item() == pytest.approx(plain.item(), rel=1e-3)
+    assert torch.allclose(h.grad, expected, atol=2e-2 * expected.abs().max().item())
+
+
+def test_chunk_size_bounds_the_logits():
+    assert chunk_tokens(49152) * 49152 <= 1 << 24 < (chunk_tokens(49152) + 1) * 49152
+    assert chunk_tokens(10 ** 9) == 1
+
+
+def test_no_tokens_still_backpropagates():
+    h, w, b, _ = _head_problem(dtype=torch.float32, tokens=0)
+    loss = chunked_linear_cross_entropy(h, w, b, torch.zeros(0, dtype=torch.long))
+    loss.backward()
+    assert loss.item() == 0 and h.grad is not None
+
+
+def _lora_model(folder, dtype=torch.float32):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+    model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], lora_dropout=0.0,
+                                             init_lora_weights=False, task_type="CAUSAL_LM"))
+    return model.train()
+
+
+def _batch():
+    torch.manual_seed(1)
+    ids = torch.randint(3, 200, (3, 12))
+    labels = ids.clone()
+    labels[0, :5] = labels[1, :3] = -100
+    labels[2, 9:] = -100
+    return {"input_ids": ids, "labels": labels}
+
+
+def _loss_and_grads(trainer, model, batch):
+    n_items = torch.tensor(int((batch["labels"][:, 1:] != -100).sum()))
+    model.zero_grad()
+    loss, outputs = trainer.compute_loss(model, dict(batch), return_outputs=True, num_items_in_batch=n_items)
+    loss.backward()
+    return loss.detach(), outputs, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16 autocast"])
+def test_trainer_chunked_loss_matches_supervised_logits(tiny_model_factory, tmp_path, bf16):
+    """Same loss and adapter gradients as the supervised-logits path (itself tested against transformers' own
+    loss), with no logits left in the outputs: the head ran on no rows."""
+    from transformers import TrainingArguments
+
+    model = _lora_model(tiny_model_factory("llama"))
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True, bf16=bf16)
+    batch = _batch()
+    plain = TunesmithTrainer(model=model, args=args, supervised_logits=True)
+    chunked = TunesmithTrainer(model=model, args=args, supervised_logits=True, chunked_loss=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # what accelerate wraps the forward in
+        expected_loss, plain_out, expected = _loss_and_grads(plain, model, batch)
+        loss, outputs, grads = _loss_and_grads(chunked, model, batch)
+    assert chunked.chunked_loss and outputs.logits.shape[0] == 0 < plain_out.logits.shape[0]
+    tolerance = 2e-2 if bf16 else 1e-5
+    assert loss.item() == pytest.approx(expected_loss.item(), rel=tolerance)
+    assert grads.keys() == expected.keys() and grads
+    for name, grad in grads.items():
+        assert torch.allclose(grad, expected[name], atol=tolerance * expected[name].abs().max().item()), name
+
+
+def test_first_batch_check_draws_no_random_numbers(tiny_model_factory, tmp_path):
+    """The check runs the model once more, in training mode: its dropout must not shift the run's random state."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, TrainingArguments
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_factory("llama"))
+    model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj"], lora_dropout=0.5,
+                                             task_type="CAUSAL_LM")).train()
+    trainer = TunesmithTrainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), report_to="none",
+                                                                    use_cpu=True),
+                               supervised_logits=True, chunked_loss=True)
+    batch = _batch()
+    state = torch.get_rng_state()
+    assert trainer._chunked_head(model, batch) is not None
+    assert torch.equal(state, torch.get_rng_state())
+
+
+def test_trainer_keeps_full_logits_for_a_soft_capped_head(tmp_path, tmp_path_factory, caplog):
+    """Gemma 2 soft-caps its logits after the head: the first batch shows it, and the run keeps the plain path."""
+    from transformers import AutoModelForCausalLM, Gemma2Config, TrainingArguments
+
+    config = Gemma2Config(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                          num_attention_heads=2, num_key_value_heads=1, head_dim=16, final_logit_softcapping=2.0)
+    folder = tmp_path_factory.mktemp("gemma2")
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder).train()
+    trainer = TunesmithTrainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), report_to="none",
+                                                                    use_cpu=True),
+                               supervised_logits=True, chunked_loss=True)
+    batch = _batch()
+    with caplog.at_level(logging.WARNING):
+        loss, outputs, _ = _loss_and_grads(trainer, model, batch)
+    assert not trainer.chunked_loss and "changes its logits" in caplog.text
+    assert outputs.logits.shape[0] == int((batch["labels"][:, 1:] != -100).sum())  # supervised logits instead
+    assert torch.isfinite(loss)
