@@ -1,7 +1,8 @@
 """How close is `tunesmith plan`'s predicted peak memory to the measured peak of real training?
 
 Each configuration trains for a few steps in a fresh subprocess through tunesmith's own pipeline (load_model,
-the method's prepare, build_training_arguments, Trainer) on synthetic fixed-length batches; the subprocess reports
+the method's prepare, build_training_arguments, TunesmithTrainer with the loss train() computes: supervised logits,
+chunked by default) on synthetic fixed-length batches; the subprocess reports
 its peak resident set size (VmHWM) on CPU, or torch.cuda.max_memory_allocated on a GPU. Nothing is subtracted: the
 planner's runtime overhead on CPU is the measured peak of a process that only imports the same libraries, printed
 as its own row.
@@ -36,7 +37,8 @@ DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
 
 
 def results_file() -> Path:
-    return CACHE / f"plan_accuracy-{ALLOCATOR}{'' if PRECISION == 'fp32' else '-' + PRECISION}.jsonl"
+    # "-chunked": measured since training's loss went chunked (files without it hold full-logits measurements).
+    return CACHE / f"plan_accuracy-{ALLOCATOR}{'' if PRECISION == 'fp32' else '-' + PRECISION}-chunked.jsonl"
 STEPS = 2  # step 1 creates the optimizer state; step 2 runs forward and backward with it alive
 # A Llama-shaped model too big to be "tiny" and built from its config (no download): ~360M parameters.
 LARGER = dict(architectures=["LlamaForCausalLM"], model_type="llama", hidden_size=1024, intermediate_size=2816,
@@ -77,13 +79,14 @@ def worker_train(spec: dict) -> dict:
     from tunesmith.training.cpu_memory import configure_cpu_allocator
 
     configure_cpu_allocator(spec["allocator"])  # as tunesmith.training.run.train does on CPU
-    from transformers import Trainer, default_data_collator
+    from transformers import default_data_collator
 
     from tunesmith.config.schema import RunConfig
     from tunesmith.methods.registry import get_method
     from tunesmith.models.loading import load_model, training_compute_dtype, training_load_dtype
     from tunesmith.training.arguments import build_training_arguments
     from tunesmith.training.dropout import apply_fast_dropout
+    from tunesmith.training.trainer import TunesmithTrainer, supports_supervised_logits
 
     out = tempfile.mkdtemp(prefix="plan-bench-")
     cfg = RunConfig.model_validate({
@@ -111,8 +114,11 @@ def worker_train(spec: dict) -> dict:
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=default_data_collator,
-                      optimizers=(method.optimizer(model, cfg.method, args), None))
+    t = cfg.training  # the loss as train() computes it: supervised logits, chunked by default
+    trainer = TunesmithTrainer(model=model, args=args, train_dataset=data, data_collator=default_data_collator,
+                               optimizers=(method.optimizer(model, cfg.method, args), None),
+                               supervised_logits=t.supervised_logits and supports_supervised_logits(model),
+                               chunked_loss=t.chunked_loss)
     trainer.train()
     result = {"peak": _peak_rss(), "peak_after_load": after_load, "seconds": time.perf_counter() - start}
     if torch.cuda.is_available():

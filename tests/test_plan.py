@@ -274,3 +274,24 @@ def test_bf16_autocast_plan_counts_half_precision_weight_copies(folders):
     assert saved_in_blocks >= 2 * blocks_matmul_weights
     assert saved_in_blocks - 2 * blocks_matmul_weights < sum(fp32.activation_trace.per_block)
     assert not any("not counted" in n for n in bf16.notes)
+
+
+def test_chunked_loss_plan_drops_the_vocabulary_buffers(folders):
+    """training.chunked_loss: the head keeps nothing for backward and no tokens x vocabulary logits exist; what
+    is left is one chunk of logits, the head inputs' gradient and (autocast) one half-precision head weight."""
+    from tunesmith.training.chunked_loss import chunk_tokens
+
+    config = load_model_config(str(folders["llama"]))
+    request = dict(method="lora", batch=2, seq=200, device="cpu", precision="bf16")
+    plain = plan_memory(config, PlanRequest(**request, chunked_loss=False))
+    chunked = plan_memory(config, PlanRequest(**request))
+    trace = chunked.activation_trace
+    tokens, vocab, hidden = 400, config.vocab_size, config.hidden_size
+    # The frozen head kept autocast's bf16 copy of its weight (for the input gradient), not its input.
+    assert trace.head == 2 * vocab * hidden
+    assert chunked.activations == plain.activations - trace.head
+    chunk = min(chunk_tokens(vocab), tokens)
+    assert chunked.logits == chunk * vocab * 6 + 2 * vocab * hidden + 4 * tokens * hidden
+    assert chunked.logits < plain.logits  # one chunk here (tiny vocabulary); real vocabularies chunk many
+    prompt = plan_memory(config, PlanRequest(method="prompt", batch=2, seq=200, device="cpu"))
+    assert prompt.activations == prompt.activation_trace.saved(False)  # no supervised logits: plain loss

@@ -27,6 +27,8 @@ class ActivationTrace:
     block_input: int         # one block's input hidden state: all that checkpointing keeps per block
     vocab_size: int
     tokens: int
+    head: int = 0            # what the output head keeps (its input, autocast's copy of its weight): part of outside
+    hidden_size: int = 0     # the head's input width
 
     def saved(self, checkpointing: bool) -> int:
         """Saved tensors alive when backward starts. With (non-reentrant) checkpointing only block inputs are
@@ -101,8 +103,10 @@ def trace_activations(model, batch: int, seq: int, *, device_type: str = "cpu",
     from ..models.layers import transformer_blocks
 
     params = {StorageWeakRef(p.untyped_storage()) for p in model.parameters()}
-    vocab_size = model.get_output_embeddings().weight.shape[0] if model.get_output_embeddings() is not None \
-        else getattr(model.config, "vocab_size", 0)
+    head_module = model.get_output_embeddings()
+    weight = getattr(head_module, "weight", None)
+    vocab_size = weight.shape[0] if weight is not None else getattr(model.config, "vocab_size", 0)
+    hidden_size = weight.shape[1] if weight is not None else getattr(model.config, "hidden_size", 0)
     saved: dict[StorageWeakRef, tuple[int | None, int, bool]] = {}
     state = {"block": None, "input": 0}
 
@@ -128,6 +132,9 @@ def trace_activations(model, batch: int, seq: int, *, device_type: str = "cpu",
     _, blocks = transformer_blocks(model)
     handles = [b.register_forward_pre_hook(enter(i), with_kwargs=True) for i, b in enumerate(blocks)]
     handles += [b.register_forward_hook(leave) for b in blocks]
+    if head_module is not None:
+        handles += [head_module.register_forward_pre_hook(lambda module, args: state.update(block="head")),
+                    head_module.register_forward_hook(leave)]
     ids = torch.zeros(batch, seq, dtype=torch.long, device="meta")
     was_training = model.training
     model.train()
@@ -148,14 +155,17 @@ def trace_activations(model, batch: int, seq: int, *, device_type: str = "cpu",
         model.train(was_training)
     del output
     per_block = [0] * len(blocks)
-    outside = vocab = 0
+    outside = vocab = head = 0
     for ref, (block, nbytes, is_vocab) in saved.items():
         if ref not in alive:
             continue
-        if block is not None:
+        if block == "head":
+            head += nbytes
+            outside += nbytes
+        elif block is not None:
             per_block[block] += nbytes
         elif is_vocab:
             vocab += nbytes
         else:
             outside += nbytes
-    return ActivationTrace(per_block, outside, vocab, state["input"], vocab_size, batch * seq)
+    return ActivationTrace(per_block, outside, vocab, state["input"], vocab_size, batch * seq, head, hidden_size)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..training.chunked_loss import chunk_tokens
 from ..training.dropout import use_fast_dropout
 from .activations import ActivationTrace, trace_activations
 from .optimizers import OPTIMIZERS, optimizer_state_bytes, resolve_optimizer
@@ -48,6 +49,9 @@ class PlanRequest:
     # training.fast_dropout: on CPU each dropout keeps a boolean mask for backward instead of torch's float32 noise
     # (on CUDA torch's fused dropout already does; the switch changes nothing there).
     fast_dropout: bool = True
+    # training.chunked_loss: the head and the loss over chunks of tokens, no tokens x vocabulary logits (when the
+    # model has a plain head and takes supervised logits; `plan_memory` checks).
+    chunked_loss: bool = True
     runtime_overhead: int | None = None
 
     def compute_dtype(self) -> torch.dtype:
@@ -117,14 +121,34 @@ def optimizer_memory(counts: ParamCounts, optimizer: str, request: PlanRequest) 
     return _shard(optimizer_state_bytes(optimizer, counts.trainable, counts.trainable_bytes), request, 1)
 
 
-def activation_memory(trace: ActivationTrace, request: PlanRequest) -> float:
-    return trace.saved(request.gradient_checkpointing)
+def activation_memory(trace: ActivationTrace, request: PlanRequest, chunked: bool = False) -> float:
+    """Saved activations; with the chunked loss the head keeps nothing (its input goes straight to the loss)."""
+    return trace.saved(request.gradient_checkpointing) - (trace.head if chunked else 0)
 
 
 def logits_memory(trace: ActivationTrace, request: PlanRequest) -> float:
     """The loss over the vocabulary: log-softmax output kept for backward, then its gradient and the logits'
     gradient (fp32, batch x sequence x vocabulary each) at the top of backward; only at trained positions."""
     return request.supervised_share * (trace.vocab + 2 * trace.tokens * trace.vocab_size * 4)
+
+
+def chunked_loss_memory(trace: ActivationTrace, request: PlanRequest, head_weight: torch.Tensor) -> float:
+    """training/chunked_loss.py at its peak, the last chunk: the chunk's fp32 logits (turned into their gradient in
+    place) beside the half-precision logits or logit gradient, the head weight cast once for autocast, the
+    gradient of every head input (kept for backward) and, when the head trains, its weight gradient."""
+    tokens = request.supervised_share * trace.tokens
+    half = request.compute_dtype() != torch.float32
+    chunk = min(chunk_tokens(trace.vocab_size), tokens)
+    weight = trace.vocab_size * trace.hidden_size
+    cast = 2 * weight if half and head_weight.dtype == torch.float32 else 0
+    trained = 4 * weight if head_weight.requires_grad else 0
+    return chunk * trace.vocab_size * (6 if half else 4) + cast + 4 * tokens * trace.hidden_size + trained
+
+
+def _chunked_loss_applies(model, request: PlanRequest) -> bool:
+    from ..training.trainer import _plain_head, supports_supervised_logits
+
+    return request.chunked_loss and _plain_head(model) is not None and supports_supervised_logits(model)
 
 
 def step_temporaries(counts: ParamCounts, optimizer: str, request: PlanRequest) -> float:
@@ -173,8 +197,10 @@ def plan_memory(config, request: PlanRequest) -> MemoryPlan:
     weights = weight_memory(counts, request)
     gradients = gradient_memory(counts, request)
     state = optimizer_memory(counts, optimizer, request)
-    activations = activation_memory(trace, request)
-    logits = logits_memory(trace, request)
+    chunked = _chunked_loss_applies(model, request)
+    activations = activation_memory(trace, request, chunked)
+    logits = chunked_loss_memory(trace, request, model.get_output_embeddings().weight) if chunked \
+        else logits_memory(trace, request)
     temporaries = step_temporaries(counts, optimizer, request)
     overhead = runtime_overhead(request)
     pages = checkpoint_pages(config, counts, request)
