@@ -149,6 +149,23 @@ def test_trainer_keeps_full_logits_for_a_soft_capped_head(tmp_path, tmp_path_fac
     batch = _batch()
     with caplog.at_level(logging.WARNING):
         loss, outputs, _ = _loss_and_grads(trainer, model, batch)
-    assert not trainer.chunked_loss and "changes its logits" in caplog.text
+    assert not trainer.chunked_loss and "changes its logits after the head" in caplog.text
     assert outputs.logits.shape[0] == int((batch["labels"][:, 1:] != -100).sum())  # supervised logits instead
     assert torch.isfinite(loss)
+
+
+def test_an_adapted_head_keeps_the_plain_loss(tiny_model_factory, tmp_path, caplog):
+    """LoRA on the head itself: the head is an adapter layer, whose output the chunked loss cannot reproduce."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, TrainingArguments
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_factory("llama"))
+    model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "lm_head"],
+                                             task_type="CAUSAL_LM")).train()
+    trainer = TunesmithTrainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), report_to="none",
+                                                                    use_cpu=True),
+                               supervised_logits=True, chunked_loss=True)
+    with caplog.at_level(logging.WARNING):
+        loss, outputs, grads = _loss_and_grads(trainer, model, _batch())
+    assert not trainer.chunked_loss and "not a plain linear layer" in caplog.text
+    assert outputs.logits.shape[0] > 0 and any("lm_head" in name for name in grads)

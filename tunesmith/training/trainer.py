@@ -134,7 +134,7 @@ class TunesmithTrainer(Trainer):
         try:
             with torch.no_grad(), torch.random.fork_rng(devices=[]):
                 logits = model(input_ids=ids, logits_to_keep=keep).logits
-        except (IndexError, ValueError, RuntimeError):
+        except Exception:  # noqa: BLE001 - a model this check cannot run keeps the plain loss; training goes on
             return False
         finally:
             handle.remove()
@@ -162,9 +162,11 @@ class TunesmithTrainer(Trainer):
         head = _plain_head(self.accelerator.unwrap_model(model))
         if not self._chunked_checked:
             self._chunked_checked = True
-            if head is None or not self._chunked_matches_model(model, masked, head):
-                log.warning("chunked loss: %s changes its logits after the output head (or has no plain head); "
-                            "computing them in full", type(model).__name__)
+            why = "its output head is not a plain linear layer" if head is None else \
+                None if self._chunked_matches_model(model, masked, head) else "it changes its logits after the head"
+            if why:
+                log.warning("chunked loss: not for %s (%s); computing the supervised logits in full",
+                            type(model).__name__, why)
                 self.chunked_loss = False
                 return None
         return head
