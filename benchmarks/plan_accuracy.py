@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -119,7 +120,10 @@ def worker_train(spec: dict) -> dict:
                                optimizers=(method.optimizer(model, cfg.method, args), None),
                                supervised_logits=t.supervised_logits and supports_supervised_logits(model),
                                chunked_loss=t.chunked_loss)
-    trainer.train()
+    try:
+        trainer.train()
+    finally:  # the run's checkpoint (4 GB for a full fine-tune of the 360M model) is not needed
+        shutil.rmtree(out, ignore_errors=True)
     result = {"peak": _peak_rss(), "peak_after_load": after_load, "seconds": time.perf_counter() - start}
     if torch.cuda.is_available():
         result["cuda_peak"] = torch.cuda.max_memory_allocated()

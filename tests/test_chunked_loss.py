@@ -169,3 +169,13 @@ def test_an_adapted_head_keeps_the_plain_loss(tiny_model_factory, tmp_path, capl
         loss, outputs, grads = _loss_and_grads(trainer, model, _batch())
     assert not trainer.chunked_loss and "not a plain linear layer" in caplog.text
     assert outputs.logits.shape[0] > 0 and any("lm_head" in name for name in grads)
+
+
+def test_a_second_backward_is_refused():
+    """The gradients are handed over (scaled in place) by the first backward; a second would be wrong, so it
+    raises instead of silently returning scaled-twice gradients."""
+    h, w, b, t = _head_problem(dtype=torch.float32)
+    loss = chunked_linear_cross_entropy(h, w, b, t)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="backward ran twice"):
+        loss.backward()

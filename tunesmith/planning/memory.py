@@ -145,10 +145,17 @@ def chunked_loss_memory(trace: ActivationTrace, request: PlanRequest, head_weigh
     return chunk * trace.vocab_size * (6 if half else 4) + cast + 4 * tokens * trace.hidden_size + trained
 
 
+#: Config fields of models that change their logits after the head, for which training keeps the plain loss (it
+#: finds out on the first batch; the plan has only the config).
+LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+
+
 def _chunked_loss_applies(model, request: PlanRequest) -> bool:
     from ..training.trainer import _plain_head, supports_supervised_logits
 
-    return request.chunked_loss and _plain_head(model) is not None and supports_supervised_logits(model)
+    transforms = any(getattr(model.config, name, None) not in (None, 1, 1.0) for name in LOGIT_TRANSFORMS)
+    return request.chunked_loss and not transforms and _plain_head(model) is not None and \
+        supports_supervised_logits(model)
 
 
 def step_temporaries(counts: ParamCounts, optimizer: str, request: PlanRequest) -> float:

@@ -62,6 +62,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
                 norm = probs.sum(dim=-1, keepdim=True)
                 total += (peak + norm.log()).sum() - target.sum()
                 if grad_hidden is None and grad_weight is None and grad_bias is None:
+                    del logits, probs
                     continue
                 # d(sum of losses)/d(logits) = softmax - one_hot.
                 grad_logits = probs.div_(norm)
@@ -73,19 +74,28 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
                     grad_weight += (grad_low.T @ h).float()
                 if grad_bias is not None:
                     grad_bias += grad_logits.sum(0)
-        ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
+                # Freed before the next chunk's logits exist: one chunk at a time, as the planner counts.
+                del logits, probs, grad_logits, grad_low
+        # Kept on ctx, not saved tensors: backward scales them in place (no second copy of a vocabulary x hidden
+        # weight gradient) and hands them over, so a second backward through this graph is refused.
+        ctx.grads = (grad_hidden, grad_weight, grad_bias)
         ctx.dtypes = (weight.dtype, bias.dtype if bias is not None else None)
         return total
 
     @staticmethod
     def backward(ctx, grad_total):
-        grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
+        if ctx.grads is None:
+            raise RuntimeError("chunked_linear_cross_entropy: backward ran twice through the same graph")
+        (grad_hidden, grad_weight, grad_bias), ctx.grads = ctx.grads, None
         weight_dtype, bias_dtype = ctx.dtypes
         scale = grad_total.float()
-        return (grad_hidden * scale.to(grad_hidden.dtype) if grad_hidden is not None else None,
-                (grad_weight * scale).to(weight_dtype) if grad_weight is not None else None,
-                (grad_bias * scale).to(bias_dtype) if grad_bias is not None else None,
-                None, None, None)
+        if grad_hidden is not None:
+            grad_hidden.mul_(scale.to(grad_hidden.dtype))
+        if grad_weight is not None:
+            grad_weight = grad_weight.mul_(scale).to(weight_dtype)
+        if grad_bias is not None:
+            grad_bias = grad_bias.mul_(scale).to(bias_dtype)
+        return grad_hidden, grad_weight, grad_bias, None, None, None
 
 
 def chunked_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,

@@ -73,7 +73,8 @@ class _HeadInput:
 
     def _take(self, module, args):
         self.hidden = args[0]
-        return (args[0][:0], *args[1:])
+        # Detached, so the empty call keeps nothing for backward (not even autocast's copy of the weight).
+        return (args[0][:0].detach(), *args[1:])
 
     def __enter__(self):
         self._handle = self.head.register_forward_pre_hook(self._take)
