@@ -60,7 +60,9 @@ def test_method_learns_saves_and_reloads(stories_dir, tmp_path, name):
     loaded = load_for_inference(str(run))
     with torch.no_grad():
         reloaded = loaded.model(**batch(stories_dir)).logits
-    assert torch.allclose(reloaded, capture.logits, atol=1e-4), (reloaded - capture.logits).abs().max()
+    # PiSSA/OLoRA adapters are converted back to a base-relative adapter in float32 on save: an error that grows
+    # with the trained weights, hence relative as well as absolute.
+    assert torch.allclose(reloaded, capture.logits, rtol=1e-4, atol=1e-4), (reloaded - capture.logits).abs().max()
 
 
 @pytest.mark.parametrize("placement", ["houlsby", "pfeiffer"])
