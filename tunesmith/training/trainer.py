@@ -139,6 +139,8 @@ class TunesmithTrainer(Trainer):
             return False
         finally:
             handle.remove()
+        if "hidden" not in captured:  # the forward never reached the head
+            return False
         dtype = head_compute_dtype(head.weight, self._head_dtype())
         with torch.no_grad(), torch.autocast(ids.device.type, enabled=False):
             bias = head.bias.to(dtype) if head.bias is not None else None
