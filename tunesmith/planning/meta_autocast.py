@@ -18,7 +18,6 @@ import functools
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_map
 
 
 def _square(*shape: int) -> torch.Tensor:
@@ -72,7 +71,9 @@ class MetaAutocast(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func in self.functions:
-            args, kwargs = tree_map(self._cast, args), tree_map(self._cast, kwargs)
+            # The matmul family takes its tensors flat, as positional or keyword arguments.
+            args = tuple(self._cast(a) for a in args)
+            kwargs = {name: self._cast(value) for name, value in kwargs.items()}
         return func(*args, **kwargs)
 
     def cast_sdpa(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
