@@ -28,7 +28,6 @@ class ActivationTrace:
     vocab_size: int
     tokens: int
     head: int = 0            # what the output head keeps (its input, autocast's copy of its weight): part of outside
-    hidden_size: int = 0     # the head's input width
 
     def saved(self, checkpointing: bool) -> int:
         """Saved tensors alive when backward starts. With (non-reentrant) checkpointing only block inputs are
@@ -106,7 +105,6 @@ def trace_activations(model, batch: int, seq: int, *, device_type: str = "cpu",
     head_module = model.get_output_embeddings()
     weight = getattr(head_module, "weight", None)
     vocab_size = weight.shape[0] if weight is not None else getattr(model.config, "vocab_size", 0)
-    hidden_size = weight.shape[1] if weight is not None else getattr(model.config, "hidden_size", 0)
     saved: dict[StorageWeakRef, tuple[int | None, int, bool]] = {}
     state = {"block": None, "input": 0}
 
@@ -168,4 +166,4 @@ def trace_activations(model, batch: int, seq: int, *, device_type: str = "cpu",
             vocab += nbytes
         else:
             outside += nbytes
-    return ActivationTrace(per_block, outside, vocab, state["input"], vocab_size, batch * seq, head, hidden_size)
+    return ActivationTrace(per_block, outside, vocab, state["input"], vocab_size, batch * seq, head)

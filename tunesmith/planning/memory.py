@@ -138,11 +138,11 @@ def chunked_loss_memory(trace: ActivationTrace, request: PlanRequest, head_weigh
     gradient of every head input (kept for backward) and, when the head trains, its weight gradient."""
     tokens = request.supervised_share * trace.tokens
     half = request.compute_dtype() != torch.float32
-    chunk = min(chunk_tokens(trace.vocab_size), tokens)
-    weight = trace.vocab_size * trace.hidden_size
-    cast = 2 * weight if half and head_weight.dtype == torch.float32 else 0
-    trained = 4 * weight if head_weight.requires_grad else 0
-    return chunk * trace.vocab_size * (6 if half else 4) + cast + 4 * tokens * trace.hidden_size + trained
+    vocab, hidden = head_weight.shape
+    chunk = min(chunk_tokens(vocab), tokens)
+    cast = 2 * head_weight.numel() if half and head_weight.dtype == torch.float32 else 0
+    trained = 4 * head_weight.numel() if head_weight.requires_grad else 0
+    return chunk * vocab * (6 if half else 4) + cast + 4 * tokens * hidden + trained
 
 
 #: Config fields of models that change their logits after the head, for which training keeps the plain loss (it
@@ -151,10 +151,10 @@ LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
 
 
 def _chunked_loss_applies(model, request: PlanRequest) -> bool:
-    from ..training.trainer import _plain_head, supports_supervised_logits
+    from ..training.trainer import plain_head, supports_supervised_logits
 
     transforms = any(getattr(model.config, name, None) not in (None, 1, 1.0) for name in LOGIT_TRANSFORMS)
-    return request.chunked_loss and not transforms and _plain_head(model) is not None and \
+    return request.chunked_loss and not transforms and plain_head(model) is not None and \
         supports_supervised_logits(model)
 
 

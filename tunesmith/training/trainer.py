@@ -36,16 +36,27 @@ def next_token_mask(labels: torch.Tensor) -> torch.Tensor:
     return keep
 
 
+def supervised_targets(labels: torch.Tensor) -> torch.Tensor:
+    """The next tokens at the kept positions, in mask order."""
+    return labels[:, 1:][next_token_mask(labels)[:, :-1]]
+
+
+def per_item(total: torch.Tensor, targets: int, num_items_in_batch=None) -> torch.Tensor:
+    """A summed loss divided by the tokens of the whole accumulated batch, as transformers' causal-LM loss does
+    (by this batch's `targets` when the Trainer gives no count)."""
+    if num_items_in_batch is None:
+        return total / max(targets, 1)
+    if torch.is_tensor(num_items_in_batch):
+        num_items_in_batch = num_items_in_batch.to(total.device)
+    return total / num_items_in_batch
+
+
 def supervised_loss(outputs, labels: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
     """Cross-entropy of the kept logits (in mask order) against the next tokens; summed over the supervised
     tokens and divided by the tokens of the whole accumulated batch, as transformers' causal-LM loss does."""
-    targets = labels[:, 1:][next_token_mask(labels)[:, :-1]].to(outputs.logits.device)
+    targets = supervised_targets(labels).to(outputs.logits.device)
     loss = F.cross_entropy(outputs.logits.float(), targets, ignore_index=IGNORE_INDEX, reduction="sum")
-    if num_items_in_batch is None:
-        return loss / max(targets.numel(), 1)
-    if torch.is_tensor(num_items_in_batch):
-        num_items_in_batch = num_items_in_batch.to(loss.device)
-    return loss / num_items_in_batch
+    return per_item(loss, targets.numel(), num_items_in_batch)
 
 
 def supports_supervised_logits(model) -> bool:
@@ -84,7 +95,7 @@ class _HeadInput:
         self._handle.remove()
 
 
-def _plain_head(model) -> torch.nn.Linear | None:
+def plain_head(model) -> torch.nn.Linear | None:
     """The model's output head when it is a plain nn.Linear (not an adapter layer), else None."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
@@ -152,17 +163,13 @@ class TunesmithTrainer(Trainer):
         if self._taken is None:
             return supervised_loss(outputs, labels, num_items_in_batch)
         hidden, head = self._taken.hidden, self._taken.head
-        targets = labels[:, 1:][next_token_mask(labels)[:, :-1]].to(hidden.device)
+        targets = supervised_targets(labels).to(hidden.device)
         total = chunked_linear_cross_entropy(hidden, head.weight, head.bias, targets, dtype=self._head_dtype())
-        if num_items_in_batch is None:
-            return total / max(targets.numel(), 1)
-        if torch.is_tensor(num_items_in_batch):
-            num_items_in_batch = num_items_in_batch.to(total.device)
-        return total / num_items_in_batch
+        return per_item(total, targets.numel(), num_items_in_batch)
 
     def _chunked_head(self, model, masked) -> torch.nn.Linear | None:
         """The head to take the input of, once the first batch has shown the model's logits are its output."""
-        head = _plain_head(self.accelerator.unwrap_model(model))
+        head = plain_head(self.accelerator.unwrap_model(model))
         if not self._chunked_checked:
             self._chunked_checked = True
             why = "its output head is not a plain linear layer" if head is None else \
