@@ -7,6 +7,7 @@ import torch
 
 from tunesmith.cli.main import main
 from tunesmith.planning import PlanRequest, exact_counts, load_model_config, plan_memory
+from tunesmith.methods.registry import get_method
 from tunesmith.planning.params import count_params, method_options, nf4_bytes
 
 # Every family the issue names: full, LoRA-family (lora, dora, rslora, qlora), bottleneck adapters, prompt methods.
@@ -127,13 +128,19 @@ def test_memory_model_invariants(folders):
     assert z3.weights == pytest.approx(z0.weights / 4) and z3.optimizer_state == pytest.approx(z0.optimizer_state / 4)
 
 
-@pytest.mark.parametrize("precision", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("method", ["full", "lora", "dora"])
-def test_activation_trace_equals_what_real_autograd_saves(folders, method, precision):
+@pytest.mark.parametrize("method, precision, held", [
+    (method, precision, False) for method in ("full", "lora", "dora") for precision in (torch.float32, torch.bfloat16)
+] + [("lora", torch.bfloat16, True)])
+def test_activation_trace_equals_what_real_autograd_saves(folders, method, precision, held):
     """The meta-device trace must save exactly the bytes a real CPU forward saves for backward (GQA model: the fused
     attention kernel keeps the shared key/value heads, not expanded copies). Under bf16 autocast over the fp32
     model, as training on an AMX CPU runs, that includes the bf16 inputs and weight copies autocast makes for every
-    matmul, which torch.autocast itself never makes on meta tensors."""
+    matmul, which torch.autocast itself never makes on meta tensors; with the frozen linear weights held in bf16
+    (`held`, training.half_frozen_base) the copies of those are gone, in the trace as in autograd."""
+    from tunesmith.training.frozen_base import frozen_linear_dtype, hold_frozen_linears
+
+    held_dtype = frozen_linear_dtype(get_method(method), precision, cuda=False, enabled=held)
+    assert (held_dtype is not None) == held
     from torch.multiprocessing.reductions import StorageWeakRef
     from transformers import AutoModelForCausalLM
 
@@ -142,7 +149,7 @@ def test_activation_trace_equals_what_real_autograd_saves(folders, method, preci
 
     config = load_model_config(str(folders["llama"]))
     assert config.num_key_value_heads < config.num_attention_heads
-    meta, _ = exact_counts(config, method)
+    meta, _ = exact_counts(config, method, compute_dtype=precision, cuda=False, half_frozen_base=held)
     trace = trace_activations(meta, 2, 48, autocast_dtype=precision)
 
     def build():
@@ -151,6 +158,8 @@ def test_activation_trace_equals_what_real_autograd_saves(folders, method, preci
         return model
 
     real, _ = apply_method(build, method, method_options(method), torch.float32)
+    if held_dtype is not None:
+        assert hold_frozen_linears(real, held_dtype)
     real.train()
     params = {StorageWeakRef(p.untyped_storage()) for p in real.parameters()}
     saved = {}
@@ -264,7 +273,7 @@ def test_bf16_autocast_plan_counts_half_precision_weight_copies(folders):
     only trainable leaves), so its activations grow by at least those copies' bytes over what the fp32 plan's bf16
     activations alone would be; nothing is left to a note."""
     config = load_model_config(str(folders["llama"]))
-    request = dict(method="lora", batch=1, seq=32, device="cpu")
+    request = dict(method="lora", batch=1, seq=32, device="cpu", half_frozen_base=False)
     bf16 = plan_memory(config, PlanRequest(**request, precision="bf16"))
     fp32 = plan_memory(config, PlanRequest(**request, precision="fp32"))
     meta, _ = exact_counts(config, "lora")
@@ -295,3 +304,26 @@ def test_chunked_loss_plan_drops_the_vocabulary_buffers(folders):
     assert chunked.logits < plain.logits  # one chunk here (tiny vocabulary); real vocabularies chunk many
     prompt = plan_memory(config, PlanRequest(method="prompt", batch=2, seq=200, device="cpu"))
     assert prompt.activations == prompt.activation_trace.saved(False)  # no supervised logits: plain loss
+
+
+def test_held_frozen_base_plan_drops_the_copies_and_half_the_bytes(folders):
+    """training.half_frozen_base (on by default): under CPU bf16 autocast a LoRA plan stores every frozen linear
+    weight in bf16 and keeps no autocast copies of them; the head (tied to the embedding here) stays fp32."""
+    config = load_model_config(str(folders["llama"]))
+    request = dict(method="lora", batch=1, seq=32, device="cpu", precision="bf16")
+    held = plan_memory(config, PlanRequest(**request))
+    copies = plan_memory(config, PlanRequest(**request, half_frozen_base=False))
+    meta, _ = exact_counts(config, "lora")
+    head = meta.get_output_embeddings().weight
+    frozen_matrices = sum(m.weight.numel() for m in meta.modules()
+                          if type(m) is torch.nn.Linear and not m.weight.requires_grad and m.weight is not head)
+    assert copies.weights - held.weights == 2 * frozen_matrices
+    # Gone: the copy of every frozen matrix whose input gradient backward needs (all but the first layer's q/k/v,
+    # whose input comes from the frozen embedding); the exact bytes are checked against autograd above.
+    first_qkv = sum(getattr(meta.model.model.layers[0].self_attn, f"{p}_proj").weight.numel() for p in "qkv")
+    gone = sum(copies.activation_trace.per_block) - sum(held.activation_trace.per_block)
+    assert gone == 2 * (frozen_matrices - first_qkv)
+    assert held.peak < copies.peak
+    on_gpu = plan_memory(config, PlanRequest(**{**request, "device": "cuda"}))
+    assert on_gpu.weights == plan_memory(config, PlanRequest(**{**request, "device": "cuda"},
+                                                              half_frozen_base=False)).weights

@@ -79,6 +79,9 @@ class TrainingConfig(StrictModel):
     chunked_loss: bool = Field(True, description="LM head and cross-entropy over chunks of tokens, gradients "
                                                  "computed on the way: no tokens x vocabulary logits (needs "
                                                  "supervised_logits; liger_kernel uses Liger's instead)")
+    half_frozen_base: bool = Field(True, description="CPU, bf16 autocast, adapter methods: frozen linear weights "
+                                                     "held in bf16 (the values autocast multiplies with; no "
+                                                     "per-step copies)")
     cpu_threads: int | None = Field(None, gt=0, description="torch threads on CPU (default: physical cores)")
     cpu_allocator: Literal["auto", "tcmalloc", "lean", "default"] = Field(
         "auto", description="CPU (Linux): tcmalloc (preloaded by the tunesmith command; glibc's speed, ~lean's "

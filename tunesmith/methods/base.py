@@ -25,6 +25,9 @@ class Method:
     is_peft: ClassVar[bool] = True
     #: What the run folder holds: "adapter" (PEFT), "full" (a whole model) or "bottleneck" (tunesmith adapters).
     artifact: ClassVar[str] = "adapter"
+    #: False when the method reads frozen base weights outside their layer's matmul (DoRA's weight norm), so they
+    #: must keep the loaded precision (training/frozen_base.py).
+    frozen_weights_in_matmuls_only: ClassVar[bool] = True
 
     def load_kwargs(self, opts: Any, compute_dtype: torch.dtype) -> dict[str, Any]:
         """Extra keyword arguments for `from_pretrained` (e.g. a quantisation config)."""

@@ -16,3 +16,4 @@ class DoraMethod(LoraMethod):
     description = "Weight-decomposed LoRA: magnitude + low-rank direction (PEFT use_dora)"
     Options = DoraOptions
     use_dora = True
+    frozen_weights_in_matmuls_only = False  # the weight norm reads the base weight itself

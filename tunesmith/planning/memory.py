@@ -52,6 +52,9 @@ class PlanRequest:
     # training.chunked_loss: the head and the loss over chunks of tokens, no tokens x vocabulary logits (when the
     # model has a plain head and takes supervised logits; `plan_memory` checks).
     chunked_loss: bool = True
+    # training.half_frozen_base: on CPU under bf16 autocast an adapter method's frozen linear weights are held in
+    # bf16 (training/frozen_base.py); exact_counts applies the same rule to the meta model.
+    half_frozen_base: bool = True
     runtime_overhead: int | None = None
 
     def compute_dtype(self) -> torch.dtype:
@@ -191,7 +194,8 @@ def plan_memory(config, request: PlanRequest) -> MemoryPlan:
     """Predict the peak memory of training `config` as `request` says, per device."""
     opts = method_options(request.method, request.method_options)
     model, counts = exact_counts(config, request.method, opts, compute_dtype=request.compute_dtype(),
-                                 attn_implementation=request.attn_implementation, cuda=request.device == "cuda")
+                                 attn_implementation=request.attn_implementation, cuda=request.device == "cuda",
+                                 half_frozen_base=request.half_frozen_base)
     optimizer = resolve_optimizer(request.optimizer, request.method, request.device)
     # What dropout keeps for backward: training's fast dropout on CPU, and torch's fused dropout on CUDA, keep a
     # boolean mask; the meta trace would take torch's unfused path (float32 noise) unless FastDropout stands in.

@@ -182,12 +182,14 @@ def method_options(method_name: str, values: dict[str, Any] | None = None):
 
 
 def exact_counts(config, method_name: str, opts: Any = None, *, compute_dtype: torch.dtype = torch.float32,
-                 attn_implementation: str | None = None, cuda: bool = True):
+                 attn_implementation: str | None = None, cuda: bool = True, half_frozen_base: bool = True):
     """(prepared meta model, ParamCounts). A method that cannot run on meta weights falls back to counting the
     base model with everything frozen, flagged `exact=False` with the reason, instead of failing the plan.
-    The base is built in the dtype training loads it in on that device (`cuda`)."""
+    The base is built in the dtype training loads it in on that device (`cuda`), and its frozen linear weights held
+    as training holds them (`half_frozen_base`, training/frozen_base.py)."""
     from ..methods.registry import get_method
     from ..models.loading import training_load_dtype
+    from ..training.frozen_base import frozen_linear_dtype, hold_frozen_linears
 
     opts = opts if opts is not None else method_options(method_name)
     full_dtype = training_load_dtype(get_method(method_name).is_peft, compute_dtype, cuda=cuda)
@@ -197,6 +199,9 @@ def exact_counts(config, method_name: str, opts: Any = None, *, compute_dtype: t
 
     try:
         prepared, double_quant = apply_method(build, method_name, opts, compute_dtype)
+        held_dtype = frozen_linear_dtype(get_method(method_name), compute_dtype, cuda=cuda, enabled=half_frozen_base)
+        if held_dtype is not None:
+            hold_frozen_linears(prepared, held_dtype)
         return prepared, count_params(prepared, double_quant)
     except ConfigError:
         raise

@@ -30,6 +30,7 @@ from ..hardware import native_bf16_cpu
 from .arguments import build_training_arguments, configure_cpu_runtime
 from .cpu_memory import choose_cpu_allocator, configure_cpu_allocator, release_free_memory, tcmalloc_tip
 from .dropout import apply_fast_dropout
+from .frozen_base import frozen_linear_dtype, hold_frozen_linears, release
 from ..diagnostics.callback import DiagnosticsCallback, restore_last_good
 from .callbacks import MetricsFileCallback, RichProgressCallback, read_metrics
 from .checkpoints import CHECKPOINT_DIR, is_complete, latest_checkpoint
@@ -113,6 +114,12 @@ def _train_causal_lm(cfg: RunConfig, *, resume: bool, console: Console | None,
         model = method.prepare(model, cfg.method, gradient_checkpointing=cfg.training.gradient_checkpointing,
                                total_steps=total_steps(cfg, len(data.train)))
         apply_fast_dropout(cfg, model, console)
+        held_dtype = frozen_linear_dtype(method, compute_dtype, cuda=torch.cuda.is_available(),
+                                         enabled=cfg.training.half_frozen_base)
+        held = hold_frozen_linears(model, held_dtype) if held_dtype else []
+    if held:
+        console.print(f"[dim]frozen base: {len(held)} linear weights held in {str(held_dtype).removeprefix('torch.')} "
+                      f"for training, the values autocast multiplies with (training.half_frozen_base)[/]")
     trainable, total = count_parameters(model)
     console.print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.4f}%)")
 
@@ -140,6 +147,7 @@ def _train_causal_lm(cfg: RunConfig, *, resume: bool, console: Console | None,
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
     output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    release(held)
 
     extra_meta = {"diagnostics": [f.to_dict() for f in diagnostics.findings]}
     if diagnostics.diverged:  # the last good checkpoint becomes the run's weights

@@ -1,0 +1,123 @@
+"""training.half_frozen_base: frozen linear weights held in bf16 while adapters train under CPU bf16 autocast."""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from tunesmith.methods.registry import all_methods, get_method
+from tunesmith.planning.params import apply_method, method_options
+from tunesmith.training.frozen_base import frozen_linear_dtype, hold_frozen_linears, release
+
+from .test_methods import METHOD_OPTIONS
+from .test_training import batch, losses, make_config
+
+ADAPTER_METHODS = sorted(name for name, m in all_methods().items() if m.artifact == "adapter")
+
+
+def test_where_it_applies():
+    lora, dora, full = get_method("lora"), get_method("dora"), get_method("full")
+    assert frozen_linear_dtype(lora, torch.bfloat16, cuda=False) == torch.bfloat16
+    assert frozen_linear_dtype(lora, torch.float32, cuda=False) is None          # no autocast, no rounding
+    assert frozen_linear_dtype(lora, torch.bfloat16, cuda=True) is None          # a GPU base loads in bf16 already
+    assert frozen_linear_dtype(lora, torch.bfloat16, cuda=False, enabled=False) is None
+    assert frozen_linear_dtype(dora, torch.bfloat16, cuda=False) is None         # its weight norm reads the base
+    assert frozen_linear_dtype(full, torch.bfloat16, cuda=False) is None         # the artifact holds the base
+    assert all(frozen_linear_dtype(m, torch.bfloat16, cuda=False) is None
+               for m in all_methods().values() if m.artifact != "adapter")
+
+
+def _loss_and_grads(model, ids):
+    torch.manual_seed(1)  # the same dropout draws for both models
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("name", ADAPTER_METHODS)
+def test_held_weights_give_autocasts_numbers_exactly(tiny_model_factory, name):
+    """Every adapter method it applies to: the same loss and adapter gradients, bit for bit, as autocast over the
+    fp32 base (it multiplies with the same bf16 values), with the frozen matrices stored in half the bytes."""
+    method = get_method(name)
+    if frozen_linear_dtype(method, torch.bfloat16, cuda=False) is None:
+        pytest.skip(f"{name} keeps the loaded precision")
+    folder = tiny_model_factory("llama")
+    opts = method_options(name, {k: v for k, v in METHOD_OPTIONS.get(name, {}).items()})
+
+    def build():
+        torch.manual_seed(0)
+        return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+
+    plain, _ = apply_method(build, name, opts, torch.bfloat16)
+    held_model, _ = apply_method(build, name, opts, torch.bfloat16)
+    held = hold_frozen_linears(held_model, torch.bfloat16)
+    if name == "qlora":  # its frozen matrices are already 4-bit; only the head is a plain linear layer, kept
+        assert held == []
+        return
+    assert held and all(m.weight.dtype == torch.bfloat16 and not m.weight.requires_grad for m in held)
+    assert held_model.get_output_embeddings().weight.dtype == torch.float32
+    assert held_model.get_input_embeddings().weight.dtype == torch.float32
+    plain.train(), held_model.train()
+    ids = torch.randint(3, 200, (2, 24))
+    loss, grads = _loss_and_grads(plain, ids)
+    held_loss, held_grads = _loss_and_grads(held_model, ids)
+    assert torch.equal(loss, held_loss)
+    assert grads.keys() == held_grads.keys() and all(torch.equal(grads[k], held_grads[k]) for k in grads)
+
+    release(held)  # back in fp32 with the values training multiplied with: the bf16-rounded originals
+    originals = dict(plain.named_modules())
+    for module_name, module in held_model.named_modules():
+        if any(module is m for m in held):
+            original = originals[module_name].weight
+            assert module.weight.dtype == torch.float32
+            assert torch.equal(module.weight, original.to(torch.bfloat16).float())
+
+
+def _mapped(path: Path) -> bool:
+    return str(path.resolve()) in Path("/proc/self/maps").read_text()
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc (Linux)")
+def test_the_checkpoint_mapping_is_let_go(tmp_path, tiny_model_factory):
+    """transformers maps an fp32 checkpoint loaded in fp32 and the weights alias it: unless every frozen tensor
+    leaves the mapping, the fp32 originals stay resident beside their bf16 copies and nothing is saved."""
+    folder = tmp_path / "fp32"
+    AutoModelForCausalLM.from_pretrained(tiny_model_factory("llama"), dtype=torch.float32).save_pretrained(folder)
+    file = folder / "model.safetensors"
+    model, _ = apply_method(lambda: AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32), "lora",
+                            method_options("lora"), torch.bfloat16)
+    gc.collect()
+    if not _mapped(file):
+        pytest.skip("this transformers version copies checkpoints on load")
+    hold_frozen_linears(model, torch.bfloat16)
+    gc.collect()
+    assert not _mapped(file)
+
+
+def test_training_holds_them_and_changes_no_number(stories_dir, tmp_path, amx_cpu):
+    """End to end under bf16 autocast (the default on AMX CPUs): the same losses as with the switch off, the run
+    log says so, and the adapter loads with PEFT for fp32 inference."""
+    from peft import PeftModel
+    from rich.console import Console
+
+    from tunesmith.training.run import train
+
+    runs = {}
+    for switch in (True, False):
+        console = Console(record=True, width=200)
+        run = tmp_path / f"held-{switch}"
+        cfg = make_config(stories_dir, run, {"name": "lora", "dropout": 0.1}, max_steps=6, half_frozen_base=switch)
+        train(cfg, console=console)
+        runs[switch] = (losses(run), console.export_text())
+    assert runs[True][0] == runs[False][0]
+    assert "held in bfloat16" in runs[True][1] and "held in" not in runs[False][1]
+
+    base = AutoModelForCausalLM.from_pretrained(stories_dir)
+    model = PeftModel.from_pretrained(base, tmp_path / "held-True")
+    with torch.no_grad():  # fp32 inference, no autocast
+        assert torch.isfinite(model(**batch(stories_dir)).logits).all()
