@@ -38,8 +38,10 @@ DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
 
 
 def results_file() -> Path:
-    # "-chunked": measured since training's loss went chunked (files without it hold full-logits measurements).
-    return CACHE / f"plan_accuracy-{ALLOCATOR}{'' if PRECISION == 'fp32' else '-' + PRECISION}-chunked.jsonl"
+    # "-chunked": measured since training's loss went chunked (files without it hold full-logits measurements);
+    # "-held": under autocast, since adapter runs hold their frozen base in bf16 (training.half_frozen_base).
+    held = "" if PRECISION == "fp32" else "-held"
+    return CACHE / f"plan_accuracy-{ALLOCATOR}{'' if PRECISION == 'fp32' else '-' + PRECISION}-chunked{held}.jsonl"
 STEPS = 2  # step 1 creates the optimizer state; step 2 runs forward and backward with it alive
 # A Llama-shaped model too big to be "tiny" and built from its config (no download): ~360M parameters.
 LARGER = dict(architectures=["LlamaForCausalLM"], model_type="llama", hidden_size=1024, intermediate_size=2816,
@@ -87,6 +89,7 @@ def worker_train(spec: dict) -> dict:
     from tunesmith.models.loading import load_model, training_compute_dtype, training_load_dtype
     from tunesmith.training.arguments import build_training_arguments
     from tunesmith.training.dropout import apply_fast_dropout
+    from tunesmith.training.frozen_base import frozen_linear_dtype, hold_frozen_linears
     from tunesmith.training.trainer import TunesmithTrainer, supports_supervised_logits
 
     out = tempfile.mkdtemp(prefix="plan-bench-")
@@ -107,6 +110,10 @@ def worker_train(spec: dict) -> dict:
     model = method.prepare(model, cfg.method, gradient_checkpointing=cfg.training.gradient_checkpointing,
                            total_steps=STEPS)
     apply_fast_dropout(cfg, model)
+    held_dtype = frozen_linear_dtype(method, compute_dtype, cuda=torch.cuda.is_available(),
+                                     enabled=cfg.training.half_frozen_base)
+    if held_dtype is not None:
+        hold_frozen_linears(model, held_dtype)
     generator = torch.Generator().manual_seed(0)
     n = spec["batch"] * STEPS
     ids = torch.randint(3, model.config.vocab_size, (n, spec["seq"]), generator=generator).tolist()

@@ -16,7 +16,9 @@ from tunesmith.training.frozen_base import frozen_linear_dtype, hold_frozen_line
 from .test_methods import METHOD_OPTIONS
 from .test_training import batch, losses, make_config
 
-ADAPTER_METHODS = sorted(name for name, m in all_methods().items() if m.artifact == "adapter")
+# The adapter methods it applies to (DoRA's exclusion is checked in test_where_it_applies).
+HELD_METHODS = sorted(name for name, m in all_methods().items()
+                      if frozen_linear_dtype(m, torch.bfloat16, cuda=False) is not None)
 
 
 def test_where_it_applies():
@@ -39,13 +41,10 @@ def _loss_and_grads(model, ids):
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-@pytest.mark.parametrize("name", ADAPTER_METHODS)
+@pytest.mark.parametrize("name", HELD_METHODS)
 def test_held_weights_give_autocasts_numbers_exactly(tiny_model_factory, name):
     """Every adapter method it applies to: the same loss and adapter gradients, bit for bit, as autocast over the
     fp32 base (it multiplies with the same bf16 values), with the frozen matrices stored in half the bytes."""
-    method = get_method(name)
-    if frozen_linear_dtype(method, torch.bfloat16, cuda=False) is None:
-        pytest.skip(f"{name} keeps the loaded precision")
     folder = tiny_model_factory("llama")
     opts = method_options(name, {k: v for k, v in METHOD_OPTIONS.get(name, {}).items()})
 
