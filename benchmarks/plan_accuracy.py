@@ -89,7 +89,7 @@ def worker_train(spec: dict) -> dict:
     from tunesmith.models.loading import load_model, training_compute_dtype, training_load_dtype
     from tunesmith.training.arguments import build_training_arguments
     from tunesmith.training.dropout import apply_fast_dropout
-    from tunesmith.training.frozen_base import frozen_linear_dtype, hold_frozen_linears
+    from tunesmith.training.frozen_base import hold_for_training
     from tunesmith.training.trainer import TunesmithTrainer, supports_supervised_logits
 
     out = tempfile.mkdtemp(prefix="plan-bench-")
@@ -110,10 +110,8 @@ def worker_train(spec: dict) -> dict:
     model = method.prepare(model, cfg.method, gradient_checkpointing=cfg.training.gradient_checkpointing,
                            total_steps=STEPS)
     apply_fast_dropout(cfg, model)
-    held_dtype = frozen_linear_dtype(method, compute_dtype, cuda=torch.cuda.is_available(),
-                                     enabled=cfg.training.half_frozen_base)
-    if held_dtype is not None:
-        hold_frozen_linears(model, held_dtype)
+    hold_for_training(model, method, compute_dtype, cuda=torch.cuda.is_available(),
+                      enabled=cfg.training.half_frozen_base)
     generator = torch.Generator().manual_seed(0)
     n = spec["batch"] * STEPS
     ids = torch.randint(3, model.config.vocab_size, (n, spec["seq"]), generator=generator).tolist()

@@ -189,7 +189,7 @@ def exact_counts(config, method_name: str, opts: Any = None, *, compute_dtype: t
     as training holds them (`half_frozen_base`, training/frozen_base.py)."""
     from ..methods.registry import get_method
     from ..models.loading import training_load_dtype
-    from ..training.frozen_base import frozen_linear_dtype, hold_frozen_linears
+    from ..training.frozen_base import hold_for_training
 
     opts = opts if opts is not None else method_options(method_name)
     full_dtype = training_load_dtype(get_method(method_name).is_peft, compute_dtype, cuda=cuda)
@@ -199,9 +199,7 @@ def exact_counts(config, method_name: str, opts: Any = None, *, compute_dtype: t
 
     try:
         prepared, double_quant = apply_method(build, method_name, opts, compute_dtype)
-        held_dtype = frozen_linear_dtype(get_method(method_name), compute_dtype, cuda=cuda, enabled=half_frozen_base)
-        if held_dtype is not None:
-            hold_frozen_linears(prepared, held_dtype)
+        hold_for_training(prepared, get_method(method_name), compute_dtype, cuda=cuda, enabled=half_frozen_base)
         return prepared, count_params(prepared, double_quant)
     except ConfigError:
         raise

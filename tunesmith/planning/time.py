@@ -16,7 +16,7 @@ import torch
 
 from ..methods.registry import get_method
 from ..models.loading import training_load_dtype
-from ..training.frozen_base import frozen_linear_dtype, hold_frozen_linears
+from ..training.frozen_base import hold_for_training
 from ..training.dropout import use_fast_dropout
 from .memory import PlanRequest
 from .params import apply_method, method_options
@@ -51,10 +51,8 @@ def probe_throughput(config, request: PlanRequest, *, steps: int = 3, progress=N
         return model
 
     model, _ = apply_method(build, method, method_options(method, request.method_options), compute_dtype)
-    held_dtype = frozen_linear_dtype(get_method(method), compute_dtype, cuda=device.type == "cuda",
-                                     enabled=request.half_frozen_base)
-    if held_dtype is not None:
-        hold_frozen_linears(model, held_dtype)
+    hold_for_training(model, get_method(method), compute_dtype, cuda=device.type == "cuda",
+                      enabled=request.half_frozen_base)
     if device.type == "cpu" and request.fast_dropout:
         use_fast_dropout(model)
     if request.gradient_checkpointing:

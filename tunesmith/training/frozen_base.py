@@ -31,6 +31,14 @@ def frozen_linear_dtype(method, compute_dtype: torch.dtype, *, cuda: bool, enabl
     return compute_dtype if training_load_dtype(method.is_peft, compute_dtype, cuda=cuda) == torch.float32 else None
 
 
+def hold_for_training(model: torch.nn.Module, method, compute_dtype: torch.dtype, *, cuda: bool,
+                      enabled: bool = True) -> list[torch.nn.Linear]:
+    """`hold_frozen_linears` where `frozen_linear_dtype` says it applies (training, the planner and the benchmarks
+    all call this, so they hold the same weights); returns the layers changed."""
+    dtype = frozen_linear_dtype(method, compute_dtype, cuda=cuda, enabled=enabled)
+    return hold_frozen_linears(model, dtype) if dtype is not None else []
+
+
 def _head_and_embedding_weights(model) -> set[int]:
     # The output head stays in the loaded dtype: the chunked loss casts it once per step, and it is often the
     # input embedding too (tied), which must not round the residual stream.

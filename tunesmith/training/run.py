@@ -30,7 +30,7 @@ from ..hardware import native_bf16_cpu
 from .arguments import build_training_arguments, configure_cpu_runtime
 from .cpu_memory import choose_cpu_allocator, configure_cpu_allocator, release_free_memory, tcmalloc_tip
 from .dropout import apply_fast_dropout
-from .frozen_base import frozen_linear_dtype, hold_frozen_linears, release
+from .frozen_base import hold_for_training, release
 from ..diagnostics.callback import DiagnosticsCallback, restore_last_good
 from .callbacks import MetricsFileCallback, RichProgressCallback, read_metrics
 from .checkpoints import CHECKPOINT_DIR, is_complete, latest_checkpoint
@@ -114,11 +114,11 @@ def _train_causal_lm(cfg: RunConfig, *, resume: bool, console: Console | None,
         model = method.prepare(model, cfg.method, gradient_checkpointing=cfg.training.gradient_checkpointing,
                                total_steps=total_steps(cfg, len(data.train)))
         apply_fast_dropout(cfg, model, console)
-        held_dtype = frozen_linear_dtype(method, compute_dtype, cuda=torch.cuda.is_available(),
-                                         enabled=cfg.training.half_frozen_base)
-        held = hold_frozen_linears(model, held_dtype) if held_dtype else []
+        held = hold_for_training(model, method, compute_dtype, cuda=torch.cuda.is_available(),
+                                 enabled=cfg.training.half_frozen_base)
     if held:
-        console.print(f"[dim]frozen base: {len(held)} linear weights held in {str(held_dtype).removeprefix('torch.')} "
+        dtype = str(held[0].weight.dtype).removeprefix("torch.")
+        console.print(f"[dim]frozen base: {len(held)} linear weights held in {dtype} "
                       f"for training, the values autocast multiplies with (training.half_frozen_base)[/]")
     trainable, total = count_parameters(model)
     console.print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.4f}%)")
