@@ -98,6 +98,43 @@ def test_the_checkpoint_mapping_is_let_go(tmp_path, tiny_model_factory):
     assert not _mapped(file)
 
 
+HOLD_PEAK = """
+import sys, torch
+from pathlib import Path
+from transformers import AutoModelForCausalLM
+from tunesmith.training.frozen_base import hold_frozen_linears
+
+def high_water():
+    line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmHWM:"))
+    return int(line.split()[1]) * 1024
+
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32).requires_grad_(False)
+before = high_water()
+held = hold_frozen_linears(model, torch.bfloat16)
+print(high_water() - before, sum(m.weight.numel() for m in held))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc (Linux)")
+def test_holding_does_not_first_read_the_whole_checkpoint_in(tmp_path):
+    """The cast reads every fp32 original from the mapped checkpoint; each one's pages are let go once its bf16
+    copy exists, so the process grows by about the bf16 copies, not by the fp32 originals plus the copies (which
+    peaked above training itself for a 360M model)."""
+    import subprocess
+    import sys
+
+    from transformers import LlamaConfig
+
+    config = LlamaConfig(vocab_size=1000, hidden_size=1024, intermediate_size=4096, num_hidden_layers=2,
+                         num_attention_heads=8, num_key_value_heads=8)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)  # 128 MB of fp32 matrices
+    out = subprocess.run([sys.executable, "-c", HOLD_PEAK, str(tmp_path)], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parents[1]).stdout.split()
+    growth, held = int(out[-2]), int(out[-1])
+    assert held == 2 * (4 * 1024 * 1024 + 3 * 1024 * 4096)
+    assert growth < 3 * held  # the bf16 copies (2 bytes each) and one original at a time, not 4 + 2 bytes each
+
+
 def test_training_holds_them_and_changes_no_number(stories_dir, tmp_path, amx_cpu):
     """End to end under bf16 autocast (the default on AMX CPUs): the same losses as with the switch off, the run
     log says so, and the adapter loads with PEFT for fp32 inference."""

@@ -17,6 +17,10 @@ and evaluation may run without autocast, where an fp32 input cannot meet a bf16 
 
 from __future__ import annotations
 
+import ctypes
+import os
+from pathlib import Path
+
 import torch
 
 from ..models.loading import training_load_dtype
@@ -54,9 +58,11 @@ def hold_frozen_linears(model: torch.nn.Module, dtype: torch.dtype) -> list[torc
     """Store every frozen fp32 `nn.Linear` weight of `model` in `dtype`; returns the layers changed.
 
     The other frozen tensors are copied too: transformers maps a checkpoint stored in the load dtype and its
-    tensors alias that mapping, which stays resident (with the fp32 originals of the cast weights, read once by
-    the cast) as long as any one of them still points into it."""
+    tensors alias that mapping, which stays resident as long as any one of them still points into it. And each
+    original's pages are let go as soon as its copy exists (`_MappedPages`): every page the cast reads stays
+    resident until the mapping goes, so a 360M-parameter model's hold peaked at 2.8 GB, above its training."""
     keep = _head_and_embedding_weights(model)
+    mapped = _MappedPages()
     held, replaced = [], {}
     for module in model.modules():
         weight = getattr(module, "weight", None)
@@ -65,13 +71,59 @@ def hold_frozen_linears(model: torch.nn.Module, dtype: torch.dtype) -> list[torc
             continue
         if id(weight) not in replaced:  # a weight shared by two layers stays one tensor
             replaced[id(weight)] = torch.nn.Parameter(weight.detach().to(dtype), requires_grad=False)
+            mapped.let_go(weight)
         module.weight = replaced[id(weight)]
         held.append(module)
     if held:
         for param in model.parameters():
             if not param.requires_grad and param.dtype == torch.float32:
-                param.data = param.data.clone()  # the Parameter object (and any tie to it) stays the same
+                original = param.data
+                param.data = original.clone()  # the Parameter object (and any tie to it) stays the same
+                mapped.let_go(original)
     return held
+
+
+class _MappedPages:
+    """Drops from this process the pages of a tensor that lies in a file mapping (a checkpoint), once the tensor is
+    no longer used. Why by hand: neither torch nor safetensors unmaps part of a mapping, and its pages count in the
+    process's memory until all of it goes. madvise(MADV_DONTNEED) on a file's pages only drops them (they would be
+    read again from the file), and only pages wholly inside the tensor are touched, so no other tensor's are.
+    Linux only (/proc/self/maps); elsewhere nothing is dropped."""
+
+    MADV_DONTNEED = 4
+
+    def __init__(self):
+        self.ranges: list[tuple[int, int]] | None = None  # read at the first CPU tensor (the planner's are meta)
+
+    def _read_maps(self) -> list[tuple[int, int]]:
+        self.ranges = []
+        try:
+            lines = Path("/proc/self/maps").read_text().splitlines()
+            self.madvise = ctypes.CDLL(None, use_errno=True).madvise
+            self.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+        except (OSError, AttributeError):
+            return self.ranges
+        for line in lines:
+            fields = line.split(maxsplit=5)
+            if len(fields) == 6 and fields[5].startswith("/") and fields[4] != "0":  # backed by a file
+                start, end = (int(x, 16) for x in fields[0].split("-"))
+                self.ranges.append((start, end))
+        self.page = os.sysconf("SC_PAGE_SIZE")
+        return self.ranges
+
+    def let_go(self, tensor: torch.Tensor) -> None:
+        if tensor.device.type != "cpu" or not tensor.is_contiguous():
+            return
+        if not (self.ranges if self.ranges is not None else self._read_maps()):
+            return
+        start = tensor.data_ptr()
+        end = start + tensor.numel() * tensor.element_size()
+        if not any(low <= start and end <= high for low, high in self.ranges):
+            return
+        first = -(-start // self.page) * self.page
+        last = end // self.page * self.page
+        if last > first:
+            self.madvise(first, last - first, self.MADV_DONTNEED)
 
 
 def release(held: list[torch.nn.Linear]) -> None:
