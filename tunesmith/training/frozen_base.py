@@ -57,8 +57,9 @@ def _head_and_embedding_weights(model) -> set[int]:
 def hold_frozen_linears(model: torch.nn.Module, dtype: torch.dtype) -> list[torch.nn.Linear]:
     """Store every frozen fp32 `nn.Linear` weight of `model` in `dtype`; returns the layers changed.
 
-    The other frozen tensors are copied too: transformers maps a checkpoint stored in the load dtype and its
-    tensors alias that mapping, which stays resident as long as any one of them still points into it. And each
+    The other frozen tensors that lie in a mapped checkpoint are copied out of it: transformers maps a checkpoint
+    stored in the load dtype and its tensors alias that mapping, which stays resident as long as any one of them
+    still points into it. And each
     original's pages are let go as soon as its copy exists (`_MappedPages`): every page the cast reads stays
     resident until the mapping goes, so a 360M-parameter model's hold peaked at 2.8 GB, above its training."""
     keep = _head_and_embedding_weights(model)
@@ -76,7 +77,7 @@ def hold_frozen_linears(model: torch.nn.Module, dtype: torch.dtype) -> list[torc
         held.append(module)
     if held:
         for param in model.parameters():
-            if not param.requires_grad and param.dtype == torch.float32:
+            if not param.requires_grad and mapped.holds(param.data):
                 original = param.data
                 param.data = original.clone()  # the Parameter object (and any tie to it) stays the same
                 mapped.let_go(original)
@@ -111,15 +112,21 @@ class _MappedPages:
         self.page = os.sysconf("SC_PAGE_SIZE")
         return self.ranges
 
-    def let_go(self, tensor: torch.Tensor) -> None:
+    def holds(self, tensor: torch.Tensor) -> bool:
+        """Whether `tensor` lies in a file mapping (the planner's meta tensors, and copies, do not)."""
         if tensor.device.type != "cpu" or not tensor.is_contiguous():
-            return
+            return False
         if not (self.ranges if self.ranges is not None else self._read_maps()):
+            return False
+        start = tensor.data_ptr()
+        end = start + tensor.numel() * tensor.element_size()
+        return any(low <= start and end <= high for low, high in self.ranges)
+
+    def let_go(self, tensor: torch.Tensor) -> None:
+        if not self.holds(tensor):
             return
         start = tensor.data_ptr()
         end = start + tensor.numel() * tensor.element_size()
-        if not any(low <= start and end <= high for low, high in self.ranges):
-            return
         first = -(-start // self.page) * self.page
         last = end // self.page * self.page
         if last > first:
