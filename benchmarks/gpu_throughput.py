@@ -8,6 +8,8 @@ bf16, LoRA r=16 on q/k/v/o. Each (shape, variant) trains in a fresh process so p
   hf+liger   the same with `use_liger_kernel=True` (fused linear cross-entropy, RMSNorm, RoPE, SwiGLU)
   tunesmith  tunesmith's TunesmithTrainer (LM head only at supervised positions) + Liger, as `training.liger_kernel:
              true` configures it (Liger's fused cross-entropy then takes the place of the supervised-logits path)
+  tunesmith-chunked  tunesmith's default (`training.liger_kernel` off): TunesmithTrainer with its own chunked LM-head
+             cross-entropy (training/chunked_loss.py) instead of Liger's, torch's own kernels elsewhere
 
 Half of each sequence is "prompt" (label -100), as in instruction data. MFU counts the model FLOPs a LoRA/QLoRA
 step needs — forward 2·N·tokens plus attention 4·layers·seq·hidden·tokens (causal: half of it), backward the same
@@ -39,7 +41,7 @@ SHAPES = {  # Llama-3.2-1B and Llama-3-8B configurations (public model cards)
                  num_key_value_heads=2, vocab_size=1000, tie_word_embeddings=True),
 }
 RUNS = {"llama-3.2-1b": "lora", "llama-3-8b": "qlora"}
-VARIANTS = ("hf", "hf+liger", "tunesmith")
+VARIANTS = ("hf", "hf+liger", "tunesmith", "tunesmith-chunked")
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 
 
@@ -95,15 +97,17 @@ def worker(args) -> None:
         output_dir=str(Path(args.out) / "run"), per_device_train_batch_size=args.batch, max_steps=args.steps,
         learning_rate=2e-4, logging_steps=1, save_strategy="no", report_to="none", bf16=cuda,
         use_cpu=not cuda, gradient_checkpointing=args.method == "qlora",
-        gradient_checkpointing_kwargs={"use_reentrant": False}, use_liger_kernel=args.variant != "hf" and cuda,
+        gradient_checkpointing_kwargs={"use_reentrant": False}, use_liger_kernel=args.variant in ("hf+liger", "tunesmith") and cuda,
         remove_unused_columns=False, dataloader_num_workers=0)
     kwargs = dict(model=model, args=training, train_dataset=data, callbacks=[Clock()])
-    if args.variant == "tunesmith":
+    if args.variant.startswith("tunesmith"):
         sys.path.insert(0, str(ROOT))
         from tunesmith.training.trainer import TunesmithTrainer
 
-        # As run.py does: the supervised-logits path only where Liger's fused cross-entropy is not in use.
-        trainer = TunesmithTrainer(**kwargs, supervised_logits=not training.use_liger_kernel)
+        # As run.py does: the supervised-logits path (chunked by default) only where Liger's fused cross-entropy is
+        # not in use.
+        trainer = TunesmithTrainer(**kwargs, supervised_logits=not training.use_liger_kernel,
+                                   chunked_loss=args.variant == "tunesmith-chunked")
     else:
         trainer = Trainer(**kwargs)
     if cuda:
@@ -170,7 +174,7 @@ def main() -> None:
                 r = json.loads(result.read_text())
                 baseline = baseline or (r["tokens_per_s"] if variant == "hf" else None)
                 mfu = r["tokens_per_s"] * model_flops_per_token(SHAPES[shape], args.seq) / (peak * 1e12) if peak else None
-                table.add_row(name, RUNS[name], variant + ("" if r["liger"] or variant == "hf" else " (no Liger: CPU)"),
+                table.add_row(name, RUNS[name], variant + ("" if r["liger"] or variant in ("hf", "tunesmith-chunked") else " (no Liger: CPU)"),
                               f"{r['tokens_per_s']:,.0f}", f"{r['s_per_step']:.3f}",
                               f"{100 * mfu:.1f}%" if mfu else "-", f"{r['peak_gib']:.2f}",
                               f"{r['tokens_per_s'] / baseline:.2f}x" if baseline else "")
