@@ -46,7 +46,7 @@ def test_held_weights_give_autocasts_numbers_exactly(tiny_model_factory, name):
     """Every adapter method it applies to: the same loss and adapter gradients, bit for bit, as autocast over the
     fp32 base (it multiplies with the same bf16 values), with the frozen matrices stored in half the bytes."""
     folder = tiny_model_factory("llama")
-    opts = method_options(name, {k: v for k, v in METHOD_OPTIONS.get(name, {}).items()})
+    opts = method_options(name, METHOD_OPTIONS.get(name))
 
     def build():
         torch.manual_seed(0)
