@@ -16,7 +16,7 @@ from tunesmith.training.frozen_base import frozen_linear_dtype, hold_frozen_line
 from .test_methods import METHOD_OPTIONS
 from .test_training import batch, losses, make_config
 
-# The adapter methods it applies to (DoRA's exclusion is checked in test_where_it_applies).
+# The methods it applies to (DoRA's exclusion is checked in test_where_it_applies).
 HELD_METHODS = sorted(name for name, m in all_methods().items()
                       if frozen_linear_dtype(m, torch.bfloat16, cuda=False) is not None)
 
@@ -30,7 +30,8 @@ def test_where_it_applies():
     assert frozen_linear_dtype(dora, torch.bfloat16, cuda=False) is None         # its weight norm reads the base
     assert frozen_linear_dtype(full, torch.bfloat16, cuda=False) is None         # the artifact holds the base
     assert all(frozen_linear_dtype(m, torch.bfloat16, cuda=False) is None
-               for m in all_methods().values() if m.artifact != "adapter")
+               for m in all_methods().values() if m.artifact == "full")
+    assert {"houlsby", "pfeiffer", "hybrid"} <= set(HELD_METHODS)  # their artifacts hold only the adapters
 
 
 def _loss_and_grads(model, ids):
@@ -43,7 +44,7 @@ def _loss_and_grads(model, ids):
 
 @pytest.mark.parametrize("name", HELD_METHODS)
 def test_held_weights_give_autocasts_numbers_exactly(tiny_model_factory, name):
-    """Every adapter method it applies to: the same loss and adapter gradients, bit for bit, as autocast over the
+    """Every method it applies to: the same loss and adapter gradients, bit for bit, as autocast over the
     fp32 base (it multiplies with the same bf16 values), with the frozen matrices stored in half the bytes."""
     folder = tiny_model_factory("llama")
     opts = method_options(name, METHOD_OPTIONS.get(name))
@@ -157,3 +158,20 @@ def test_training_holds_them_and_changes_no_number(stories_dir, tmp_path, amx_cp
     model = PeftModel.from_pretrained(base, tmp_path / "held-True")
     with torch.no_grad():  # fp32 inference, no autocast
         assert torch.isfinite(model(**batch(stories_dir)).logits).all()
+
+
+@pytest.mark.parametrize("name", ["houlsby", "hybrid"])
+def test_tunesmith_adapters_train_held_and_reload(stories_dir, tmp_path, amx_cpu, name):
+    """Bottleneck and hybrid runs hold the base too (their artifacts hold only the adapters): they train under bf16
+    autocast and their run folder reloads for fp32 inference."""
+    from rich.console import Console
+
+    from tunesmith.models.loading import load_for_inference
+    from tunesmith.training.run import train
+
+    run, console = tmp_path / name, Console(record=True, width=200)
+    train(make_config(stories_dir, run, {"name": name, **METHOD_OPTIONS[name]}, max_steps=4), console=console)
+    assert "held in bfloat16" in console.export_text() and len(losses(run)) == 4
+    loaded = load_for_inference(str(run))
+    with torch.no_grad():
+        assert torch.isfinite(loaded.model(**batch(stories_dir)).logits).all()

@@ -7,8 +7,8 @@ top of backward a bf16 twin of every frozen matrix is alive beside the fp32 orig
 halves their storage and keeps no twins: SmolLM2-135M LoRA at 4 x 512 tokens peaked ~400 MiB lower.
 
 Where it applies (`frozen_linear_dtype`): CPU, half-precision autocast, an fp32 base, and a method whose artifact
-is an adapter (the saved files never hold the base) and whose frozen weights enter nothing but their own layer's
-matmul (`Method.frozen_weights_in_matmuls_only`; DoRA also reads them for its weight norm). On a GPU a PEFT base
+never holds the base (PEFT adapters, bottleneck adapters, hybrid; not full or freeze fine-tuning) and whose frozen
+weights enter nothing but their own layer's matmul (`Method.frozen_weights_in_matmuls_only`; DoRA also reads them for its weight norm). On a GPU a PEFT base
 is already loaded in the compute dtype (`models.loading.training_load_dtype`).
 
 After training the weights go back to fp32 (`release`), with the values training multiplied with, because inference
@@ -28,7 +28,7 @@ from ..models.loading import training_load_dtype
 
 def frozen_linear_dtype(method, compute_dtype: torch.dtype, *, cuda: bool, enabled: bool = True) -> torch.dtype | None:
     """The dtype frozen linear weights are held in during training, or None to leave them as loaded."""
-    if not enabled or cuda or compute_dtype == torch.float32 or method.artifact != "adapter":
+    if not enabled or cuda or compute_dtype == torch.float32 or method.artifact == "full":
         return None
     if not method.frozen_weights_in_matmuls_only:
         return None
