@@ -175,3 +175,27 @@ def test_tunesmith_adapters_train_held_and_reload(stories_dir, tmp_path, amx_cpu
     loaded = load_for_inference(str(run))
     with torch.no_grad():
         assert torch.isfinite(loaded.model(**batch(stories_dir)).logits).all()
+
+
+@pytest.mark.parametrize("name", ["lora", "houlsby"])
+def test_held_run_resumes_to_the_same_weights(stories_dir, tmp_path, amx_cpu, name):
+    """Killed and resumed under bf16 autocast with the base held: the checkpoint (a PEFT adapter, or for bottleneck
+    adapters the whole model with its held matrices) loads back into the held model and training ends where an
+    uninterrupted run ends."""
+    from safetensors.torch import load_file
+
+    from tunesmith.adapters.bottleneck import WEIGHTS
+    from tunesmith.training.run import train
+
+    from .test_training import Crash
+
+    method = {"name": name, **METHOD_OPTIONS[name]}
+    opts = dict(max_steps=6, save_steps=3, learning_rate=3e-3)
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train(make_config(stories_dir, straight, method, **opts))
+    with pytest.raises(KeyboardInterrupt):
+        train(make_config(stories_dir, resumed, method, **opts), extra_callbacks=[Crash(at_step=4)])
+    train(make_config(stories_dir, resumed, method, **opts), resume=True)
+    file = "adapter_model.safetensors" if name == "lora" else WEIGHTS
+    a, b = load_file(straight / file), load_file(resumed / file)
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
