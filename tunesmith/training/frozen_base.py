@@ -23,16 +23,13 @@ from pathlib import Path
 
 import torch
 
-from ..models.loading import training_load_dtype
-
 
 def frozen_linear_dtype(method, compute_dtype: torch.dtype, *, cuda: bool, enabled: bool = True) -> torch.dtype | None:
-    """The dtype frozen linear weights are held in during training, or None to leave them as loaded."""
+    """The dtype frozen linear weights are held in during training, or None to leave them as loaded. On CPU
+    training loads the base in fp32 (`models.loading.training_load_dtype`); only fp32 weights are held."""
     if not enabled or cuda or compute_dtype == torch.float32 or method.artifact == "full":
         return None
-    if not method.frozen_weights_in_matmuls_only:
-        return None
-    return compute_dtype if training_load_dtype(method.is_peft, compute_dtype, cuda=cuda) == torch.float32 else None
+    return compute_dtype if method.frozen_weights_in_matmuls_only else None
 
 
 def hold_for_training(model: torch.nn.Module, method, compute_dtype: torch.dtype, *, cuda: bool,
@@ -59,22 +56,15 @@ def hold_frozen_linears(model: torch.nn.Module, dtype: torch.dtype) -> list[torc
 
     The other frozen tensors that lie in a mapped checkpoint are copied out of it: transformers maps a checkpoint
     stored in the load dtype and its tensors alias that mapping, which stays resident as long as any one of them
-    still points into it. And each
-    original's pages are let go as soon as its copy exists (`_MappedPages`): every page the cast reads stays
-    resident until the mapping goes, so a 360M-parameter model's hold peaked at 2.8 GB, above its training."""
+    still points into it. And each original's pages are let go as soon as its copy exists (`_MappedPages`): every
+    page the cast reads stays resident until the mapping goes, so a 360M-parameter model's hold peaked at 2.8 GB,
+    above its training."""
     keep = _head_and_embedding_weights(model)
+    held = [module for module in model.modules()
+            if type(module) is torch.nn.Linear and not module.weight.requires_grad
+            and module.weight.dtype == torch.float32 and id(module.weight) not in keep]
     mapped = _MappedPages()
-    held, replaced = [], {}
-    for module in model.modules():
-        weight = getattr(module, "weight", None)
-        if type(module) is not torch.nn.Linear or weight is None or weight.requires_grad or \
-                weight.dtype != torch.float32 or id(weight) in keep:
-            continue
-        if id(weight) not in replaced:  # a weight shared by two layers stays one tensor
-            replaced[id(weight)] = torch.nn.Parameter(weight.detach().to(dtype), requires_grad=False)
-            mapped.let_go(weight)
-        module.weight = replaced[id(weight)]
-        held.append(module)
+    _store_weights(held, dtype, mapped)
     if held:
         for param in model.parameters():
             if not param.requires_grad and mapped.holds(param.data):
@@ -112,21 +102,24 @@ class _MappedPages:
         self.page = os.sysconf("SC_PAGE_SIZE")
         return self.ranges
 
-    def holds(self, tensor: torch.Tensor) -> bool:
-        """Whether `tensor` lies in a file mapping (the planner's meta tensors, and copies, do not)."""
+    def _extent(self, tensor: torch.Tensor) -> tuple[int, int] | None:
+        """The tensor's bytes when they lie in a file mapping (the planner's meta tensors, and copies, do not)."""
         if tensor.device.type != "cpu" or not tensor.is_contiguous():
-            return False
+            return None
         if not (self.ranges if self.ranges is not None else self._read_maps()):
-            return False
+            return None
         start = tensor.data_ptr()
         end = start + tensor.numel() * tensor.element_size()
-        return any(low <= start and end <= high for low, high in self.ranges)
+        return (start, end) if any(low <= start and end <= high for low, high in self.ranges) else None
+
+    def holds(self, tensor: torch.Tensor) -> bool:
+        return self._extent(tensor) is not None
 
     def let_go(self, tensor: torch.Tensor) -> None:
-        if not self.holds(tensor):
+        extent = self._extent(tensor)
+        if extent is None:
             return
-        start = tensor.data_ptr()
-        end = start + tensor.numel() * tensor.element_size()
+        start, end = extent
         first = -(-start // self.page) * self.page
         last = end // self.page * self.page
         if last > first:
@@ -135,9 +128,16 @@ class _MappedPages:
 
 def release(held: list[torch.nn.Linear]) -> None:
     """Back to fp32 after training (the values are those training used)."""
+    _store_weights(held, torch.float32)
+
+
+def _store_weights(layers: list[torch.nn.Linear], dtype: torch.dtype, mapped: _MappedPages | None = None) -> None:
+    """Give each layer a frozen copy of its weight in `dtype`; the originals' mapped pages are let go."""
     replaced = {}
-    for module in held:
+    for module in layers:
         weight = module.weight
-        if id(weight) not in replaced:
-            replaced[id(weight)] = torch.nn.Parameter(weight.detach().float(), requires_grad=False)
+        if id(weight) not in replaced:  # a weight shared by two layers stays one tensor
+            replaced[id(weight)] = torch.nn.Parameter(weight.detach().to(dtype), requires_grad=False)
+            if mapped is not None:
+                mapped.let_go(weight)
         module.weight = replaced[id(weight)]
