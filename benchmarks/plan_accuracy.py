@@ -40,8 +40,10 @@ DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
 def results_file() -> Path:
     # "-chunked": measured since training's loss went chunked (files without it hold full-logits measurements);
     # "-held": under autocast, since adapter runs hold their frozen base in bf16 (training.half_frozen_base).
-    held = "" if PRECISION == "fp32" else "-held"
-    return CACHE / f"plan_accuracy-{ALLOCATOR}{'' if PRECISION == 'fp32' else '-' + PRECISION}-chunked{held}.jsonl"
+    suffix = "-chunked" if PRECISION == "fp32" else f"-{PRECISION}-chunked-held"
+    return CACHE / f"plan_accuracy-{ALLOCATOR}{suffix}.jsonl"
+
+
 STEPS = 2  # step 1 creates the optimizer state; step 2 runs forward and backward with it alive
 # A Llama-shaped model too big to be "tiny" and built from its config (no download): ~360M parameters.
 LARGER = dict(architectures=["LlamaForCausalLM"], model_type="llama", hidden_size=1024, intermediate_size=2816,
