@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -243,3 +245,46 @@ def test_auto_precision_on_an_amx_cpu_trains_under_bf16_autocast(stories_dir, tm
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         logits = reloaded(**batch(stories_dir)).logits.float()
     assert torch.allclose(logits, seen["logits"], atol=1e-2), (logits - seen["logits"]).abs().max()
+
+
+def _sdpa_key_heads(model, batch) -> set[int]:
+    """The numbers of key/value heads SDPA received in a forward pass."""
+    with torch.profiler.profile(record_shapes=True) as prof:
+        model(**batch)
+    return {event.input_shapes[1][1] for event in prof.events() if event.name == "aten::scaled_dot_product_attention"}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_masked_grouped_query_sdpa_keeps_loss_and_gradients(tiny_llama, monkeypatch, tmp_path, dtype):
+    from tunesmith.training.cpu_attention import GQA_VARIABLE
+
+    monkeypatch.delenv(GQA_VARIABLE, raising=False)
+    ids = torch.randint(3, 200, (3, 12))
+    mask = torch.ones_like(ids)
+    mask[1, 9:] = mask[2, 5:] = 0                 # right padding: transformers builds a 4-D mask
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
+    results = {}
+    for on in (False, True):
+        configure_cpu_runtime(_config(tmp_path, sdpa_gqa=on))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            heads = _sdpa_key_heads(tiny_llama, batch)
+            loss = tiny_llama(**batch).loss
+        loss.backward()
+        results[on] = loss.detach(), {n: p.grad.clone() for n, p in tiny_llama.named_parameters()}, heads
+        tiny_llama.zero_grad()
+    config = tiny_llama.config
+    assert results[False][2] == {config.num_attention_heads}      # keys/values copied per query head
+    assert results[True][2] == {config.num_key_value_heads}       # each group's own key/value head
+    tolerance = 1e-6 if dtype == torch.float32 else 1e-2
+    assert torch.allclose(results[True][0], results[False][0], atol=tolerance)
+    for name, grad in results[False][1].items():
+        assert torch.allclose(results[True][1][name], grad, atol=tolerance), name
+
+
+def test_users_gqa_setting_wins(monkeypatch, tmp_path):
+    import tunesmith.training.cpu_attention as cpu_attention
+
+    monkeypatch.setattr(cpu_attention, "_USERS_SETTING", "0")
+    monkeypatch.setenv(cpu_attention.GQA_VARIABLE, "0")
+    configure_cpu_runtime(_config(tmp_path))
+    assert os.environ[cpu_attention.GQA_VARIABLE] == "0"

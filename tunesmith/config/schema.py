@@ -88,6 +88,9 @@ class TrainingConfig(StrictModel):
                             "memory); lean returns freed tensors to the OS (lower, predictable peak RSS; slower "
                             "steps); default keeps glibc's settings (fast, retains freed memory); auto: tcmalloc "
                             "when installed, else default when the predicted peak leaves room, else lean")
+    sdpa_gqa: bool = Field(True, description="CPU: SDPA attends each query head to its shared key/value head also "
+                                             "under a padding mask (transformers otherwise copies keys and values "
+                                             "per query head)")
     fast_dropout: bool = Field(True, description="CPU: dropout masks from 64-bit random words (5x cheaper; drop "
                                                  "probability rounded to 1/32768)")
     liger_kernel: bool = Field(False, description="Liger fused kernels (CUDA; pip install 'tunesmith[gpu]')")

@@ -12,6 +12,7 @@ from ..config.schema import RunConfig
 from ..errors import ConfigError
 from ..hardware import physical_cores
 from .checkpoints import CHECKPOINT_DIR
+from .cpu_attention import grouped_query_sdpa
 from .cpu_memory import limit_onednn_caches
 
 _OPTIMIZERS = {"adamw": "adamw_torch", "adamw_8bit": "adamw_bnb_8bit", "paged_adamw_8bit": "paged_adamw_8bit",
@@ -31,11 +32,13 @@ def choose_optimizer(cfg: RunConfig) -> str:
 
 
 def configure_cpu_runtime(cfg: RunConfig) -> int | None:
-    """On CPU: torch's intra-op threads (training.cpu_threads, else the physical cores; returned) and oneDNN's
-    per-shape caches kept small (`limit_onednn_caches`). None on a GPU."""
+    """On CPU: torch's intra-op threads (training.cpu_threads, else the physical cores; returned), oneDNN's
+    per-shape caches kept small (`limit_onednn_caches`) and masked grouped-query SDPA (`grouped_query_sdpa`). None
+    on a GPU."""
     if torch.cuda.is_available():
         return None
     limit_onednn_caches()
+    grouped_query_sdpa(cfg.training.sdpa_gqa)
     threads = cfg.training.cpu_threads or physical_cores()
     torch.set_num_threads(threads)
     return threads

@@ -34,12 +34,18 @@ class _ScaleKept(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
         ctx.save_for_backward(keep)
         ctx.scale = scale
-        return x * keep * scale
+        return _scale_kept(x, keep, scale)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (keep,) = ctx.saved_tensors
-        return grad * keep * ctx.scale, None, None
+        return _scale_kept(grad, keep, ctx.scale), None, None
+
+
+def _scale_kept(x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
+    # One select and one in-place scale: `x * keep * scale` converts the boolean mask to x's dtype inside a
+    # broadcasting multiply and allocates twice (about 2x slower on CPU); the values are the same.
+    return torch.where(keep, x, 0.0).mul_(scale)
 
 
 class FastDropout(nn.Module):
