@@ -12,7 +12,7 @@ is its own:
                  (with libtcmalloc preloaded when it is installed: training.cpu_allocator auto), in the run's
                  precision like the others (model.dtype float32, or bfloat16 with --bf16)
   (g)            tunesmith with model.dtype auto, its real default: bf16 autocast on CPUs with AMX-BF16
-  (e)-(l)        tunesmith variants, one setting each (VARIANTS; (l) changes nothing without --bf16)
+  (e)-(m)        tunesmith variants, one setting each (VARIANTS; (l) changes nothing without --bf16)
 
 All render the records with the same alpaca_zh prompt (`### 指令:` / `### 输入:` / `### 回答:`) and train on the
 reply tokens only. Throughput is measured after `--warmup` steps: real (non-padding) input tokens per second, seconds
@@ -23,6 +23,11 @@ so losses compare even though sample order differs between the tools.
     python benchmarks/sft_throughput.py --model ../shared/models/stories260K --steps 6 --samples 48   # smoke test
     python benchmarks/sft_throughput.py --only reference,tunesmith
     python benchmarks/sft_throughput.py --bf16     # everyone under bf16 autocast (the reference chapter's bf16=True)
+    python benchmarks/sft_throughput.py --bf16 --only reference,tunesmith --repeats 3
+
+--repeats N trains every contender N times, in rounds (each round runs all of them, every other round in reverse
+order), and reports each one's median speed, the range it moved over and its largest peak memory: on a shared
+machine one process can run 20-30% slower than an identical one minutes later, and a single run's ratios carry that.
 
 LLaMA-Factory lives outside the product's dependencies, in its own venv with the same torch:
     python3.11 -m venv /tmp/lf-venv && /tmp/lf-venv/bin/pip install torch==2.13.0 llamafactory
@@ -51,7 +56,7 @@ DEFAULT_LF_PYTHON = "/tmp/lf-venv/bin/python"
 DEFAULT_LF_STUBS = "/tmp/lf-stubs"
 CONTENDERS = ("reference", "trl", "llamafactory", "tunesmith", "tunesmith-gc", "tunesmith-gc-lean", "tunesmith-auto",
               "tunesmith-packed", "tunesmith-torch-dropout", "tunesmith-glibc", "tunesmith-logits",
-              "tunesmith-fp32-base")
+              "tunesmith-fp32-base", "tunesmith-repeat-kv")
 LABELS = {"reference": "(a) reference: pad to 512, HF Trainer", "trl": "(b) TRL SFTTrainer, defaults",
           "llamafactory": "(c) LLaMA-Factory, defaults", "tunesmith": "(d) tunesmith, defaults (the run's precision)",
           "tunesmith-gc": "(e) tunesmith + gradient checkpointing",
@@ -61,7 +66,8 @@ LABELS = {"reference": "(a) reference: pad to 512, HF Trainer", "trl": "(b) TRL 
           "tunesmith-torch-dropout": "(i) tunesmith, torch's dropout (fast_dropout off)",
           "tunesmith-glibc": "(j) tunesmith, glibc's allocator (cpu_allocator: default)",
           "tunesmith-logits": "(k) tunesmith, supervised logits in full (chunked_loss off)",
-          "tunesmith-fp32-base": "(l) tunesmith, frozen base kept fp32 (half_frozen_base off)"}
+          "tunesmith-fp32-base": "(l) tunesmith, frozen base kept fp32 (half_frozen_base off)",
+          "tunesmith-repeat-kv": "(m) tunesmith, keys/values copied per head (sdpa_gqa off)"}
 # tunesmith's variants: config overrides on top of its defaults.
 VARIANTS = {"tunesmith": {}, "tunesmith-gc": {"training": {"gradient_checkpointing": True}},
             "tunesmith-gc-lean": {"training": {"gradient_checkpointing": True, "cpu_allocator": "lean"}},
@@ -69,7 +75,8 @@ VARIANTS = {"tunesmith": {}, "tunesmith-gc": {"training": {"gradient_checkpointi
             "tunesmith-torch-dropout": {"training": {"fast_dropout": False}},
             "tunesmith-glibc": {"training": {"cpu_allocator": "default"}},
             "tunesmith-logits": {"training": {"chunked_loss": False}},
-            "tunesmith-fp32-base": {"training": {"half_frozen_base": False}}}
+            "tunesmith-fp32-base": {"training": {"half_frozen_base": False}},
+            "tunesmith-repeat-kv": {"training": {"sdpa_gqa": False}}}
 # Whether each contender recomputes activations in backward (TRL's and LLaMA-Factory's defaults do): memory
 # compares like for like only between rows with the same answer.
 CHECKPOINTING = {"reference": "no", "trl": "yes", "llamafactory": "yes",
@@ -297,6 +304,17 @@ def spawn(python: str, worker: str, args, tmp: Path, extra: list[str] = (), env:
     return json.loads(result.read_text()), ""
 
 
+def combine(runs: list[dict]) -> dict:
+    """One contender's runs as one row: the median speed (with every run's, for the range), the median run's
+    seconds per step, the largest peak memory; losses are the same in every run (seeded)."""
+    import statistics
+
+    speeds = [r["tokens"] / r["seconds"] for r in runs]
+    middle = sorted(runs, key=lambda r: r["tokens"] / r["seconds"])[(len(runs) - 1) // 2]
+    return {**middle, "speed": statistics.median(speeds), "speeds": speeds,
+            "rss_peak_mb": max(r["rss_peak_mb"] for r in runs)}
+
+
 def versus_peers(chosen: list[str], results: dict, speed: dict):
     """Each tunesmith row against each peer: its speed-up and its peak memory as a share of the peer's. A cell
     marked ✓ beats that peer on both (faster, no more memory)."""
@@ -350,6 +368,7 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true",
                         help="every contender under bf16 autocast (the reference chapter's bf16=True, TRL's default); "
                              "row (g), tunesmith's auto precision, is left out (bf16 on AMX CPUs: the same as (d))")
+    parser.add_argument("--repeats", type=int, default=1, help="train each contender N times, in rounds; median speed")
     parser.add_argument("--only", default=",".join(CONTENDERS), help="comma-separated subset of " + ", ".join(CONTENDERS))
     parser.add_argument("--lf-python", default=DEFAULT_LF_PYTHON, help="python of the LLaMA-Factory venv")
     parser.add_argument("--lf-stubs", default=DEFAULT_LF_STUBS, help="PYTHONPATH entry with a torchaudio stub")
@@ -380,50 +399,60 @@ def main() -> None:
     results, notes, adapters = {}, {}, {}
     with tempfile.TemporaryDirectory(prefix="sft_throughput-") as tmp_name:
         tmp = Path(tmp_name)
-        for name in chosen:
-            python, env = sys.executable, {}
-            if name == "llamafactory":
-                env = llamafactory_env(args.lf_stubs)
-                python, info = llamafactory_python(args.lf_python, args.lf_stubs)
-                if python is None:
-                    notes[name] = info
-                    console.print(f"[yellow]{LABELS[name]}: skipped[/] ({info})")
+        runs: dict[str, list[dict]] = {}
+        for round_ in range(args.repeats):
+            for name in chosen if round_ % 2 == 0 else chosen[::-1]:
+                if name in notes and name not in runs:  # skipped or failed in an earlier round
                     continue
-                notes[name] = (f"llamafactory {info.split()[-2]}, transformers {info.split()[-1]} (own venv, same torch)"
-                               + (", empty torchaudio stub on its path" if env else ""))
-            with console.status(f"training {LABELS[name]} ({args.steps} steps)"):
-                started = time.perf_counter()
-                result, error = spawn(python, name, args, tmp, env=env)
-            if result is None:
-                notes[name] = f"failed: {error}"
-                console.print(f"[red]{LABELS[name]} failed[/]: {error}")
-                continue
-            result["wall"] = time.perf_counter() - started
-            results[name] = result
-            adapters[name] = str(tmp / name / "adapter")
-            console.print(f"{LABELS[name]}: done in {result['wall']:.0f} s")
+                python, env = sys.executable, {}
+                if name == "llamafactory":
+                    env = llamafactory_env(args.lf_stubs)
+                    python, info = llamafactory_python(args.lf_python, args.lf_stubs)
+                    if python is None:
+                        notes[name] = info
+                        console.print(f"[yellow]{LABELS[name]}: skipped[/] ({info})")
+                        continue
+                    notes[name] = (f"llamafactory {info.split()[-2]}, transformers {info.split()[-1]} (own venv, "
+                                   "same torch)" + (", empty torchaudio stub on its path" if env else ""))
+                with console.status(f"training {LABELS[name]} ({args.steps} steps, run {round_ + 1}/{args.repeats})"):
+                    started = time.perf_counter()
+                    result, error = spawn(python, name, args, tmp, env=env)
+                if result is None:
+                    notes[name] = f"failed: {error}"
+                    console.print(f"[red]{LABELS[name]} failed[/]: {error}")
+                    continue
+                result["wall"] = time.perf_counter() - started
+                runs.setdefault(name, []).append(result)
+                adapters[name] = str(tmp / name / "adapter")
+                console.print(f"{LABELS[name]}: done in {result['wall']:.0f} s "
+                              f"({result['tokens'] / result['seconds']:,.0f} tokens/s)")
+        results = {name: combine(found) for name, found in runs.items()}
         adapters = {"base model": "", **adapters}
         with console.status("held-out loss of every adapter"):
             losses, error = spawn(sys.executable, "eval", args, tmp, ["--adapters", json.dumps(adapters)])
         losses = losses or {}
 
-    speed = {name: r["tokens"] / r["seconds"] for name, r in results.items()}
+    speed = {name: r["speed"] for name, r in results.items()}
     table = Table(title=f"SFT throughput, {'bf16 autocast' if args.bf16 else 'fp32'}, LoRA r=16 q/k/v/o, "
                         f"batch {args.batch}, max length {args.max_length}, "
-                        f"{args.steps} steps ({args.warmup} warm-up steps not timed)")
-    for column in ("contender", "grad. ckpt", "real tokens/s", "s/step", "peak RSS (MiB)", "last train loss",
-                   "held-out loss"):
+                        f"{args.steps} steps ({args.warmup} warm-up steps not timed)"
+                        + (f", median of {args.repeats} runs each" if args.repeats > 1 else ""))
+    spread = args.repeats > 1
+    for column in ("contender", "grad. ckpt", "real tokens/s", *(["runs' range"] if spread else []), "s/step",
+                   "peak RSS (MiB)", "last train loss", "held-out loss"):
         table.add_column(column, justify="left" if column == "contender" else "right")
     for name in chosen:
         r = results.get(name)
         if r is None:
-            table.add_row(LABELS[name], CHECKPOINTING[name], "-", "-", "-", "-", "-")
+            table.add_row(LABELS[name], CHECKPOINTING[name], *["-"] * (6 if spread else 5))
             continue
-        table.add_row(LABELS[name], CHECKPOINTING[name], f"{speed[name]:,.0f}", f"{r['seconds'] / r['steps']:.2f}",
+        table.add_row(LABELS[name], CHECKPOINTING[name], f"{speed[name]:,.0f}",
+                      *([f"{min(r['speeds']):,.0f}-{max(r['speeds']):,.0f}"] if spread else []),
+                      f"{r['seconds'] / r['steps']:.2f}",
                       f"{r['rss_peak_mb']:,.0f}", f"{r['losses'][-1]:.3f}" if r["losses"] else "-",
                       f"{losses[name]:.3f}" if name in losses else "-")
     if "base model" in losses:
-        table.add_row("(untrained base model)", "", "", "", "", "", f"{losses['base model']:.3f}")
+        table.add_row("(untrained base model)", *[""] * (6 if spread else 5), f"{losses['base model']:.3f}")
     console.print(table)
     console.print(versus_peers(chosen, results, speed))
     import torch
