@@ -286,18 +286,21 @@ WORKERS = {"reference": run_reference, "trl": run_trl, "llamafactory": run_llama
 
 # ---------------------------------------------------------------- orchestration
 
-def spawn(python: str, worker: str, args, tmp: Path, extra: list[str] = (), env: dict | None = None
+def spawn(python: str, worker: str, args, folder: Path, extra: list[str] = (), env: dict | None = None
           ) -> tuple[dict | None, str]:
-    result = tmp / f"{worker}.json"
+    """Run `worker` in its own process with `folder` (new for each run: LLaMA-Factory refuses an existing output
+    directory) for its files; returns its result and, if it failed, the tail of its output."""
+    folder.mkdir(parents=True)
+    result = folder / "result.json"
     cmd = [python, __file__, "--worker", worker, "--result", str(result), "--model", args.model, "--data", args.data,
            "--samples", str(args.samples), "--eval-samples", str(args.eval_samples), "--steps", str(args.steps),
            "--warmup", str(args.warmup), "--batch", str(args.batch), "--max-length", str(args.max_length),
-           "--lr", str(args.lr), "--out", str(tmp / worker / "out"), "--adapter", str(tmp / worker / "adapter"),
+           "--lr", str(args.lr), "--out", str(folder / "out"), "--adapter", str(folder / "adapter"),
            *(["--bf16"] if args.bf16 else []), *extra]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "WANDB_DISABLED": "true", "DISABLE_VERSION_CHECK": "1", "TOKENIZERS_PARALLELISM": "false",
            "PYTHONWARNINGS": "ignore", **(env or {})}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=folder)
     if proc.returncode or not result.exists():
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-6:]
         return None, " | ".join(line.strip() for line in tail)[-400:]
@@ -416,20 +419,20 @@ def main() -> None:
                                    "same torch)" + (", empty torchaudio stub on its path" if env else ""))
                 with console.status(f"training {LABELS[name]} ({args.steps} steps, run {round_ + 1}/{args.repeats})"):
                     started = time.perf_counter()
-                    result, error = spawn(python, name, args, tmp, env=env)
+                    result, error = spawn(python, name, args, tmp / name / f"run{round_ + 1}", env=env)
                 if result is None:
                     notes[name] = f"failed: {error}"
                     console.print(f"[red]{LABELS[name]} failed[/]: {error}")
                     continue
                 result["wall"] = time.perf_counter() - started
                 runs.setdefault(name, []).append(result)
-                adapters[name] = str(tmp / name / "adapter")
+                adapters[name] = str(tmp / name / f"run{round_ + 1}" / "adapter")
                 console.print(f"{LABELS[name]}: done in {result['wall']:.0f} s "
                               f"({result['tokens'] / result['seconds']:,.0f} tokens/s)")
         results = {name: combine(found) for name, found in runs.items()}
         adapters = {"base model": "", **adapters}
         with console.status("held-out loss of every adapter"):
-            losses, error = spawn(sys.executable, "eval", args, tmp, ["--adapters", json.dumps(adapters)])
+            losses, error = spawn(sys.executable, "eval", args, tmp / "eval", ["--adapters", json.dumps(adapters)])
         losses = losses or {}
 
     speed = {name: r["speed"] for name, r in results.items()}
