@@ -43,6 +43,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -310,8 +311,6 @@ def spawn(python: str, worker: str, args, folder: Path, extra: list[str] = (), e
 def combine(runs: list[dict]) -> dict:
     """One contender's runs as one row: the median speed (with every run's, for the range), the median run's
     seconds per step, the largest peak memory; losses are the same in every run (seeded)."""
-    import statistics
-
     speeds = [r["tokens"] / r["seconds"] for r in runs]
     middle = sorted(runs, key=lambda r: r["tokens"] / r["seconds"])[(len(runs) - 1) // 2]
     return {**middle, "speed": statistics.median(speeds), "speeds": speeds,
@@ -399,34 +398,41 @@ def main() -> None:
 
     console = Console(width=200)
     chosen = [c for c in CONTENDERS if c in args.only.split(",") and not (args.bf16 and c == "tunesmith-auto")]
-    results, notes, adapters = {}, {}, {}
+    notes, adapters, launch = {}, {}, {}
+    for name in chosen:  # each contender's interpreter and environment, probed once for all rounds
+        if name != "llamafactory":
+            launch[name] = (sys.executable, {})
+            continue
+        env = llamafactory_env(args.lf_stubs)
+        python, info = llamafactory_python(args.lf_python, args.lf_stubs)
+        if python is None:
+            notes[name] = info
+            console.print(f"[yellow]{LABELS[name]}: skipped[/] ({info})")
+            continue
+        notes[name] = (f"llamafactory {info.split()[-2]}, transformers {info.split()[-1]} (own venv, same torch)"
+                       + (", empty torchaudio stub on its path" if env else ""))
+        launch[name] = (python, env)
     with tempfile.TemporaryDirectory(prefix="sft_throughput-") as tmp_name:
         tmp = Path(tmp_name)
         runs: dict[str, list[dict]] = {}
+        failed: set[str] = set()
         for round_ in range(args.repeats):
             for name in chosen if round_ % 2 == 0 else chosen[::-1]:
-                if name in notes and name not in runs:  # skipped or failed in an earlier round
+                if name not in launch or (name in failed and name not in runs):  # never ran: no more tries
                     continue
-                python, env = sys.executable, {}
-                if name == "llamafactory":
-                    env = llamafactory_env(args.lf_stubs)
-                    python, info = llamafactory_python(args.lf_python, args.lf_stubs)
-                    if python is None:
-                        notes[name] = info
-                        console.print(f"[yellow]{LABELS[name]}: skipped[/] ({info})")
-                        continue
-                    notes[name] = (f"llamafactory {info.split()[-2]}, transformers {info.split()[-1]} (own venv, "
-                                   "same torch)" + (", empty torchaudio stub on its path" if env else ""))
+                python, env = launch[name]
+                folder = tmp / name / f"run{round_ + 1}"
                 with console.status(f"training {LABELS[name]} ({args.steps} steps, run {round_ + 1}/{args.repeats})"):
                     started = time.perf_counter()
-                    result, error = spawn(python, name, args, tmp / name / f"run{round_ + 1}", env=env)
+                    result, error = spawn(python, name, args, folder, env=env)
                 if result is None:
+                    failed.add(name)
                     notes[name] = f"failed: {error}"
                     console.print(f"[red]{LABELS[name]} failed[/]: {error}")
                     continue
                 result["wall"] = time.perf_counter() - started
                 runs.setdefault(name, []).append(result)
-                adapters[name] = str(tmp / name / f"run{round_ + 1}" / "adapter")
+                adapters[name] = str(folder / "adapter")
                 console.print(f"{LABELS[name]}: done in {result['wall']:.0f} s "
                               f"({result['tokens'] / result['seconds']:,.0f} tokens/s)")
         results = {name: combine(found) for name, found in runs.items()}
