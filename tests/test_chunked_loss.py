@@ -179,3 +179,59 @@ def test_a_second_backward_is_refused():
     loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="backward ran twice"):
         loss.backward()
+
+
+def test_a_frozen_weight_is_cast_once_and_again_after_a_change():
+    from tunesmith.training.chunked_loss import FrozenCast
+
+    weight = torch.randn(50, 8)
+    cache = FrozenCast()
+    first = cache.get(weight, torch.bfloat16)
+    assert first.dtype == torch.bfloat16 and torch.equal(first, weight.to(torch.bfloat16))
+    assert cache.get(weight, torch.bfloat16) is first
+    weight.mul_(2)  # an in-place write (e.g. a state dict loaded into the model) bumps the tensor's version
+    again = cache.get(weight, torch.bfloat16)
+    assert again is not first and torch.equal(again, weight.to(torch.bfloat16))
+    assert cache.get(weight, torch.float32) is None  # already in the compute dtype
+    assert cache.get(weight.clone().requires_grad_(), torch.bfloat16) is None  # a training head changes each step
+
+
+def test_the_cached_cast_gives_the_same_loss_and_gradients():
+    from tunesmith.training.chunked_loss import FrozenCast
+
+    h, w, _, t = _head_problem(dtype=torch.float32, trainable=False)
+    plain = chunked_linear_cross_entropy(h, w, None, t, chunk=10, dtype=torch.bfloat16)
+    plain.backward()
+    expected = h.grad.clone()
+    h.grad = None
+    cache = FrozenCast()
+    for _ in range(2):
+        ours = chunked_linear_cross_entropy(h, w, None, t, chunk=10, dtype=torch.bfloat16, frozen_cast=cache)
+        ours.backward()
+        assert ours.item() == plain.item() and torch.equal(h.grad, expected)
+        h.grad = None
+
+
+def test_bf16_training_steps_cast_the_frozen_head_only_once(tiny_model_factory, tmp_path):
+    """Neither the head's empty call (outside autocast) nor the loss (cached copy) casts the head weight again
+    after the first step."""
+    from transformers import TrainingArguments
+
+    model = _lora_model(tiny_model_factory("llama"))
+    head = model.get_output_embeddings().weight
+    trainer = TunesmithTrainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), report_to="none",
+                                                                   use_cpu=True, bf16=True),
+                               supervised_logits=True, chunked_loss=True)
+    batch = _batch()
+
+    def head_casts():
+        with torch.profiler.profile(record_shapes=True) as prof:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                _loss_and_grads(trainer, model, batch)
+        return sum(1 for event in prof.events()
+                   if event.name == "aten::_to_copy" and event.input_shapes[:1] == [list(head.shape)])
+
+    assert head_casts() >= 1  # the first step casts it (and the first-batch check runs the head)
+    assert head_casts() == 0
+    trainer._head_cast.clear()
+    assert head_casts() == 1  # after clearing (as train() does at its end), one cast again, not two

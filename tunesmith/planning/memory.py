@@ -137,8 +137,9 @@ def logits_memory(trace: ActivationTrace, request: PlanRequest) -> float:
 
 def chunked_loss_memory(trace: ActivationTrace, request: PlanRequest, head_weight: torch.Tensor) -> float:
     """training/chunked_loss.py at its peak, the last chunk: the chunk's fp32 logits (turned into their gradient in
-    place) beside the half-precision logits or logit gradient, the head weight cast once for autocast, the
-    gradient of every head input (kept for backward) and, when the head trains, its weight gradient."""
+    place) beside the half-precision logits or logit gradient, the head weight's copy for autocast (kept from step
+    to step, and alive here either way), the gradient of every head input (kept for backward) and, when the head
+    trains, its weight gradient."""
     tokens = request.supervised_share * trace.tokens
     half = request.compute_dtype() != torch.float32
     vocab, hidden = head_weight.shape

@@ -6,8 +6,9 @@ log-softmax for backward and, at the top of backward, holds two more gradients o
 cross-entropy avoids it with Triton kernels (CUDA only; used when `training.liger_kernel` is on); nothing does on
 CPU. Here the head and the loss run over chunks of tokens, and each chunk's logit gradient (softmax minus one-hot)
 becomes the hidden-state gradient (and the head's weight gradient, when the head trains) at once, so only one
-chunk's logits ever exist. The FLOPs are the plain path's (nothing is recomputed); under autocast the head's
-weight is cast once per step rather than once per chunk, and every matmul runs in the dtype autocast would give it.
+chunk's logits ever exist. The FLOPs are the plain path's (nothing is recomputed); under autocast every matmul runs
+in the dtype autocast would give it, and a frozen head's weight is cast once for the whole run (`FrozenCast`) rather
+than once per chunk or step.
 """
 
 from __future__ import annotations
@@ -35,16 +36,42 @@ def head_compute_dtype(weight: torch.Tensor, dtype: torch.dtype | None) -> torch
     return dtype or weight.dtype
 
 
+class FrozenCast:
+    """A frozen weight's copy in the compute dtype, made once and reused while the weight stays unchanged.
+
+    Why: autocast's own cache keeps only weights that require grad and lives for one forward, so a frozen head
+    (usually tied to the input embedding, which must stay fp32) was cast at every step: 49k x 576 for SmolLM2, ~30 ms
+    a step on 2 CPU cores. The copy is alive at the loss either way, where the step peaks, so keeping it adds nothing
+    to the peak. A weight that trains, or is already in the compute dtype, gets no copy (None: cast per call)."""
+
+    def __init__(self):
+        self._key, self._copy = None, None
+
+    def get(self, weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
+        if weight.requires_grad or weight.dtype == dtype:
+            return None
+        # _version counts in-place writes (loading a state dict, a manual edit): a changed weight is cast again.
+        key = (weight.data_ptr(), weight._version, tuple(weight.shape), weight.device, dtype)
+        if key != self._key:
+            self._key, self._copy = None, None  # the old copy goes before the new one exists
+            self._copy = weight.detach().to(dtype)
+            self._key = key
+        return self._copy
+
+    def clear(self) -> None:
+        self._key, self._copy = None, None
+
+
 class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     """sum over tokens of cross_entropy(hidden @ weight.T + bias, targets); gradients for hidden, weight and bias
     are computed in the forward pass and scaled by the incoming gradient in backward."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, chunk: int, dtype: torch.dtype):
+    def forward(ctx, hidden, weight, bias, targets, chunk: int, dtype: torch.dtype, weight_cast):
         want_weight = ctx.needs_input_grad[1]
         want_bias = bias is not None and ctx.needs_input_grad[2]
         with torch.autocast(hidden.device.type, enabled=False):
-            w = weight.to(dtype)
+            w = weight_cast if weight_cast is not None else weight.to(dtype)
             b = bias.to(dtype) if bias is not None else None
             grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
             grad_weight = torch.zeros_like(weight, dtype=torch.float32) if want_weight else None
@@ -95,16 +122,20 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             grad_weight = grad_weight.mul_(scale).to(weight_dtype)
         if grad_bias is not None:
             grad_bias = grad_bias.mul_(scale).to(bias_dtype)
-        return grad_hidden, grad_weight, grad_bias, None, None, None
+        return grad_hidden, grad_weight, grad_bias, None, None, None, None
 
 
 def chunked_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                                  targets: torch.Tensor, *, chunk: int | None = None,
-                                 dtype: torch.dtype | None = None) -> torch.Tensor:
+                                 dtype: torch.dtype | None = None,
+                                 frozen_cast: FrozenCast | None = None) -> torch.Tensor:
     """Summed cross-entropy of `hidden` (tokens x hidden size) through the head (`weight`: vocabulary x hidden
     size, optional `bias`) against `targets` (tokens,), without the tokens x vocabulary logits. `dtype`: the
-    half precision training's autocast runs matmuls in (default: the ambient autocast's, if any)."""
+    half precision training's autocast runs matmuls in (default: the ambient autocast's, if any). `frozen_cast`:
+    where a frozen weight's copy in that dtype is kept between calls."""
     if hidden.shape[0] == 0:
         return hidden.float().sum() * 0.0  # still part of the graph: backward runs as for any batch
+    dtype = head_compute_dtype(weight, dtype)
+    weight_cast = frozen_cast.get(weight, dtype) if frozen_cast is not None else None
     return _ChunkedLinearCrossEntropy.apply(hidden, weight, bias, targets, chunk or chunk_tokens(weight.shape[0]),
-                                            head_compute_dtype(weight, dtype))
+                                            dtype, weight_cast)

@@ -41,7 +41,7 @@ def hold_for_training(model: torch.nn.Module, method, compute_dtype: torch.dtype
 
 
 def _head_and_embedding_weights(model) -> set[int]:
-    # The output head stays in the loaded dtype: the chunked loss casts it once per step, and it is often the
+    # The output head stays in the loaded dtype: the chunked loss casts it once for the run, and it is often the
     # input embedding too (tied), which must not round the residual stream.
     found = set()
     for getter in ("get_output_embeddings", "get_input_embeddings"):
