@@ -90,7 +90,7 @@ def worker_train(spec: dict) -> dict:
     from tunesmith.methods.registry import get_method
     from tunesmith.models.loading import load_model, training_compute_dtype, training_load_dtype
     from tunesmith.training.arguments import build_training_arguments
-    from tunesmith.training.dropout import apply_fast_dropout
+    from tunesmith.training.cpu_layers import apply_cpu_layers
     from tunesmith.training.frozen_base import hold_for_training
     from tunesmith.training.trainer import TunesmithTrainer, supports_supervised_logits
 
@@ -111,7 +111,7 @@ def worker_train(spec: dict) -> dict:
     after_load = _peak_rss()
     model = method.prepare(model, cfg.method, gradient_checkpointing=cfg.training.gradient_checkpointing,
                            total_steps=STEPS)
-    apply_fast_dropout(cfg, model)
+    apply_cpu_layers(cfg, model)
     hold_for_training(model, method, compute_dtype, cuda=torch.cuda.is_available(),
                       enabled=cfg.training.half_frozen_base)
     generator = torch.Generator().manual_seed(0)

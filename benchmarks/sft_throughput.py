@@ -12,7 +12,7 @@ is its own:
                  (with libtcmalloc preloaded when it is installed: training.cpu_allocator auto), in the run's
                  precision like the others (model.dtype float32, or bfloat16 with --bf16)
   (g)            tunesmith with model.dtype auto, its real default: bf16 autocast on CPUs with AMX-BF16
-  (e)-(m)        tunesmith variants, one setting each (VARIANTS; (l) changes nothing without --bf16)
+  (e)-(n)        tunesmith variants, one setting each (VARIANTS; (l) changes nothing without --bf16)
 
 All render the records with the same alpaca_zh prompt (`### 指令:` / `### 输入:` / `### 回答:`) and train on the
 reply tokens only. Throughput is measured after `--warmup` steps: real (non-padding) input tokens per second, seconds
@@ -57,7 +57,7 @@ DEFAULT_LF_PYTHON = "/tmp/lf-venv/bin/python"
 DEFAULT_LF_STUBS = "/tmp/lf-stubs"
 CONTENDERS = ("reference", "trl", "llamafactory", "tunesmith", "tunesmith-gc", "tunesmith-gc-lean", "tunesmith-auto",
               "tunesmith-packed", "tunesmith-torch-dropout", "tunesmith-glibc", "tunesmith-logits",
-              "tunesmith-fp32-base", "tunesmith-repeat-kv")
+              "tunesmith-fp32-base", "tunesmith-repeat-kv", "tunesmith-hf-rms-norm")
 LABELS = {"reference": "(a) reference: pad to 512, HF Trainer", "trl": "(b) TRL SFTTrainer, defaults",
           "llamafactory": "(c) LLaMA-Factory, defaults", "tunesmith": "(d) tunesmith, defaults (the run's precision)",
           "tunesmith-gc": "(e) tunesmith + gradient checkpointing",
@@ -68,7 +68,8 @@ LABELS = {"reference": "(a) reference: pad to 512, HF Trainer", "trl": "(b) TRL 
           "tunesmith-glibc": "(j) tunesmith, glibc's allocator (cpu_allocator: default)",
           "tunesmith-logits": "(k) tunesmith, supervised logits in full (chunked_loss off)",
           "tunesmith-fp32-base": "(l) tunesmith, frozen base kept fp32 (half_frozen_base off)",
-          "tunesmith-repeat-kv": "(m) tunesmith, keys/values copied per head (sdpa_gqa off)"}
+          "tunesmith-repeat-kv": "(m) tunesmith, keys/values copied per head (sdpa_gqa off)",
+          "tunesmith-hf-rms-norm": "(n) tunesmith, transformers' RMSNorm (fast_rms_norm off)"}
 # tunesmith's variants: config overrides on top of its defaults.
 VARIANTS = {"tunesmith": {}, "tunesmith-gc": {"training": {"gradient_checkpointing": True}},
             "tunesmith-gc-lean": {"training": {"gradient_checkpointing": True, "cpu_allocator": "lean"}},
@@ -77,7 +78,8 @@ VARIANTS = {"tunesmith": {}, "tunesmith-gc": {"training": {"gradient_checkpointi
             "tunesmith-glibc": {"training": {"cpu_allocator": "default"}},
             "tunesmith-logits": {"training": {"chunked_loss": False}},
             "tunesmith-fp32-base": {"training": {"half_frozen_base": False}},
-            "tunesmith-repeat-kv": {"training": {"sdpa_gqa": False}}}
+            "tunesmith-repeat-kv": {"training": {"sdpa_gqa": False}},
+            "tunesmith-hf-rms-norm": {"training": {"fast_rms_norm": False}}}
 # Whether each contender recomputes activations in backward (TRL's and LLaMA-Factory's defaults do): memory
 # compares like for like only between rows with the same answer.
 CHECKPOINTING = {"reference": "no", "trl": "yes", "llamafactory": "yes",

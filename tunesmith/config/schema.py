@@ -93,6 +93,8 @@ class TrainingConfig(StrictModel):
                                              "per query head)")
     fast_dropout: bool = Field(True, description="CPU: dropout masks from 64-bit random words (5x cheaper; drop "
                                                  "probability rounded to 1/32768)")
+    fast_rms_norm: bool = Field(True, description="CPU: RMSNorm layers with a four-pass backward (same forward; "
+                                                  "transformers' runs about ten ops' backward per norm)")
     liger_kernel: bool = Field(False, description="Liger fused kernels (CUDA; pip install 'tunesmith[gpu]')")
     torch_compile: bool = Field(False, description="torch.compile the model")
     activation_offload: bool = Field(False, description="keep saved activations in CPU memory (CUDA); "

@@ -41,3 +41,18 @@ def output_head(model: nn.Module) -> list[nn.Module]:
                 head.append(getattr(parent, name))
                 break
     return head
+
+
+def replace_modules(model: nn.Module, replacement_for) -> int:
+    """Put `replacement_for(child)` in place of every child module for which it returns a module (in the child's
+    train/eval mode); returns how many. All replacements are chosen before the first swap, so none is revisited."""
+    swaps = []
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            replacement = replacement_for(child)
+            if replacement is not None:
+                swaps.append((parent, name, child, replacement))
+    for parent, name, child, replacement in swaps:
+        replacement.train(child.training)
+        setattr(parent, name, replacement)
+    return len(swaps)

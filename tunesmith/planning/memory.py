@@ -49,6 +49,9 @@ class PlanRequest:
     # training.fast_dropout: on CPU each dropout keeps a boolean mask for backward instead of torch's float32 noise
     # (on CUDA torch's fused dropout already does; the switch changes nothing there).
     fast_dropout: bool = True
+    # training.fast_rms_norm: on CPU the RMSNorm layers run as one autograd Function. It keeps the tensors autograd
+    # keeps for the original, so only the time probe (planning/time.py) swaps it in.
+    fast_rms_norm: bool = True
     # training.chunked_loss: the head and the loss over chunks of tokens, no tokens x vocabulary logits (when the
     # model has a plain head and takes supervised logits; `plan_memory` checks).
     chunked_loss: bool = True

@@ -33,7 +33,8 @@ def request_from_config(cfg, device: str):
                        batch=t.batch_size, seq=cfg.data.max_length, grad_accum=t.grad_accum,
                        gradient_checkpointing=t.gradient_checkpointing, optimizer=t.optimizer, precision=precision,
                        device=device, attn_implementation=cfg.model.attn_implementation,
-                       fast_dropout=t.fast_dropout, half_frozen_base=t.half_frozen_base,
+                       fast_dropout=t.fast_dropout, fast_rms_norm=t.fast_rms_norm,
+                       half_frozen_base=t.half_frozen_base,
                        # Liger's fused linear cross-entropy keeps no full logits either: counted alike.
                        chunked_loss=t.supervised_logits and (t.chunked_loss or t.liger_kernel))
 

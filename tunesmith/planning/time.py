@@ -4,7 +4,8 @@ Throughput depends on kernels, memory bandwidth and contention that no formula k
 trains a randomly initialised copy of the model built from its config (no download) with the method applied;
 QLoRA is probed as LoRA (a 4-bit base cannot be built from a config without weights), which is noted. The probe
 runs the model as training does: training's load-dtype rule with autocast to the compute dtype (an fp32 base under
-bf16 autocast on CPU), and on CPU the fast dropout that `training.fast_dropout` (`PlanRequest.fast_dropout`) swaps in.
+bf16 autocast on CPU), and on CPU the fast dropout that `training.fast_dropout` (`PlanRequest.fast_dropout`) swaps in
+and the RMSNorm of `training.fast_rms_norm` (`PlanRequest.fast_rms_norm`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from ..methods.registry import get_method
 from ..models.loading import training_load_dtype
 from ..training.frozen_base import hold_for_training
 from ..training.dropout import use_fast_dropout
+from ..training.rms_norm import use_cpu_rms_norm
 from .memory import PlanRequest
 from .params import apply_method, method_options
 
@@ -55,6 +57,8 @@ def probe_throughput(config, request: PlanRequest, *, steps: int = 3, progress=N
                       enabled=request.half_frozen_base)
     if device.type == "cpu" and request.fast_dropout:
         use_fast_dropout(model)
+    if device.type == "cpu" and request.fast_rms_norm:
+        use_cpu_rms_norm(model)
     if request.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if hasattr(model, "enable_input_require_grads"):

@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..models.layers import replace_modules
+
 _LEVELS = 1 << 15  # 15 random bits per element: the sign bit of the 4th 16-bit lane of a word is always 0
 
 
@@ -70,20 +72,6 @@ class FastDropout(nn.Module):
 def use_fast_dropout(model: nn.Module) -> int:
     """Replace every plain `nn.Dropout` with 0 < p < 1 in `model` (PEFT's LoRA dropouts, and the base model's own)
     by FastDropout; returns how many. Parameter-free modules: saved adapters and checkpoints are unchanged."""
-    targets = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
-               if type(child) is nn.Dropout and 0 < child.p < 1]
-    for parent, name, child in targets:
-        replacement = FastDropout(child.p)
-        replacement.train(child.training)
-        setattr(parent, name, replacement)
-    return len(targets)
+    return replace_modules(model, lambda child: FastDropout(child.p)
+                           if type(child) is nn.Dropout and 0 < child.p < 1 else None)
 
-
-def apply_fast_dropout(cfg, model: nn.Module, console=None) -> int:
-    """`training.fast_dropout` on a CPU run: swap the model's dropouts (see module docstring); returns how many."""
-    if not cfg.training.fast_dropout or torch.cuda.is_available():
-        return 0
-    swapped = use_fast_dropout(model)
-    if swapped and console is not None:
-        console.print(f"fast dropout: {swapped} dropout layers draw cheap CPU masks (training.fast_dropout)")
-    return swapped

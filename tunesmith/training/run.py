@@ -29,7 +29,7 @@ from ..models.targets import count_parameters
 from ..hardware import native_bf16_cpu
 from .arguments import build_training_arguments, configure_cpu_runtime
 from .cpu_memory import choose_cpu_allocator, configure_cpu_allocator, release_free_memory, tcmalloc_tip
-from .dropout import apply_fast_dropout
+from .cpu_layers import apply_cpu_layers
 from .frozen_base import hold_for_training, release
 from ..diagnostics.callback import DiagnosticsCallback, restore_last_good
 from .callbacks import MetricsFileCallback, RichProgressCallback, read_metrics
@@ -113,7 +113,7 @@ def _train_causal_lm(cfg: RunConfig, *, resume: bool, console: Console | None,
         _check_context(cfg, model)
         model = method.prepare(model, cfg.method, gradient_checkpointing=cfg.training.gradient_checkpointing,
                                total_steps=total_steps(cfg, len(data.train)))
-        apply_fast_dropout(cfg, model, console)
+        apply_cpu_layers(cfg, model, console)
         held = hold_for_training(model, method, compute_dtype, cuda=torch.cuda.is_available(),
                                  enabled=cfg.training.half_frozen_base)
     if held:

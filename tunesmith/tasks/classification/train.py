@@ -19,7 +19,7 @@ from ...methods.registry import get_method
 from ...models.loading import RUN_META, load_tokenizer, training_compute_dtype, training_load_dtype
 from ...models.targets import count_parameters
 from ...training.arguments import build_training_arguments, configure_cpu_runtime
-from ...training.dropout import apply_fast_dropout
+from ...training.cpu_layers import apply_cpu_layers
 from ...training.callbacks import MetricsFileCallback, RichProgressCallback, read_metrics
 from ...training.plots import plot_loss_curves
 from ...training.run import TrainResult, _checkpoint_to_resume, _tensorboard, total_steps
@@ -61,7 +61,7 @@ def train_classification(cfg: RunConfig, *, resume: bool = False, console: Conso
         method_meta = opts.model_dump(mode="json")  # before PEFT adds its SEQ_CLS head names to modules_to_save
         model = method.prepare(model, opts, gradient_checkpointing=cfg.training.gradient_checkpointing,
                                total_steps=total_steps(cfg, len(data.train)))
-        apply_fast_dropout(cfg, model, console)
+        apply_cpu_layers(cfg, model, console)
     trainable, total = count_parameters(model)
     console.print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.4f}%)")
 
