@@ -62,6 +62,13 @@ class FrozenCast:
         self._key, self._copy = None, None
 
 
+def _linear(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, *, out: torch.Tensor) -> torch.Tensor:
+    """F.linear into `out`."""
+    if b is None:
+        return torch.mm(h, w.t(), out=out)
+    return torch.addmm(b, h, w.t(), out=out)
+
+
 class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     """sum over tokens of cross_entropy(hidden @ weight.T + bias, targets); gradients for hidden, weight and bias
     are computed in the forward pass and scaled by the incoming gradient in backward."""
@@ -77,10 +84,18 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             grad_weight = torch.zeros_like(weight, dtype=torch.float32) if want_weight else None
             grad_bias = torch.zeros_like(bias, dtype=torch.float32) if want_bias else None
             total = hidden.new_zeros((), dtype=torch.float32)
+            # One buffer per dtype, reused by every chunk: fresh 64 MiB tensors per chunk cost page faults.
+            rows = min(chunk, hidden.shape[0])
+            logits_buffer = hidden.new_empty((rows, w.shape[0]), dtype=torch.float32)
+            low_buffer = hidden.new_empty((rows, w.shape[0]), dtype=dtype) if dtype != torch.float32 else None
             for start in range(0, hidden.shape[0], chunk):
                 h = hidden[start:start + chunk].to(dtype)
                 t = targets[start:start + chunk]
-                logits = F.linear(h, w, b).float()
+                logits = logits_buffer[:h.shape[0]]
+                if low_buffer is None:
+                    _linear(h, w, b, out=logits)
+                else:
+                    logits.copy_(_linear(h, w, b, out=low_buffer[:h.shape[0]]))
                 target = logits.gather(1, t[:, None]).squeeze(1)
                 # The softmax in place over the logits (no log-softmax copy; 2.5x faster than
                 # torch.logsumexp on CPU): loss = max + log(sum(exp(logits - max))) - target logit.
@@ -94,14 +109,13 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
                 # d(sum of losses)/d(logits) = softmax - one_hot.
                 grad_logits = probs.div_(norm)
                 grad_logits[torch.arange(t.shape[0], device=t.device), t] -= 1
-                grad_low = grad_logits.to(dtype)
+                grad_low = grad_logits if low_buffer is None else low_buffer[:h.shape[0]].copy_(grad_logits)
                 if grad_hidden is not None:
                     grad_hidden[start:start + chunk] = grad_low @ w
                 if grad_weight is not None:
                     grad_weight += (grad_low.T @ h).float()
                 if grad_bias is not None:
                     grad_bias += grad_logits.sum(0)
-                # Freed before the next chunk's logits exist: one chunk at a time, as the planner counts.
                 del logits, probs, grad_logits, grad_low
         # Kept on ctx, not saved tensors: backward scales them in place (no second copy of a vocabulary x hidden
         # weight gradient) and hands them over, so a second backward through this graph is refused.
