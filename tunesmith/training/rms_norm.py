@@ -3,8 +3,10 @@
 Why by hand: transformers' RMSNorm modules are a chain of small ops (square, mean, rsqrt, two products), and autograd
 runs each one's backward separately, then adds the two gradients that reach the input: about ten passes over the
 hidden states. On CPU, where no fused kernel exists (Liger's is Triton, for CUDA), that was 4.3 ms of backward per
-norm for SmolLM2 at 4 x 380 tokens, 61 norms a step: about 9% of a LoRA step. Written as one autograd Function the
-backward is four passes (1.4 ms): with h = x * rstd and u = w * grad, grad_x = rstd * (u - h * mean(u * h)).
+norm for SmolLM2 at 4 x 380 tokens (61 norms a step) with glibc's allocator. Written as one autograd Function the
+backward is four passes (1.4 ms): with h = x * rstd and u = w * grad, grad_x = rstd * (u - h * mean(u * h)). A LoRA
+step gained 7% with glibc; with tcmalloc, which already makes the many small temporaries cheap, 1-6% (in-process
+A/B; not measurable between whole processes: docs/benchmarks.md).
 
 Only modules whose output the Function reproduces are swapped: each candidate (a class named ...RMSNorm with a
 vector weight and an epsilon) is run on a probe row and compared with the Function, for `w * h` (Llama, Qwen,
