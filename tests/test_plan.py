@@ -247,25 +247,28 @@ def test_time_probe_runs_real_steps(folders, capsys):
 
 
 def test_time_probe_trains_as_training_does(folders, monkeypatch):
-    """On CPU the probe swaps in fast dropout and, for bf16, keeps an fp32 base under bf16 autocast, like train()."""
+    """On CPU the probe swaps in fast dropout and the CPU RMSNorm and, for bf16, keeps an fp32 base under bf16
+    autocast, like train()."""
     from tunesmith.planning import time as probe_module
 
-    seen, swap = {}, probe_module.use_fast_dropout
+    seen, swap = {}, probe_module.use_cpu_layers
 
-    def spy_dropout(model):
-        seen["swapped"] = swap(model)
+    def spy_layers(model, **asked):
+        seen["swapped"] = swap(model, **asked)
         seen["base dtype"] = next(p.dtype for p in model.parameters() if not p.requires_grad)
         return seen["swapped"]
 
-    monkeypatch.setattr(probe_module, "use_fast_dropout", spy_dropout)
+    monkeypatch.setattr(probe_module, "use_cpu_layers", spy_layers)
     config = load_model_config(str(folders["llama"]))
     speed = probe_module.probe_throughput(config, PlanRequest(method="lora", batch=1, seq=16, precision="bf16"),
                                          steps=1)
     assert speed.tokens_per_second > 0
-    assert seen["swapped"] > 0 and seen["base dtype"] == torch.float32
+    assert seen["swapped"]["dropout"] > 0 and seen["swapped"]["rms_norm"] > 0
+    assert seen["base dtype"] == torch.float32
     seen.clear()
     probe_module.probe_throughput(config, PlanRequest(method="lora", batch=1, seq=16, fast_dropout=False), steps=1)
-    assert seen == {}  # training.fast_dropout off: the probe keeps torch's dropout, as training does
+    # training.fast_dropout off: the probe keeps torch's dropout, as training does
+    assert seen["swapped"]["dropout"] == 0
 
 
 def test_bf16_autocast_plan_counts_half_precision_weight_copies(folders):

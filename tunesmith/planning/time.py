@@ -18,8 +18,7 @@ import torch
 from ..methods.registry import get_method
 from ..models.loading import training_load_dtype
 from ..training.frozen_base import hold_for_training
-from ..training.dropout import use_fast_dropout
-from ..training.rms_norm import use_cpu_rms_norm
+from ..training.cpu_layers import use_cpu_layers
 from .memory import PlanRequest
 from .params import apply_method, method_options
 
@@ -55,10 +54,8 @@ def probe_throughput(config, request: PlanRequest, *, steps: int = 3, progress=N
     model, _ = apply_method(build, method, method_options(method, request.method_options), compute_dtype)
     hold_for_training(model, get_method(method), compute_dtype, cuda=device.type == "cuda",
                       enabled=request.half_frozen_base)
-    if device.type == "cpu" and request.fast_dropout:
-        use_fast_dropout(model)
-    if device.type == "cpu" and request.fast_rms_norm:
-        use_cpu_rms_norm(model)
+    if device.type == "cpu":
+        use_cpu_layers(model, dropout=request.fast_dropout, rms_norm=request.fast_rms_norm)
     if request.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if hasattr(model, "enable_input_require_grads"):
