@@ -8,16 +8,56 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 from transformers import AutoModelForCausalLM
 
-from tunesmith.training.dropout import FastDropout, keep_mask, use_fast_dropout
+from tunesmith.training.dropout import FastDropout, _hash_words, _scale_kept, keep_mask, use_fast_dropout
 
 
 def test_every_lane_drops_with_probability_p():
     torch.manual_seed(0)
     keep, dropped = keep_mask(torch.Size([1_000_000, 4]), 0.1)
     assert dropped == round(0.1 * 32768) / 32768 and abs(dropped - 0.1) < 1 / 32768
-    rates = 1 - keep.float().mean(dim=0)  # the four 16-bit lanes of each 64-bit word, separately
+    assert keep.shape == (1_000_000, 4) and keep.dtype == torch.uint8 and set(keep.unique().tolist()) == {0, 1}
+    rates = 1 - keep.float().mean(dim=0)  # low and high 16-bit lanes of the 32-bit hash words, separately
     assert torch.allclose(rates, torch.full((4,), dropped), atol=0.0015), rates
-    assert keep.shape == (1_000_000, 4) and keep.dtype == torch.bool
+
+
+def _lowbias32(index: int, multiplier: int, offset: int) -> int:
+    """The hash in plain Python integers, mod 2^32: what the int32 tensor ops must compute."""
+    full = (1 << 32) - 1
+    z = (index * multiplier + offset) & full
+    z ^= z >> 16
+    z = (z * 0x7FEB352D) & full
+    z ^= z >> 15
+    z = (z * 0x846CA68B) & full
+    return z ^ (z >> 16)
+
+
+def test_hash_words_match_the_plain_integer_hash():
+    """The tensor ops wrap mod 2^32 and their shifts are logical, across the row layout of the indices."""
+    key = torch.tensor([-123_456_789, 2_000_000_001])
+    words = _hash_words(5000, key)
+    multiplier, offset = (-123_456_789 | 1) & 0xFFFFFFFF, 2_000_000_001
+    for i in (0, 1, 2, 1023, 1024, 1025, 2047, 4999):
+        assert int(words[i]) & 0xFFFFFFFF == _lowbias32(i, multiplier, offset), i
+
+
+def test_masks_are_independent_across_elements_and_calls():
+    torch.manual_seed(0)
+    first = keep_mask(torch.Size([2_000_000]), 0.5)[0].float() * 2 - 1
+    second = keep_mask(torch.Size([2_000_000]), 0.5)[0].float() * 2 - 1
+    # +-1 variables: the mean of a product is their correlation; independent ones give ~0 (sd 1/sqrt(n) = 0.0007).
+    assert abs((first * second).mean()) < 0.004  # two calls (two keys)
+    assert abs((first[1:] * first[:-1]).mean()) < 0.004  # neighbours (two lanes of one word, or adjacent words)
+    assert abs((first[1024:] * first[:-1024]).mean()) < 0.004  # one row of indices apart
+    assert abs(first.mean()) < 0.004
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_scaling_the_kept_values_is_dropouts_select_and_scale(dtype):
+    torch.manual_seed(2)
+    x = torch.randn(300, 77).to(dtype)
+    keep, dropped = keep_mask(x.shape, 0.3)
+    scale = 1 / (1 - dropped)
+    assert torch.equal(_scale_kept(x, keep, scale), torch.where(keep.bool(), x, 0.0).mul_(scale))
 
 
 def test_odd_sizes_and_extremes():
