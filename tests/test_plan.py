@@ -91,7 +91,7 @@ def test_config_json_and_folder_agree(folders):
     assert count_params(exact_counts(a, "lora")[0]).trainable == count_params(exact_counts(b, "lora")[0]).trainable
 
 
-def test_fast_dropout_keeps_a_boolean_mask(folders):
+def test_fast_dropout_keeps_a_one_byte_mask(folders):
     """training.fast_dropout saves 1 byte per dropped element where torch's CPU dropout saves float32 noise (4)."""
     config = load_model_config(str(folders["llama"]))
     request = {"method": "lora", "batch": 2, "seq": 16, "method_options": {"dropout": 0.1}}
@@ -99,7 +99,7 @@ def test_fast_dropout_keeps_a_boolean_mask(folders):
     native = plan_memory(config, PlanRequest(**request, fast_dropout=False))
     saved_bytes = native.activations - fast.activations
     assert saved_bytes > 0 and saved_bytes % (3 * 2 * 16) == 0
-    # On a GPU torch's fused dropout keeps a boolean mask too: the switch changes nothing, both count booleans.
+    # On a GPU torch's fused dropout keeps a one-byte (boolean) mask too: the switch changes nothing there.
     cuda = {**request, "device": "cuda", "precision": "fp32"}
     assert plan_memory(config, PlanRequest(**cuda)).activations == \
         plan_memory(config, PlanRequest(**cuda, fast_dropout=False)).activations == fast.activations

@@ -46,7 +46,7 @@ class PlanRequest:
     # Training runs the LM head and the loss only where the next token is trained (training.supervised_logits), so
     # the batch x seq x vocabulary buffers scale with the replies' share of tokens; 1.0 (every token) is the bound.
     supervised_share: float = 1.0
-    # training.fast_dropout: on CPU each dropout keeps a boolean mask for backward instead of torch's float32 noise
+    # training.fast_dropout: on CPU each dropout keeps a one-byte mask for backward instead of torch's float32 noise
     # (on CUDA torch's fused dropout already does; the switch changes nothing there).
     fast_dropout: bool = True
     # training.fast_rms_norm: on CPU the RMSNorm layers run as one autograd Function. It keeps the tensors autograd
@@ -201,8 +201,9 @@ def plan_memory(config, request: PlanRequest) -> MemoryPlan:
                                  attn_implementation=request.attn_implementation, cuda=request.device == "cuda",
                                  half_frozen_base=request.half_frozen_base)
     optimizer = resolve_optimizer(request.optimizer, request.method, request.device)
-    # What dropout keeps for backward: training's fast dropout on CPU, and torch's fused dropout on CUDA, keep a
-    # boolean mask; the meta trace would take torch's unfused path (float32 noise) unless FastDropout stands in.
+    # What dropout keeps for backward: training's fast dropout on CPU (uint8), and torch's fused dropout on CUDA
+    # (bool), keep a one-byte mask; the meta trace would take torch's unfused path (float32 noise) unless FastDropout
+    # stands in.
     if request.device == "cuda" or request.fast_dropout:
         use_fast_dropout(model)
     # Training autocasts whenever it computes in half precision (TrainingArguments bf16/fp16), over fp32 weights or
