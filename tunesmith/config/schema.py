@@ -79,6 +79,9 @@ class TrainingConfig(StrictModel):
     chunked_loss: bool = Field(True, description="LM head and cross-entropy over chunks of tokens, gradients "
                                                  "computed on the way: no tokens x vocabulary logits (needs "
                                                  "supervised_logits; liger_kernel uses Liger's instead)")
+    skip_padding_mask: bool = Field(True, description="causal LMs, right-padded batches: no padding mask, so "
+                                                      "attention runs causal-only (no real token sees a later "
+                                                      "pad; checked on the first batch; sdpa/eager only)")
     half_frozen_base: bool = Field(True, description="CPU, bf16 autocast, adapter methods: frozen linear weights "
                                                      "held in bf16 (the values autocast multiplies with; no "
                                                      "per-step copies)")

@@ -143,7 +143,7 @@ def _train_causal_lm(cfg: RunConfig, *, resume: bool, console: Console | None,
                                callbacks=callbacks + list(extra_callbacks or []),
                                optimizers=(method.optimizer(model, cfg.method, args), None),
                                supervised_logits=supervised, chunked_loss=t.chunked_loss,
-                               activation_offload=t.activation_offload)
+                               activation_offload=t.activation_offload, skip_padding_mask=t.skip_padding_mask)
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
     output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)

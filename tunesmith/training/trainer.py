@@ -25,6 +25,7 @@ from transformers import Trainer
 
 from ..data.encoding import IGNORE_INDEX
 from .chunked_loss import FrozenCast, head_compute_dtype, chunked_linear_cross_entropy
+from .padding_mask import eligible_config, mask_is_redundant, right_padded
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,7 @@ class TunesmithTrainer(Trainer):
     not even those (see the module docstring)."""
 
     def __init__(self, *args, supervised_logits: bool = False, chunked_loss: bool = False,
-                 activation_offload: bool = False, **kwargs):
+                 activation_offload: bool = False, skip_padding_mask: bool = False, **kwargs):
         if supervised_logits and kwargs.get("compute_loss_func") is None:
             kwargs["compute_loss_func"] = self._loss
         self._taken: _HeadInput | None = None
@@ -127,6 +128,8 @@ class TunesmithTrainer(Trainer):
         self.supervised_logits = supervised_logits
         self.chunked_loss = supervised_logits and chunked_loss
         self.activation_offload = activation_offload
+        self.skip_padding_mask = skip_padding_mask  # padding_mask.py; turned off if the first check fails
+        self._padding_mask_checked = False
         self._checked = False
         self._chunked_checked = False
         self._head_cast = FrozenCast()
@@ -201,10 +204,25 @@ class TunesmithTrainer(Trainer):
                 return None
         return head
 
+    def _without_padding_mask(self, model, inputs) -> bool:
+        """Whether this batch's attention mask can be left out (padding_mask.py); the model is checked once."""
+        if not (self.skip_padding_mask and model.training and right_padded(inputs.get("attention_mask"))):
+            return False
+        if not self._padding_mask_checked:
+            self._padding_mask_checked = True
+            config = getattr(self.accelerator.unwrap_model(model), "config", None)
+            self.skip_padding_mask = eligible_config(config) and mask_is_redundant(model, inputs["input_ids"])
+            if not self.skip_padding_mask:
+                log.info("skip_padding_mask: not for %s; right-padded batches keep their attention mask",
+                         type(model).__name__)
+        return self.skip_padding_mask
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if not self.supervised_logits or "labels" not in inputs:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         masked = {**inputs, "logits_to_keep": next_token_mask(inputs["labels"])}
+        if self._without_padding_mask(model, inputs):
+            del masked["attention_mask"]
         head = self._chunked_head(model, masked) if self.chunked_loss and model.training else None
         if head is not None:
             with _HeadInput(head) as self._taken:
