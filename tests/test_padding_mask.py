@@ -121,3 +121,27 @@ def test_the_default_config_turns_it_on():
     from tunesmith.config.schema import TrainingConfig
 
     assert TrainingConfig().skip_padding_mask
+
+
+@pytest.mark.parametrize("skip", [True, False])
+def test_a_training_run_leaves_the_mask_out_of_padded_batches(stories_dir, tmp_path, skip):
+    """Through tunesmith's own pipeline (length-grouped, right-padded batches of a real Llama): the model's forward
+    sees no attention mask in the training steps with the option on (the default), and the mask with it off."""
+    from transformers import TrainerCallback
+
+    from tunesmith.training.run import train
+
+    from .test_training import make_config
+
+    seen = []
+
+    class Spy(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            model.get_base_model().model.register_forward_pre_hook(
+                lambda module, a, kw: seen.append(kw.get("attention_mask") is None) if module.training else None,
+                with_kwargs=True)
+
+    train(make_config(stories_dir, tmp_path / "run", max_steps=3, skip_padding_mask=skip),
+          extra_callbacks=[Spy()])
+    # The last three forwards are the steps (the first batch's checks run the model on short probes before them).
+    assert len(seen) > 3 and seen[-3:] == [skip] * 3
