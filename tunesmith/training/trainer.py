@@ -12,6 +12,9 @@ With `chunked_loss` the head's input at those positions is taken as it enters th
 itself then runs on no rows) and the loss goes through `chunked_loss.chunked_linear_cross_entropy`: no logits over
 the vocabulary at all. Models that change their logits after the head (soft-capping, scaling) are detected on the
 first batch, by comparing the model's own logits with the head's, and keep the plain path.
+
+With `skip_padding_mask` a right-padded training batch reaches the model without its attention mask, so attention
+runs causal-only (`padding_mask.py`, which says why that is exact and when it applies).
 """
 
 from __future__ import annotations
