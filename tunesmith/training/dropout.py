@@ -32,7 +32,7 @@ from ..models.layers import replace_modules
 
 _BITS = 15  # random bits per element: 16-bit lanes of the hash words, the sign bit masked off
 _LEVELS = 1 << _BITS
-# lowbias32 (Chris Wellons' integer hash search): two multiply-xorshift rounds, bias 0.17 of ideal avalanche.
+# lowbias32, from Chris Wellons' search for integer hashes with low avalanche bias: two multiply-xorshift rounds.
 _MULTIPLIERS = (0x7FEB352D, 0x846CA68B - (1 << 32))  # as signed int32
 _ROW = 1024
 
