@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import torch
 
+from .probe_forward import probe_forward
+
 _ATTENTION = ("sdpa", "eager")
 
 
@@ -46,12 +48,10 @@ def mask_is_redundant(model: torch.nn.Module, input_ids: torch.Tensor) -> bool:
     mask = torch.ones_like(ids)
     real = ids.shape[1] // 2
     mask[1, real:] = 0
-    outputs = []
-    devices = [ids.device] if ids.device.type == "cuda" else []
+    logits = []
     for attention_mask in (mask, None):
-        with torch.no_grad(), torch.random.fork_rng(devices=devices):
-            try:
-                outputs.append(model(input_ids=ids, attention_mask=attention_mask).logits[1, :real].float())
-            except Exception:  # noqa: BLE001 - a model this check cannot run keeps its mask; training goes on
-                return False
-    return torch.allclose(outputs[0], outputs[1], rtol=1e-4, atol=1e-4)
+        probe_logits = getattr(probe_forward(model, input_ids=ids, attention_mask=attention_mask), "logits", None)
+        if probe_logits is None:
+            return False
+        logits.append(probe_logits[1, :real].float())
+    return torch.allclose(logits[0], logits[1], rtol=1e-4, atol=1e-4)

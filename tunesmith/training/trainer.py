@@ -29,6 +29,7 @@ from transformers import Trainer
 from ..data.encoding import IGNORE_INDEX
 from .chunked_loss import FrozenCast, head_compute_dtype, chunked_linear_cross_entropy
 from .padding_mask import eligible_config, mask_is_redundant, right_padded
+from .probe_forward import probe_forward
 
 log = logging.getLogger(__name__)
 
@@ -169,13 +170,11 @@ class TunesmithTrainer(Trainer):
 
         handle = head.register_forward_hook(grab)
         try:
-            with torch.no_grad(), torch.random.fork_rng(devices=[]):
-                logits = model(input_ids=ids, logits_to_keep=keep).logits
-        except Exception:  # noqa: BLE001 - a model this check cannot run keeps the plain loss; training goes on
-            return False
+            outputs = probe_forward(model, input_ids=ids, logits_to_keep=keep)
         finally:
             handle.remove()
-        if "hidden" not in captured:  # the forward never reached the head
+        logits = getattr(outputs, "logits", None)
+        if logits is None or "hidden" not in captured:  # the model cannot run the probe, or never reached the head
             return False
         dtype = head_compute_dtype(head.weight, self._head_dtype())
         with torch.no_grad(), torch.autocast(ids.device.type, enabled=False):
