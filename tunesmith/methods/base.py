@@ -28,6 +28,9 @@ class Method:
     #: False when the method reads frozen base weights outside their layer's matmul (DoRA's weight norm), so they
     #: must keep the loaded precision (training/frozen_base.py).
     frozen_weights_in_matmuls_only: ClassVar[bool] = True
+    #: False when bf16 autocast measurably spoils the method's gradients (`benchmarks/bf16_gradients.py`); then
+    #: `model.dtype: auto` trains it in fp32 on CPU, where bf16 is tunesmith's speed choice (models/loading.py).
+    bf16_autocast_safe: ClassVar[bool] = True
 
     def load_kwargs(self, opts: Any, compute_dtype: torch.dtype) -> dict[str, Any]:
         """Extra keyword arguments for `from_pretrained` (e.g. a quantisation config)."""

@@ -41,6 +41,9 @@ class PrefixMethod(PromptLearningMethod):
     name = "prefix"
     description = "Prefix tuning: per-layer key/value prefixes via an MLP (PEFT prefix tuning)"
     Options = PrefixOptions
+    # Under bf16 autocast its gradient is 0.59 off float64's (cosine 0.85; LoRA's: 0.03) and training at lr 1e-2
+    # diverged where float32 trained (benchmarks/bf16_gradients.py, docs/methods.md).
+    bf16_autocast_safe = False
 
     def peft_config(self, model, opts: PrefixOptions, total_steps):
         return PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=opts.num_virtual_tokens,
@@ -52,6 +55,8 @@ class PtuningV2Method(PromptLearningMethod):
     name = "ptuning_v2"
     description = "P-tuning v2: deep prompts at every layer, trained directly (PEFT prefix, no MLP)"
     Options = PtuningV2Options
+    # Under bf16 autocast its gradient points away from float64's (relative error 2.3, cosine -0.19).
+    bf16_autocast_safe = False
 
     def peft_config(self, model, opts: PtuningV2Options, total_steps):
         return PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=opts.num_virtual_tokens,

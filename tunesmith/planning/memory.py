@@ -64,9 +64,10 @@ class PlanRequest:
         if self.precision == "auto":
             if self.device == "cuda":
                 return torch.bfloat16
+            from ..methods.registry import get_method
             from ..models.loading import training_compute_dtype
 
-            return training_compute_dtype("auto", cuda=False)
+            return training_compute_dtype("auto", cuda=False, bf16_safe=get_method(self.method).bf16_autocast_safe)
         return PRECISIONS[self.precision]
 
 
