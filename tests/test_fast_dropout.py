@@ -128,3 +128,30 @@ def test_gradient_checkpointing_recomputes_the_same_masks(tiny_model_factory):
     assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:
         assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6), name
+
+
+def test_compiles_to_one_graph_with_the_eager_masks(monkeypatch):
+    """`training.torch_compile`: each call draws a new random key. Were it read out as Python ints, torch.compile
+    would guard on their values and recompile at every call."""
+    import torch._inductor.config as inductor_config
+    from torch._dynamo.utils import counters
+
+    # Inductor draws its own random numbers unless told to call torch's; with torch's, the masks must be eager's.
+    monkeypatch.setattr(inductor_config, "fallback_random", True)
+    torch._dynamo.reset()
+    counters.clear()
+    layer = nn.Sequential(nn.Linear(16, 16), FastDropout(0.2)).train()
+    compiled = torch.compile(layer, dynamic=True)
+    x = torch.randn(2, 37, 16, requires_grad=True)
+    for seed in range(4):
+        torch.manual_seed(seed)
+        eager = layer(x)
+        torch.manual_seed(seed)
+        out = compiled(x)
+        assert torch.equal(out, eager), seed
+        assert 0 < int((out == 0).sum()) < out.numel()
+    (grad,) = torch.autograd.grad(out.sum(), x)
+    (eager_grad,) = torch.autograd.grad(eager.sum(), x)
+    assert torch.allclose(grad, eager_grad)
+    assert counters["stats"]["unique_graphs"] == 1 and not counters["recompiles"]
+    torch._dynamo.reset()

@@ -42,18 +42,16 @@ def _shift_right(z: torch.Tensor, k: int) -> torch.Tensor:
     return z.bitwise_right_shift(k).bitwise_and_((1 << (32 - k)) - 1)
 
 
-def _int32(value: int) -> int:
-    return (value + (1 << 31)) % (1 << 32) - (1 << 31)
-
-
 def _hash_words(count: int, key: torch.Tensor, device=None) -> torch.Tensor:
     """At least `count` pseudo-random int32 words: lowbias32 of (index * odd + offset), wrapping mod 2^32. The odd
     multiplier and the offset come from `key`, so two keys give unrelated sequences, not one shifted copy of the
     other. The indices are laid out as rows x 1024 and made by one broadcasting add of two short ranges (a full
-    `arange` was a quarter of the hash's time)."""
-    multiplier, offset = int(key[0]) | 1, int(key[1])
+    `arange` was a quarter of the hash's time). The key stays a tensor (int32 products wrap as the hash needs): as
+    Python ints its random values would become constants that torch.compile guards on, one recompile per call."""
+    key = key.to(device=device, dtype=torch.int32)
+    multiplier, offset = key[0].bitwise_or(1), key[1]
     rows = -(-count // _ROW)
-    starts = torch.arange(rows, dtype=torch.int32, device=device).mul_(_int32(_ROW * multiplier)).add_(offset)
+    starts = torch.arange(rows, dtype=torch.int32, device=device).mul_(multiplier * _ROW).add_(offset)
     columns = torch.arange(_ROW, dtype=torch.int32, device=device).mul_(multiplier)
     z = torch.add(starts[:, None], columns[None, :]).view(-1)
     for constant, shift in zip(_MULTIPLIERS, (16, 15)):
