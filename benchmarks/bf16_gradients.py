@@ -75,9 +75,13 @@ def measure(method_name: str, args) -> dict:
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa")
     method = get_method(method_name)
-    opts = validate_config({"model": {"name_or_path": path}, "method": {"name": method_name},
+    method_cfg = {"name": method_name}
+    if method_name == "ptuning_v2" and args.init_text is not None:
+        method_cfg["init_text"] = None if args.init_text == "none" else args.init_text
+    opts = validate_config({"model": {"name_or_path": path}, "method": method_cfg,
                             "data": {"train": [{"path": args.data}]}}).method
     model = method.prepare(model, opts, gradient_checkpointing=False, total_steps=10)
+    method.initialise(model, opts, tokenizer)  # as training does (P-tuning v2's prefixes from a text)
     model.eval()  # no dropout: the three passes must differ by precision only
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     bf16 = gradients(model, params, batch, "bf16")
@@ -86,7 +90,7 @@ def measure(method_name: str, args) -> dict:
     fp64 = gradients(model, params, batch, "fp64")
     return {"method": method_name, "trainable": sum(p.numel() for _, p in params),
             "bf16": compare(bf16, fp64), "fp32": compare(fp32, fp64),
-            "bf16_autocast_safe": method.bf16_autocast_safe}
+            "bf16_autocast_safe": method.bf16_autocast_safe(opts)}
 
 
 def main() -> None:
@@ -95,6 +99,7 @@ def main() -> None:
     parser.add_argument("--data", default=DEFAULT_DATA)
     parser.add_argument("--methods", default=DEFAULT_METHODS)
     parser.add_argument("--samples", type=int, default=4)
+    parser.add_argument("--init-text", default=None, help="P-tuning v2's init_text ('none': PEFT's random prefixes)")
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()

@@ -185,6 +185,44 @@ def test_freeze_trains_only_the_last_blocks(stories_dir):
     assert not model.model.embed_tokens.weight.requires_grad
 
 
+def test_ptuning_v2_init_text_starts_as_the_base_model_reading_that_text(stories_dir):
+    """The prefixes are the base model's keys and values for the text's first tokens, so the adapted model's logits
+    equal the base model's on that text followed by the input."""
+    from transformers import AutoTokenizer
+
+    from tunesmith.errors import ConfigError
+
+    method = get_method("ptuning_v2")
+    text = "Once upon a time there was a little girl named Lily."
+    tokenizer = AutoTokenizer.from_pretrained(stories_dir)
+    base = AutoModelForCausalLM.from_pretrained(stories_dir, dtype=torch.float32).eval()
+    opts = method.Options(num_virtual_tokens=4, init_text=text)
+    model = method.prepare(AutoModelForCausalLM.from_pretrained(stories_dir, dtype=torch.float32), opts,
+                           gradient_checkpointing=False)
+    method.initialise(model, opts, tokenizer)
+    model.eval()
+    inputs = batch(stories_dir)
+    prefix_ids = tokenizer(text, return_tensors="pt")["input_ids"][:, :4]
+    with torch.no_grad():
+        adapted = model(**inputs).logits
+        reference = base(input_ids=torch.cat([prefix_ids, inputs["input_ids"]], dim=1)).logits[:, 4:]
+    assert torch.allclose(adapted, reference, atol=1e-4), (adapted - reference).abs().max()
+    with torch.no_grad():
+        plain = base(**inputs).logits
+    assert not torch.allclose(adapted, plain, atol=1e-2)  # the prefix is really there
+
+    assert method.Options().init_text  # the default starts from a text
+    opts = method.Options(num_virtual_tokens=4, init_text=None)
+    random_start = method.prepare(AutoModelForCausalLM.from_pretrained(stories_dir), opts,
+                                  gradient_checkpointing=False)
+    method.initialise(random_start, opts, tokenizer)
+    assert 0.9 < float(random_start.prompt_encoder["default"].embedding.weight.std()) < 1.1  # PEFT's N(0, 1)
+    opts = method.Options(init_text="Once upon")
+    with pytest.raises(ConfigError, match="init_text is 3 tokens"):
+        method.initialise(method.prepare(AutoModelForCausalLM.from_pretrained(stories_dir), opts,
+                                         gradient_checkpointing=False), opts, tokenizer)
+
+
 def test_prompt_methods_refuse_packing(tmp_path):
     from tunesmith.config.loading import validate_config
     from tunesmith.errors import ConfigError
@@ -192,6 +230,17 @@ def test_prompt_methods_refuse_packing(tmp_path):
     with pytest.raises(ConfigError, match="cannot train on packed"):
         validate_config({"model": {"name_or_path": "x/y"}, "method": {"name": "prefix"},
                          "data": {"train": [{"path": "a.json"}], "packing": True}})
+
+
+@pytest.mark.parametrize("name", ["prefix", "ptuning_v2", "prompt"])
+def test_prompt_methods_refuse_classification(name):
+    from tunesmith.config.loading import validate_config
+    from tunesmith.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="not task: classification") as caught:
+        validate_config({"task": "classification", "model": {"name_or_path": "x/y"}, "method": {"name": name},
+                         "data": {"train": [{"path": "a.csv"}]}})
+    assert caught.value.where.endswith("method.name")
 
 
 def test_methods_cli_prints_every_method_with_exact_counts(stories_dir, monkeypatch, capsys):

@@ -28,9 +28,12 @@ class Method:
     #: False when the method reads frozen base weights outside their layer's matmul (DoRA's weight norm), so they
     #: must keep the loaded precision (training/frozen_base.py).
     frozen_weights_in_matmuls_only: ClassVar[bool] = True
-    #: False when bf16 autocast measurably spoils the method's gradients (`benchmarks/bf16_gradients.py`); then
-    #: `model.dtype: auto` trains it in fp32 on CPU, where bf16 is tunesmith's speed choice (models/loading.py).
-    bf16_autocast_safe: ClassVar[bool] = True
+
+    def bf16_autocast_safe(self, opts: Any) -> bool:
+        """False when bf16 autocast measurably spoils this method's gradients (`benchmarks/bf16_gradients.py`);
+        then `model.dtype: auto` trains it in fp32 on CPU, where bf16 is tunesmith's speed choice
+        (models/loading.py), and a forced half precision is warned about."""
+        return True
 
     def load_kwargs(self, opts: Any, compute_dtype: torch.dtype) -> dict[str, Any]:
         """Extra keyword arguments for `from_pretrained` (e.g. a quantisation config)."""
@@ -40,6 +43,10 @@ class Method:
                 total_steps: int | None = None) -> torch.nn.Module:
         """Return the model ready for training with only this method's parameters trainable."""
         raise NotImplementedError
+
+    def initialise(self, model: torch.nn.Module, opts: Any, tokenizer: Any) -> None:
+        """Initialisation that needs the tokenizer (P-tuning v2's prefixes from a text), after `prepare`, before
+        training. The planners, which only count and time, skip it."""
 
     def callbacks(self, model: torch.nn.Module, opts: Any) -> list:
         """TrainerCallbacks the method needs during training (rank re-allocation, schedules...)."""

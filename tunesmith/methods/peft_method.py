@@ -24,6 +24,11 @@ class PromptLearningMethod(PeftMethod):
 
     def validate(self, opts, full_config):
         super().validate(opts, full_config)
+        if full_config.task == "classification":
+            # PEFT builds them as causal-LM adapters (generation-time prompt handling), which a sequence
+            # classifier lacks: training failed with an AttributeError.
+            raise ConfigError(f"{self.name} is for causal-LM fine-tuning, not task: classification",
+                              where="method.name", hint="use lora, another adapter method or full")
         if full_config.data.packing:
             raise ConfigError(f"{self.name} prepends virtual tokens to each sequence, so it cannot train on packed "
                               f"sequences", where="data.packing", hint="set data.packing: false")

@@ -66,8 +66,10 @@ class PlanRequest:
                 return torch.bfloat16
             from ..methods.registry import get_method
             from ..models.loading import training_compute_dtype
+            from .params import method_options
 
-            return training_compute_dtype("auto", cuda=False, bf16_safe=get_method(self.method).bf16_autocast_safe)
+            safe = get_method(self.method).bf16_autocast_safe(method_options(self.method, self.method_options))
+            return training_compute_dtype("auto", cuda=False, bf16_safe=safe)
         return PRECISIONS[self.precision]
 
 

@@ -74,7 +74,7 @@ def _train_causal_lm(cfg: RunConfig, *, resume: bool, console: Console | None,
     set_seed(cfg.training.seed)
     configure_cpu_runtime(cfg)
     method = get_method(cfg.method.name)
-    compute_dtype = training_compute_dtype(cfg.model.dtype, bf16_safe=method.bf16_autocast_safe)
+    compute_dtype = training_compute_dtype(cfg.model.dtype, bf16_safe=method.bf16_autocast_safe(cfg.method))
 
     console.print(f"[bold]tunesmith[/] {cfg.method.name} on {cfg.model.name_or_path}")
     _report_cpu_precision(cfg, method, compute_dtype, console)
@@ -113,6 +113,7 @@ def _train_causal_lm(cfg: RunConfig, *, resume: bool, console: Console | None,
         _check_context(cfg, model)
         model = method.prepare(model, cfg.method, gradient_checkpointing=cfg.training.gradient_checkpointing,
                                total_steps=total_steps(cfg, len(data.train)))
+        method.initialise(model, cfg.method, tokenizer)
         apply_cpu_layers(cfg, model, console)
         held = hold_for_training(model, method, compute_dtype, cuda=torch.cuda.is_available(),
                                  enabled=cfg.training.half_frozen_base)
@@ -168,20 +169,21 @@ def _train_causal_lm(cfg: RunConfig, *, resume: bool, console: Console | None,
 def _report_cpu_precision(cfg: RunConfig, method, compute_dtype: torch.dtype, console: Console) -> None:
     """On CPU, say which precision `auto` chose and how to change it (mixed precision changes the numerics); on
     any device, warn when a method whose gradients half precision spoils trains in it."""
-    if compute_dtype != torch.float32 and not method.bf16_autocast_safe:
+    safe = method.bf16_autocast_safe(cfg.method)
+    if compute_dtype != torch.float32 and not safe:
         console.print(f"[yellow]warning:[/] {method.name}'s gradients are far off under {str(compute_dtype)[6:]} "
                       "(measured for bf16 autocast on CPU: benchmarks/bf16_gradients.py); a learning rate that "
                       "trains in fp32 may diverge. model.dtype: float32 trains in full precision")
     if cfg.model.dtype != "auto" or torch.cuda.is_available():
         return
     flag = native_bf16_cpu()
-    if not method.bf16_autocast_safe and training_compute_dtype("auto", cuda=False) == torch.bfloat16:
+    if not safe and training_compute_dtype("auto", cuda=False) == torch.bfloat16:
         console.print(f"precision: fp32 (model.dtype auto): {method.name}'s gradients are far off under bf16 "
                       "autocast (benchmarks/bf16_gradients.py); model.dtype: bfloat16 forces it")
     elif compute_dtype == torch.bfloat16:
         console.print(f"precision: bf16 autocast over an fp32 model (model.dtype auto: this CPU has {flag}); "
                       "model.dtype: float32 trains in full fp32")
-    elif flag and method.bf16_autocast_safe:
+    elif flag and safe:
         console.print(f"[dim]tip: this CPU multiplies bf16 natively ({flag}); model.dtype: bfloat16 trains with bf16 "
                       f"autocast, faster on CPUs with AMX (docs/benchmarks.md)[/]")
 

@@ -39,7 +39,7 @@ def train_classification(cfg: RunConfig, *, resume: bool = False, console: Conso
     set_seed(cfg.training.seed)
     configure_cpu_runtime(cfg)
     method = get_method(cfg.method.name)
-    compute_dtype = training_compute_dtype(cfg.model.dtype, bf16_safe=method.bf16_autocast_safe)
+    compute_dtype = training_compute_dtype(cfg.model.dtype, bf16_safe=method.bf16_autocast_safe(cfg.method))
 
     console.print(f"[bold]tunesmith[/] classification ({cfg.method.name}) on {cfg.model.name_or_path}")
     tokenizer = load_tokenizer(cfg.model)
