@@ -235,6 +235,26 @@ def test_auto_precision_keeps_fp32_for_methods_whose_gradients_bf16_spoils(amx_c
         assert request.compute_dtype() == expected, (method, options)  # the planner counts the same
 
 
+def test_bf16_gradients_benchmark_measures_against_float64(stories_dir):
+    """benchmarks/bf16_gradients.py, the evidence behind `bf16_autocast_safe`: its float32 column must sit at
+    rounding level and its bf16 column well above it, or the comparison is broken."""
+    import argparse
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bf16_gradients.py"
+    spec = importlib.util.spec_from_file_location("bf16_gradients", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    args = argparse.Namespace(model=str(stories_dir), data=module.DEFAULT_DATA, samples=2, max_length=64,
+                              init_text=None)
+    row = module.measure("ptuning_v2", args)
+    assert row["fp32"]["rel_error"] < 1e-4 and row["fp32"]["cosine"] > 0.9999
+    assert 1e-3 < row["bf16"]["rel_error"] < 0.2 and row["bf16_autocast_safe"]  # from its default text
+    args.init_text = "none"
+    assert not module.measure("ptuning_v2", args)["bf16_autocast_safe"]
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CPU behaviour")
 @pytest.mark.parametrize("dtype", ["auto", "bfloat16"])
 def test_prefix_tuning_trains_in_fp32_under_auto_and_warns_when_forced(stories_dir, tmp_path, amx_cpu, dtype):

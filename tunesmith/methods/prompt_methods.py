@@ -54,8 +54,9 @@ class PrefixMethod(PromptLearningMethod):
     Options = PrefixOptions
 
     def bf16_autocast_safe(self, opts: PrefixOptions) -> bool:
-        # Under bf16 autocast its gradient is 0.59 off float64's (cosine 0.85; LoRA's: 0.03) and training at lr 1e-2
-        # diverged where float32 trained (benchmarks/bf16_gradients.py, docs/methods.md).
+        # SmolLM2-135M under bf16 autocast: its gradient 0.59 off float64's (cosine 0.85; LoRA's: 0.03), and training
+        # at lr 1e-2 diverged where float32 trained (benchmarks/bf16_gradients.py, docs/methods.md). Model-dependent
+        # (stories260K: 0.03), so conservative for models where bf16 would do.
         return False
 
     def peft_config(self, model, opts: PrefixOptions, total_steps):
