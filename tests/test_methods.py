@@ -223,6 +223,25 @@ def test_ptuning_v2_init_text_starts_as_the_base_model_reading_that_text(stories
                                          gradient_checkpointing=False), opts, tokenizer)
 
 
+def test_ptuning_v2_init_text_failure_is_a_config_error(stories_dir, monkeypatch):
+    import peft
+    from transformers import AutoTokenizer
+
+    from tunesmith.errors import ConfigError
+
+    def unreadable(*args, **kwargs):
+        raise ValueError("Inconsistent head shapes across layers in `past_key_values`.")
+
+    monkeypatch.setattr(peft, "initialize_kv_prefix_from_text", unreadable)
+    method = get_method("ptuning_v2")
+    opts = method.Options(num_virtual_tokens=4)
+    model = method.prepare(AutoModelForCausalLM.from_pretrained(stories_dir), opts, gradient_checkpointing=False)
+    model.train()
+    with pytest.raises(ConfigError, match="cannot start the prefixes from init_text.*head shapes") as caught:
+        method.initialise(model, opts, AutoTokenizer.from_pretrained(stories_dir))
+    assert "init_text: null" in caught.value.hint and model.training
+
+
 def test_prompt_methods_refuse_packing(tmp_path):
     from tunesmith.config.loading import validate_config
     from tunesmith.errors import ConfigError
