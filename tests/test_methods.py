@@ -251,7 +251,7 @@ def test_prompt_methods_refuse_packing(tmp_path):
                          "data": {"train": [{"path": "a.json"}], "packing": True}})
 
 
-@pytest.mark.parametrize("name", ["prefix", "ptuning_v2", "prompt"])
+@pytest.mark.parametrize("name", ["prefix", "ptuning_v2", "prompt", "hybrid"])
 def test_prompt_methods_refuse_classification(name):
     from tunesmith.config.loading import validate_config
     from tunesmith.errors import ConfigError
