@@ -104,7 +104,7 @@ def worker_train(spec: dict) -> dict:
                      "gradient_checkpointing": spec["gc"], "cpu_allocator": spec["allocator"]}})
     # The same sequence as tunesmith.training.run.train, minus data files and saving.
     method = get_method(cfg.method.name)
-    compute_dtype = training_compute_dtype(cfg.model.dtype)
+    compute_dtype = training_compute_dtype(cfg.model.dtype, bf16_safe=method.bf16_autocast_safe(cfg.method))
     load_dtype = training_load_dtype(method.is_peft, compute_dtype)
     model = load_model(cfg.model, dtype=load_dtype, extra=method.load_kwargs(cfg.method, compute_dtype))
     model.config.use_cache = False
