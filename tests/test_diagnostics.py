@@ -157,6 +157,28 @@ def test_findings_are_saved_with_the_run(tmp_path):
     assert [f["code"] for f in saved["findings"]] == ["spike"] and saved["diverged"] is False
 
 
+@pytest.mark.parametrize("bf16", [True, False])
+def test_instability_under_half_precision_adds_a_precision_note(tmp_path, bf16):
+    from types import SimpleNamespace
+
+    lines = records(healthy_loss(40))
+    lines[25]["loss"] *= 4
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    callback = DiagnosticsCallback(tmp_path)
+    state, control = TrainerState(), TrainerControl()
+    callback.on_train_end(SimpleNamespace(bf16=bf16, fp16=False), state, control)
+    found = codes(callback.findings)
+    assert found == (["spike", "half_precision"] if bf16 else ["spike"])
+    if bf16:
+        assert "model.dtype: float32" in callback.findings[-1].advice
+    healthy = tmp_path / "healthy"
+    healthy.mkdir()
+    (healthy / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records(healthy_loss(40))))
+    quiet = DiagnosticsCallback(healthy)
+    quiet.on_train_end(SimpleNamespace(bf16=True, fp16=False), state, control)
+    assert "half_precision" not in codes(quiet.findings)  # a healthy bf16 run gets no note
+
+
 class Poison(TrainerCallback):
     """Puts NaN into the trainable weights after step `at`, as a too-high learning rate eventually does."""
 

@@ -18,6 +18,7 @@ from .findings import Finding, sort_findings
 
 DIAGNOSTICS_FILE = "diagnostics.json"
 _LIVE = ("spike", "grad_explosion")  # worth telling the user before the run ends
+_UNSTABLE = ("nonfinite", "spike", "grad_explosion", "oscillation")
 
 
 class TrainingDiverged(TunesmithError):
@@ -76,6 +77,7 @@ class DiagnosticsCallback(TrainerCallback):
         findings = diagnose(records, max_grad_norm=self.max_grad_norm)
         if self.diverged:  # non-finite values are not written to metrics.jsonl, so add the event itself
             findings = sort_findings([self.diverged] + [f for f in findings if f.code != "nonfinite"])
+        findings = sort_findings(findings + _precision_note(args, findings))
         self.findings = findings
         self.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.run_dir / DIAGNOSTICS_FILE, {"findings": [f.to_dict() for f in findings],
@@ -88,6 +90,18 @@ class DiagnosticsCallback(TrainerCallback):
         else:
             self.console.print("training diagnostics: the curves look healthy")
         return control
+
+
+def _precision_note(args, findings: list[Finding]) -> list[Finding]:
+    """Instability under half precision: the learning rate is the usual cause, but not the only one (prefix tuning
+    diverged under bf16 autocast where fp32 trained at the same learning rate: docs/methods.md)."""
+    half = "bf16" if getattr(args, "bf16", False) else "fp16" if getattr(args, "fp16", False) else None
+    if half is None or not any(f.code in _UNSTABLE for f in findings):
+        return []
+    return [Finding("half_precision", "info", None, f"this run computed under {half} mixed precision",
+                    "if a lower learning rate does not settle the curve, train once with model.dtype: float32 to "
+                    "tell precision and learning rate apart (python benchmarks/bf16_gradients.py --methods NAME "
+                    "measures how far bf16 moves a method's gradients)")]
 
 
 @torch.no_grad()

@@ -9,7 +9,7 @@ SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
 
 @dataclass(frozen=True)
 class Finding:
-    code: str  # nonfinite, spike, oscillation, plateau, overfitting, generalization_gap, grad_*
+    code: str  # nonfinite, spike, oscillation, plateau, overfitting, generalization_gap, grad_*, half_precision
     severity: str  # error | warning | info
     step: int | None  # where it shows (first step concerned)
     message: str
