@@ -62,9 +62,9 @@ def measure(method_name: str, args) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     sys.path.insert(0, str(ROOT))
-    from tunesmith.config.loading import validate_config
     from tunesmith.methods.registry import get_method
     from tunesmith.models.loading import resolve_ref
+    from tunesmith.planning.params import method_options
 
     path = resolve_ref(args.model)
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -79,11 +79,10 @@ def measure(method_name: str, args) -> dict:
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa")
     method = get_method(method_name)
-    method_cfg = {"name": method_name}
+    values = {}
     if method_name == "ptuning_v2" and args.init_text is not None:
-        method_cfg["init_text"] = None if args.init_text == "none" else args.init_text
-    opts = validate_config({"model": {"name_or_path": path}, "method": method_cfg,
-                            "data": {"train": [{"path": args.data}]}}).method
+        values["init_text"] = None if args.init_text == "none" else args.init_text
+    opts = method_options(method_name, values)
     model = method.prepare(model, opts, gradient_checkpointing=False, total_steps=10)
     method.initialise(model, opts, tokenizer)  # as training does (P-tuning v2's prefixes from a text)
     model.eval()  # no dropout: the three passes must differ by precision only
