@@ -398,6 +398,7 @@ def main() -> None:
     from rich.table import Table
 
     sys.path.insert(0, str(ROOT))
+    from tunesmith.hardware import cpu_model
     from tunesmith.training.cpu_memory import find_tcmalloc
 
     console = Console(width=200)
@@ -470,7 +471,7 @@ def main() -> None:
     console.print(versus_peers(chosen, results, speed))
     import torch
 
-    console.print(f"conditions: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+    console.print(f"conditions: {cpu_model()}, {platform.machine()}, {os.cpu_count()} CPUs, "
                   f"torch {torch.__version__} ({torch.get_num_threads()} threads), python {platform.python_version()}; "
                   f"model {Path(args.model).name}; data {Path(args.data).name} records 0-{args.samples - 1} "
                   f"(held-out {args.samples}-{args.samples + args.eval_samples - 1}); lr {args.lr}, cosine, "

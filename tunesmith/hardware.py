@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import platform
 from pathlib import Path
 
 
@@ -34,6 +35,19 @@ def native_bf16_cpu(cpuinfo: str | None = None) -> str | None:
             return None
     flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
     return next((flag for flag in ("amx_bf16", "avx512_bf16") if flag in flags), None)
+
+
+def cpu_model(cpuinfo: str | None = None) -> str:
+    """The CPU's model name and its native bf16 unit, e.g. "AMD EPYC (avx512_bf16)", for benchmark conditions: speed
+    ratios move between CPU families (AMX, AVX512-BF16, neither), so a table names the one it ran on."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            cpuinfo = ""
+    name = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
+                "") or platform.processor() or platform.machine()
+    return f"{name} ({native_bf16_cpu(cpuinfo) or 'no native bf16'})"
 
 
 def gpu_device_visible() -> bool:

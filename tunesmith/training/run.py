@@ -183,9 +183,6 @@ def _report_cpu_precision(cfg: RunConfig, method, compute_dtype: torch.dtype, co
     elif compute_dtype == torch.bfloat16:
         console.print(f"precision: bf16 autocast over an fp32 model (model.dtype auto: this CPU has {flag}); "
                       "model.dtype: float32 trains in full fp32")
-    elif flag and safe:
-        console.print(f"[dim]tip: this CPU multiplies bf16 natively ({flag}); model.dtype: bfloat16 trains with bf16 "
-                      f"autocast, faster on CPUs with AMX (docs/benchmarks.md)[/]")
 
 
 def _check_packing(cfg: RunConfig, model) -> None:
