@@ -25,9 +25,9 @@ def require_shared(path: Path = SHARED) -> Path:
 
 @pytest.fixture(scope="session", autouse=True)
 def fp32_auto_precision():
-    """`model.dtype: auto` trains under bf16 autocast on CPUs with AMX or AVX512-BF16 (`training_compute_dtype`); in tests (module-
-    and session-scoped fixtures included) it means fp32 on every CPU, so exact logit comparisons hold whatever machine
-    runs them. `amx_cpu` turns the rule back on for one test."""
+    """`model.dtype: auto` trains under bf16 autocast on CPUs with AMX or AVX512-BF16 (`training_compute_dtype`); in
+    tests (module- and session-scoped fixtures included) it means fp32 on every CPU, so exact logit comparisons hold
+    whatever machine runs them. `amx_cpu` turns the rule back on for one test."""
     import tunesmith.models.loading as loading
 
     with pytest.MonkeyPatch.context() as patch:

@@ -35,7 +35,8 @@ def register(subparsers) -> None:
     run.add_argument("--optimizer", default=None,
                      choices=["auto", "adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "sgd"])
     run.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                     help="compute dtype (auto: as training picks it: bf16 on CUDA and on CPUs with AMX or AVX512-BF16, else fp32)")
+                     help="compute dtype (auto: as training picks it: bf16 on CUDA and on CPUs with AMX or "
+                          "AVX512-BF16, else fp32)")
     run.add_argument("--attn", default=None, help="attention implementation (sdpa, eager, flash_attention_2)")
     run.add_argument("--supervised-share", type=float, default=None,
                      help="share of tokens whose next token is trained (replies), 0-1; the LM head and loss run only "

@@ -32,9 +32,10 @@ def training_compute_dtype(name: str, *, cuda: bool | None = None,
     `resolve_dtype`, except that `auto` on a CPU with native bf16 matmuls (AMX-BF16 or AVX512-BF16) is bf16: there
     bf16 autocast (fp32 base, matmuls in bf16) trained SmolLM2 LoRA 1.3-1.8x faster on an AMX Xeon and 1.9x on an
     AVX512-BF16 EPYC, with the same held-out loss (docs/benchmarks.md), as `auto` is bf16 on the GPUs that have it.
-    Without either unit bf16 matmuls are emulated, slower than fp32. `float32` keeps full precision. `bf16_safe` is the method's `bf16_autocast_safe`: False keeps
-    `auto` at fp32 on CPU (prefix tuning's gradients are far off under bf16: benchmarks/bf16_gradients.py). On a GPU
-    `auto` stays what the field trains in there; that trade is not measured here (no GPU)."""
+    Without either unit bf16 matmuls are emulated, slower than fp32. `float32` keeps full precision. `bf16_safe` is
+    the method's `bf16_autocast_safe`: False keeps `auto` at fp32 on CPU (prefix tuning's gradients are far off under
+    bf16: benchmarks/bf16_gradients.py). On a GPU `auto` stays what the field trains in there; that trade is not
+    measured here (no GPU)."""
     cuda = torch.cuda.is_available() if cuda is None else cuda
     if name == "auto" and not cuda:
         return torch.bfloat16 if bf16_safe and native_bf16_cpu() is not None else torch.float32

@@ -38,7 +38,7 @@ class PlanRequest:
     grad_accum: int = 1
     gradient_checkpointing: bool = False
     optimizer: str = "auto"
-    precision: str = "auto"          # compute dtype: auto = as training resolves it (bf16 on CUDA and on CPUs with AMX or AVX512-BF16)
+    precision: str = "auto"          # compute dtype: auto = as training resolves it (bf16 on CUDA, native-bf16 CPUs)
     device: str = "cpu"              # cpu | cuda
     devices: int = 1
     zero_stage: int = 0              # 0 none, 1 optimizer, 2 +gradients, 3 (= FSDP full shard) +weights
