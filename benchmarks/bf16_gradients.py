@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import platform
 import sys
 from pathlib import Path
 
@@ -120,9 +119,11 @@ def main() -> None:
             progress.update(task, description=name)
             rows.append(measure(name, args))
             progress.advance(task)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tunesmith.hardware import cpu_model  # the CPU named in the conditions
     conditions = (f"model {Path(args.model).name}, {args.samples} samples of {Path(args.data).name} up to "
                   f"{args.max_length} tokens, gradients at initialisation, eval mode (no dropout), reference float64; "
-                  f"torch {torch.__version__}, {platform.machine()}, {args.threads} threads")
+                  f"torch {torch.__version__}, {cpu_model()}, {args.threads} threads")
     table = Table(title="Gradient error under bf16 autocast, per method", caption=conditions)
     for header in ("method", "trainable", "bf16 rel. error", "bf16 cosine", "bf16 sign agree",
                    "bf16 worst tensor", "fp32 rel. error", "bf16 autocast safe"):

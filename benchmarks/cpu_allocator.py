@@ -88,9 +88,11 @@ def main() -> int:
                 print(proc.stderr[-2000:])
                 return 1
             runs[mode].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tunesmith.hardware import cpu_model  # the CPU named in the conditions
     print(f"\ntraining.cpu_allocator: SmolLM2-135M LoRA r=16 q/k/v/o, {'bf16 autocast' if args.bf16 else 'fp32'}, batch {args.batch} x {args.seq} tokens, "
           f"{args.steps - args.warmup} timed steps after {args.warmup}, median of {args.repeat} alternating run(s); "
-          f"{os.cpu_count()} CPUs ({platform.machine()}), glibc {platform.libc_ver()[1]}, "
+          f"{os.cpu_count()} CPUs ({cpu_model()}), glibc {platform.libc_ver()[1]}, "
           f"load average {os.getloadavg()[0]:.1f} at the end; tcmalloc: {tcmalloc or 'not installed (row left out)'}")
     print(f"{'setting':10} {'s/step':>8} {'peak RSS MiB':>13} {'time vs default':>16} {'memory vs default':>18}")
     base = {k: statistics.median(r[k] for r in runs["default"]) for k in ("step_s", "peak")}

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -28,6 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tunesmith.hardware import cpu_model  # noqa: E402
 from tunesmith.training.dropout import FastDropout, _scale_kept, keep_mask  # noqa: E402
 
 
@@ -73,7 +73,7 @@ def main() -> int:
         "random_ (int64)": lambda: torch.empty((shape.numel() + 3) // 4, dtype=torch.int64).random_(),
     }, args.repeats)
     print(f"\nCPU dropout, forward + backward: shape {tuple(shape)} float32, p {args.p}; torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}); "
+          f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs ({cpu_model()}); "
           f"median of {args.repeats} calls; allocator preload: {os.environ.get('LD_PRELOAD') or 'none'}")
     print(f"{'row':18} {'ms':>7} {'vs torch':>9}")
     base = rows["torch dropout"]

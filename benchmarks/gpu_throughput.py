@@ -17,6 +17,8 @@ again for the input gradients (the frozen base needs no weight gradients; LoRA's
 dense bf16 peak (--peak-tflops; 989 for H100/H200 SXM); recomputation by checkpointing is not counted.
 
     python benchmarks/gpu_throughput.py                     # on a CUDA machine (e.g. the device tool)
+    python benchmarks/gpu_throughput.py --only llama-3.2-1b # one shape per call where calls are time-limited
+    python benchmarks/gpu_throughput.py --only llama-3-8b   #   (the 8B shape is quantised afresh for each variant)
     python benchmarks/gpu_throughput.py --dry-run           # tiny shapes on CPU: checks the script end to end
 """
 
@@ -66,18 +68,24 @@ def worker(args) -> None:
     shape = SHAPES[args.shape]
     config = LlamaConfig(**shape, max_position_embeddings=max(args.seq, 256))
     torch.manual_seed(0)
+    # Random weights are drawn on the GPU: drawing Llama-3-8B's 8 billion on the CPU takes minutes, and the device
+    # tool allows ten of them per call.
+    init_device = torch.device("cuda" if cuda else "cpu")
     if args.method == "qlora":  # bitsandbytes quantises while loading: save random weights once, load them in 4 bit
         folder = Path(args.out) / "random-weights"
         if not (folder / "config.json").exists():
-            AutoModelForCausalLM.from_config(config, dtype=dtype).save_pretrained(folder)
+            with init_device:
+                AutoModelForCausalLM.from_config(config, dtype=dtype).save_pretrained(folder)
+            if cuda:
+                torch.cuda.empty_cache()
         quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                    bnb_4bit_compute_dtype=dtype)
         model = AutoModelForCausalLM.from_pretrained(folder, quantization_config=quant, dtype=dtype,
                                                      device_map={"": 0} if cuda else None)
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
     else:
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
-        model.to("cuda" if cuda else "cpu")
+        with init_device:
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
     model.config.use_cache = False
     model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj",
                                                                                   "o_proj"], task_type="CAUSAL_LM"))

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -114,9 +113,11 @@ def main() -> None:
                                                                                              n != "lora", n))
     rows = []
     load_before = os.getloadavg()[0]  # the CPU may be shared: the load average goes into the conditions
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tunesmith.hardware import cpu_model  # the CPU named in the conditions
     conditions = (f"model {Path(args.model).name}, data {Path(args.data).name} ({args.samples} samples, 10% "
                   f"validation), {args.steps} steps x batch {args.batch}, max length {args.max_length}, "
-                  f"{args.threads} CPU threads, {platform.processor() or platform.machine()}, "
+                  f"{args.threads} CPU threads, {cpu_model()}, "
                   f"torch {_torch_version()} CPU, fresh process per method; 1-min load average {load_before:.1f} "
                   f"at start")
     with tempfile.TemporaryDirectory() as tmp, Progress(console=Console(stderr=True)) as progress:

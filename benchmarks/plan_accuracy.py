@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -265,7 +264,9 @@ def report(measured: dict[str, dict]) -> int:
 
     malloc = {"lean": f"lean (fixed mmap threshold {LEAN_MMAP_THRESHOLD // 1024} KiB)",
               "default": "glibc default (dynamic mmap threshold)", "tcmalloc": "tcmalloc (preloaded)"}[ALLOCATOR]
-    console.print(f"conditions: training.cpu_allocator {malloc}; {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tunesmith.hardware import cpu_model  # the CPU named in the conditions
+    console.print(f"conditions: training.cpu_allocator {malloc}; {cpu_model()}, {os.cpu_count()} CPUs, "
                   f"torch {torch.__version__}, batch {BATCH}, {STEPS} steps, "
                   f"{'fp32' if PRECISION == 'fp32' else 'bf16 autocast over an fp32 model'} (CPU), sdpa attention, "
                   f"AdamW (torch), no gradient checkpointing; measured = VmHWM of a fresh process; runtime baseline = "
@@ -283,7 +284,7 @@ def main() -> int:
                              "when the predicted peak is close to the available RAM)")
     parser.add_argument("--precision", choices=tuple(DTYPES), default="fp32",
                         help="compute precision of every configuration, trained and planned (bf16: autocast over "
-                             "the fp32 model, what model.dtype auto does on CPUs with AMX)")
+                             "the fp32 model, what model.dtype auto does on CPUs with AMX or AVX512-BF16)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--worker-baseline", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()

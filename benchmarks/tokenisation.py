@@ -17,7 +17,6 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -77,9 +76,11 @@ def main() -> int:
     if len({r["digest"] for r in results.values()}) != 1:
         print("the modes built different rows: " + ", ".join(f"{m} {r['digest'][:12]}" for m, r in results.items()))
         return 1
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tunesmith.hardware import cpu_model  # the CPU named in the conditions
     print(f"\ndata preparation: {len(records) * args.copies:,} alpaca_zh records "
           f"({results['serial']['tokens']:,} tokens), SmolLM2 tokenizer, max length 512; "
-          f"{os.cpu_count()} CPUs ({platform.machine()}), load average {os.getloadavg()[0]:.1f} at the end; "
+          f"{os.cpu_count()} CPUs ({cpu_model()}), load average {os.getloadavg()[0]:.1f} at the end; "
           "every mode built identical rows")
     print(f"{'mode':12} {'seconds':>8} {'records/s':>10} {'vs serial':>10}")
     base = results["serial"]["seconds"]
