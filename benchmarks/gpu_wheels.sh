@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Wheels for running benchmarks/gpu_throughput.py on a GPU machine that cannot reach PyPI (the device tool's, whose
+# image has Python 3.12 with torch, transformers, peft and accelerate, but not these). Downloads them into .whl/ at
+# the repository root, at the versions this checkout's .venv has (unpinned where it lacks one), for CPython 3.12 on
+# x86_64 Linux. About 48 MB: under the device tool's 64 MiB a call. Then, on the device (one shape per call):
+#
+#   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+#     .whl/*.whl && export PYTHONPATH=/tmp/site || exit; PYTHONUNBUFFERED=1 python3 \
+#     benchmarks/gpu_throughput.py --only llama-3.2-1b 2>&1 | tee $OUT/gpu_throughput.txt
+#
+# with `.whl` in the call's carry. Not yet run on a device: check the first call's output for an import error
+# (datasets 5 wants pyarrow >= 24 from the image).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
+mkdir -p .whl
+PACKAGES="liger-kernel bitsandbytes datasets dill multiprocess pydantic pydantic-core annotated-types
+typing-inspection gguf datasketch"
+for name in $PACKAGES; do
+  version=$(.venv/bin/python -m pip show "$name" 2>/dev/null | sed -n 's/^Version: //p' || true)
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64 \
+    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 \
+    --platform any -d .whl "${name}${version:+==$version}"
+done
+du -sh .whl
