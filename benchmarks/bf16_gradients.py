@@ -119,7 +119,7 @@ def main() -> None:
             progress.update(task, description=name)
             rows.append(measure(name, args))
             progress.advance(task)
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path.insert(0, str(ROOT))
     from tunesmith.hardware import cpu_model  # the CPU named in the conditions
     conditions = (f"model {Path(args.model).name}, {args.samples} samples of {Path(args.data).name} up to "
                   f"{args.max_length} tokens, gradients at initialisation, eval mode (no dropout), reference float64; "

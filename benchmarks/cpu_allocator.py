@@ -73,6 +73,7 @@ def main() -> int:
         print(json.dumps(worker(args.worker, args.batch, args.seq, args.steps, args.warmup, args.bf16)))
         return 0
     sys.path.insert(0, str(ROOT))
+    from tunesmith.hardware import cpu_model
     from tunesmith.training.cpu_memory import find_tcmalloc
 
     tcmalloc = find_tcmalloc()
@@ -88,8 +89,6 @@ def main() -> int:
                 print(proc.stderr[-2000:])
                 return 1
             runs[mode].append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from tunesmith.hardware import cpu_model  # the CPU named in the conditions
     print(f"\ntraining.cpu_allocator: SmolLM2-135M LoRA r=16 q/k/v/o, {'bf16 autocast' if args.bf16 else 'fp32'}, batch {args.batch} x {args.seq} tokens, "
           f"{args.steps - args.warmup} timed steps after {args.warmup}, median of {args.repeat} alternating run(s); "
           f"{os.cpu_count()} CPUs ({cpu_model()}), glibc {platform.libc_ver()[1]}, "

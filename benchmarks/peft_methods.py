@@ -106,6 +106,7 @@ def main() -> None:
     from rich.progress import Progress
     from rich.table import Table
 
+    from tunesmith.hardware import cpu_model
     from tunesmith.methods.registry import all_methods
 
     # The plain baselines first (full, then LoRA), so that even a cut-short run compares against them.
@@ -113,8 +114,6 @@ def main() -> None:
                                                                                              n != "lora", n))
     rows = []
     load_before = os.getloadavg()[0]  # the CPU may be shared: the load average goes into the conditions
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from tunesmith.hardware import cpu_model  # the CPU named in the conditions
     conditions = (f"model {Path(args.model).name}, data {Path(args.data).name} ({args.samples} samples, 10% "
                   f"validation), {args.steps} steps x batch {args.batch}, max length {args.max_length}, "
                   f"{args.threads} CPU threads, {cpu_model()}, "

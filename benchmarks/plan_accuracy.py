@@ -260,12 +260,11 @@ def report(measured: dict[str, dict]) -> int:
     console.print(table)
     import torch
 
+    from tunesmith.hardware import cpu_model
     from tunesmith.training.cpu_memory import LEAN_MMAP_THRESHOLD
 
     malloc = {"lean": f"lean (fixed mmap threshold {LEAN_MMAP_THRESHOLD // 1024} KiB)",
               "default": "glibc default (dynamic mmap threshold)", "tcmalloc": "tcmalloc (preloaded)"}[ALLOCATOR]
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from tunesmith.hardware import cpu_model  # the CPU named in the conditions
     console.print(f"conditions: training.cpu_allocator {malloc}; {cpu_model()}, {os.cpu_count()} CPUs, "
                   f"torch {torch.__version__}, batch {BATCH}, {STEPS} steps, "
                   f"{'fp32' if PRECISION == 'fp32' else 'bf16 autocast over an fp32 model'} (CPU), sdpa attention, "

@@ -76,7 +76,7 @@ def main() -> int:
     if len({r["digest"] for r in results.values()}) != 1:
         print("the modes built different rows: " + ", ".join(f"{m} {r['digest'][:12]}" for m, r in results.items()))
         return 1
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path.insert(0, str(ROOT))
     from tunesmith.hardware import cpu_model  # the CPU named in the conditions
     print(f"\ndata preparation: {len(records) * args.copies:,} alpaca_zh records "
           f"({results['serial']['tokens']:,} tokens), SmolLM2 tokenizer, max length 512; "

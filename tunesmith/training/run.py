@@ -171,7 +171,8 @@ def _report_cpu_precision(cfg: RunConfig, method, compute_dtype: torch.dtype, co
     any device, warn when a method whose gradients half precision spoils trains in it."""
     safe = method.bf16_autocast_safe(cfg.method)
     if compute_dtype != torch.float32 and not safe:
-        console.print(f"[yellow]warning:[/] {method.name}'s gradients are far off under {str(compute_dtype).removeprefix('torch.')} "
+        dtype = str(compute_dtype).removeprefix("torch.")
+        console.print(f"[yellow]warning:[/] {method.name}'s gradients are far off under {dtype} "
                       "(measured for bf16 autocast on CPU: benchmarks/bf16_gradients.py); a learning rate that "
                       "trains in fp32 may diverge. model.dtype: float32 trains in full precision")
     if cfg.model.dtype != "auto" or torch.cuda.is_available():
