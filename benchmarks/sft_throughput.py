@@ -57,7 +57,8 @@ DEFAULT_LF_PYTHON = "/tmp/lf-venv/bin/python"
 DEFAULT_LF_STUBS = "/tmp/lf-stubs"
 CONTENDERS = ("reference", "trl", "llamafactory", "tunesmith", "tunesmith-gc", "tunesmith-gc-lean", "tunesmith-auto",
               "tunesmith-packed", "tunesmith-torch-dropout", "tunesmith-glibc", "tunesmith-logits",
-              "tunesmith-fp32-base", "tunesmith-repeat-kv", "tunesmith-hf-rms-norm", "tunesmith-padding-mask")
+              "tunesmith-fp32-base", "tunesmith-repeat-kv", "tunesmith-hf-rms-norm", "tunesmith-padding-mask",
+              "tunesmith-sdpa")
 LABELS = {"reference": "(a) reference: pad to 512, HF Trainer", "trl": "(b) TRL SFTTrainer, defaults",
           "llamafactory": "(c) LLaMA-Factory, defaults", "tunesmith": "(d) tunesmith, defaults (the run's precision)",
           "tunesmith-gc": "(e) tunesmith + gradient checkpointing",
@@ -70,7 +71,8 @@ LABELS = {"reference": "(a) reference: pad to 512, HF Trainer", "trl": "(b) TRL 
           "tunesmith-fp32-base": "(l) tunesmith, frozen base kept fp32 (half_frozen_base off)",
           "tunesmith-repeat-kv": "(m) tunesmith, keys/values copied per head (sdpa_gqa off)",
           "tunesmith-hf-rms-norm": "(n) tunesmith, transformers' RMSNorm (fast_rms_norm off)",
-          "tunesmith-padding-mask": "(o) tunesmith, padding mask kept (skip_padding_mask off)"}
+          "tunesmith-padding-mask": "(o) tunesmith, padding mask kept (skip_padding_mask off)",
+          "tunesmith-sdpa": "(p) tunesmith, SDPA's causal attention (cpu_causal_attention off)"}
 # tunesmith's variants: config overrides on top of its defaults.
 VARIANTS = {"tunesmith": {}, "tunesmith-gc": {"training": {"gradient_checkpointing": True}},
             "tunesmith-gc-lean": {"training": {"gradient_checkpointing": True, "cpu_allocator": "lean"}},
@@ -81,7 +83,8 @@ VARIANTS = {"tunesmith": {}, "tunesmith-gc": {"training": {"gradient_checkpointi
             "tunesmith-fp32-base": {"training": {"half_frozen_base": False}},
             "tunesmith-repeat-kv": {"training": {"sdpa_gqa": False}},
             "tunesmith-hf-rms-norm": {"training": {"fast_rms_norm": False}},
-            "tunesmith-padding-mask": {"training": {"skip_padding_mask": False}}}
+            "tunesmith-padding-mask": {"training": {"skip_padding_mask": False}},
+            "tunesmith-sdpa": {"training": {"cpu_causal_attention": False}}}
 # Whether each contender recomputes activations in backward (TRL's and LLaMA-Factory's defaults do): memory
 # compares like for like only between rows with the same answer.
 CHECKPOINTING = {"reference": "no", "trl": "yes", "llamafactory": "yes",

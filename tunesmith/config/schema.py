@@ -97,6 +97,10 @@ class TrainingConfig(StrictModel):
     fast_dropout: bool = Field(True, description="CPU: dropout masks from a vectorised counter-based hash, applied "
                                                  "without boolean ops (3x cheaper than torch's; drop probability "
                                                  "rounded to 1/32768)")
+    cpu_causal_attention: bool = Field(True, description="CPU, bf16: causal attention by a kernel that computes "
+                                                         "only the blocks at or below the diagonal (torch's CPU "
+                                                         "flash kernel computes the whole square below 512 keys); "
+                                                         "compiled on first use, SDPA where it cannot be built")
     fast_rms_norm: bool = Field(True, description="CPU: RMSNorm layers with a four-pass backward (same forward; "
                                                   "transformers' runs about ten ops' backward per norm)")
     liger_kernel: bool = Field(False, description="Liger fused kernels (CUDA; pip install 'tunesmith[gpu]')")

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import torch
 
+from .causal_attention import NAME as CAUSAL_KERNEL, sdpa_only
 from .probe_forward import probe_forward
 
-_ATTENTION = ("sdpa", "eager")
+_ATTENTION = ("sdpa", "eager", CAUSAL_KERNEL)
 
 
 def right_padded(attention_mask: torch.Tensor | None) -> bool:
@@ -50,7 +51,8 @@ def mask_is_redundant(model: torch.nn.Module, input_ids: torch.Tensor) -> bool:
     mask[1, real:] = 0
     logits = []
     for attention_mask in (mask, None):
-        probe_logits = getattr(probe_forward(model, input_ids=ids, attention_mask=attention_mask), "logits", None)
+        with sdpa_only():  # the same attention both ways: the check is about the model
+            probe_logits = getattr(probe_forward(model, input_ids=ids, attention_mask=attention_mask), "logits", None)
         if probe_logits is None:
             return False
         logits.append(probe_logits[1, :real].float())

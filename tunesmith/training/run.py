@@ -32,6 +32,7 @@ from .cpu_memory import choose_cpu_allocator, configure_cpu_allocator, release_f
 from .cpu_layers import apply_cpu_layers
 from .frozen_base import hold_for_training, release
 from ..diagnostics.callback import DiagnosticsCallback, restore_last_good
+from .causal_attention import kernel_failure, restore_attention, use_causal_attention_kernel
 from .callbacks import MetricsFileCallback, RichProgressCallback, read_metrics
 from .checkpoints import CHECKPOINT_DIR, is_complete, latest_checkpoint
 from .model_card import write_model_card
@@ -117,6 +118,7 @@ def _train_causal_lm(cfg: RunConfig, *, resume: bool, console: Console | None,
         apply_cpu_layers(cfg, model, console)
         held = hold_for_training(model, method, compute_dtype, cuda=torch.cuda.is_available(),
                                  enabled=cfg.training.half_frozen_base)
+    attention_before = _use_cpu_causal_attention(cfg, model, compute_dtype, console)
     if held:
         dtype = str(held[0].weight.dtype).removeprefix("torch.")
         console.print(f"[dim]frozen base: {len(held)} linear weights held in {dtype} "
@@ -149,6 +151,7 @@ def _train_causal_lm(cfg: RunConfig, *, resume: bool, console: Console | None,
     trainer.remove_callback(PrinterCallback)
     output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     release(held)
+    restore_attention(model, attention_before)
 
     extra_meta = {"diagnostics": [f.to_dict() for f in diagnostics.findings]}
     if diagnostics.diverged:  # the last good checkpoint becomes the run's weights
@@ -164,6 +167,24 @@ def _train_causal_lm(cfg: RunConfig, *, resume: bool, console: Console | None,
     _save_run(cfg, result, trainer.model, tokenizer, template.name, method)
     console.print(f"[green]saved[/] {run_dir}  (chat: tunesmith chat {run_dir})")
     return result
+
+
+def _use_cpu_causal_attention(cfg: RunConfig, model, compute_dtype: torch.dtype, console: Console) -> str | None:
+    """`training.cpu_causal_attention`: CPU bf16 runs attend through the causal kernel; returns the attention to
+    restore after training (None: unchanged)."""
+    if torch.cuda.is_available() or compute_dtype != torch.bfloat16 or not cfg.training.cpu_causal_attention:
+        return None
+    if getattr(model.config, "_attn_implementation", None) != "sdpa":
+        return None
+    with console.status("CPU causal attention kernel (compiled on first use, about 30 s)"):
+        before = use_causal_attention_kernel(model)
+    if before is None:
+        console.print(f"[dim]CPU causal attention kernel {kernel_failure()}; attention runs on SDPA "
+                      "(training.cpu_causal_attention)[/]")
+    else:
+        console.print("CPU causal attention: query blocks meet only the keys before them "
+                      "(training.cpu_causal_attention)")
+    return before
 
 
 def _report_cpu_precision(cfg: RunConfig, method, compute_dtype: torch.dtype, console: Console) -> None:

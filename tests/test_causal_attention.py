@@ -1,0 +1,153 @@
+"""The CPU causal attention kernel (`training.cpu_causal_attention`): exact where it runs, SDPA everywhere else."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tunesmith.training import causal_attention as ca
+
+
+@pytest.fixture(scope="module")
+def kernel():
+    problem = ca.build_problem()
+    if problem:
+        pytest.skip(f"causal attention kernel: {problem}")
+    built = ca.load_kernel()
+    assert built is not None, ca.kernel_failure()
+    return built
+
+
+def _inputs(batch, heads, kv_heads, length, dim, seed=0):
+    """bf16 tensors laid out as transformers hands them over: [B, L, H, D] storage seen as [B, H, L, D]."""
+    g = torch.Generator().manual_seed(seed)
+    make = lambda h: torch.randn(batch, length, h, dim, generator=g).to(torch.bfloat16).transpose(1, 2)
+    return make(heads), make(kv_heads), make(kv_heads), torch.randn(batch, length, heads, dim, generator=g)
+
+
+def _attend(fn, q, k, v, grad):
+    q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
+    out = fn(q, k, v)
+    out.backward(grad.to(out.dtype))
+    return [out.detach(), q.grad, k.grad, v.grad]
+
+
+def _sdpa(q, k, v):
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True).transpose(1, 2)
+
+
+@pytest.mark.parametrize("batch,heads,kv_heads,length,dim", [(2, 4, 4, 37, 32), (2, 6, 2, 130, 64),
+                                                             (1, 3, 1, 64, 16), (3, 2, 1, 2, 8)])
+def test_kernel_matches_float64_as_closely_as_torch_sdpa(kernel, batch, heads, kv_heads, length, dim):
+    q, k, v, grad = _inputs(batch, heads, kv_heads, length, dim)
+    truth = _attend(_sdpa, q.double(), k.double(), v.double(), grad.double())
+    ours = _attend(ca.causal_attention, q, k, v, grad)
+    torch_bf16 = _attend(_sdpa, q, k, v, grad)
+    for name, t, o, s in zip(("out", "dq", "dk", "dv"), truth, ours, torch_bf16):
+        assert o.shape == t.shape and o.dtype == torch.bfloat16, name
+        scale = t.abs().max()
+        ours_err, torch_err = ((o.double() - t).abs().max() / scale).item(), ((s.double() - t).abs().max() / scale).item()
+        # bf16 rounds at 2^-8: both kernels round inputs, probabilities and outputs to it.
+        assert ours_err < 2e-2 and ours_err <= 2 * torch_err + 4e-3, (name, ours_err, torch_err)
+
+
+def test_scale_is_honoured(kernel):
+    q, k, v, grad = _inputs(1, 2, 2, 20, 16)
+    truth = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), is_causal=True, scale=0.3)
+    out = ca.causal_attention(q, k, v, 0.3)
+    assert torch.allclose(out.double(), truth.transpose(1, 2), atol=2e-2)
+
+
+class _Module(torch.nn.Module):
+    is_causal = True
+    num_key_value_groups = 2
+
+
+def _count_kernel_calls(monkeypatch):
+    calls = []
+    real = ca.CausalAttention.apply
+    monkeypatch.setattr(ca.CausalAttention, "apply", lambda *a: calls.append(1) or real(*a))
+    return calls
+
+
+def test_attention_function_takes_only_the_calls_it_computes_exactly(kernel, monkeypatch):
+    calls = _count_kernel_calls(monkeypatch)
+    q, k, v, _ = _inputs(2, 4, 2, 24, 16)
+    module = _Module()
+    reference = _sdpa(q.float(), k.float(), v.float())
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast: fp32 query cast like SDPA's inputs would be
+        out, weights = ca.attention_forward(module, q.float(), k, v, None, scaling=None)
+    assert calls == [1] and weights is None and out.dtype == torch.bfloat16
+    assert torch.allclose(out.float(), reference, atol=3e-2)
+
+    mask = torch.ones(2, 1, 24, 24, dtype=torch.bool).tril()
+    mask[1, :, :, 20:] = False  # left padding or packed rows: a real mask goes to SDPA
+    cases = [dict(attention_mask=mask), dict(dropout=0.1), dict(sliding_window=8),
+             dict(is_causal=False)]
+    for extra in cases:
+        kwargs = {"attention_mask": None, **extra}
+        ca.attention_forward(module, q, k, v, **kwargs)
+    ca.attention_forward(module, q.float(), k.float(), v.float(), None)  # fp32 without autocast
+    ca.attention_forward(module, q[:, :, -1:], k, v, None)  # one query against a cache
+    assert calls == [1]
+
+
+def _tiny_llama(attention: str):
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    return AutoModelForCausalLM.from_config(config, attn_implementation=attention)
+
+
+def test_tiny_llama_trains_the_same_with_the_kernel(kernel):
+    model = _tiny_llama("sdpa")
+    ids = torch.randint(0, model.config.vocab_size, (2, 90), generator=torch.Generator().manual_seed(1))
+
+    def loss_and_grads():
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        return loss.item(), [p.grad.clone() for p in model.parameters()]
+
+    sdpa_loss, sdpa_grads = loss_and_grads()
+    before = ca.use_causal_attention_kernel(model)
+    assert before == "sdpa" and model.config._attn_implementation == ca.NAME
+    kernel_loss, kernel_grads = loss_and_grads()
+    ca.restore_attention(model, before)
+    assert model.config._attn_implementation == "sdpa"
+    assert abs(kernel_loss - sdpa_loss) < 1e-2 * abs(sdpa_loss)
+    for a, b in zip(sdpa_grads, kernel_grads):
+        assert ((a - b).norm() / a.norm()).item() < 3e-2
+
+
+def test_only_sdpa_models_switch(kernel):
+    model = _tiny_llama("eager")
+    assert ca.use_causal_attention_kernel(model) is None
+    assert model.config._attn_implementation == "eager"
+
+
+def test_right_padded_batches_drop_their_mask_under_the_kernel(kernel):
+    from tunesmith.training.padding_mask import eligible_config
+
+    class Config:
+        _attn_implementation = ca.NAME
+
+    assert eligible_config(Config())
+
+
+def test_build_problem_names_what_is_missing(monkeypatch):
+    monkeypatch.setattr(ca.shutil, "which", lambda name: None if name == "ninja" else "/usr/bin/" + name)
+    monkeypatch.setattr(ca.platform, "system", lambda: "Linux")
+    monkeypatch.setattr(ca.platform, "machine", lambda: "x86_64")
+    import tunesmith.hardware as hardware
+
+    monkeypatch.setattr(hardware, "native_bf16_cpu", lambda: "avx512_bf16")
+    assert "ninja" in ca.build_problem()
+    monkeypatch.setattr(hardware, "native_bf16_cpu", lambda: "amx_bf16")
+    assert "without AMX" in ca.build_problem()
+    monkeypatch.setattr(ca.platform, "system", lambda: "Darwin")
+    assert "Linux x86-64 only" in ca.build_problem()

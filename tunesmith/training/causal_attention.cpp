@@ -1,0 +1,218 @@
+// Causal self-attention for CPU training in bf16 that computes only the blocks at or below the diagonal.
+//
+// Why: below 512 keys torch's CPU flash-attention kernel uses one key block as wide as the sequence, so with
+// is_causal it still computes the whole score square and masks half of it (forward and backward). Here queries go
+// in blocks of 64 rows and each block meets only the keys up to its last row. The matrix products run through
+// torch's exported cpublas::brgemm, oneDNN's bf16 micro-kernel with fp32 accumulation, whose right operand it
+// takes in VNNI layout (pairs of consecutive rows interleaved: [K/2][N][2]); softmax, its backward and the
+// log-sum-exp stay in fp32. As in every flash kernel, the probabilities and their gradients are rounded to bf16
+// before they enter a matrix product. For CPUs with AVX512-BF16 and without AMX: on AMX CPUs oneDNN wants its own
+// packed layout, which this file does not produce (causal_attention.py does not call it there).
+//
+// Layouts: q [B, Hq, L, D], k and v [B, Hk, L, D] (any strides with a contiguous last dimension; D even; Hq a
+// multiple of Hk: grouped-query attention reads each key/value head for its group without copies). The output is
+// [B, L, Hq, D], the layout transformers' attention functions return; lse is [B, Hq, L].
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <ATen/native/CPUBlas.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+using at::BFloat16;
+namespace cpublas = at::native::cpublas;
+
+constexpr int64_t kBlock = 64;  // query rows per block
+
+inline int64_t even(int64_t n) { return (n + 1) / 2 * 2; }
+
+inline uint16_t bf16_bits(float value) {  // round to nearest even, as torch's float -> bfloat16 conversion
+  uint32_t bits;
+  std::memcpy(&bits, &value, sizeof(bits));
+  bits += 0x7FFF + ((bits >> 16) & 1);
+  return static_cast<uint16_t>(bits >> 16);
+}
+
+inline void store_bf16(const float* src, BFloat16* dst, int64_t n) {
+  auto* out = reinterpret_cast<uint16_t*>(dst);
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) out[j] = bf16_bits(src[j]);
+}
+
+// Row t of an [rows x n] matrix written into its VNNI copy [rows/2][n][2].
+inline void store_bf16_vnni(const float* src, BFloat16* dst, int64_t t, int64_t n) {
+  auto* out = reinterpret_cast<uint16_t*>(dst) + (t / 2) * n * 2 + t % 2;
+  for (int64_t j = 0; j < n; ++j) out[2 * j] = bf16_bits(src[j]);
+}
+
+// C[m x n] (+)= A[m x k] B[k x n]: A row-major, B in VNNI layout with n columns per row pair, k even.
+inline void matmul(int64_t m, int64_t n, int64_t k, const BFloat16* a, int64_t lda, const BFloat16* b_vnni,
+                   int64_t ldb, float* c, int64_t ldc, bool accumulate) {
+  cpublas::brgemm(m, n, k, lda, ldb, ldc, accumulate, a, b_vnni, c, /*is_vnni=*/true);
+}
+
+// [B, H, L, D] -> VNNI pairs along D: [B, H, D/2, L, 2] (the right operand of x^T products, x = keys or values).
+at::Tensor pairs_along_dim(const at::Tensor& x) {
+  return x.reshape({x.size(0), x.size(1), x.size(2), x.size(3) / 2, 2}).permute({0, 1, 3, 2, 4}).contiguous();
+}
+
+// [B, H, L, D] -> VNNI pairs along L, padded to even length: [B, H, Lp/2, D, 2].
+at::Tensor pairs_along_length(const at::Tensor& x) {
+  const int64_t L = x.size(2), Lp = even(L);
+  at::Tensor padded = Lp == L ? x : at::constant_pad_nd(x, {0, 0, 0, Lp - L});
+  return padded.reshape({x.size(0), x.size(1), Lp / 2, 2, x.size(3)}).permute({0, 1, 2, 4, 3}).contiguous();
+}
+
+void check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  for (const auto* t : {&q, &k, &v}) {
+    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == at::kBFloat16 && t->dim() == 4 && t->stride(3) == 1,
+                "causal_attention: expects CPU bfloat16 [batch, heads, length, head_dim] tensors");
+  }
+  TORCH_CHECK(k.sizes() == v.sizes() && q.size(0) == k.size(0) && q.size(2) == k.size(2) &&
+                  q.size(3) == k.size(3) && q.size(1) % k.size(1) == 0 && q.size(3) % 2 == 0,
+              "causal_attention: query, key and value shapes do not match (or the head dimension is odd)");
+}
+
+}  // namespace
+
+std::vector<at::Tensor> forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale) {
+  check_inputs(q, k, v);
+  const int64_t B = q.size(0), Hq = q.size(1), L = q.size(2), D = q.size(3), Hk = k.size(1), G = Hq / Hk;
+  const int64_t Lp = even(L);
+  const at::Tensor k_pairs = pairs_along_dim(k), v_pairs = pairs_along_length(v);
+  at::Tensor out = at::empty({B, L, Hq, D}, q.options());
+  at::Tensor lse = at::empty({B, Hq, L}, q.options().dtype(at::kFloat));
+  const int64_t blocks = (L + kBlock - 1) / kBlock;
+  const BFloat16 *q_data = q.const_data_ptr<BFloat16>(), *kp_data = k_pairs.const_data_ptr<BFloat16>(),
+                 *vp_data = v_pairs.const_data_ptr<BFloat16>();
+  BFloat16* out_data = out.data_ptr<BFloat16>();
+  float* lse_data = lse.data_ptr<float>();
+  const float s = static_cast<float>(scale);
+
+  at::parallel_for(0, B * Hq * blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores(kBlock * Lp), result(kBlock * D);
+    std::vector<BFloat16> probs(kBlock * Lp);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t i = task % blocks, h = (task / blocks) % Hq, b = task / (blocks * Hq), hk = h / G;
+      const int64_t r0 = i * kBlock, rows = std::min(kBlock, L - r0), keys = r0 + rows, keys_p = even(keys);
+      const BFloat16* q_rows = q_data + b * q.stride(0) + h * q.stride(1) + r0 * q.stride(2);
+      matmul(rows, keys, D, q_rows, q.stride(2), kp_data + (b * Hk + hk) * D * L, L, scores.data(), keys, false);
+      for (int64_t t = 0; t < rows; ++t) {
+        float* row = scores.data() + t * keys;
+        const int64_t seen = r0 + t + 1;  // keys 0 .. r0 + t
+        float top = row[0] * s;
+#pragma omp simd reduction(max : top)
+        for (int64_t j = 0; j < seen; ++j) top = std::max(top, row[j] * s);
+        float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+        for (int64_t j = 0; j < seen; ++j) {
+          row[j] = std::exp(row[j] * s - top);
+          sum += row[j];
+        }
+        const float inv = 1.f / sum;
+#pragma omp simd
+        for (int64_t j = 0; j < seen; ++j) row[j] *= inv;
+        BFloat16* p = probs.data() + t * keys_p;
+        store_bf16(row, p, seen);
+        std::fill(p + seen, p + keys_p, BFloat16(0.f));
+        lse_data[(b * Hq + h) * L + r0 + t] = top + std::log(sum);
+      }
+      matmul(rows, D, keys_p, probs.data(), keys_p, vp_data + (b * Hk + hk) * Lp * D, D, result.data(), D, false);
+      for (int64_t t = 0; t < rows; ++t)
+        store_bf16(result.data() + t * D, out_data + ((b * L + r0 + t) * Hq + h) * D, D);
+    }
+  });
+  return {out, lse};
+}
+
+// grad_out and out: [B, L, Hq, D]. Returns dq [B, Hq, L, D] and dk, dv [B, Hk, L, D].
+std::vector<at::Tensor> backward(const at::Tensor& grad_out_in, const at::Tensor& q, const at::Tensor& k,
+                                 const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse, double scale) {
+  check_inputs(q, k, v);
+  const int64_t B = q.size(0), Hq = q.size(1), L = q.size(2), D = q.size(3), Hk = k.size(1), G = Hq / Hk;
+  const int64_t Lp = even(L);
+  const at::Tensor grad_out = grad_out_in.to(at::kBFloat16).contiguous();
+  const at::Tensor k_pairs = pairs_along_dim(k), v_pairs = pairs_along_dim(v), k_rows = pairs_along_length(k);
+  // Left operands of the transposed key and value gradients (dK^T += Q^T dS, dV^T += dO^T P): [.., D, Lp], the
+  // padding column zero.
+  const at::Tensor qt = at::constant_pad_nd(q.transpose(-1, -2), {0, Lp - L}).contiguous();
+  const at::Tensor grad_out_t = at::constant_pad_nd(grad_out.permute({0, 2, 3, 1}), {0, Lp - L}).contiguous();
+  // delta = rowsum(dO * O), the softmax backward's per-row term: [B, Hq, L]
+  const at::Tensor delta = (grad_out.to(at::kFloat) * out.to(at::kFloat)).sum(-1).transpose(1, 2).contiguous();
+  at::Tensor dq = at::empty({B, Hq, L, D}, q.options());
+  // Each query head accumulates its own key/value gradient (tasks stay independent); the group sums them below.
+  at::Tensor dkt_heads = at::zeros({B, Hq, D, L}, q.options().dtype(at::kFloat));
+  at::Tensor dvt_heads = at::zeros({B, Hq, D, L}, q.options().dtype(at::kFloat));
+  const int64_t blocks = (L + kBlock - 1) / kBlock;
+  const BFloat16 *q_data = q.const_data_ptr<BFloat16>(), *kp_data = k_pairs.const_data_ptr<BFloat16>(),
+                 *vp_data = v_pairs.const_data_ptr<BFloat16>(), *kr_data = k_rows.const_data_ptr<BFloat16>(),
+                 *qt_data = qt.const_data_ptr<BFloat16>(), *go_data = grad_out.const_data_ptr<BFloat16>(),
+                 *got_data = grad_out_t.const_data_ptr<BFloat16>();
+  const float *lse_data = lse.const_data_ptr<float>(), *delta_data = delta.const_data_ptr<float>();
+  BFloat16* dq_data = dq.data_ptr<BFloat16>();
+  float *dkt_data = dkt_heads.data_ptr<float>(), *dvt_data = dvt_heads.data_ptr<float>();
+  const float s = static_cast<float>(scale);
+
+  at::parallel_for(0, B * Hq, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> probs(kBlock * Lp), dscores(kBlock * Lp), dq_rows(kBlock * D);
+    std::vector<BFloat16> dscores_rows(kBlock * Lp), probs_vnni(kBlock * Lp), dscores_vnni(kBlock * Lp);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / Hq, h = task % Hq, hk = h / G;
+      float* dkt = dkt_data + task * D * L;
+      float* dvt = dvt_data + task * D * L;
+      const BFloat16* kp_head = kp_data + (b * Hk + hk) * D * L;
+      const BFloat16* vp_head = vp_data + (b * Hk + hk) * D * L;
+      const BFloat16* kr_head = kr_data + (b * Hk + hk) * Lp * D;
+      const BFloat16* qt_head = qt_data + task * D * Lp;
+      const BFloat16* got_head = got_data + task * D * Lp;
+      for (int64_t i = 0; i < blocks; ++i) {
+        const int64_t r0 = i * kBlock, rows = std::min(kBlock, L - r0), rows_p = even(rows);
+        const int64_t keys = r0 + rows, keys_p = even(keys);
+        const BFloat16* q_rows = q_data + b * q.stride(0) + h * q.stride(1) + r0 * q.stride(2);
+        const BFloat16* go_rows = go_data + ((b * L + r0) * Hq + h) * D;  // row stride Hq * D
+        const float* lse_rows = lse_data + task * L + r0;
+        const float* delta_rows = delta_data + task * L + r0;
+        matmul(rows, keys, D, q_rows, q.stride(2), kp_head, L, probs.data(), keys, false);
+        matmul(rows, keys, D, go_rows, Hq * D, vp_head, L, dscores.data(), keys, false);
+        std::fill(probs_vnni.begin(), probs_vnni.begin() + rows_p * keys, BFloat16(0.f));
+        std::fill(dscores_vnni.begin(), dscores_vnni.begin() + rows_p * keys, BFloat16(0.f));
+        for (int64_t t = 0; t < rows; ++t) {
+          float* p = probs.data() + t * keys;
+          float* ds = dscores.data() + t * keys;
+          const int64_t seen = r0 + t + 1;
+          const float row_lse = lse_rows[t], row_delta = delta_rows[t];
+#pragma omp simd
+          for (int64_t j = 0; j < seen; ++j) {
+            p[j] = std::exp(p[j] * s - row_lse);  // the forward's probabilities, recomputed
+            ds[j] = p[j] * (ds[j] - row_delta) * s;
+          }
+          std::fill(p + seen, p + keys, 0.f);
+          std::fill(ds + seen, ds + keys, 0.f);
+          BFloat16* ds_row = dscores_rows.data() + t * keys_p;
+          store_bf16(ds, ds_row, keys);
+          if (keys_p > keys) ds_row[keys] = BFloat16(0.f);
+          store_bf16_vnni(p, probs_vnni.data(), t, keys);
+          store_bf16_vnni(ds, dscores_vnni.data(), t, keys);
+        }
+        matmul(D, keys, rows_p, got_head + r0, Lp, probs_vnni.data(), keys, dvt, L, true);    // dV^T += dO^T P
+        matmul(D, keys, rows_p, qt_head + r0, Lp, dscores_vnni.data(), keys, dkt, L, true);   // dK^T += Q^T dS
+        matmul(rows, D, keys_p, dscores_rows.data(), keys_p, kr_head, D, dq_rows.data(), D, false);  // dQ = dS K
+        for (int64_t t = 0; t < rows; ++t)
+          store_bf16(dq_rows.data() + t * D, dq_data + (task * L + r0 + t) * D, D);
+      }
+    }
+  });
+  const auto group_sum = [&](const at::Tensor& heads) {
+    return heads.view({B, Hk, G, D, L}).sum(2).transpose(-1, -2).to(at::kBFloat16).contiguous();
+  };
+  return {dq, group_sum(dkt_heads), group_sum(dvt_heads)};
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("forward", &forward, "causal attention forward: (out [B, L, Hq, D], lse [B, Hq, L])");
+  m.def("backward", &backward, "causal attention backward: (dq, dk, dv)");
+}

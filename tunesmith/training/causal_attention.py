@@ -1,0 +1,178 @@
+"""Causal attention for bf16 CPU training that skips the masked half of the score square
+(`training.cpu_causal_attention`).
+
+Why: below 512 keys torch's CPU flash-attention kernel computes one key block as wide as the sequence, so a causal
+mask only masks: the whole square is computed forward and backward (docs/benchmarks.md, "A second machine"). No
+library offers a CPU attention that skips it (FlexAttention has no CPU backward), so `causal_attention.cpp` does:
+query blocks of 64 rows, each against the keys up to its last row, through torch's own `cpublas::brgemm` (oneDNN's
+bf16 micro-kernel). SmolLM2-135M's attention (4 x 9 query heads over 3 key/value heads, head dim 64), forward and
+backward: 0.40-0.48x SDPA's time from 128 to 512 tokens on an AVX512-BF16 EPYC. For CPUs with AVX512-BF16 and
+without AMX (see `build_problem`); elsewhere attention stays on SDPA.
+
+It is compiled on first use with torch's C++ extension builder (a C++ compiler and ninja are needed; about 30 s,
+once, cached under the tunesmith cache root, keyed by source, torch version and CPU). It is registered with
+transformers' `AttentionInterface` under its own name and takes only what it computes exactly: a causal
+self-attention with no mask (the padding mask is dropped for right-padded batches, `padding_mask.py`), no dropout,
+soft-capping, sliding window or position bias, queries as long as the keys, in bf16 (the autocast dtype). Any
+other call (packed rows with their block-diagonal mask, left padding, generation with a cache) goes to transformers'
+SDPA function unchanged. Where the kernel cannot be built, training runs on SDPA and says so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import platform
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+NAME = "tunesmith_cpu_causal"
+_SOURCE = Path(__file__).with_suffix(".cpp")
+_kernel = None
+_failure: str | None = None
+_sdpa_only = False
+
+
+def build_problem() -> str | None:
+    """Why the kernel cannot be built here, or None."""
+    from ..hardware import native_bf16_cpu
+
+    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+        return f"built for Linux x86-64 only (this is {platform.system()} {platform.machine()})"
+    unit = native_bf16_cpu()
+    if unit != "avx512_bf16":
+        # On AMX oneDNN's micro-kernel wants its own packed operand layout, which the kernel does not write (and
+        # no AMX machine was at hand to measure it); CPUs without native bf16 train in fp32 under `auto`.
+        return f"is for CPUs with AVX512-BF16 and without AMX (this CPU: {unit or 'no native bf16'})"
+    if shutil.which(os.environ.get("CXX", "c++")) is None:
+        return "no C++ compiler found (install g++)"
+    if shutil.which("ninja") is None:
+        return "ninja not found (install ninja-build, or pip install ninja into the PATH)"
+    return None
+
+
+def load_kernel():
+    """The compiled extension (built on first call in this process, from the cache after), or None; the reason for
+    None is in `kernel_failure()`."""
+    global _kernel, _failure
+    if _kernel is not None or _failure is not None:
+        return _kernel
+    _failure = build_problem()
+    if _failure is not None:
+        return None
+    from torch.utils.cpp_extension import load
+
+    from ..hardware import cpu_model
+    from ..models.pypi_models import default_cache_root
+
+    # -march=native: the build runs on the machine that trains, so the key includes the CPU.
+    key = hashlib.sha256(_SOURCE.read_bytes() + torch.__version__.encode() + cpu_model().encode()).hexdigest()[:12]
+    name = f"tunesmith_causal_attention_{key}"
+    folder = default_cache_root() / "kernels" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        _kernel = load(name=name, sources=[str(_SOURCE)], build_directory=str(folder),
+                       extra_cflags=["-O3", "-march=native", "-ffast-math", "-fopenmp"],
+                       extra_ldflags=["-fopenmp"], verbose=False)
+    except Exception as error:  # a compiler or linker problem: training goes on with SDPA
+        _failure = f"could not be built ({type(error).__name__}: {str(error).strip().splitlines()[-1][:200]})"
+        log.warning("causal attention kernel %s", _failure)
+    return _kernel
+
+
+def kernel_failure() -> str | None:
+    return _failure
+
+
+class CausalAttention(torch.autograd.Function):
+    """softmax(q k^T * scale + causal mask) v for bf16 [batch, heads, length, head_dim] inputs (key/value heads may
+    be fewer, grouped-query); returns [batch, length, heads, head_dim]."""
+
+    @staticmethod
+    def forward(ctx, query, key, value, scale: float):
+        out, lse = _kernel.forward(query, key, value, scale)
+        ctx.save_for_backward(query, key, value, out, lse)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        query, key, value, out, lse = ctx.saved_tensors
+        dq, dk, dv = _kernel.backward(grad_out, query, key, value, out, lse, ctx.scale)
+        return dq, dk, dv, None
+
+
+def causal_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                     scale: float | None = None) -> torch.Tensor:
+    """The kernel on bf16 tensors (needs `load_kernel()` to have succeeded)."""
+    scale = 1 / math.sqrt(query.shape[-1]) if scale is None else scale
+    tensors = [t if t.stride(-1) == 1 else t.contiguous() for t in (query, key, value)]
+    return CausalAttention.apply(*tensors, scale)
+
+
+@contextmanager
+def sdpa_only():
+    """Calls inside go to SDPA: for checks that compare the model with and without a mask, which must compare the
+    model, not SDPA with this kernel (their bf16 roundings differ)."""
+    global _sdpa_only
+    before, _sdpa_only = _sdpa_only, True
+    try:
+        yield
+    finally:
+        _sdpa_only = before
+
+
+def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype | None:
+    if torch.is_autocast_enabled("cpu"):
+        return torch.get_autocast_dtype("cpu")
+    dtypes = {t.dtype for t in tensors}
+    return dtypes.pop() if len(dtypes) == 1 else None
+
+
+def attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
+                      is_causal=None, position_bias=None, **kwargs):
+    """transformers' attention-function signature: the kernel where it computes exactly this call, SDPA otherwise."""
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    window = kwargs.get("sliding_window")
+    if (_kernel is not None and not _sdpa_only and causal and attention_mask is None and position_bias is None and not dropout
+            and kwargs.get("softcap") is None and not kwargs.get("output_attentions")
+            and (window is None or window >= key.shape[2]) and query.device.type == "cpu"
+            and query.shape[2] == key.shape[2] > 1 and query.shape[1] % key.shape[1] == 0
+            and _compute_dtype(query, key, value) == torch.bfloat16):
+        with torch.autocast("cpu", enabled=False):
+            return causal_attention(*(t.to(torch.bfloat16) for t in (query, key, value)), scaling), None
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                  is_causal=is_causal, position_bias=position_bias, **kwargs)
+
+
+def _register() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(NAME, attention_forward)
+    AttentionMaskInterface.register(NAME, sdpa_mask)  # the masks SDPA gets: none where causal alone suffices
+
+
+def use_causal_attention_kernel(model: torch.nn.Module) -> str | None:
+    """Switch a model that attends with SDPA to the kernel; returns the attention implementation it had (to give
+    back with `restore_attention`) or None if nothing changed (not SDPA, or the kernel cannot be built)."""
+    before = getattr(model.config, "_attn_implementation", None)
+    if before != "sdpa" or load_kernel() is None:
+        return None
+    _register()
+    model.set_attn_implementation(NAME)
+    return before
+
+
+def restore_attention(model: torch.nn.Module, implementation: str | None) -> None:
+    if implementation is not None:
+        model.set_attn_implementation(implementation)
