@@ -12,7 +12,7 @@ is its own:
                  (with libtcmalloc preloaded when it is installed: training.cpu_allocator auto), in the run's
                  precision like the others (model.dtype float32, or bfloat16 with --bf16)
   (g)            tunesmith with model.dtype auto, its real default: bf16 autocast on CPUs with AMX or AVX512-BF16
-  (e)-(n)        tunesmith variants, one setting each (VARIANTS; (l) changes nothing without --bf16)
+  (e)-(p)        tunesmith variants, one setting each (VARIANTS; (l) changes nothing without --bf16)
 
 All render the records with the same alpaca_zh prompt (`### 指令:` / `### 输入:` / `### 回答:`) and train on the
 reply tokens only. Throughput is measured after `--warmup` steps: real (non-padding) input tokens per second, seconds
