@@ -326,10 +326,12 @@ def combine(runs: list[dict]) -> dict:
 
 def versus_peers(chosen: list[str], results: dict, speed: dict):
     """Each tunesmith row against each peer: its speed-up and its peak memory as a share of the peer's. A cell
-    marked ✓ beats that peer on both (faster, no more memory)."""
+    marked ✓ beats that peer on both (faster, no more memory). None when no peer ran."""
     from rich.table import Table
 
     peers = [name for name in chosen if name not in VARIANTS and name in results]
+    if not peers:
+        return None
     table = Table(title="each tunesmith row against each peer: speed-up, peak memory as a share of the peer's "
                         "(✓: faster with no more memory)")
     table.add_column("tunesmith")
@@ -471,7 +473,9 @@ def main() -> None:
     if "base model" in losses:
         table.add_row("(untrained base model)", *[""] * (6 if spread else 5), f"{losses['base model']:.3f}")
     console.print(table)
-    console.print(versus_peers(chosen, results, speed))
+    peers_table = versus_peers(chosen, results, speed)
+    if peers_table is not None:
+        console.print(peers_table)
     import torch
 
     console.print(f"conditions: {cpu_model()}, {platform.machine()}, {os.cpu_count()} CPUs, "
