@@ -151,3 +151,20 @@ def test_build_problem_names_what_is_missing(monkeypatch):
     assert "without AMX" in ca.build_problem()
     monkeypatch.setattr(ca.platform, "system", lambda: "Darwin")
     assert "Linux x86-64 only" in ca.build_problem()
+
+
+def test_gradient_checkpointing_replays_the_kernel_exactly(kernel, monkeypatch):
+    model = _tiny_llama("sdpa").train()  # checkpointing acts in training mode only
+    ca.use_causal_attention_kernel(model)
+    ids = torch.randint(0, model.config.vocab_size, (2, 70), generator=torch.Generator().manual_seed(2))
+    calls = _count_kernel_calls(monkeypatch)
+    grads = []
+    for checkpointing in (False, True):
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            model(input_ids=ids, labels=ids).loss.backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    assert len(calls) == 2 + 2 * 2  # two layers; with checkpointing each forward runs again in backward
+    assert all(torch.equal(a, b) for a, b in zip(*grads))

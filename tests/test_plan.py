@@ -259,16 +259,23 @@ def test_time_probe_trains_as_training_does(folders, monkeypatch):
         return seen["swapped"]
 
     monkeypatch.setattr(probe_module, "use_cpu_layers", spy_layers)
+    # training.cpu_causal_attention: a bf16 probe attends through the causal kernel, as training does
+    monkeypatch.setattr(probe_module, "use_causal_attention_kernel",
+                        lambda model: seen.setdefault("attention kernel", model.config._attn_implementation))
     config = load_model_config(str(folders["llama"]))
     speed = probe_module.probe_throughput(config, PlanRequest(method="lora", batch=1, seq=16, precision="bf16"),
                                          steps=1)
     assert speed.tokens_per_second > 0
     assert seen["swapped"]["dropout"] > 0 and seen["swapped"]["rms_norm"] > 0
     assert seen["base dtype"] == torch.float32
+    assert seen["attention kernel"] == "sdpa"
     seen.clear()
     probe_module.probe_throughput(config, PlanRequest(method="lora", batch=1, seq=16, fast_dropout=False), steps=1)
-    # training.fast_dropout off: the probe keeps torch's dropout, as training does
-    assert seen["swapped"]["dropout"] == 0
+    # training.fast_dropout off: the probe keeps torch's dropout, as training does; fp32 keeps SDPA
+    assert seen["swapped"]["dropout"] == 0 and "attention kernel" not in seen
+    probe_module.probe_throughput(config, PlanRequest(method="lora", batch=1, seq=16, precision="bf16",
+                                                      cpu_causal_attention=False), steps=1)
+    assert "attention kernel" not in seen
 
 
 def test_bf16_autocast_plan_counts_half_precision_weight_copies(folders):

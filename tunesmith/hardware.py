@@ -26,25 +26,29 @@ def physical_cores() -> int:
     return max(1, min(available, physical))
 
 
+def _cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def cpu_flags(cpuinfo: str | None = None) -> list[str]:
+    """The first CPU's feature flags from /proc/cpuinfo (empty off Linux)."""
+    cpuinfo = _cpuinfo() if cpuinfo is None else cpuinfo
+    return next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
+
+
 def native_bf16_cpu(cpuinfo: str | None = None) -> str | None:
     """The CPU flag that makes bf16 matmuls fast (AMX or AVX512-BF16), or None (also off Linux)."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return None
-    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
+    flags = cpu_flags(cpuinfo)
     return next((flag for flag in ("amx_bf16", "avx512_bf16") if flag in flags), None)
 
 
 def cpu_model(cpuinfo: str | None = None) -> str:
     """The CPU's model name and its native bf16 unit, e.g. "AMD EPYC (avx512_bf16)", for benchmark conditions: speed
     ratios move between CPU families (AMX, AVX512-BF16, neither), so a table names the one it ran on."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            cpuinfo = ""
+    cpuinfo = _cpuinfo() if cpuinfo is None else cpuinfo
     name = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
                 "") or platform.processor() or platform.machine()
     return f"{name} ({native_bf16_cpu(cpuinfo) or 'no native bf16'})"

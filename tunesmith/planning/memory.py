@@ -52,6 +52,9 @@ class PlanRequest:
     # training.fast_rms_norm: on CPU the RMSNorm layers run as one autograd Function. It keeps the tensors autograd
     # keeps for the original, so only the time probe (planning/time.py) swaps it in.
     fast_rms_norm: bool = True
+    # training.cpu_causal_attention: bf16 CPU attention by tunesmith's causal kernel. It keeps what SDPA's flash
+    # kernel keeps (inputs, output, log-sum-exp), so again only the time probe swaps it in.
+    cpu_causal_attention: bool = True
     # training.chunked_loss: the head and the loss over chunks of tokens, no tokens x vocabulary logits (when the
     # model has a plain head and takes supervised logits; `plan_memory` checks).
     chunked_loss: bool = True

@@ -34,6 +34,7 @@ def request_from_config(cfg, device: str):
                        gradient_checkpointing=t.gradient_checkpointing, optimizer=t.optimizer, precision=precision,
                        device=device, attn_implementation=cfg.model.attn_implementation,
                        fast_dropout=t.fast_dropout, fast_rms_norm=t.fast_rms_norm,
+                       cpu_causal_attention=t.cpu_causal_attention,
                        half_frozen_base=t.half_frozen_base,
                        # Liger's fused linear cross-entropy keeps no full logits either: counted alike.
                        chunked_loss=t.supervised_logits and (t.chunked_loss or t.liger_kernel))

@@ -5,7 +5,8 @@ trains a randomly initialised copy of the model built from its config (no downlo
 QLoRA is probed as LoRA (a 4-bit base cannot be built from a config without weights), which is noted. The probe
 runs the model as training does: training's load-dtype rule with autocast to the compute dtype (an fp32 base under
 bf16 autocast on CPU), and on CPU the fast dropout that `training.fast_dropout` (`PlanRequest.fast_dropout`) swaps in
-and the RMSNorm of `training.fast_rms_norm` (`PlanRequest.fast_rms_norm`).
+and the RMSNorm of `training.fast_rms_norm` (`PlanRequest.fast_rms_norm`), and under bf16 the causal attention
+kernel of `training.cpu_causal_attention` where it runs (`PlanRequest.cpu_causal_attention`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from ..methods.registry import get_method
 from ..models.loading import training_load_dtype
 from ..training.frozen_base import hold_for_training
+from ..training.causal_attention import use_causal_attention_kernel
 from ..training.cpu_layers import use_cpu_layers
 from .memory import PlanRequest
 from .params import apply_method, method_options
@@ -56,6 +58,8 @@ def probe_throughput(config, request: PlanRequest, *, steps: int = 3, progress=N
                       enabled=request.half_frozen_base)
     if device.type == "cpu":
         use_cpu_layers(model, dropout=request.fast_dropout, rms_norm=request.fast_rms_norm)
+        if compute_dtype == torch.bfloat16 and request.cpu_causal_attention:
+            use_causal_attention_kernel(model)
     if request.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if hasattr(model, "enable_input_require_grads"):

@@ -9,7 +9,7 @@ bf16 micro-kernel). SmolLM2-135M's attention (4 x 9 query heads over 3 key/value
 backward: 0.43-0.53x SDPA's time from 128 to 512 tokens on an AVX512-BF16 EPYC. For CPUs with AVX512-BF16 and
 without AMX (see `build_problem`); elsewhere attention stays on SDPA.
 
-It is compiled on first use with torch's C++ extension builder (a C++ compiler and ninja are needed; about 30 s,
+It is compiled on first use with torch's C++ extension builder (a C++ compiler and ninja are needed; about 25 s,
 once, cached under the tunesmith cache root, keyed by source, torch version and CPU). It is registered with
 transformers' `AttentionInterface` under its own name and takes only what it computes exactly: a causal
 self-attention with no mask (the padding mask is dropped for right-padded batches, `padding_mask.py`), no dropout,
@@ -50,7 +50,7 @@ def build_problem() -> str | None:
     if unit != "avx512_bf16":
         # On AMX oneDNN's micro-kernel wants its own packed operand layout, which the kernel does not write (and
         # no AMX machine was at hand to measure it); CPUs without native bf16 train in fp32 under `auto`.
-        return f"is for CPUs with AVX512-BF16 and without AMX (this CPU: {unit or 'no native bf16'})"
+        return f"for CPUs with AVX512-BF16 and without AMX (this CPU: {unit or 'no native bf16'})"
     if shutil.which(os.environ.get("CXX", "c++")) is None:
         return "no C++ compiler found (install g++)"
     if shutil.which("ninja") is None:
@@ -69,11 +69,13 @@ def load_kernel():
         return None
     from torch.utils.cpp_extension import load
 
-    from ..hardware import cpu_model
+    from ..hardware import cpu_flags
     from ..models.pypi_models import default_cache_root
 
-    # -march=native: the build runs on the machine that trains, so the key includes the CPU.
-    key = hashlib.sha256(_SOURCE.read_bytes() + torch.__version__.encode() + cpu_model().encode()).hexdigest()[:12]
+    # -march=native: the build runs on the machine that trains, so the key includes the CPU's features (a cache
+    # shared between machines must not hand one CPU another's instructions).
+    machine = " ".join([torch.__version__, *cpu_flags()]).encode()
+    key = hashlib.sha256(_SOURCE.read_bytes() + machine).hexdigest()[:12]
     name = f"tunesmith_causal_attention_{key}"
     folder = default_cache_root() / "kernels" / name
     folder.mkdir(parents=True, exist_ok=True)

@@ -176,10 +176,10 @@ def _use_cpu_causal_attention(cfg: RunConfig, model, compute_dtype: torch.dtype,
         return None
     if getattr(model.config, "_attn_implementation", None) != "sdpa":
         return None
-    with console.status("CPU causal attention kernel (compiled on first use, about 30 s)"):
+    with console.status("CPU causal attention kernel (compiled on first use, about 25 s)"):
         before = use_causal_attention_kernel(model)
     if before is None:
-        console.print(f"[dim]CPU causal attention kernel {kernel_failure()}; attention runs on SDPA "
+        console.print(f"[dim]CPU causal attention kernel: {kernel_failure()}; attention runs on SDPA "
                       "(training.cpu_causal_attention)[/]")
     else:
         console.print("CPU causal attention: query blocks meet only the keys before them "
