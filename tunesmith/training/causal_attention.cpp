@@ -43,10 +43,17 @@ inline void store_bf16(const float* src, BFloat16* dst, int64_t n) {
   for (int64_t j = 0; j < n; ++j) out[j] = bf16_bits(src[j]);
 }
 
-// Row t of an [rows x n] matrix written into its VNNI copy [rows/2][n][2].
-inline void store_bf16_vnni(const float* src, BFloat16* dst, int64_t t, int64_t n) {
-  auto* out = reinterpret_cast<uint16_t*>(dst) + (t / 2) * n * 2 + t % 2;
-  for (int64_t j = 0; j < n; ++j) out[2 * j] = bf16_bits(src[j]);
+// An fp32 [rows x n] matrix (row stride n) written as bf16 in VNNI layout [rows/2][n][2], an odd last row paired
+// with zeros.
+inline void store_bf16_vnni(const float* src, BFloat16* dst, int64_t rows, int64_t n) {
+  auto* out = reinterpret_cast<uint32_t*>(dst);
+  for (int64_t t = 0; t < rows; t += 2, out += n) {
+    const float* even_row = src + t * n;
+    const float* odd_row = t + 1 < rows ? even_row + n : nullptr;
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j)
+      out[j] = bf16_bits(even_row[j]) | (odd_row ? uint32_t(bf16_bits(odd_row[j])) << 16 : 0u);
+  }
 }
 
 // C[m x n] (+)= A[m x k] B[k x n]: A row-major, B in VNNI layout with n columns per row pair, k even.
@@ -178,8 +185,6 @@ std::vector<at::Tensor> backward(const at::Tensor& grad_out_in, const at::Tensor
         const float* delta_rows = delta_data + task * L + r0;
         matmul(rows, keys, D, q_rows, q.stride(2), kp_head, L, probs.data(), keys, false);
         matmul(rows, keys, D, go_rows, Hq * D, vp_head, L, dscores.data(), keys, false);
-        std::fill(probs_vnni.begin(), probs_vnni.begin() + rows_p * keys, BFloat16(0.f));
-        std::fill(dscores_vnni.begin(), dscores_vnni.begin() + rows_p * keys, BFloat16(0.f));
         for (int64_t t = 0; t < rows; ++t) {
           float* p = probs.data() + t * keys;
           float* ds = dscores.data() + t * keys;
@@ -195,9 +200,9 @@ std::vector<at::Tensor> backward(const at::Tensor& grad_out_in, const at::Tensor
           BFloat16* ds_row = dscores_rows.data() + t * keys_p;
           store_bf16(ds, ds_row, keys);
           if (keys_p > keys) ds_row[keys] = BFloat16(0.f);
-          store_bf16_vnni(p, probs_vnni.data(), t, keys);
-          store_bf16_vnni(ds, dscores_vnni.data(), t, keys);
         }
+        store_bf16_vnni(probs.data(), probs_vnni.data(), rows, keys);
+        store_bf16_vnni(dscores.data(), dscores_vnni.data(), rows, keys);
         matmul(D, keys, rows_p, got_head + r0, Lp, probs_vnni.data(), keys, dvt, L, true);    // dV^T += dO^T P
         matmul(D, keys, rows_p, qt_head + r0, Lp, dscores_vnni.data(), keys, dkt, L, true);   // dK^T += Q^T dS
         matmul(rows, D, keys_p, dscores_rows.data(), keys_p, kr_head, D, dq_rows.data(), D, false);  // dQ = dS K
