@@ -168,3 +168,20 @@ def test_gradient_checkpointing_replays_the_kernel_exactly(kernel, monkeypatch):
         grads.append([p.grad.clone() for p in model.parameters()])
     assert len(calls) == 2 + 2 * 2  # two layers; with checkpointing each forward runs again in backward
     assert all(torch.equal(a, b) for a, b in zip(*grads))
+
+
+def test_a_failed_build_leaves_attention_on_sdpa(monkeypatch, tmp_path):
+    import torch.utils.cpp_extension
+
+    def no_compiler(**kwargs):
+        raise RuntimeError("Error building extension 'tunesmith_causal_attention'\ng++: fatal error")
+
+    monkeypatch.setattr(ca, "_kernel", None)
+    monkeypatch.setattr(ca, "_failure", None)
+    monkeypatch.setattr(ca, "build_problem", lambda: None)
+    monkeypatch.setattr(torch.utils.cpp_extension, "load", no_compiler)
+    monkeypatch.setenv("TUNESMITH_CACHE", str(tmp_path))
+    model = _tiny_llama("sdpa")
+    assert ca.use_causal_attention_kernel(model) is None
+    assert model.config._attn_implementation == "sdpa"
+    assert ca.kernel_failure() == "could not be built (RuntimeError: g++: fatal error)"

@@ -78,13 +78,14 @@ def load_kernel():
     key = hashlib.sha256(_SOURCE.read_bytes() + machine).hexdigest()[:12]
     name = f"tunesmith_causal_attention_{key}"
     folder = default_cache_root() / "kernels" / name
-    folder.mkdir(parents=True, exist_ok=True)
     try:
+        folder.mkdir(parents=True, exist_ok=True)
         _kernel = load(name=name, sources=[str(_SOURCE)], build_directory=str(folder),
                        extra_cflags=["-O3", "-march=native", "-ffast-math", "-fopenmp"],
                        extra_ldflags=["-fopenmp"], verbose=False)
-    except Exception as error:  # a compiler or linker problem: training goes on with SDPA
-        _failure = f"could not be built ({type(error).__name__}: {str(error).strip().splitlines()[-1][:200]})"
+    except Exception as error:  # no cache folder, a compiler or a linker problem: training goes on with SDPA
+        last_line = (str(error).strip().splitlines() or [""])[-1][:200]
+        _failure = f"could not be built ({type(error).__name__}: {last_line})"
         log.warning("causal attention kernel %s", _failure)
     return _kernel
 
