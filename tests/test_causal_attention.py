@@ -8,6 +8,8 @@ import torch.nn.functional as F
 
 from tunesmith.training import causal_attention as ca
 
+from .conftest import _tiny_config
+
 
 @pytest.fixture(scope="module")
 def kernel():
@@ -94,12 +96,10 @@ def test_attention_function_takes_only_the_calls_it_computes_exactly(kernel, mon
 
 
 def _tiny_llama(attention: str):
-    from transformers import AutoModelForCausalLM, LlamaConfig
+    from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
-    return AutoModelForCausalLM.from_config(config, attn_implementation=attention)
+    return AutoModelForCausalLM.from_config(_tiny_config("llama", 128), attn_implementation=attention)
 
 
 def test_tiny_llama_trains_the_same_with_the_kernel(kernel):
