@@ -17,13 +17,16 @@ is its own:
 All render the records with the same alpaca_zh prompt (`### 指令:` / `### 输入:` / `### 回答:`) and train on the
 reply tokens only. Throughput is measured after `--warmup` steps: real (non-padding) input tokens per second, seconds
 per step. "eval loss" is the same held-out loss for every trained adapter (computed by one process, one function),
-so losses compare even though sample order differs between the tools.
+so losses compare even though sample order differs between the tools. Each contender also saves its adapter every
+--curve-every steps (default a third of the run; the saving is not timed), and the same held-out loss of those
+snapshots makes a held-out loss curve per contender: a table, and with --plot a PNG beside each one's training loss.
 
     python benchmarks/sft_throughput.py                                  # SmolLM2-135M, offline
     python benchmarks/sft_throughput.py --model ../shared/models/stories260K --steps 6 --samples 48   # smoke test
     python benchmarks/sft_throughput.py --only reference,tunesmith
     python benchmarks/sft_throughput.py --bf16     # everyone under bf16 autocast (the reference chapter's bf16=True)
     python benchmarks/sft_throughput.py --bf16 --only reference,tunesmith --repeats 3
+    python benchmarks/sft_throughput.py --bf16 --plot curves.png   # the loss curves as a picture too
 
 --repeats N trains every contender N times, in rounds (each round runs all of them, every other round in reverse
 order), and reports each one's median speed, the range it moved over and its largest peak memory: on a shared
@@ -125,23 +128,34 @@ def lora_config():
     return LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=list(TARGETS), task_type="CAUSAL_LM")
 
 
-def meter_callback(path: str, warmup: int):
-    """A TrainerCallback that writes steps, times, real tokens and losses to `path` when training ends."""
+def meter_callback(args):
+    """A TrainerCallback that writes steps, times, real tokens and losses to args.result when training ends. Every
+    --curve-every steps (before the last) it also saves the adapter as <adapter>-snapshots/step-N, for the held-out
+    loss curve; the saving time is left out of the timing."""
     from transformers import TrainerCallback
+
+    path, warmup, every, snapshots = args.result, args.warmup, args.curve_every, snapshot_folder(args.adapter)
 
     class Meter(TrainerCallback):
         def __init__(self):
-            self.marks, self.losses = [], []
+            self.marks, self.losses, self.paused = [], [], 0.0
 
-        def on_step_end(self, args, state, control, **kwargs):
-            self.marks.append((state.global_step, time.perf_counter(), state.num_input_tokens_seen))
+        def clock(self) -> float:
+            return time.perf_counter() - self.paused
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            self.marks.append((state.global_step, self.clock(), state.num_input_tokens_seen))
+            if every and state.global_step % every == 0 and state.global_step < state.max_steps:
+                started = time.perf_counter()
+                model.save_pretrained(str(snapshots / f"step-{state.global_step}"))
+                self.paused += time.perf_counter() - started
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and "loss" in logs:
                 self.losses.append(float(logs["loss"]))
 
         def on_train_begin(self, args, state, control, **kwargs):
-            self.marks = [(state.global_step, time.perf_counter(), state.num_input_tokens_seen)]
+            self.marks = [(state.global_step, self.clock(), state.num_input_tokens_seen)]
 
         def on_train_end(self, args, state, control, **kwargs):
             first, last = self.marks[min(warmup, len(self.marks) - 2)], self.marks[-1]
@@ -150,6 +164,10 @@ def meter_callback(path: str, warmup: int):
                                               "losses": self.losses, "rss_peak_mb": peak_rss_mb()}))
 
     return Meter()
+
+
+def snapshot_folder(adapter: str) -> Path:
+    return Path(adapter + "-snapshots")
 
 
 def peak_rss_mb() -> float:
@@ -186,7 +204,7 @@ def run_reference(args) -> None:
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
     model = get_peft_model(model, lora_config())
     trainer = Trainer(model=model, args=TrainingArguments(**common_args(args)), train_dataset=Dataset.from_list(rows),
-                      data_collator=default_data_collator, callbacks=[meter_callback(args.result, args.warmup)])
+                      data_collator=default_data_collator, callbacks=[meter_callback(args)])
     trainer.train()
     model.save_pretrained(args.adapter)
 
@@ -202,7 +220,7 @@ def run_trl(args) -> None:
     data = Dataset.from_list([{"prompt": render_prompt(r), "completion": r["output"]} for r in records])
     config = SFTConfig(**common_args(args), max_length=args.max_length)
     trainer = SFTTrainer(model=args.model, args=config, train_dataset=data, processing_class=tok,
-                         peft_config=lora_config(), callbacks=[meter_callback(args.result, args.warmup)])
+                         peft_config=lora_config(), callbacks=[meter_callback(args)])
     trainer.train()
     trainer.model.save_pretrained(args.adapter)
 
@@ -224,7 +242,7 @@ def run_llamafactory(args) -> None:
     run_exp({"stage": "sft", "do_train": True, "model_name_or_path": args.model, "finetuning_type": "lora",
              "lora_rank": 16, "lora_alpha": 32, "lora_dropout": 0.05, "lora_target": ",".join(TARGETS),
              "dataset": "bench", "dataset_dir": str(data_dir), "template": "empty", "cutoff_len": args.max_length,
-             "overwrite_cache": True, "preprocessing_num_workers": 1, **common_args(args)}, callbacks=[meter_callback(args.result, args.warmup)])
+             "overwrite_cache": True, "preprocessing_num_workers": 1, **common_args(args)}, callbacks=[meter_callback(args)])
     from shutil import copytree
 
     copytree(args.out, args.adapter, dirs_exist_ok=True)
@@ -254,7 +272,7 @@ def run_tunesmith(args, variant: str = "tunesmith") -> None:
 
     from tunesmith.training.run import train
 
-    train(cfg, console=Console(stderr=True, quiet=True), extra_callbacks=[meter_callback(args.result, args.warmup)])
+    train(cfg, console=Console(stderr=True, quiet=True), extra_callbacks=[meter_callback(args)])
 
 
 # ---------------------------------------------------------------- the common yardstick
@@ -303,7 +321,7 @@ def spawn(python: str, worker: str, args, folder: Path, extra: list[str] = (), e
     cmd = [python, __file__, "--worker", worker, "--result", str(result), "--model", args.model, "--data", args.data,
            "--samples", str(args.samples), "--eval-samples", str(args.eval_samples), "--steps", str(args.steps),
            "--warmup", str(args.warmup), "--batch", str(args.batch), "--max-length", str(args.max_length),
-           "--lr", str(args.lr), "--out", str(folder / "out"), "--adapter", str(folder / "adapter"),
+           "--lr", str(args.lr), "--curve-every", str(args.curve_every), "--out", str(folder / "out"), "--adapter", str(folder / "adapter"),
            *(["--bf16"] if args.bf16 else []), *extra]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "WANDB_DISABLED": "true", "DISABLE_VERSION_CHECK": "1", "TOKENIZERS_PARALLELISM": "false",
@@ -348,6 +366,59 @@ def versus_peers(chosen: list[str], results: dict, speed: dict):
     return table
 
 
+def held_out_curves(chosen: list[str], results: dict, losses: dict, steps: int) -> dict[str, dict[int, float]]:
+    """Each contender's held-out loss by step: the base model at 0, its snapshots, its final adapter."""
+    curves = {}
+    for name in chosen:
+        if name not in results or name not in losses:
+            continue
+        points = {0: losses["base model"]} if "base model" in losses else {}
+        points.update({int(key.split("@")[1]): value for key, value in losses.items() if key.startswith(name + "@")})
+        curves[name] = {**points, steps: losses[name]}
+    return curves if any(len(points) > 2 for points in curves.values()) else {}
+
+
+def curve_table(curves: dict[str, dict[int, float]]):
+    from rich.table import Table
+
+    steps = sorted({step for points in curves.values() for step in points})
+    table = Table(title="held-out loss curve: the same held-out records, scored after each number of steps "
+                        "(step 0: the untrained base model)")
+    table.add_column("contender")
+    for step in steps:
+        table.add_column(f"step {step}", justify="right")
+    for name, points in curves.items():
+        table.add_row(LABELS[name], *[f"{points[step]:.3f}" if step in points else "-" for step in steps])
+    return table
+
+
+def plot_curves(curves: dict, results: dict, path: str, conditions: str) -> None:
+    """Two panels: the held-out loss curve (the yardstick: same records for all) and each contender's training
+    loss per step (each tool orders and batches the samples its own way, so those differ batch by batch)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (held, train) = plt.subplots(1, 2, figsize=(12, 4.5), dpi=110)
+    for name, r in results.items():
+        label = LABELS[name]
+        if name in curves:
+            held.plot(*zip(*sorted(curves[name].items())), marker="o", label=label)
+        if r["losses"]:
+            train.plot(range(1, len(r["losses"]) + 1), r["losses"], label=label, alpha=0.85)
+    for ax, title in ((held, "held-out loss (the same held-out records for all)"), (train, "training loss per step")):
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("loss (reply tokens)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    train.legend(fontsize=7)
+    fig.suptitle(f"SFT loss curves: {conditions}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def llamafactory_env(stubs: str) -> dict:
     return {"PYTHONPATH": stubs} if (Path(stubs) / "torchaudio").is_dir() else {}
 
@@ -379,6 +450,9 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true",
                         help="every contender under bf16 autocast (the reference chapter's bf16=True, TRL's default); "
                              "row (g), tunesmith's auto precision, is left out (bf16 on AMX CPUs: the same as (d))")
+    parser.add_argument("--curve-every", type=int, default=None,
+                        help="held-out loss curve: score each adapter every N steps too (default: steps // 3; 0: off)")
+    parser.add_argument("--plot", help="write the held-out and training loss curves of every contender to this PNG")
     parser.add_argument("--repeats", type=int, default=1, help="train each contender N times, in rounds; median speed")
     parser.add_argument("--only", default=",".join(CONTENDERS), help="comma-separated subset of " + ", ".join(CONTENDERS))
     parser.add_argument("--lf-python", default=DEFAULT_LF_PYTHON, help="python of the LLaMA-Factory venv")
@@ -389,6 +463,8 @@ def main() -> None:
     parser.add_argument("--adapter", help=argparse.SUPPRESS)
     parser.add_argument("--adapters", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.curve_every is None:
+        args.curve_every = args.steps // 3
     if args.worker:
         WORKERS[args.worker](args)
         return
@@ -446,7 +522,10 @@ def main() -> None:
                 console.print(f"{LABELS[name]}: done in {result['wall']:.0f} s "
                               f"({result['tokens'] / result['seconds']:,.0f} tokens/s)")
         results = {name: combine(found) for name, found in runs.items()}
-        adapters = {"base model": "", **adapters}
+        snapshots = {f"{name}@{folder.name.removeprefix('step-')}": str(folder)  # the last run's
+                     for name, adapter in adapters.items()
+                     for folder in sorted(snapshot_folder(adapter).glob("step-*"))}
+        adapters = {"base model": "", **adapters, **snapshots}
         with console.status("held-out loss of every adapter"):
             losses, error = spawn(sys.executable, "eval", args, tmp / "eval", ["--adapters", json.dumps(adapters)])
         losses = losses or {}
@@ -473,6 +552,12 @@ def main() -> None:
     if "base model" in losses:
         table.add_row("(untrained base model)", *[""] * (6 if spread else 5), f"{losses['base model']:.3f}")
     console.print(table)
+    curves = held_out_curves(chosen, results, losses, args.steps)
+    if curves:
+        console.print(curve_table(curves))
+    if args.plot:
+        plot_curves(curves, results, args.plot, f"{'bf16 autocast' if args.bf16 else 'fp32'}, {cpu_model()}")
+        console.print(f"loss curves: {args.plot}")
     peers_table = versus_peers(chosen, results, speed)
     if peers_table is not None:
         console.print(peers_table)

@@ -24,7 +24,8 @@ def _run(*args: str, cwd: Path) -> str:
 def test_sft_throughput_trains_and_scores_every_contender(tmp_path, stories_dir):
     output = _run(str(BENCHMARKS / "sft_throughput.py"), "--model", str(stories_dir), "--steps", "4", "--warmup", "1",
                   "--samples", "16", "--eval-samples", "4", "--max-length", "128",
-                  "--only", "reference,trl,tunesmith,tunesmith-packed", cwd=tmp_path)
+                  "--only", "reference,trl,tunesmith,tunesmith-packed", "--plot", str(tmp_path / "curves.png"),
+                  cwd=tmp_path)
     assert " failed: " not in output, output[-3000:]  # how the script reports a contender that did not train
     for label in ("(a) reference", "(b) TRL SFTTrainer", "(d) tunesmith, defaults", "(h) tunesmith, packing"):
         row = next((line for line in output.splitlines() if label in line and "│" in line), None)
@@ -33,6 +34,13 @@ def test_sft_throughput_trains_and_scores_every_contender(tmp_path, stories_dir)
         assert cells[0] in ("no", "yes") and re.fullmatch(r"[\d,]+", cells[1]), row  # tokens/s measured
         assert re.fullmatch(r"\d+\.\d{3}", cells[-1]), row  # held-out loss computed for its adapter
     assert "vs (a)" in output  # tunesmith set against the reference
+    # the held-out loss curve: every contender scored at steps 0 (base), 1-3 (its snapshots) and 4 (final adapter)
+    curve = output[output.index("held-out loss curve"):]
+    for label in ("(a) reference", "(d) tunesmith, defaults"):
+        row = next(line for line in curve.splitlines() if label in line and "│" in line)
+        cells = [cell.strip() for cell in row.split("│")[2:-1]]
+        assert len(cells) == 5 and all(re.fullmatch(r"\d+\.\d{3}", cell) for cell in cells), row
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert re.search(r"conditions: .+ \((amx_bf16|avx512_bf16|no native bf16)\)", output)  # the CPU is named
 
 
