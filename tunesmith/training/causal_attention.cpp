@@ -37,10 +37,10 @@ inline uint16_t bf16_bits(float value) {  // round to nearest even, as torch's f
   return static_cast<uint16_t>(bits >> 16);
 }
 
-inline void store_bf16(const float* src, BFloat16* dst, int64_t n) {
+inline void store_bf16(const float* src, BFloat16* dst, int64_t n, float factor = 1.f) {
   auto* out = reinterpret_cast<uint16_t*>(dst);
 #pragma omp simd
-  for (int64_t j = 0; j < n; ++j) out[j] = bf16_bits(src[j]);
+  for (int64_t j = 0; j < n; ++j) out[j] = bf16_bits(src[j] * factor);
 }
 
 // An fp32 [rows x n] matrix (row stride n) written as bf16 in VNNI layout [rows/2][n][2], an odd last row paired
@@ -62,16 +62,98 @@ inline void matmul(int64_t m, int64_t n, int64_t k, const BFloat16* a, int64_t l
   cpublas::brgemm(m, n, k, lda, ldb, ldc, accumulate, a, b_vnni, c, /*is_vnni=*/true);
 }
 
+// Runs fn(b, h) for every batch row and head on torch's threads. The layout copies below are loops of their own:
+// as torch permute-and-copy ops (the innermost dimension a pair) they took about 2.5x as long (SmolLM2's shape at 394
+// tokens, 2 cores).
+template <typename F>
+void for_each_head(int64_t batch, int64_t heads, const F& fn) {
+  at::parallel_for(0, batch * heads, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) fn(task / heads, task % heads);
+  });
+}
+
+// A [B, H, L, D] view (any strides, the last dimension contiguous) as raw bf16 bits of one head's rows.
+struct Rows {
+  const uint16_t* data;
+  int64_t batch_stride, head_stride, row_stride;
+  explicit Rows(const at::Tensor& x)
+      : data(reinterpret_cast<const uint16_t*>(x.const_data_ptr<BFloat16>())), batch_stride(x.stride(0)),
+        head_stride(x.stride(1)), row_stride(x.stride(2)) {}
+  const uint16_t* head(int64_t b, int64_t h) const { return data + b * batch_stride + h * head_stride; }
+};
+
 // [B, H, L, D] -> VNNI pairs along D: [B, H, D/2, L, 2] (the right operand of x^T products, x = keys or values).
 at::Tensor pairs_along_dim(const at::Tensor& x) {
-  return x.reshape({x.size(0), x.size(1), x.size(2), x.size(3) / 2, 2}).permute({0, 1, 3, 2, 4}).contiguous();
+  const int64_t B = x.size(0), H = x.size(1), L = x.size(2), D = x.size(3);
+  at::Tensor out = at::empty({B, H, D / 2, L, 2}, x.options());
+  auto* out_data = reinterpret_cast<uint32_t*>(out.data_ptr<BFloat16>());
+  const Rows rows(x);
+  for_each_head(B, H, [&](int64_t b, int64_t h) {
+    const uint16_t* in = rows.head(b, h);
+    uint32_t* o = out_data + (b * H + h) * (D / 2) * L;
+    for (int64_t l = 0; l < L; ++l, in += rows.row_stride)
+      for (int64_t d = 0; d < D / 2; ++d) o[d * L + l] = in[2 * d] | uint32_t(in[2 * d + 1]) << 16;
+  });
+  return out;
 }
 
 // [B, H, L, D] -> VNNI pairs along L, padded to even length: [B, H, Lp/2, D, 2].
 at::Tensor pairs_along_length(const at::Tensor& x) {
-  const int64_t L = x.size(2), Lp = even(L);
-  at::Tensor padded = Lp == L ? x : at::constant_pad_nd(x, {0, 0, 0, Lp - L});
-  return padded.reshape({x.size(0), x.size(1), Lp / 2, 2, x.size(3)}).permute({0, 1, 2, 4, 3}).contiguous();
+  const int64_t B = x.size(0), H = x.size(1), L = x.size(2), D = x.size(3), Lp = even(L);
+  at::Tensor out = at::empty({B, H, Lp / 2, D, 2}, x.options());
+  auto* out_data = reinterpret_cast<uint32_t*>(out.data_ptr<BFloat16>());
+  const Rows rows(x);
+  for_each_head(B, H, [&](int64_t b, int64_t h) {
+    const uint16_t* in = rows.head(b, h);
+    uint32_t* o = out_data + (b * H + h) * (Lp / 2) * D;
+    for (int64_t l = 0; l < L; l += 2, o += D) {
+      const uint16_t* even_row = in + l * rows.row_stride;
+      const uint16_t* odd_row = even_row + rows.row_stride;
+      if (l + 1 < L) {
+#pragma omp simd
+        for (int64_t d = 0; d < D; ++d) o[d] = even_row[d] | uint32_t(odd_row[d]) << 16;
+      } else {
+        for (int64_t d = 0; d < D; ++d) o[d] = even_row[d];
+      }
+    }
+  });
+  return out;
+}
+
+// [B, H, L, D] -> [B, H, D, Lp], the padding column zero (left operands of the transposed key/value gradients).
+// Each store writes two adjacent output elements (a pair of input rows) as one 32-bit word, in tiles of 16 pairs
+// so that the stores run along output rows.
+at::Tensor transposed(const at::Tensor& x) {
+  constexpr int64_t kPairs = 16;
+  const int64_t B = x.size(0), H = x.size(1), L = x.size(2), D = x.size(3), Lp = even(L), P = Lp / 2;
+  at::Tensor out = at::empty({B, H, D, Lp}, x.options());
+  auto* out_data = reinterpret_cast<uint32_t*>(out.data_ptr<BFloat16>());
+  const Rows rows(x);
+  for_each_head(B, H, [&](int64_t b, int64_t h) {
+    const uint16_t* in = rows.head(b, h);
+    uint32_t* o = out_data + (b * H + h) * D * P;
+    const std::vector<uint16_t> zeros(D, 0);  // the padding row of an odd length
+    for (int64_t p0 = 0; p0 < P; p0 += kPairs) {
+      const int64_t p1 = std::min(P, p0 + kPairs);
+      const uint16_t* even_rows[kPairs];
+      const uint16_t* odd_rows[kPairs];
+      for (int64_t p = p0; p < p1; ++p) {
+        even_rows[p - p0] = in + 2 * p * rows.row_stride;
+        odd_rows[p - p0] = 2 * p + 1 < L ? even_rows[p - p0] + rows.row_stride : zeros.data();
+      }
+      for (int64_t d = 0; d < D; ++d)
+        for (int64_t p = p0; p < p1; ++p)
+          o[d * P + p] = even_rows[p - p0][d] | uint32_t(odd_rows[p - p0][d]) << 16;
+    }
+  });
+  return out;
+}
+
+inline float bf16_float(uint16_t bits) {
+  const uint32_t widened = uint32_t(bits) << 16;
+  float value;
+  std::memcpy(&value, &widened, sizeof(value));
+  return value;
 }
 
 void check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
@@ -120,11 +202,8 @@ std::vector<at::Tensor> forward(const at::Tensor& q, const at::Tensor& k, const 
           row[j] = std::exp(row[j] * s - top);
           sum += row[j];
         }
-        const float inv = 1.f / sum;
-#pragma omp simd
-        for (int64_t j = 0; j < seen; ++j) row[j] *= inv;
         BFloat16* p = probs.data() + t * keys_p;
-        store_bf16(row, p, seen);
+        store_bf16(row, p, seen, 1.f / sum);  // normalised as they are rounded
         std::fill(p + seen, p + keys_p, BFloat16(0.f));
         lse_data[(b * Hq + h) * L + r0 + t] = top + std::log(sum);
       }
@@ -144,16 +223,27 @@ std::vector<at::Tensor> backward(const at::Tensor& grad_out_in, const at::Tensor
   const int64_t Lp = even(L);
   const at::Tensor grad_out = grad_out_in.to(at::kBFloat16).contiguous();
   const at::Tensor k_pairs = pairs_along_dim(k), v_pairs = pairs_along_dim(v), k_rows = pairs_along_length(k);
-  // Left operands of the transposed key and value gradients (dK^T += Q^T dS, dV^T += dO^T P): [.., D, Lp], the
-  // padding column zero.
-  const at::Tensor qt = at::constant_pad_nd(q.transpose(-1, -2), {0, Lp - L}).contiguous();
-  const at::Tensor grad_out_t = at::constant_pad_nd(grad_out.permute({0, 2, 3, 1}), {0, Lp - L}).contiguous();
+  // Left operands of the transposed key and value gradients (dK^T += Q^T dS, dV^T += dO^T P): [.., D, Lp].
+  const at::Tensor qt = transposed(q), grad_out_t = transposed(grad_out.transpose(1, 2));
   // delta = rowsum(dO * O), the softmax backward's per-row term: [B, Hq, L]
-  const at::Tensor delta = (grad_out.to(at::kFloat) * out.to(at::kFloat)).sum(-1).transpose(1, 2).contiguous();
+  at::Tensor delta = at::empty({B, Hq, L}, q.options().dtype(at::kFloat));
+  {
+    const Rows go(grad_out.transpose(1, 2)), o(out.transpose(1, 2));
+    float* delta_out = delta.data_ptr<float>();
+    for_each_head(B, Hq, [&](int64_t b, int64_t h) {
+      const uint16_t *go_row = go.head(b, h), *o_row = o.head(b, h);
+      for (int64_t l = 0; l < L; ++l, go_row += go.row_stride, o_row += o.row_stride) {
+        float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+        for (int64_t d = 0; d < D; ++d) sum += bf16_float(go_row[d]) * bf16_float(o_row[d]);
+        delta_out[(b * Hq + h) * L + l] = sum;
+      }
+    });
+  }
   at::Tensor dq = at::empty({B, Hq, L, D}, q.options());
   // Each query head accumulates its own key/value gradient (tasks stay independent); the group sums them below.
-  at::Tensor dkt_heads = at::zeros({B, Hq, D, L}, q.options().dtype(at::kFloat));
-  at::Tensor dvt_heads = at::zeros({B, Hq, D, L}, q.options().dtype(at::kFloat));
+  at::Tensor dkt_heads = at::empty({B, Hq, D, L}, q.options().dtype(at::kFloat));
+  at::Tensor dvt_heads = at::empty({B, Hq, D, L}, q.options().dtype(at::kFloat));
   const int64_t blocks = (L + kBlock - 1) / kBlock;
   const BFloat16 *q_data = q.const_data_ptr<BFloat16>(), *kp_data = k_pairs.const_data_ptr<BFloat16>(),
                  *vp_data = v_pairs.const_data_ptr<BFloat16>(), *kr_data = k_rows.const_data_ptr<BFloat16>(),
@@ -171,6 +261,8 @@ std::vector<at::Tensor> backward(const at::Tensor& grad_out_in, const at::Tensor
       const int64_t b = task / Hq, h = task % Hq, hk = h / G;
       float* dkt = dkt_data + task * D * L;
       float* dvt = dvt_data + task * D * L;
+      std::fill(dkt, dkt + D * L, 0.f);
+      std::fill(dvt, dvt + D * L, 0.f);
       const BFloat16* kp_head = kp_data + (b * Hk + hk) * D * L;
       const BFloat16* vp_head = vp_data + (b * Hk + hk) * D * L;
       const BFloat16* kr_head = kr_data + (b * Hk + hk) * Lp * D;
