@@ -5,9 +5,11 @@ a step runs 120 of them (q, k, v, o on 30 layers). Rows, each the median of --re
 (the rows' calls interleaved), in this one process with the threads torch picks:
   torch dropout      nn.functional.dropout, forward and backward (its Bernoulli mask: one Mersenne-Twister draw per
                      element, float32 noise kept for backward)
-  FastDropout        forward and backward
-  - its mask         the hash-based mask alone (`keep_mask`)
-  - its scale        applying a saved mask to a tensor (the backward's whole work)
+  FastDropout        forward and backward with its compiled kernel (dropout.cpp: the same mask, drawn and applied
+                     in one pass; left out where it cannot be built)
+  - tensor ops       forward and backward with the int32 tensor ops (what runs without the kernel)
+  - their mask       the tensor ops' hash-based mask alone (`keep_mask`)
+  - their scale      applying a saved mask to a tensor (the tensor-op backward's whole work)
   random_ (int64)    torch's cheapest CPU draw of the same number of random bits (one 64-bit word per four
                      elements), for comparison with the mask's hash
 Whole training steps are measured by benchmarks/sft_throughput.py (row (i) turns fast dropout off).
@@ -28,6 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tunesmith.hardware import cpu_model  # noqa: E402
+from tunesmith.training import dropout  # noqa: E402
 from tunesmith.training.dropout import FastDropout, _scale_kept, keep_mask  # noqa: E402
 
 
@@ -62,19 +65,24 @@ def main() -> int:
     def torch_dropout():
         torch.autograd.grad(torch.nn.functional.dropout(x, args.p, training=True), x, grad)
 
-    def fast_dropout():
+    kernel = dropout.load_kernel()
+
+    def fast_dropout(compiled: bool):
+        dropout._kernel = kernel if compiled else None
         torch.autograd.grad(fast(x), x, grad)
 
     rows = timed({
         "torch dropout": torch_dropout,
-        "FastDropout": fast_dropout,
-        "- its mask": lambda: keep_mask(shape, args.p),
-        "- its scale": lambda: _scale_kept(grad, keep, 1 / (1 - dropped)),
+        **({"FastDropout": lambda: fast_dropout(True)} if kernel is not None else {}),
+        "- tensor ops": lambda: fast_dropout(False),
+        "- their mask": lambda: keep_mask(shape, args.p),
+        "- their scale": lambda: _scale_kept(grad, keep, 1 / (1 - dropped)),
         "random_ (int64)": lambda: torch.empty((shape.numel() + 3) // 4, dtype=torch.int64).random_(),
     }, args.repeats)
     print(f"\nCPU dropout, forward + backward: shape {tuple(shape)} float32, p {args.p}; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs ({cpu_model()}); "
-          f"median of {args.repeats} calls; allocator preload: {os.environ.get('LD_PRELOAD') or 'none'}")
+          f"median of {args.repeats} calls; allocator preload: {os.environ.get('LD_PRELOAD') or 'none'}"
+          + ("" if kernel is not None else f"; no compiled kernel: {dropout.kernel_failure()}"))
     print(f"{'row':18} {'ms':>7} {'vs torch':>9}")
     base = rows["torch dropout"]
     for name, ms in rows.items():

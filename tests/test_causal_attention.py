@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import platform
+import shutil
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -140,16 +143,16 @@ def test_right_padded_batches_drop_their_mask_under_the_kernel(kernel):
 
 
 def test_build_problem_names_what_is_missing(monkeypatch):
-    monkeypatch.setattr(ca.shutil, "which", lambda name: None if name == "ninja" else "/usr/bin/" + name)
-    monkeypatch.setattr(ca.platform, "system", lambda: "Linux")
-    monkeypatch.setattr(ca.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(shutil, "which", lambda name: None if name == "ninja" else "/usr/bin/" + name)
+    monkeypatch.setattr(platform, "system", lambda: "Linux")
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
     import tunesmith.hardware as hardware
 
     monkeypatch.setattr(hardware, "native_bf16_cpu", lambda: "avx512_bf16")
     assert "ninja" in ca.build_problem()
     monkeypatch.setattr(hardware, "native_bf16_cpu", lambda: "amx_bf16")
     assert "without AMX" in ca.build_problem()
-    monkeypatch.setattr(ca.platform, "system", lambda: "Darwin")
+    monkeypatch.setattr(platform, "system", lambda: "Darwin")
     assert "Linux x86-64 only" in ca.build_problem()
 
 

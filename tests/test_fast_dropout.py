@@ -155,3 +155,54 @@ def test_compiles_to_one_graph_with_the_eager_masks(monkeypatch):
     assert torch.allclose(grad, eager_grad)
     assert counters["stats"]["unique_graphs"] == 1 and not counters["recompiles"]
     torch._dynamo.reset()
+
+
+@pytest.fixture
+def dropout_kernel():
+    from tunesmith.training import dropout
+    from tunesmith.training.native import compiler_problem
+
+    problem = compiler_problem()
+    if problem is not None:
+        pytest.skip(f"the dropout kernel cannot be built here: {problem}")
+    assert dropout.load_kernel() is not None, dropout.kernel_failure()
+    return dropout
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(4, 394, 576), (3, 5, 7), (1,), (2, 1025)])
+def test_compiled_dropout_is_the_tensor_ops_bit_for_bit(dropout_kernel, monkeypatch, dtype, shape):
+    """Same key, same mask, same output and gradient: a seeded run (or a checkpoint replay) gives the same numbers on
+    either path. Sizes around the kernel's 1024-element chunks and odd counts (a last word's unused lane)."""
+    x = torch.randn(shape).to(dtype)
+    x.view(-1)[0] = float("nan")  # dropped or kept, NaN stays NaN (x * 0 is not folded to 0)
+    grad = torch.randn(shape).to(dtype)
+    layer = FastDropout(0.3).train()
+    results = []
+    for kernel in (dropout_kernel._kernel, None):
+        monkeypatch.setattr(dropout_kernel, "_kernel", kernel)
+        torch.manual_seed(7)
+        leaf = x.clone().requires_grad_()
+        out = layer(leaf)
+        out.backward(grad)
+        results.append((out.detach(), leaf.grad))
+    (out, x_grad), (ref, ref_grad) = results
+    assert torch.equal(out.isnan(), ref.isnan()) and out.isnan().view(-1)[0]
+    assert torch.equal(out.nan_to_num(), ref.nan_to_num()) and torch.equal(x_grad, ref_grad)
+    assert out.dtype == dtype
+    if out.numel() > 100:
+        assert 0 < int((out == 0).sum()) < out.numel()
+
+
+def test_compiled_dropout_runs_in_training_and_keeps_the_mask_for_backward(dropout_kernel, monkeypatch):
+    """The kernel path is taken for contiguous CPU inputs and saves one uint8 mask, as the memory planner counts."""
+    calls = []
+    real = dropout_kernel._KernelDropout.apply
+    monkeypatch.setattr(dropout_kernel._KernelDropout, "apply", lambda *a: calls.append(1) or real(*a))
+    saved = []
+    x = torch.randn(8, 64, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        FastDropout(0.1).train()(x)
+    assert calls == [1] and [(t.dtype, t.shape) for t in saved] == [(torch.uint8, x.shape)]
+    FastDropout(0.1).train()(x.t())  # not contiguous: the tensor ops
+    assert calls == [1]

@@ -9,9 +9,8 @@ bf16 micro-kernel). SmolLM2-135M's attention (4 x 9 query heads over 3 key/value
 backward: 0.41-0.52x SDPA's time from 128 to 512 tokens on an AVX512-BF16 EPYC. For CPUs with AVX512-BF16 and
 without AMX (see `build_problem`); elsewhere attention stays on SDPA.
 
-It is compiled on first use with torch's C++ extension builder (a C++ compiler and ninja are needed; about 25 s,
-once, cached under the tunesmith cache root, keyed by source, torch version and CPU). It is registered with
-transformers' `AttentionInterface` under its own name and takes only what it computes exactly: a causal
+It is compiled on first use (`native.py`: a C++ compiler and ninja are needed; about 25 s, once, cached). It is
+registered with transformers' `AttentionInterface` under its own name and takes only what it computes exactly: a causal
 self-attention with no mask (the padding mask is dropped for right-padded batches, `padding_mask.py`), no dropout,
 soft-capping, sliding window or position bias, queries as long as the keys, in bf16 (the autocast dtype). Any
 other call (packed rows with their block-diagonal mask, left padding, generation with a cache) goes to transformers'
@@ -20,18 +19,13 @@ SDPA function unchanged. Where the kernel cannot be built, training runs on SDPA
 
 from __future__ import annotations
 
-import hashlib
-import logging
 import math
-import os
-import platform
-import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
-log = logging.getLogger(__name__)
+from .native import build, compiler_problem, platform_problem
 
 NAME = "tunesmith_cpu_causal"
 _SOURCE = Path(__file__).with_suffix(".cpp")
@@ -41,21 +35,17 @@ _sdpa_only = False
 
 
 def build_problem() -> str | None:
-    """Why the kernel cannot be built here, or None."""
+    """Why the kernel cannot be used here, or None."""
     from ..hardware import native_bf16_cpu
 
-    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
-        return f"built for Linux x86-64 only (this is {platform.system()} {platform.machine()})"
+    if platform_problem() is not None:
+        return platform_problem()
     unit = native_bf16_cpu()
     if unit != "avx512_bf16":
         # On AMX oneDNN's micro-kernel wants its own packed operand layout, which the kernel does not write (and
         # no AMX machine was at hand to measure it); CPUs without native bf16 train in fp32 under `auto`.
         return f"for CPUs with AVX512-BF16 and without AMX (this CPU: {unit or 'no native bf16'})"
-    if shutil.which(os.environ.get("CXX", "c++")) is None:
-        return "no C++ compiler found (install g++)"
-    if shutil.which("ninja") is None:
-        return "ninja not found (install ninja-build, or pip install ninja into the PATH)"
-    return None
+    return compiler_problem()
 
 
 def load_kernel():
@@ -65,28 +55,8 @@ def load_kernel():
     if _kernel is not None or _failure is not None:
         return _kernel
     _failure = build_problem()
-    if _failure is not None:
-        return None
-    from torch.utils.cpp_extension import load
-
-    from ..hardware import cpu_flags
-    from ..models.pypi_models import default_cache_root
-
-    # -march=native: the build runs on the machine that trains, so the key includes the CPU's features (a cache
-    # shared between machines must not hand one CPU another's instructions).
-    machine = " ".join([torch.__version__, *cpu_flags()]).encode()
-    key = hashlib.sha256(_SOURCE.read_bytes() + machine).hexdigest()[:12]
-    name = f"tunesmith_causal_attention_{key}"
-    folder = default_cache_root() / "kernels" / name
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        _kernel = load(name=name, sources=[str(_SOURCE)], build_directory=str(folder),
-                       extra_cflags=["-O3", "-march=native", "-ffast-math", "-fopenmp"],
-                       extra_ldflags=["-fopenmp"], verbose=False)
-    except Exception as error:  # no cache folder, a compiler or a linker problem: training goes on with SDPA
-        last_line = (str(error).strip().splitlines() or [""])[-1][:200]
-        _failure = f"could not be built ({type(error).__name__}: {last_line})"
-        log.warning("causal attention kernel %s", _failure)
+    if _failure is None:
+        _kernel, _failure = build(_SOURCE, ["-ffast-math"])
     return _kernel
 
 
