@@ -77,12 +77,17 @@ def _draw_key() -> torch.Tensor:
     return torch.randint(-(1 << 31), 1 << 31, (2,), dtype=torch.int64)
 
 
+def _threshold(p: float) -> int:
+    """An element drops when its 15 random bits are below this: p rounded to a multiple of 1/32768."""
+    return round(p * _LEVELS)
+
+
 def keep_mask(shape: torch.Size, p: float, device=None) -> tuple[torch.Tensor, float]:
     """(uint8 mask, 1 where an element is kept; the probability an element is dropped), 15 random bits each."""
     count = shape.numel()
     words = _hash_words((count + 1) // 2, _draw_key(), device)
     bits = words.view(torch.int16)[:count].view(shape).bitwise_and_(_LEVELS - 1)
-    threshold = round(p * _LEVELS)
+    threshold = _threshold(p)
     # bits - threshold is negative exactly when the element drops; >> 15 gives -1 there and 0 elsewhere; + 1 is keep.
     keep = bits.sub_(threshold).bitwise_right_shift_(_BITS).add_(1).to(torch.uint8)
     return keep, threshold / _LEVELS
@@ -109,7 +114,7 @@ class _KernelDropout(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
         multiplier, offset = _draw_key().tolist()
-        threshold = round(p * _LEVELS)
+        threshold = _threshold(p)
         ctx.scale = 1.0 / (1.0 - threshold / _LEVELS)
         out, keep = _kernel.forward(x, multiplier | 1, offset, threshold, ctx.scale)
         ctx.save_for_backward(keep)
