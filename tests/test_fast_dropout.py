@@ -206,3 +206,25 @@ def test_compiled_dropout_runs_in_training_and_keeps_the_mask_for_backward(dropo
     assert calls == [1] and [(t.dtype, t.shape) for t in saved] == [(torch.uint8, x.shape)]
     FastDropout(0.1).train()(x.t())  # not contiguous: the tensor ops
     assert calls == [1]
+
+
+def test_without_a_compiler_dropout_runs_on_tensor_ops_and_says_why(monkeypatch, tiny_model_factory):
+    import io
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from tunesmith.training import dropout
+    from tunesmith.training.cpu_layers import apply_cpu_layers
+
+    monkeypatch.setattr(dropout, "_kernel", None)
+    monkeypatch.setattr(dropout, "_failure", None)
+    monkeypatch.setattr(dropout, "compiler_problem", lambda: "no C++ compiler found (install g++)")
+    model = _lora(tiny_model_factory("llama"), 0.1)
+    console = Console(file=io.StringIO(), width=200)
+    cfg = SimpleNamespace(training=SimpleNamespace(fast_dropout=True, fast_rms_norm=False))
+    swaps = apply_cpu_layers(cfg, model, console)
+    assert swaps["dropout"] > 0 and dropout.load_kernel() is None
+    assert "tensor ops: the kernel no C++ compiler found (install g++)" in console.file.getvalue()
+    x = torch.randn(2, 8, 16)
+    assert dropout._kernel_takes(x) is False and 0 < int((FastDropout(0.5).train()(x) == 0).sum()) < x.numel()

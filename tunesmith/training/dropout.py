@@ -19,8 +19,8 @@ in the input's dtype.
 
 On a CPU where tunesmith's C++ kernels build (`native.py`), `dropout.cpp` makes the same mask (bit for bit) and
 applies it in one vectorised pass per tensor, forward and backward: one dropout of a 4 x 380 x 576 float32 input,
-forward and backward, 0.93 ms against these tensor ops' 2.11 ms and torch's 8.74 ms (`benchmarks/cpu_dropout.py`,
-tcmalloc, 2 cores of an AMD EPYC). Elsewhere (no compiler, under torch.compile, meta tensors for the memory
+forward and backward, 0.45 ms against these tensor ops' 1.15 ms and torch's 5.00 ms (`benchmarks/cpu_dropout.py`,
+tcmalloc, 2 cores of an AMD EPYC; table in docs/benchmarks.md). Elsewhere (no compiler, under torch.compile, meta tensors for the memory
 planner's trace, non-contiguous inputs) the tensor ops run; both keep the same uint8 mask for backward, so the
 memory planner's trace holds for either.
 
