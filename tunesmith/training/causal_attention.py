@@ -6,8 +6,8 @@ mask only masks: the whole square is computed forward and backward (docs/benchma
 library offers a CPU attention that skips it (FlexAttention has no CPU backward), so `causal_attention.cpp` does:
 query blocks of 64 rows, each against the keys up to its last row, through torch's own `cpublas::brgemm` (oneDNN's
 bf16 micro-kernel). SmolLM2-135M's attention (4 x 9 query heads over 3 key/value heads, head dim 64), forward and
-backward: 0.35-0.45x SDPA's time from 128 to 512 tokens on an AVX512-BF16 EPYC (`benchmarks/cpu_attention.py`). For CPUs with AVX512-BF16 and
-without AMX (see `build_problem`); elsewhere attention stays on SDPA.
+backward: 0.35-0.45x SDPA's time from 128 to 512 tokens on an AVX512-BF16 EPYC (`benchmarks/cpu_attention.py`).
+For CPUs with AVX512-BF16 and without AMX (see `build_problem`); elsewhere attention stays on SDPA.
 
 It is compiled on first use (`native.py`: a C++ compiler and ninja are needed; about 25 s, once, cached). It is
 registered with transformers' `AttentionInterface` under its own name and takes only what it computes exactly: a causal
