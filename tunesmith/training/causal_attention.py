@@ -38,8 +38,9 @@ def build_problem() -> str | None:
     """Why the kernel cannot be used here, or None."""
     from ..hardware import native_bf16_cpu
 
-    if platform_problem() is not None:
-        return platform_problem()
+    problem = platform_problem()
+    if problem is not None:
+        return problem
     unit = native_bf16_cpu()
     if unit != "avx512_bf16":
         # On AMX oneDNN's micro-kernel wants its own packed operand layout, which the kernel does not write (and
