@@ -321,7 +321,8 @@ def spawn(python: str, worker: str, args, folder: Path, extra: list[str] = (), e
     cmd = [python, __file__, "--worker", worker, "--result", str(result), "--model", args.model, "--data", args.data,
            "--samples", str(args.samples), "--eval-samples", str(args.eval_samples), "--steps", str(args.steps),
            "--warmup", str(args.warmup), "--batch", str(args.batch), "--max-length", str(args.max_length),
-           "--lr", str(args.lr), "--curve-every", str(args.curve_every), "--out", str(folder / "out"), "--adapter", str(folder / "adapter"),
+           "--lr", str(args.lr), "--curve-every", str(args.curve_every), "--out", str(folder / "out"),
+           "--adapter", str(folder / "adapter"),
            *(["--bf16"] if args.bf16 else []), *extra]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "WANDB_DISABLED": "true", "DISABLE_VERSION_CHECK": "1", "TOKENIZERS_PARALLELISM": "false",
