@@ -109,9 +109,13 @@ def test_swaps_peft_lora_dropouts_and_the_adapter_still_saves(tiny_model_factory
     assert reloaded.peft_config["default"].lora_dropout == 0.1
 
 
-def test_gradient_checkpointing_recomputes_the_same_masks(tiny_model_factory):
+@pytest.mark.parametrize("compiled", [False, True], ids=["tensor ops", "compiled kernel"])
+def test_gradient_checkpointing_recomputes_the_same_masks(tiny_model_factory, monkeypatch, request, compiled):
     """Checkpointing replays the forward pass; the CPU RNG state it restores must give the same masks, or the
-    gradients would differ from a run without checkpointing."""
+    gradients would differ from a run without checkpointing. Both paths draw their key from that state."""
+    from tunesmith.training import dropout
+
+    monkeypatch.setattr(dropout, "_kernel", request.getfixturevalue("dropout_kernel")._kernel if compiled else None)
     model_dir = tiny_model_factory("llama")
     ids = torch.randint(3, 200, (2, 24), generator=torch.Generator().manual_seed(0))
     grads = []
