@@ -179,8 +179,8 @@ def test_a_failed_build_leaves_attention_on_sdpa(monkeypatch, tmp_path):
     def no_compiler(**kwargs):
         raise RuntimeError("Error building extension 'tunesmith_causal_attention'\ng++: fatal error")
 
-    monkeypatch.setattr(ca, "_kernel", None)
-    monkeypatch.setattr(ca, "_failure", None)
+    monkeypatch.setattr(ca._KERNEL, "module", None)
+    monkeypatch.setattr(ca._KERNEL, "failure", None)
     monkeypatch.setattr(ca, "build_problem", lambda: None)
     monkeypatch.setattr(torch.utils.cpp_extension, "load", no_compiler)
     monkeypatch.setenv("TUNESMITH_CACHE", str(tmp_path))

@@ -115,7 +115,8 @@ def test_gradient_checkpointing_recomputes_the_same_masks(tiny_model_factory, mo
     gradients would differ from a run without checkpointing. Both paths draw their key from that state."""
     from tunesmith.training import dropout
 
-    monkeypatch.setattr(dropout, "_kernel", request.getfixturevalue("dropout_kernel")._kernel if compiled else None)
+    monkeypatch.setattr(dropout._KERNEL, "module", request.getfixturevalue("dropout_kernel").load_kernel() if compiled
+                        else None)
     model_dir = tiny_model_factory("llama")
     ids = torch.randint(3, 200, (2, 24), generator=torch.Generator().manual_seed(0))
     grads = []
@@ -183,8 +184,8 @@ def test_compiled_dropout_is_the_tensor_ops_bit_for_bit(dropout_kernel, monkeypa
     grad = torch.randn(shape).to(dtype)
     layer = FastDropout(0.3).train()
     results = []
-    for kernel in (dropout_kernel._kernel, None):
-        monkeypatch.setattr(dropout_kernel, "_kernel", kernel)
+    for kernel in (dropout_kernel.load_kernel(), None):
+        monkeypatch.setattr(dropout_kernel._KERNEL, "module", kernel)
         torch.manual_seed(7)
         leaf = x.clone().requires_grad_()
         out = layer(leaf)
@@ -221,8 +222,8 @@ def test_without_a_compiler_dropout_runs_on_tensor_ops_and_says_why(monkeypatch,
     from tunesmith.training import dropout
     from tunesmith.training.cpu_layers import apply_cpu_layers
 
-    monkeypatch.setattr(dropout, "_kernel", None)
-    monkeypatch.setattr(dropout, "_failure", None)
+    monkeypatch.setattr(dropout._KERNEL, "module", None)
+    monkeypatch.setattr(dropout._KERNEL, "failure", None)
     monkeypatch.setattr(dropout, "compiler_problem", lambda: "no C++ compiler found (install g++)")
     model = _lora(tiny_model_factory("llama"), 0.1)
     console = Console(file=io.StringIO(), width=200)

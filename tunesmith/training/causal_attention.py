@@ -25,12 +25,9 @@ from pathlib import Path
 
 import torch
 
-from .native import build, compiler_problem, platform_problem
+from .native import Kernel, compiler_problem, platform_problem
 
 NAME = "tunesmith_cpu_causal"
-_SOURCE = Path(__file__).with_suffix(".cpp")
-_kernel = None
-_failure: str | None = None
 _sdpa_only = False
 
 
@@ -49,20 +46,18 @@ def build_problem() -> str | None:
     return compiler_problem()
 
 
+# -ffast-math lets the softmax's exp vectorise (glibc declares its SIMD variants only under it).
+_KERNEL = Kernel(Path(__file__).with_suffix(".cpp"), ["-ffast-math"], lambda: build_problem())
+
+
 def load_kernel():
     """The compiled extension (built on first call in this process, from the cache after), or None; the reason for
     None is in `kernel_failure()`."""
-    global _kernel, _failure
-    if _kernel is not None or _failure is not None:
-        return _kernel
-    _failure = build_problem()
-    if _failure is None:
-        _kernel, _failure = build(_SOURCE, ["-ffast-math"])
-    return _kernel
+    return _KERNEL.load()
 
 
 def kernel_failure() -> str | None:
-    return _failure
+    return _KERNEL.failure
 
 
 class CausalAttention(torch.autograd.Function):
@@ -71,7 +66,7 @@ class CausalAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, query, key, value, scale: float):
-        out, lse = _kernel.forward(query, key, value, scale)
+        out, lse = _KERNEL.module.forward(query, key, value, scale)
         ctx.save_for_backward(query, key, value, out, lse)
         ctx.scale = scale
         return out
@@ -79,7 +74,7 @@ class CausalAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         query, key, value, out, lse = ctx.saved_tensors
-        dq, dk, dv = _kernel.backward(grad_out, query, key, value, out, lse, ctx.scale)
+        dq, dk, dv = _KERNEL.module.backward(grad_out, query, key, value, out, lse, ctx.scale)
         return dq, dk, dv, None
 
 
@@ -115,7 +110,7 @@ def attention_forward(module, query, key, value, attention_mask, dropout: float 
     """transformers' attention-function signature: the kernel where it computes exactly this call, SDPA otherwise."""
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     window = kwargs.get("sliding_window")
-    if (_kernel is not None and not _sdpa_only and causal and attention_mask is None and position_bias is None and not dropout
+    if (_KERNEL.module is not None and not _sdpa_only and causal and attention_mask is None and position_bias is None and not dropout
             and kwargs.get("softcap") is None and not kwargs.get("output_attentions")
             and (window is None or window >= key.shape[2]) and query.device.type == "cpu"
             and query.shape[2] == key.shape[2] > 1 and query.shape[1] % key.shape[1] == 0

@@ -38,16 +38,14 @@ import torch
 from torch import nn
 
 from ..models.layers import replace_modules
-from .native import build, compiler_problem
+from .native import Kernel, compiler_problem
 
 _BITS = 15  # random bits per element: 16-bit lanes of the hash words, the sign bit masked off
 _LEVELS = 1 << _BITS
 # lowbias32, from Chris Wellons' search for integer hashes with low avalanche bias: two multiply-xorshift rounds.
 _MULTIPLIERS = (0x7FEB352D, 0x846CA68B - (1 << 32))  # as signed int32
 _ROW = 1024
-_SOURCE = Path(__file__).with_suffix(".cpp")
-_kernel = None
-_failure: str | None = None
+_KERNEL = Kernel(Path(__file__).with_suffix(".cpp"), [], lambda: compiler_problem())
 
 
 def _shift_right(z: torch.Tensor, k: int) -> torch.Tensor:
@@ -96,16 +94,11 @@ def keep_mask(shape: torch.Size, p: float, device=None) -> tuple[torch.Tensor, f
 def load_kernel():
     """The compiled kernel (built on the first call in this process, from the cache after), or None; why not is in
     `kernel_failure()`."""
-    global _kernel, _failure
-    if _kernel is None and _failure is None:
-        _failure = compiler_problem()
-        if _failure is None:
-            _kernel, _failure = build(_SOURCE, [])
-    return _kernel
+    return _KERNEL.load()
 
 
 def kernel_failure() -> str | None:
-    return _failure
+    return _KERNEL.failure
 
 
 class _KernelDropout(torch.autograd.Function):
@@ -116,18 +109,18 @@ class _KernelDropout(torch.autograd.Function):
         multiplier, offset = _draw_key().tolist()
         threshold = _threshold(p)
         ctx.scale = 1.0 / (1.0 - threshold / _LEVELS)
-        out, keep = _kernel.forward(x, multiplier | 1, offset, threshold, ctx.scale)
+        out, keep = _KERNEL.module.forward(x, multiplier | 1, offset, threshold, ctx.scale)
         ctx.save_for_backward(keep)
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (keep,) = ctx.saved_tensors
-        return _kernel.backward(grad.contiguous(), keep, ctx.scale), None
+        return _KERNEL.module.backward(grad.contiguous(), keep, ctx.scale), None
 
 
 def _kernel_takes(x: torch.Tensor) -> bool:
-    return (_kernel is not None and x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16)
+    return (_KERNEL.module is not None and x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16)
             and x.is_contiguous() and not torch.compiler.is_compiling())
 
 

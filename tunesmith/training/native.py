@@ -17,6 +17,7 @@ import os
 import platform
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -39,6 +40,24 @@ def compiler_problem() -> str | None:
     if shutil.which("ninja") is None:
         return "ninja not found (install ninja-build, or pip install ninja into the PATH)"
     return None
+
+
+class Kernel:
+    """One compiled kernel of a module: built at most once per process, on the first `load()`. `problem` says why it
+    cannot be used on this machine (None: build it); `failure` holds that reason or the build's error."""
+
+    def __init__(self, source: Path, cflags: list[str], problem: Callable[[], str | None]):
+        self.source, self.cflags, self.problem = source, cflags, problem
+        self.module = None
+        self.failure: str | None = None
+
+    def load(self):
+        """The compiled extension, or None (why: `failure`)."""
+        if self.module is None and self.failure is None:
+            self.failure = self.problem()
+            if self.failure is None:
+                self.module, self.failure = build(self.source, self.cflags)
+        return self.module
 
 
 def build(source: Path, cflags: list[str]):
