@@ -87,7 +87,7 @@ def test_attention_function_takes_only_the_calls_it_computes_exactly(kernel, mon
     assert torch.allclose(out.float(), reference, atol=3e-2)
 
     mask = torch.ones(2, 1, 24, 24, dtype=torch.bool).tril()
-    mask[1, :, :, 20:] = False  # left padding or packed rows: a real mask goes to SDPA
+    mask[1, :, :, 20:] = False  # a mask that is not packed rows' (here: no position ids to tell) goes to SDPA
     cases = [dict(attention_mask=mask), dict(dropout=0.1), dict(sliding_window=8),
              dict(is_causal=False)]
     for extra in cases:
@@ -96,6 +96,58 @@ def test_attention_function_takes_only_the_calls_it_computes_exactly(kernel, mon
     ca.attention_forward(module, q.float(), k.float(), v.float(), None)  # fp32 without autocast
     ca.attention_forward(module, q[:, :, -1:], k, v, None)  # one query against a cache
     assert calls == [1]
+
+
+def _packed(lengths_per_row, heads, kv_heads, dim, seed=0):
+    """Packed rows: inputs, their position ids (restarting per sample) and the block-diagonal causal mask."""
+    positions = torch.stack([torch.cat([torch.arange(n) for n in row]) for row in lengths_per_row])
+    q, k, v, grad = _inputs(len(lengths_per_row), heads, kv_heads, positions.shape[1], dim, seed)
+    sample = torch.stack([torch.repeat_interleave(torch.arange(len(row)), torch.tensor(row))
+                          for row in lengths_per_row])
+    mask = (sample[:, None, :, None] == sample[:, None, None, :]) & torch.ones(
+        positions.shape[1], positions.shape[1], dtype=torch.bool).tril()
+    return q, k, v, grad, positions, mask
+
+
+@pytest.mark.parametrize("lengths,heads,kv_heads,dim", [([[37, 1, 64, 90], [130, 62]], 6, 2, 64),
+                                                         ([[3, 5, 2]], 4, 4, 16), ([[65, 64, 1]], 3, 1, 32)])
+def test_packed_rows_attend_within_each_sample_as_closely_as_torch_sdpa(kernel, lengths, heads, kv_heads, dim):
+    q, k, v, grad, positions, mask = _packed(lengths, heads, kv_heads, dim)
+    segments = ca.segments_from_positions(positions)
+    masked = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True).transpose(1, 2)
+    truth = _attend(masked, q.double(), k.double(), v.double(), grad.double())
+    ours = _attend(lambda q, k, v: ca.causal_attention(q, k, v, None, segments), q, k, v, grad)
+    torch_bf16 = _attend(masked, q, k, v, grad)
+    for name, t, o, s in zip(("out", "dq", "dk", "dv"), truth, ours, torch_bf16):
+        scale = t.abs().max()
+        ours_err, torch_err = ((o.double() - t).abs().max() / scale).item(), ((s.double() - t).abs().max() / scale).item()
+        assert ours_err < 2e-2 and ours_err <= 2 * torch_err + 4e-3, (name, ours_err, torch_err)
+
+
+def test_segments_come_from_restarted_position_ids():
+    positions = torch.tensor([[0, 1, 2, 0, 1, 0, 0, 1], [0, 1, 2, 3, 4, 5, 6, 7]])
+    assert ca.segments_from_positions(positions).tolist() == [[0, 0, 3], [0, 3, 2], [0, 5, 1], [0, 6, 2],
+                                                              [1, 0, 8]]
+
+
+def test_only_the_exact_packed_mask_is_taken_as_packed_rows(kernel):
+    _, _, _, _, positions, mask = _packed([[5, 3, 4], [12]], 2, 2, 8)
+    assert ca._packed_masks.segments(mask, positions).tolist() == [[0, 0, 5], [0, 5, 3], [0, 8, 4], [1, 0, 12]]
+    leaky = mask.clone()
+    leaky[0, 0, 6, 2] = True  # one query sees the previous sample
+    padded = mask.clone()
+    padded[1, 0, :, 10:] = False  # padding masked as well
+    for other, ids in ((leaky, positions), (padded, positions), (mask, None), (mask.float(), positions),
+                       (mask.expand(2, 3, 12, 12), positions)):
+        assert ca._packed_masks.segments(other, ids) is None
+
+
+def test_segments_must_tile_every_row(kernel):
+    q, k, v, _ = _inputs(2, 2, 2, 10, 8)
+    for bad in ([[0, 0, 10], [1, 0, 9]], [[0, 0, 4], [0, 5, 5], [1, 0, 10]], [[1, 0, 10], [0, 0, 10]],
+                [[0, 0, 10]]):
+        with pytest.raises(RuntimeError, match="segments must tile every batch row in order"):
+            ca.causal_attention(q, k, v, None, torch.tensor(bad))
 
 
 def _tiny_llama(attention: str):
@@ -122,6 +174,31 @@ def test_tiny_llama_trains_the_same_with_the_kernel(kernel):
     kernel_loss, kernel_grads = loss_and_grads()
     ca.restore_attention(model, before)
     assert model.config._attn_implementation == "sdpa"
+    assert abs(kernel_loss - sdpa_loss) < 1e-2 * abs(sdpa_loss)
+    for a, b in zip(sdpa_grads, kernel_grads):
+        assert ((a - b).norm() / a.norm()).item() < 3e-2
+
+
+def test_tiny_llama_trains_the_same_on_packed_rows_with_the_kernel(kernel, monkeypatch):
+    """Padding-free packing (one row of samples, position ids restarting): the kernel takes transformers'
+    block-diagonal mask as segments and learns what SDPA with that mask learns."""
+    model = _tiny_llama("sdpa")
+    lengths = [30, 1, 47, 18]
+    ids = torch.randint(0, model.config.vocab_size, (1, sum(lengths)), generator=torch.Generator().manual_seed(3))
+    positions = torch.cat([torch.arange(n) for n in lengths]).unsqueeze(0)
+
+    def loss_and_grads():
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=ids, position_ids=positions).loss
+        loss.backward()
+        return loss.item(), [p.grad.clone() for p in model.parameters()]
+
+    sdpa_loss, sdpa_grads = loss_and_grads()
+    ca.use_causal_attention_kernel(model)
+    calls = _count_kernel_calls(monkeypatch)
+    kernel_loss, kernel_grads = loss_and_grads()
+    assert len(calls) == model.config.num_hidden_layers
     assert abs(kernel_loss - sdpa_loss) < 1e-2 * abs(sdpa_loss)
     for a, b in zip(sdpa_grads, kernel_grads):
         assert ((a - b).norm() / a.norm()).item() < 3e-2

@@ -12,6 +12,10 @@
 // Layouts: q [B, Hq, L, D], k and v [B, Hk, L, D] (any strides with a contiguous last dimension; D even; Hq a
 // multiple of Hk: grouped-query attention reads each key/value head for its group without copies). The output is
 // [B, L, Hq, D], the layout transformers' attention functions return; lse is [B, Hq, L].
+//
+// Segments (varlen attention): a packed row holds several samples, each attending causally to itself only. The
+// segments tensor, int64 [S, 3], lists (batch row, first position, length) tiling each row in order; a plain batch
+// has one segment per row. Each segment is its own causal attention, so no block meets another sample's keys.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <ATen/native/CPUBlas.h>
@@ -96,19 +100,64 @@ at::Tensor pairs_along_dim(const at::Tensor& x) {
   return out;
 }
 
-// [B, H, L, D] -> VNNI pairs along L, padded to even length: [B, H, Lp/2, D, 2].
-at::Tensor pairs_along_length(const at::Tensor& x) {
-  const int64_t B = x.size(0), H = x.size(1), L = x.size(2), D = x.size(3), Lp = even(L);
-  at::Tensor out = at::empty({B, H, Lp / 2, D, 2}, x.options());
+struct Segment {
+  int64_t b, start, length;
+  int64_t pair0;  // its first row pair in the layouts paired along the length (each segment padded to even length)
+};
+
+struct Segments {
+  std::vector<Segment> list;
+  int64_t pairs = 0;  // row pairs per batch row in those layouts: the most any row needs
+  int64_t longest = 0;
+};
+
+Segments read_segments(const at::Tensor& segments, int64_t B, int64_t L) {
+  TORCH_CHECK(segments.device().is_cpu() && segments.scalar_type() == at::kLong && segments.dim() == 2 &&
+                  segments.size(1) == 3,
+              "causal_attention: segments must be a CPU int64 [S, 3] tensor of (batch row, start, length)");
+  const at::Tensor rows = segments.contiguous();
+  const int64_t* data = rows.const_data_ptr<int64_t>();
+  Segments out;
+  int64_t row = -1, next = L, pair = 0;
+  for (int64_t i = 0; i < rows.size(0); ++i) {
+    const int64_t b = data[3 * i], start = data[3 * i + 1], length = data[3 * i + 2];
+    if (b != row) {
+      TORCH_CHECK(b == row + 1 && next == L, "causal_attention: segments must tile every batch row in order");
+      row = b, next = 0, pair = 0;
+    }
+    TORCH_CHECK(start == next && length > 0 && start + length <= L,
+                "causal_attention: segments must tile every batch row in order");
+    out.list.push_back({b, start, length, pair});
+    next += length;
+    pair += even(length) / 2;
+    out.pairs = std::max(out.pairs, pair);
+    out.longest = std::max(out.longest, length);
+  }
+  TORCH_CHECK(row == B - 1 && next == L, "causal_attention: segments must tile every batch row in order");
+  return out;
+}
+
+// Runs fn(segment, h) for every segment and head on torch's threads.
+template <typename F>
+void for_each_segment_head(const Segments& segs, int64_t heads, const F& fn) {
+  at::parallel_for(0, static_cast<int64_t>(segs.list.size()) * heads, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) fn(segs.list[task / heads], task % heads);
+  });
+}
+
+// [B, H, L, D] -> VNNI pairs along L, each segment padded to even length: [B, H, pairs, D, 2].
+at::Tensor pairs_along_length(const at::Tensor& x, const Segments& segs) {
+  const int64_t B = x.size(0), H = x.size(1), D = x.size(3);
+  at::Tensor out = at::empty({B, H, segs.pairs, D, 2}, x.options());
   auto* out_data = reinterpret_cast<uint32_t*>(out.data_ptr<BFloat16>());
   const Rows rows(x);
-  for_each_head(B, H, [&](int64_t b, int64_t h) {
-    const uint16_t* in = rows.head(b, h);
-    uint32_t* o = out_data + (b * H + h) * (Lp / 2) * D;
-    for (int64_t l = 0; l < L; l += 2, o += D) {
+  for_each_segment_head(segs, H, [&](const Segment& g, int64_t h) {
+    const uint16_t* in = rows.head(g.b, h) + g.start * rows.row_stride;
+    uint32_t* o = out_data + ((g.b * H + h) * segs.pairs + g.pair0) * D;
+    for (int64_t l = 0; l < g.length; l += 2, o += D) {
       const uint16_t* even_row = in + l * rows.row_stride;
       const uint16_t* odd_row = even_row + rows.row_stride;
-      if (l + 1 < L) {
+      if (l + 1 < g.length) {
 #pragma omp simd
         for (int64_t d = 0; d < D; ++d) o[d] = even_row[d] | uint32_t(odd_row[d]) << 16;
       } else {
@@ -119,30 +168,31 @@ at::Tensor pairs_along_length(const at::Tensor& x) {
   return out;
 }
 
-// [B, H, L, D] -> [B, H, D, Lp], the padding column zero (left operands of the transposed key/value gradients).
-// Each store writes two adjacent output elements (a pair of input rows) as one 32-bit word, in tiles of 16 pairs
-// so that the stores run along output rows.
-at::Tensor transposed(const at::Tensor& x) {
+// [B, H, L, D] -> [B, H, D, 2 * pairs], each segment's columns padded to even length with a zero column (left
+// operands of the transposed key/value gradients). Each store writes two adjacent output elements (a pair of input
+// rows) as one 32-bit word, in tiles of 16 pairs so that the stores run along output rows.
+at::Tensor transposed(const at::Tensor& x, const Segments& segs) {
   constexpr int64_t kPairs = 16;
-  const int64_t B = x.size(0), H = x.size(1), L = x.size(2), D = x.size(3), Lp = even(L), P = Lp / 2;
-  at::Tensor out = at::empty({B, H, D, Lp}, x.options());
+  const int64_t B = x.size(0), H = x.size(1), D = x.size(3), pairs = segs.pairs;
+  at::Tensor out = at::empty({B, H, D, 2 * pairs}, x.options());
   auto* out_data = reinterpret_cast<uint32_t*>(out.data_ptr<BFloat16>());
   const Rows rows(x);
-  for_each_head(B, H, [&](int64_t b, int64_t h) {
-    const uint16_t* in = rows.head(b, h);
-    uint32_t* o = out_data + (b * H + h) * D * P;
-    const std::vector<uint16_t> zeros(D, 0);  // the padding row of an odd length
+  const std::vector<uint16_t> zeros(D, 0);  // the padding row of an odd length
+  for_each_segment_head(segs, H, [&](const Segment& g, int64_t h) {
+    const uint16_t* in = rows.head(g.b, h) + g.start * rows.row_stride;
+    uint32_t* o = out_data + (g.b * H + h) * D * pairs + g.pair0;
+    const int64_t P = even(g.length) / 2;
     for (int64_t p0 = 0; p0 < P; p0 += kPairs) {
       const int64_t p1 = std::min(P, p0 + kPairs);
       const uint16_t* even_rows[kPairs];
       const uint16_t* odd_rows[kPairs];
       for (int64_t p = p0; p < p1; ++p) {
         even_rows[p - p0] = in + 2 * p * rows.row_stride;
-        odd_rows[p - p0] = 2 * p + 1 < L ? even_rows[p - p0] + rows.row_stride : zeros.data();
+        odd_rows[p - p0] = 2 * p + 1 < g.length ? even_rows[p - p0] + rows.row_stride : zeros.data();
       }
       for (int64_t d = 0; d < D; ++d)
         for (int64_t p = p0; p < p1; ++p)
-          o[d * P + p] = even_rows[p - p0][d] | uint32_t(odd_rows[p - p0][d]) << 16;
+          o[d * pairs + p] = even_rows[p - p0][d] | uint32_t(odd_rows[p - p0][d]) << 16;
     }
   });
   return out;
@@ -167,31 +217,44 @@ void check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v)
 
 }  // namespace
 
-std::vector<at::Tensor> forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale) {
+std::vector<at::Tensor> forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale,
+                                const at::Tensor& segments) {
   check_inputs(q, k, v);
   const int64_t B = q.size(0), Hq = q.size(1), L = q.size(2), D = q.size(3), Hk = k.size(1), G = Hq / Hk;
-  const int64_t Lp = even(L);
-  const at::Tensor k_pairs = pairs_along_dim(k), v_pairs = pairs_along_length(v);
+  const Segments segs = read_segments(segments, B, L);
+  const at::Tensor k_pairs = pairs_along_dim(k), v_pairs = pairs_along_length(v, segs);
   at::Tensor out = at::empty({B, L, Hq, D}, q.options());
   at::Tensor lse = at::empty({B, Hq, L}, q.options().dtype(at::kFloat));
-  const int64_t blocks = (L + kBlock - 1) / kBlock;
+  struct Task {
+    int64_t segment, head, block;
+  };
+  std::vector<Task> tasks;
+  for (int64_t g = 0; g < static_cast<int64_t>(segs.list.size()); ++g)
+    for (int64_t h = 0; h < Hq; ++h)
+      for (int64_t i = 0; i * kBlock < segs.list[g].length; ++i) tasks.push_back({g, h, i});
   const BFloat16 *q_data = q.const_data_ptr<BFloat16>(), *kp_data = k_pairs.const_data_ptr<BFloat16>(),
                  *vp_data = v_pairs.const_data_ptr<BFloat16>();
   BFloat16* out_data = out.data_ptr<BFloat16>();
   float* lse_data = lse.data_ptr<float>();
   const float s = static_cast<float>(scale);
+  const int64_t Lp = even(segs.longest);  // the most keys a block meets, padded
 
-  at::parallel_for(0, B * Hq * blocks, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, static_cast<int64_t>(tasks.size()), 1, [&](int64_t begin, int64_t end) {
     std::vector<float> scores(kBlock * Lp), result(kBlock * D);
     std::vector<BFloat16> probs(kBlock * Lp);
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t i = task % blocks, h = (task / blocks) % Hq, b = task / (blocks * Hq), hk = h / G;
-      const int64_t r0 = i * kBlock, rows = std::min(kBlock, L - r0), keys = r0 + rows, keys_p = even(keys);
-      const BFloat16* q_rows = q_data + b * q.stride(0) + h * q.stride(1) + r0 * q.stride(2);
-      matmul(rows, keys, D, q_rows, q.stride(2), kp_data + (b * Hk + hk) * D * L, L, scores.data(), keys, false);
+      const Segment& g = segs.list[tasks[task].segment];
+      const int64_t h = tasks[task].head, b = g.b, hk = h / G;
+      // r0 counts from the segment's start, row0 from the batch row's
+      const int64_t r0 = tasks[task].block * kBlock, rows = std::min(kBlock, g.length - r0), keys = r0 + rows;
+      const int64_t keys_p = even(keys), row0 = g.start + r0;
+      const BFloat16* q_rows = q_data + b * q.stride(0) + h * q.stride(1) + row0 * q.stride(2);
+      const BFloat16* k_head = kp_data + (b * Hk + hk) * D * L + 2 * g.start;
+      const BFloat16* v_head = vp_data + ((b * Hk + hk) * segs.pairs + g.pair0) * 2 * D;
+      matmul(rows, keys, D, q_rows, q.stride(2), k_head, L, scores.data(), keys, false);
       for (int64_t t = 0; t < rows; ++t) {
         float* row = scores.data() + t * keys;
-        const int64_t seen = r0 + t + 1;  // keys 0 .. r0 + t
+        const int64_t seen = r0 + t + 1;  // the segment's keys up to this row
         float top = row[0] * s;
 #pragma omp simd reduction(max : top)
         for (int64_t j = 0; j < seen; ++j) top = std::max(top, row[j] * s);
@@ -204,11 +267,11 @@ std::vector<at::Tensor> forward(const at::Tensor& q, const at::Tensor& k, const 
         BFloat16* p = probs.data() + t * keys_p;
         store_bf16(row, p, seen, 1.f / sum);  // normalised as they are rounded
         std::fill(p + seen, p + keys_p, BFloat16(0.f));
-        lse_data[(b * Hq + h) * L + r0 + t] = top + std::log(sum);
+        lse_data[(b * Hq + h) * L + row0 + t] = top + std::log(sum);
       }
-      matmul(rows, D, keys_p, probs.data(), keys_p, vp_data + (b * Hk + hk) * Lp * D, D, result.data(), D, false);
+      matmul(rows, D, keys_p, probs.data(), keys_p, v_head, D, result.data(), D, false);
       for (int64_t t = 0; t < rows; ++t)
-        store_bf16(result.data() + t * D, out_data + ((b * L + r0 + t) * Hq + h) * D, D);
+        store_bf16(result.data() + t * D, out_data + ((b * L + row0 + t) * Hq + h) * D, D);
     }
   });
   return {out, lse};
@@ -216,14 +279,16 @@ std::vector<at::Tensor> forward(const at::Tensor& q, const at::Tensor& k, const 
 
 // grad_out and out: [B, L, Hq, D]. Returns dq [B, Hq, L, D] and dk, dv [B, Hk, L, D].
 std::vector<at::Tensor> backward(const at::Tensor& grad_out_in, const at::Tensor& q, const at::Tensor& k,
-                                 const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse, double scale) {
+                                 const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse, double scale,
+                                 const at::Tensor& segments) {
   check_inputs(q, k, v);
   const int64_t B = q.size(0), Hq = q.size(1), L = q.size(2), D = q.size(3), Hk = k.size(1), G = Hq / Hk;
-  const int64_t Lp = even(L);
+  const Segments segs = read_segments(segments, B, L);
+  const int64_t Lp = even(segs.longest), Tp = 2 * segs.pairs;  // Tp: columns of the transposed layouts
   const at::Tensor grad_out = grad_out_in.to(at::kBFloat16).contiguous();
-  const at::Tensor k_pairs = pairs_along_dim(k), v_pairs = pairs_along_dim(v), k_rows = pairs_along_length(k);
-  // Left operands of the transposed key and value gradients (dK^T += Q^T dS, dV^T += dO^T P): [.., D, Lp].
-  const at::Tensor qt = transposed(q), grad_out_t = transposed(grad_out.transpose(1, 2));
+  const at::Tensor k_pairs = pairs_along_dim(k), v_pairs = pairs_along_dim(v), k_rows = pairs_along_length(k, segs);
+  // Left operands of the transposed key and value gradients (dK^T += Q^T dS, dV^T += dO^T P): [.., D, Tp].
+  const at::Tensor qt = transposed(q, segs), grad_out_t = transposed(grad_out.transpose(1, 2), segs);
   // delta = rowsum(dO * O), the softmax backward's per-row term: [B, Hq, L]
   at::Tensor delta = at::empty({B, Hq, L}, q.options().dtype(at::kFloat));
   {
@@ -240,10 +305,10 @@ std::vector<at::Tensor> backward(const at::Tensor& grad_out_in, const at::Tensor
     });
   }
   at::Tensor dq = at::empty({B, Hq, L, D}, q.options());
-  // Each query head accumulates its own key/value gradient (tasks stay independent); the group sums them below.
+  // Each query head accumulates its own key/value gradient (tasks stay independent: a segment's keys meet only its
+  // own queries); the group sums them below.
   at::Tensor dkt_heads = at::empty({B, Hq, D, L}, q.options().dtype(at::kFloat));
   at::Tensor dvt_heads = at::empty({B, Hq, D, L}, q.options().dtype(at::kFloat));
-  const int64_t blocks = (L + kBlock - 1) / kBlock;
   const BFloat16 *q_data = q.const_data_ptr<BFloat16>(), *kp_data = k_pairs.const_data_ptr<BFloat16>(),
                  *vp_data = v_pairs.const_data_ptr<BFloat16>(), *kr_data = k_rows.const_data_ptr<BFloat16>(),
                  *qt_data = qt.const_data_ptr<BFloat16>(), *go_data = grad_out.const_data_ptr<BFloat16>(),
@@ -253,27 +318,32 @@ std::vector<at::Tensor> backward(const at::Tensor& grad_out_in, const at::Tensor
   float *dkt_data = dkt_heads.data_ptr<float>(), *dvt_data = dvt_heads.data_ptr<float>();
   const float s = static_cast<float>(scale);
 
-  at::parallel_for(0, B * Hq, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, static_cast<int64_t>(segs.list.size()) * Hq, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> probs(kBlock * Lp), dscores(kBlock * Lp), dq_rows(kBlock * D);
     std::vector<BFloat16> dscores_rows(kBlock * Lp), probs_vnni(kBlock * Lp), dscores_vnni(kBlock * Lp);
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / Hq, h = task % Hq, hk = h / G;
-      float* dkt = dkt_data + task * D * L;
-      float* dvt = dvt_data + task * D * L;
-      std::fill(dkt, dkt + D * L, 0.f);
-      std::fill(dvt, dvt + D * L, 0.f);
-      const BFloat16* kp_head = kp_data + (b * Hk + hk) * D * L;
-      const BFloat16* vp_head = vp_data + (b * Hk + hk) * D * L;
-      const BFloat16* kr_head = kr_data + (b * Hk + hk) * Lp * D;
-      const BFloat16* qt_head = qt_data + task * D * Lp;
-      const BFloat16* got_head = got_data + task * D * Lp;
-      for (int64_t i = 0; i < blocks; ++i) {
-        const int64_t r0 = i * kBlock, rows = std::min(kBlock, L - r0), rows_p = even(rows);
+      const Segment& g = segs.list[task / Hq];
+      const int64_t h = task % Hq;
+      const int64_t b = g.b, hk = h / G, head = b * Hq + h;
+      // The segment's columns of this head's key/value gradients
+      float* dkt = dkt_data + head * D * L + g.start;
+      float* dvt = dvt_data + head * D * L + g.start;
+      for (int64_t d = 0; d < D; ++d) {
+        std::fill(dkt + d * L, dkt + d * L + g.length, 0.f);
+        std::fill(dvt + d * L, dvt + d * L + g.length, 0.f);
+      }
+      const BFloat16* kp_head = kp_data + (b * Hk + hk) * D * L + 2 * g.start;
+      const BFloat16* vp_head = vp_data + (b * Hk + hk) * D * L + 2 * g.start;
+      const BFloat16* kr_head = kr_data + ((b * Hk + hk) * segs.pairs + g.pair0) * 2 * D;
+      const BFloat16* qt_head = qt_data + head * D * Tp + 2 * g.pair0;
+      const BFloat16* got_head = got_data + head * D * Tp + 2 * g.pair0;
+      for (int64_t r0 = 0; r0 < g.length; r0 += kBlock) {  // r0 counts from the segment's start, row0 from the row's
+        const int64_t rows = std::min(kBlock, g.length - r0), rows_p = even(rows), row0 = g.start + r0;
         const int64_t keys = r0 + rows, keys_p = even(keys);
-        const BFloat16* q_rows = q_data + b * q.stride(0) + h * q.stride(1) + r0 * q.stride(2);
-        const BFloat16* go_rows = go_data + ((b * L + r0) * Hq + h) * D;  // row stride Hq * D
-        const float* lse_rows = lse_data + task * L + r0;
-        const float* delta_rows = delta_data + task * L + r0;
+        const BFloat16* q_rows = q_data + b * q.stride(0) + h * q.stride(1) + row0 * q.stride(2);
+        const BFloat16* go_rows = go_data + ((b * L + row0) * Hq + h) * D;  // row stride Hq * D
+        const float* lse_rows = lse_data + head * L + row0;
+        const float* delta_rows = delta_data + head * L + row0;
         matmul(rows, keys, D, q_rows, q.stride(2), kp_head, L, probs.data(), keys, false);
         matmul(rows, keys, D, go_rows, Hq * D, vp_head, L, dscores.data(), keys, false);
         for (int64_t t = 0; t < rows; ++t) {
@@ -281,7 +351,7 @@ std::vector<at::Tensor> backward(const at::Tensor& grad_out_in, const at::Tensor
           float* ds = dscores.data() + t * keys;
           const int64_t seen = r0 + t + 1;
           const float row_lse = lse_rows[t], row_delta = delta_rows[t];
-#pragma omp simd
+  #pragma omp simd
           for (int64_t j = 0; j < seen; ++j) {
             p[j] = std::exp(p[j] * s - row_lse);  // the forward's probabilities, recomputed
             ds[j] = p[j] * (ds[j] - row_delta) * s;
@@ -294,11 +364,11 @@ std::vector<at::Tensor> backward(const at::Tensor& grad_out_in, const at::Tensor
         }
         store_bf16_vnni(probs.data(), probs_vnni.data(), rows, keys);
         store_bf16_vnni(dscores.data(), dscores_vnni.data(), rows, keys);
-        matmul(D, keys, rows_p, got_head + r0, Lp, probs_vnni.data(), keys, dvt, L, true);    // dV^T += dO^T P
-        matmul(D, keys, rows_p, qt_head + r0, Lp, dscores_vnni.data(), keys, dkt, L, true);   // dK^T += Q^T dS
+        matmul(D, keys, rows_p, got_head + r0, Tp, probs_vnni.data(), keys, dvt, L, true);    // dV^T += dO^T P
+        matmul(D, keys, rows_p, qt_head + r0, Tp, dscores_vnni.data(), keys, dkt, L, true);   // dK^T += Q^T dS
         matmul(rows, D, keys_p, dscores_rows.data(), keys_p, kr_head, D, dq_rows.data(), D, false);  // dQ = dS K
         for (int64_t t = 0; t < rows; ++t)
-          store_bf16(dq_rows.data() + t * D, dq_data + (task * L + r0 + t) * D, D);
+          store_bf16(dq_rows.data() + t * D, dq_data + (head * L + row0 + t) * D, D);
       }
     }
   });
@@ -309,6 +379,6 @@ std::vector<at::Tensor> backward(const at::Tensor& grad_out_in, const at::Tensor
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("forward", &forward, "causal attention forward: (out [B, L, Hq, D], lse [B, Hq, L])");
+  m.def("forward", &forward, "causal attention forward over segments: (out [B, L, Hq, D], lse [B, Hq, L])");
   m.def("backward", &backward, "causal attention backward: (dq, dk, dv)");
 }

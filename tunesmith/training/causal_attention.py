@@ -20,6 +20,7 @@ SDPA function unchanged. Where the kernel cannot be built, training runs on SDPA
 from __future__ import annotations
 
 import math
+import weakref
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -62,28 +63,81 @@ def kernel_failure() -> str | None:
 
 class CausalAttention(torch.autograd.Function):
     """softmax(q k^T * scale + causal mask) v for bf16 [batch, heads, length, head_dim] inputs (key/value heads may
-    be fewer, grouped-query); returns [batch, length, heads, head_dim]."""
+    be fewer, grouped-query) within each segment (`segments`: int64 [S, 3] of batch row, start, length, tiling
+    every row); returns [batch, length, heads, head_dim]."""
 
     @staticmethod
-    def forward(ctx, query, key, value, scale: float):
-        out, lse = _KERNEL.module.forward(query, key, value, scale)
-        ctx.save_for_backward(query, key, value, out, lse)
+    def forward(ctx, query, key, value, scale: float, segments: torch.Tensor):
+        out, lse = _KERNEL.module.forward(query, key, value, scale, segments)
+        ctx.save_for_backward(query, key, value, out, lse, segments)
         ctx.scale = scale
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        query, key, value, out, lse = ctx.saved_tensors
-        dq, dk, dv = _KERNEL.module.backward(grad_out, query, key, value, out, lse, ctx.scale)
-        return dq, dk, dv, None
+        query, key, value, out, lse, segments = ctx.saved_tensors
+        dq, dk, dv = _KERNEL.module.backward(grad_out, query, key, value, out, lse, ctx.scale, segments)
+        return dq, dk, dv, None, None
+
+
+def whole_rows(batch: int, length: int) -> torch.Tensor:
+    """The segments of a batch whose rows are one sequence each."""
+    return torch.stack([torch.arange(batch), torch.zeros(batch, dtype=torch.long),
+                        torch.full((batch,), length)], dim=1)
+
+
+def segments_from_positions(position_ids: torch.Tensor) -> torch.Tensor:
+    """The segments of packed rows: a sample starts wherever the position id is not the previous one plus one (the
+    rule transformers' packed-sequence mask follows)."""
+    batch, length = position_ids.shape
+    starts = torch.ones(batch, length, dtype=torch.bool)
+    starts[:, 1:] = position_ids[:, 1:].cpu() != position_ids[:, :-1].cpu() + 1
+    row, start = starts.nonzero(as_tuple=True)
+    flat = row * length + start
+    return torch.stack([row, start, torch.cat([flat[1:], flat.new_tensor([batch * length])]) - flat], dim=1)
 
 
 def causal_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                     scale: float | None = None) -> torch.Tensor:
-    """The kernel on bf16 tensors (needs `load_kernel()` to have succeeded)."""
+                     scale: float | None = None, segments: torch.Tensor | None = None) -> torch.Tensor:
+    """The kernel on bf16 tensors (needs `load_kernel()` to have succeeded); each row one sequence unless
+    `segments` splits the rows into packed samples."""
     scale = 1 / math.sqrt(query.shape[-1]) if scale is None else scale
     tensors = [t if t.stride(-1) == 1 else t.contiguous() for t in (query, key, value)]
-    return CausalAttention.apply(*tensors, scale)
+    segments = whole_rows(query.shape[0], query.shape[2]) if segments is None else segments
+    return CausalAttention.apply(*tensors, scale, segments)
+
+
+class _PackedMasks:
+    """Whether a 4-D mask is exactly the block-diagonal causal mask of packed rows' position ids, and their segments
+    if so. transformers builds that mask once per forward and hands the same tensor to every layer, so the answer is
+    kept for the last mask seen (checked by identity; a weak reference, so the mask is not kept alive)."""
+
+    def __init__(self):
+        self._mask = lambda: None
+        self._positions = None
+        self._segments = None
+
+    def segments(self, mask: torch.Tensor, position_ids) -> torch.Tensor | None:
+        if self._mask() is mask and self._positions is position_ids:
+            return self._segments
+        self._mask, self._positions = weakref.ref(mask), position_ids
+        self._segments = self._check(mask, position_ids)
+        return self._segments
+
+    @staticmethod
+    def _check(mask: torch.Tensor, position_ids) -> torch.Tensor | None:
+        if (not isinstance(position_ids, torch.Tensor) or mask.dtype != torch.bool or mask.dim() != 4
+                or mask.shape[1] != 1 or mask.shape[2] != mask.shape[3] or position_ids.shape[-1] != mask.shape[-1]):
+            return None
+        batch, length = mask.shape[0], mask.shape[-1]
+        positions = position_ids.reshape(-1, length).expand(batch, length)
+        segments = segments_from_positions(positions)
+        sample = torch.repeat_interleave(torch.arange(len(segments)), segments[:, 2]).view(batch, length)
+        allowed = (sample[:, :, None] == sample[:, None, :]) & torch.ones(length, length, dtype=torch.bool).tril()
+        return segments if torch.equal(mask[:, 0].cpu(), allowed) else None
+
+
+_packed_masks = _PackedMasks()
 
 
 @contextmanager
@@ -110,13 +164,18 @@ def attention_forward(module, query, key, value, attention_mask, dropout: float 
     """transformers' attention-function signature: the kernel where it computes exactly this call, SDPA otherwise."""
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     window = kwargs.get("sliding_window")
-    if (_KERNEL.module is not None and not _sdpa_only and causal and attention_mask is None and position_bias is None and not dropout
+    if (_KERNEL.module is not None and not _sdpa_only and causal and position_bias is None and not dropout
             and kwargs.get("softcap") is None and not kwargs.get("output_attentions")
             and (window is None or window >= key.shape[2]) and query.device.type == "cpu"
             and query.shape[2] == key.shape[2] > 1 and query.shape[1] % key.shape[1] == 0
             and _compute_dtype(query, key, value) == torch.bfloat16):
-        with torch.autocast("cpu", enabled=False):
-            return causal_attention(*(t.to(torch.bfloat16) for t in (query, key, value)), scaling), None
+        # No mask: causal over whole rows. A mask: only packed rows' block-diagonal one (varlen attention).
+        segments = (None if attention_mask is None
+                    else _packed_masks.segments(attention_mask, kwargs.get("position_ids")))
+        if attention_mask is None or segments is not None:
+            with torch.autocast("cpu", enabled=False):
+                tensors = (t.to(torch.bfloat16) for t in (query, key, value))
+                return causal_attention(*tensors, scaling, segments), None
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
