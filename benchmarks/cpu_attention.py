@@ -9,6 +9,10 @@ the kernel's largest error against a float64 recomputation next to SDPA's (outpu
 to each tensor's largest value). Whole training steps are measured by benchmarks/sft_throughput.py (row (p) turns
 the kernel off).
 
+The second table is padding-free packing (`data.packing`): the four samples of each length in one row, position ids
+restarting per sample. SDPA gets the block-diagonal causal mask transformers builds for such a row; the kernel gets
+the samples as segments (varlen attention) and computes each sample's causal blocks only.
+
     python benchmarks/cpu_attention.py [--repeats 15] [--lengths 128,256,394,512]
 """
 
@@ -38,6 +42,23 @@ def inputs(length: int, batch=4, heads=9, kv_heads=3, dim=64):
     return make(heads), make(kv_heads), make(kv_heads), torch.randn(batch, length, heads, dim).to(torch.bfloat16)
 
 
+def packed(length: int, samples=4, heads=9, kv_heads=3, dim=64):
+    """`samples` sequences of `length` tokens in one row, with their segments and block-diagonal causal mask."""
+    q, k, v, grad = inputs(length * samples, 1, heads, kv_heads, dim)
+    positions = torch.arange(length).repeat(samples).unsqueeze(0)
+    segments = causal_attention.segments_from_positions(positions)
+    sample = torch.arange(samples).repeat_interleave(length)
+    mask = (sample[:, None] == sample[None, :]) & torch.ones(len(sample), len(sample), dtype=torch.bool).tril()
+
+    def sdpa_masked(q, k, v):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True).transpose(1, 2)
+
+    def kernel(q, k, v):
+        return causal_attention.causal_attention(q, k, v, None, segments)
+
+    return (q, k, v, grad), {"SDPA": sdpa_masked, "tunesmith": kernel}
+
+
 def run(fn, q, k, v, grad):
     q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
     start = time.perf_counter()
@@ -61,20 +82,30 @@ def main() -> int:
         print(f"the kernel does not run here: {causal_attention.kernel_failure()}")
         return 1
     torch.manual_seed(0)
+    lengths = [int(n) for n in args.lengths.split(",")]
+    conditions = (f"9 query heads over 3 key/value heads, head dim 64; torch {torch.__version__}, "
+                  f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs ({cpu_model()}); "
+                  f"median of {args.repeats} calls")
+    print(f"\nCPU causal attention, forward + backward, bf16: batch 4, {conditions}")
     contenders = {"SDPA": sdpa, "tunesmith": causal_attention.causal_attention}
-    print(f"\nCPU causal attention, forward + backward, bf16: batch 4, 9 query heads over 3 key/value heads, head dim 64; "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs ({cpu_model()}); "
-          f"median of {args.repeats} calls")
-    print(f"{'tokens':>6} {'contender':>10} {'fwd ms':>7} {'bwd ms':>7} {'total':>7} {'vs SDPA':>8} {'max rel. error':>15}")
-    for length in (int(n) for n in args.lengths.split(",")):
-        q, k, v, grad = inputs(length)
-        truth = run(sdpa, q.double(), k.double(), v.double(), grad.double())[2]
+    table([(length, inputs(length), contenders) for length in lengths], args.repeats)
+    print(f"\nPacked rows: 4 samples of each length in one row (batch 1), bf16, {conditions}")
+    table([(length, *packed(length)) for length in lengths], args.repeats)
+    return 0
+
+
+def table(cases, repeats: int) -> None:
+    print(f"{'tokens':>6} {'contender':>10} {'fwd ms':>7} {'bwd ms':>7} {'total':>7} {'vs SDPA':>8} "
+          f"{'max rel. error':>15}")
+    for length, (q, k, v, grad), contenders in cases:
+        reference = contenders["SDPA"]
+        truth = run(reference, q.double(), k.double(), v.double(), grad.double())[2]
         times = {name: [] for name in contenders}
         errors = {}
         for _ in range(2):  # warm-up (the kernel's micro-kernels are generated per shape)
             for name, fn in contenders.items():
                 errors[name] = worst_error(run(fn, q, k, v, grad)[2], truth)
-        for _ in range(args.repeats):
+        for _ in range(repeats):
             for name, fn in contenders.items():
                 times[name].append(run(fn, q, k, v, grad)[:2])
         base = None
@@ -85,7 +116,6 @@ def main() -> int:
             base = base or total
             print(f"{length:>6} {name:>10} {forward:7.1f} {backward:7.1f} {total:7.1f} {total / base:7.2f}x "
                   f"{errors[name]:15.4f}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -12,7 +12,10 @@ is its own:
                  (with libtcmalloc preloaded when it is installed: training.cpu_allocator auto), in the run's
                  precision like the others (model.dtype float32, or bfloat16 with --bf16)
   (g)            tunesmith with model.dtype auto, its real default: bf16 autocast on CPUs with AMX or AVX512-BF16
-  (e)-(p)        tunesmith variants, one setting each (VARIANTS; (l) changes nothing without --bf16)
+  (e)-(q)        tunesmith variants, one setting each (VARIANTS; (l) changes nothing without --bf16). tunesmith's
+                 data.packing is auto: where its CPU causal attention kernel runs (bf16 on AVX512-BF16 without
+                 AMX) (d) packs each batch into one row, and (q) pads length-grouped batches instead; elsewhere
+                 (d) pads and (h) packs
 
 All render the records with the same alpaca_zh prompt (`### 指令:` / `### 输入:` / `### 回答:`) and train on the
 reply tokens only. Throughput is measured after `--warmup` steps: real (non-padding) input tokens per second, seconds
@@ -61,7 +64,7 @@ DEFAULT_LF_STUBS = "/tmp/lf-stubs"
 CONTENDERS = ("reference", "trl", "llamafactory", "tunesmith", "tunesmith-gc", "tunesmith-gc-lean", "tunesmith-auto",
               "tunesmith-packed", "tunesmith-torch-dropout", "tunesmith-glibc", "tunesmith-logits",
               "tunesmith-fp32-base", "tunesmith-repeat-kv", "tunesmith-hf-rms-norm", "tunesmith-padding-mask",
-              "tunesmith-sdpa")
+              "tunesmith-sdpa", "tunesmith-grouped")
 LABELS = {"reference": "(a) reference: pad to 512, HF Trainer", "trl": "(b) TRL SFTTrainer, defaults",
           "llamafactory": "(c) LLaMA-Factory, defaults", "tunesmith": "(d) tunesmith, defaults (the run's precision)",
           "tunesmith-gc": "(e) tunesmith + gradient checkpointing",
@@ -75,7 +78,8 @@ LABELS = {"reference": "(a) reference: pad to 512, HF Trainer", "trl": "(b) TRL 
           "tunesmith-repeat-kv": "(m) tunesmith, keys/values copied per head (sdpa_gqa off)",
           "tunesmith-hf-rms-norm": "(n) tunesmith, transformers' RMSNorm (fast_rms_norm off)",
           "tunesmith-padding-mask": "(o) tunesmith, padding mask kept (skip_padding_mask off)",
-          "tunesmith-sdpa": "(p) tunesmith, SDPA's causal attention (cpu_causal_attention off)"}
+          "tunesmith-sdpa": "(p) tunesmith, SDPA's causal attention (cpu_causal_attention off)",
+          "tunesmith-grouped": "(q) tunesmith, length-grouped padding (packing false)"}
 # tunesmith's variants: config overrides on top of its defaults.
 VARIANTS = {"tunesmith": {}, "tunesmith-gc": {"training": {"gradient_checkpointing": True}},
             "tunesmith-gc-lean": {"training": {"gradient_checkpointing": True, "cpu_allocator": "lean"}},
@@ -87,7 +91,8 @@ VARIANTS = {"tunesmith": {}, "tunesmith-gc": {"training": {"gradient_checkpointi
             "tunesmith-repeat-kv": {"training": {"sdpa_gqa": False}},
             "tunesmith-hf-rms-norm": {"training": {"fast_rms_norm": False}},
             "tunesmith-padding-mask": {"training": {"skip_padding_mask": False}},
-            "tunesmith-sdpa": {"training": {"cpu_causal_attention": False}}}
+            "tunesmith-sdpa": {"training": {"cpu_causal_attention": False}},
+            "tunesmith-grouped": {"data": {"packing": False}}}
 # Whether each contender recomputes activations in backward (TRL's and LLaMA-Factory's defaults do): memory
 # compares like for like only between rows with the same answer.
 CHECKPOINTING = {"reference": "no", "trl": "yes", "llamafactory": "yes",

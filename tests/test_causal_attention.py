@@ -265,3 +265,32 @@ def test_a_failed_build_leaves_attention_on_sdpa(monkeypatch, tmp_path):
     assert ca.use_causal_attention_kernel(model) is None
     assert model.config._attn_implementation == "sdpa"
     assert ca.kernel_failure() == "could not be built (RuntimeError: g++: fatal error)"
+
+
+def test_a_cpu_bf16_run_packs_its_batches_onto_the_kernel(kernel, stories_dir, tmp_path, monkeypatch):
+    """`data.packing: auto` with the kernel: each step's samples go in one row, as segments of the kernel."""
+    import yaml
+    from rich.console import Console
+
+    from tunesmith.config.loading import validate_config
+    from tunesmith.training.run import train
+
+    from .conftest import EXAMPLES
+
+    segments_seen = []
+    real = ca.CausalAttention.apply
+    monkeypatch.setattr(ca.CausalAttention, "apply",
+                        lambda q, k, v, scale, segments: segments_seen.append((q.shape[0], len(segments)))
+                        or real(q, k, v, scale, segments))
+    cfg = validate_config({
+        "model": {"name_or_path": str(stories_dir), "dtype": "bfloat16"},
+        "method": {"name": "lora", "r": 4, "dropout": 0.0},
+        "data": {"train": [{"path": str(EXAMPLES / "data" / "stories_chat.jsonl")}], "template": "alpaca_en",
+                 "max_length": 128},
+        "training": {"output_dir": str(tmp_path / "run"), "max_steps": 2, "batch_size": 4, "tensorboard": False}})
+    console = Console(record=True, width=200)
+    train(cfg, console=console)
+    assert "packing: each batch's samples in one row" in console.export_text()
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["data"]["packing"] is True
+    # every call a single row; the steps' rows hold four samples (the one-sample calls are first-batch probes)
+    assert all(rows == 1 for rows, _ in segments_seen) and segments_seen.count((1, 4)) >= 2

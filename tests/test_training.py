@@ -187,6 +187,38 @@ def test_packing_keeps_samples_apart_and_matches_padded_training(stories_dir, tm
         assert abs(a - b) < 1e-3, (packed_losses, padded_losses)
 
 
+def test_packing_auto_packs_only_where_the_cpu_causal_kernel_attends(tmp_path):
+    from peft import PromptTuningConfig, get_peft_model
+    from rich.console import Console
+
+    from tunesmith.training.run import _resolve_packing
+
+    from .conftest import _tiny_config
+
+    class NoPositions(torch.nn.Module):
+        def forward(self, input_ids, labels=None):
+            return input_ids
+
+    llama = AutoModelForCausalLM.from_config(_tiny_config("llama", 64))
+    prompt_tuned = get_peft_model(AutoModelForCausalLM.from_config(_tiny_config("llama", 64)),
+                                  PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
+    cfg = make_config("x/y", tmp_path)
+    assert cfg.data.packing == "auto"
+    console = Console(record=True, width=200)
+    chosen = lambda model, kernel, config=cfg: _resolve_packing(config, model, kernel, console).data.packing
+    assert chosen(llama, kernel=True) is True
+    assert "packing: each batch's samples in one row" in console.export_text()
+    assert chosen(llama, kernel=False) is False
+    assert chosen(prompt_tuned, kernel=True) is False  # virtual tokens would land inside the packed row
+    assert chosen(NoPositions(), kernel=True) is False  # nothing would keep the samples apart
+    for explicit in (True, False):
+        assert chosen(llama, kernel=not explicit, config=make_config("x/y", tmp_path, data={"packing": explicit})) \
+            is explicit
+    # auto never trips the checks that an explicit `packing: true` must pass
+    validate_config({"model": {"name_or_path": "x/y", "attn_implementation": "paged|sdpa"},
+                     "data": {"train": [{"path": "a.json"}]}, "method": {"name": "prefix"}})
+
+
 def test_gradient_checkpointing_gives_the_same_update(stories_dir, tmp_path):
     train(make_config(stories_dir, tmp_path / "plain", max_steps=3))
     train(make_config(stories_dir, tmp_path / "ckpt", max_steps=3, gradient_checkpointing=True))

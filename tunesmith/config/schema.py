@@ -44,7 +44,10 @@ class DataConfig(StrictModel):
     template: str = Field("auto", description="auto | model | alpaca_zh | alpaca_en | chatml")
     max_length: int = Field(1024, gt=8)
     train_on: Literal["all_assistant", "last_assistant"] = "all_assistant"
-    packing: bool = False
+    packing: bool | Literal["auto"] = Field(
+        "auto", description="Padding-free packing: a batch's samples in one row, position ids restarting per "
+                            "sample. auto packs where attention computes each packed sample alone (tunesmith's CPU "
+                            "causal attention kernel), else batches are length-grouped and padded")
     num_samples: int | None = Field(None, gt=0, description="Total training samples drawn when mixing")
     seed: int = 42
     cache: bool = Field(True, description="Reuse the tokenised data of an identical earlier run (fingerprinted; "
@@ -161,7 +164,7 @@ class RunConfig(StrictModel):
         from ..errors import ConfigError
         from ..methods.registry import get_method
 
-        if self.data.packing and self.model.attn_implementation not in (None, *PACKING_ATTENTION):
+        if self.data.packing is True and self.model.attn_implementation not in (None, *PACKING_ATTENTION):
             raise ConfigError(
                 f"packing needs an attention path that keeps packed samples apart; "
                 f"'{self.model.attn_implementation}' does not",

@@ -29,6 +29,6 @@ class PromptLearningMethod(PeftMethod):
             # classifier lacks: training failed with an AttributeError.
             raise ConfigError(f"{self.name} is for causal-LM fine-tuning, not task: classification",
                               where="method.name", hint="use lora, another adapter method or full")
-        if full_config.data.packing:
+        if full_config.data.packing is True:
             raise ConfigError(f"{self.name} prepends virtual tokens to each sequence, so it cannot train on packed "
                               f"sequences", where="data.packing", hint="set data.packing: false")

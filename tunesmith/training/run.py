@@ -119,6 +119,7 @@ def _train_causal_lm(cfg: RunConfig, *, resume: bool, console: Console | None,
         held = hold_for_training(model, method, compute_dtype, cuda=torch.cuda.is_available(),
                                  enabled=cfg.training.half_frozen_base)
     attention_before = _use_cpu_causal_attention(cfg, model, compute_dtype, console)
+    cfg = _resolve_packing(cfg, model, attention_before is not None, console)
     if held:
         dtype = str(held[0].weight.dtype).removeprefix("torch.")
         console.print(f"[dim]frozen base: {len(held)} linear weights held in {dtype} "
@@ -208,16 +209,37 @@ def _report_cpu_precision(cfg: RunConfig, method, compute_dtype: torch.dtype, co
 
 
 def _check_packing(cfg: RunConfig, model) -> None:
-    import inspect
-
     from ..errors import ConfigError
 
     # Padding-free packing tells samples apart only through restarted position ids; models without them
     # (e.g. ALiBi models such as BLOOM) would attend across samples.
-    if cfg.data.packing and "position_ids" not in inspect.signature(model.forward).parameters:
+    if cfg.data.packing is True and not _takes_position_ids(model):
         raise ConfigError(f"packing is not supported for {type(model).__name__}: it takes no position ids, so "
                           f"packed samples would attend to each other", where="data.packing",
                           hint="set data.packing: false (length-grouped dynamic padding is used instead)")
+
+
+def _takes_position_ids(model) -> bool:
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "position_ids" in inspect.signature(base.forward).parameters
+
+
+def _resolve_packing(cfg: RunConfig, model, kernel: bool, console: Console) -> RunConfig:
+    """`data.packing: auto` packs where attention computes each packed sample alone: tunesmith's CPU causal kernel
+    (`kernel`), which takes packed rows as segments (faster than length-grouped padding: docs/benchmarks.md). SDPA
+    would compute each packed row's whole square under a block-diagonal mask, so elsewhere batches are padded.
+    Returns the config with the choice made (the run's config.yaml records it)."""
+    if cfg.data.packing != "auto":
+        return cfg
+    peft_config = getattr(model, "active_peft_config", None)
+    virtual_tokens = peft_config is not None and getattr(peft_config, "is_prompt_learning", False)
+    packing = kernel and _takes_position_ids(model) and not virtual_tokens
+    if packing:
+        console.print("packing: each batch's samples in one row, attending only within each sample on the CPU "
+                      "causal kernel, no padding (data.packing auto; false pads length-grouped batches)")
+    return cfg.model_copy(update={"data": cfg.data.model_copy(update={"packing": packing})})
 
 
 def _check_context(cfg: RunConfig, model) -> None:

@@ -104,7 +104,7 @@ def label_id(example: Example, label_names: list[str], label_column: str) -> int
 def build_classification_data(data_cfg: DataConfig, task: ClassificationConfig, tokenizer,
                               max_length: int) -> ClassificationData:
     """Read, label, split (data.validation or data.val_size) and tokenise the configured data."""
-    if data_cfg.packing:
+    if data_cfg.packing is True:
         raise ConfigError("packing does not apply to classification (one label per sequence)",
                           where="data.packing", hint="set data.packing: false")
     train = [e for spec in data_cfg.train for e in read_examples(spec, task)]
