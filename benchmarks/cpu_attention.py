@@ -9,9 +9,10 @@ the kernel's largest error against a float64 recomputation next to SDPA's (outpu
 to each tensor's largest value). Whole training steps are measured by benchmarks/sft_throughput.py (row (p) turns
 the kernel off).
 
-The second table is padding-free packing (`data.packing`): the four samples of each length in one row, position ids
-restarting per sample. SDPA gets the block-diagonal causal mask transformers builds for such a row; the kernel gets
-the samples as segments (varlen attention) and computes each sample's causal blocks only.
+The second table is padding-free packing (`data.packing`): four samples in one row, position ids restarting per
+sample, of unequal lengths as real data has (1/4, 3/4, 5/4 and 7/4 of the row's "tokens" figure, so the row holds
+as many tokens as the batch of four above). SDPA gets the block-diagonal causal mask transformers builds for such a
+row; the kernel gets the samples as segments (varlen attention) and computes each sample's causal blocks only.
 
     python benchmarks/cpu_attention.py [--repeats 15] [--lengths 128,256,394,512]
 """
@@ -42,12 +43,15 @@ def inputs(length: int, batch=4, heads=9, kv_heads=3, dim=64):
     return make(heads), make(kv_heads), make(kv_heads), torch.randn(batch, length, heads, dim).to(torch.bfloat16)
 
 
-def packed(length: int, samples=4, heads=9, kv_heads=3, dim=64):
-    """`samples` sequences of `length` tokens in one row, with their segments and block-diagonal causal mask."""
-    q, k, v, grad = inputs(length * samples, 1, heads, kv_heads, dim)
-    positions = torch.arange(length).repeat(samples).unsqueeze(0)
+def packed(length: int, heads=9, kv_heads=3, dim=64):
+    """Four samples averaging `length` tokens (1/4, 3/4, 5/4, 7/4 of it) in one row, with their segments and
+    block-diagonal causal mask."""
+    lengths = [length // 4, 3 * length // 4, 5 * length // 4]
+    lengths.append(4 * length - sum(lengths))
+    q, k, v, grad = inputs(4 * length, 1, heads, kv_heads, dim)
+    positions = torch.cat([torch.arange(n) for n in lengths]).unsqueeze(0)
     segments = causal_attention.segments_from_positions(positions)
-    sample = torch.arange(samples).repeat_interleave(length)
+    sample = torch.arange(4).repeat_interleave(torch.tensor(lengths))
     mask = (sample[:, None] == sample[None, :]) & torch.ones(len(sample), len(sample), dtype=torch.bool).tril()
 
     def sdpa_masked(q, k, v):
@@ -89,7 +93,7 @@ def main() -> int:
     print(f"\nCPU causal attention, forward + backward, bf16: batch 4, {conditions}")
     contenders = {"SDPA": sdpa, "tunesmith": causal_attention.causal_attention}
     table([(length, inputs(length), contenders) for length in lengths], args.repeats)
-    print(f"\nPacked rows: 4 samples of each length in one row (batch 1), bf16, {conditions}")
+    print(f"\nPacked rows: 4 samples of 1/4, 3/4, 5/4 and 7/4 the tokens in one row (batch 1), bf16, {conditions}")
     table([(length, *packed(length)) for length in lengths], args.repeats)
     return 0
 

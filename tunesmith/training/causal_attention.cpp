@@ -21,8 +21,10 @@
 #include <ATen/native/CPUBlas.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
+#include <numeric>
 #include <vector>
 
 namespace {
@@ -137,12 +139,35 @@ Segments read_segments(const at::Tensor& segments, int64_t B, int64_t L) {
   return out;
 }
 
-// Runs fn(segment, h) for every segment and head on torch's threads.
+// Tasks of unequal cost on torch's threads: each thread takes the heaviest task left whenever it finishes one.
+// A packed row's samples differ in length (attention's cost grows with its square), and torch's parallel_for splits
+// a range into one fixed block per thread, which left one thread with the long samples while the other waited.
+// Each thread makes its own scratch buffers with make_scratch(), then runs fn(task, scratch) for the tasks it takes.
+template <typename MakeScratch, typename F>
+void heaviest_first(const std::vector<double>& cost, const MakeScratch& make_scratch, const F& fn) {
+  std::vector<int64_t> order(cost.size());
+  std::iota(order.begin(), order.end(), int64_t{0});
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return cost[a] > cost[b]; });
+  std::atomic<int64_t> next{0};
+  const int64_t count = static_cast<int64_t>(order.size());
+  const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), count));
+  at::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {  // one index per thread: each a worker
+    for (int64_t worker = begin; worker < end; ++worker) {
+      auto scratch = make_scratch();
+      for (int64_t i = next++; i < count; i = next++) fn(order[i], scratch);
+    }
+  });
+}
+
+struct NoScratch {};
+
+// Runs fn(segment, h) for every segment and head on torch's threads, longer segments first.
 template <typename F>
 void for_each_segment_head(const Segments& segs, int64_t heads, const F& fn) {
-  at::parallel_for(0, static_cast<int64_t>(segs.list.size()) * heads, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) fn(segs.list[task / heads], task % heads);
-  });
+  std::vector<double> cost;
+  for (const Segment& g : segs.list) cost.insert(cost.end(), heads, static_cast<double>(g.length));
+  heaviest_first(cost, [] { return NoScratch{}; },
+                 [&](int64_t task, NoScratch&) { fn(segs.list[task / heads], task % heads); });
 }
 
 // [B, H, L, D] -> VNNI pairs along L, each segment padded to even length: [B, H, pairs, D, 2].
@@ -229,9 +254,14 @@ std::vector<at::Tensor> forward(const at::Tensor& q, const at::Tensor& k, const 
     int64_t segment, head, block;
   };
   std::vector<Task> tasks;
+  std::vector<double> cost;  // a block's products: its rows times the keys up to its last row
   for (int64_t g = 0; g < static_cast<int64_t>(segs.list.size()); ++g)
     for (int64_t h = 0; h < Hq; ++h)
-      for (int64_t i = 0; i * kBlock < segs.list[g].length; ++i) tasks.push_back({g, h, i});
+      for (int64_t i = 0; i * kBlock < segs.list[g].length; ++i) {
+        tasks.push_back({g, h, i});
+        cost.push_back(static_cast<double>(std::min(kBlock, segs.list[g].length - i * kBlock)) *
+                       std::min(segs.list[g].length, (i + 1) * kBlock));
+      }
   const BFloat16 *q_data = q.const_data_ptr<BFloat16>(), *kp_data = k_pairs.const_data_ptr<BFloat16>(),
                  *vp_data = v_pairs.const_data_ptr<BFloat16>();
   BFloat16* out_data = out.data_ptr<BFloat16>();
@@ -239,40 +269,46 @@ std::vector<at::Tensor> forward(const at::Tensor& q, const at::Tensor& k, const 
   const float s = static_cast<float>(scale);
   const int64_t Lp = even(segs.longest);  // the most keys a block meets, padded
 
-  at::parallel_for(0, static_cast<int64_t>(tasks.size()), 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> scores(kBlock * Lp), result(kBlock * D);
-    std::vector<BFloat16> probs(kBlock * Lp);
-    for (int64_t task = begin; task < end; ++task) {
-      const Segment& g = segs.list[tasks[task].segment];
-      const int64_t h = tasks[task].head, b = g.b, hk = h / G;
-      // r0 counts from the segment's start, row0 from the batch row's
-      const int64_t r0 = tasks[task].block * kBlock, rows = std::min(kBlock, g.length - r0), keys = r0 + rows;
-      const int64_t keys_p = even(keys), row0 = g.start + r0;
-      const BFloat16* q_rows = q_data + b * q.stride(0) + h * q.stride(1) + row0 * q.stride(2);
-      const BFloat16* k_head = kp_data + (b * Hk + hk) * D * L + 2 * g.start;
-      const BFloat16* v_head = vp_data + ((b * Hk + hk) * segs.pairs + g.pair0) * 2 * D;
-      matmul(rows, keys, D, q_rows, q.stride(2), k_head, L, scores.data(), keys, false);
-      for (int64_t t = 0; t < rows; ++t) {
-        float* row = scores.data() + t * keys;
-        const int64_t seen = r0 + t + 1;  // the segment's keys up to this row
-        float top = row[0] * s;
+  struct Scratch {
+    std::vector<float> scores, result;
+    std::vector<BFloat16> probs;
+  };
+  const auto make_scratch = [&] {
+    return Scratch{std::vector<float>(kBlock * Lp), std::vector<float>(kBlock * D),
+                   std::vector<BFloat16>(kBlock * Lp)};
+  };
+  heaviest_first(cost, make_scratch, [&](int64_t task, Scratch& scratch) {
+    float *scores = scratch.scores.data(), *result = scratch.result.data();
+    BFloat16* probs = scratch.probs.data();
+    const Segment& g = segs.list[tasks[task].segment];
+    const int64_t h = tasks[task].head, b = g.b, hk = h / G;
+    // r0 counts from the segment's start, row0 from the batch row's
+    const int64_t r0 = tasks[task].block * kBlock, rows = std::min(kBlock, g.length - r0), keys = r0 + rows;
+    const int64_t keys_p = even(keys), row0 = g.start + r0;
+    const BFloat16* q_rows = q_data + b * q.stride(0) + h * q.stride(1) + row0 * q.stride(2);
+    const BFloat16* k_head = kp_data + (b * Hk + hk) * D * L + 2 * g.start;
+    const BFloat16* v_head = vp_data + ((b * Hk + hk) * segs.pairs + g.pair0) * 2 * D;
+    matmul(rows, keys, D, q_rows, q.stride(2), k_head, L, scores, keys, false);
+    for (int64_t t = 0; t < rows; ++t) {
+      float* row = scores + t * keys;
+      const int64_t seen = r0 + t + 1;  // the segment's keys up to this row
+      float top = row[0] * s;
 #pragma omp simd reduction(max : top)
-        for (int64_t j = 0; j < seen; ++j) top = std::max(top, row[j] * s);
-        float sum = 0.f;
+      for (int64_t j = 0; j < seen; ++j) top = std::max(top, row[j] * s);
+      float sum = 0.f;
 #pragma omp simd reduction(+ : sum)
-        for (int64_t j = 0; j < seen; ++j) {
-          row[j] = std::exp(row[j] * s - top);
-          sum += row[j];
-        }
-        BFloat16* p = probs.data() + t * keys_p;
-        store_bf16(row, p, seen, 1.f / sum);  // normalised as they are rounded
-        std::fill(p + seen, p + keys_p, BFloat16(0.f));
-        lse_data[(b * Hq + h) * L + row0 + t] = top + std::log(sum);
+      for (int64_t j = 0; j < seen; ++j) {
+        row[j] = std::exp(row[j] * s - top);
+        sum += row[j];
       }
-      matmul(rows, D, keys_p, probs.data(), keys_p, v_head, D, result.data(), D, false);
-      for (int64_t t = 0; t < rows; ++t)
-        store_bf16(result.data() + t * D, out_data + ((b * L + row0 + t) * Hq + h) * D, D);
+      BFloat16* p = probs + t * keys_p;
+      store_bf16(row, p, seen, 1.f / sum);  // normalised as they are rounded
+      std::fill(p + seen, p + keys_p, BFloat16(0.f));
+      lse_data[(b * Hq + h) * L + row0 + t] = top + std::log(sum);
     }
+    matmul(rows, D, keys_p, probs, keys_p, v_head, D, result, D, false);
+    for (int64_t t = 0; t < rows; ++t)
+      store_bf16(result + t * D, out_data + ((b * L + row0 + t) * Hq + h) * D, D);
   });
   return {out, lse};
 }
@@ -318,58 +354,68 @@ std::vector<at::Tensor> backward(const at::Tensor& grad_out_in, const at::Tensor
   float *dkt_data = dkt_heads.data_ptr<float>(), *dvt_data = dvt_heads.data_ptr<float>();
   const float s = static_cast<float>(scale);
 
-  at::parallel_for(0, static_cast<int64_t>(segs.list.size()) * Hq, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> probs(kBlock * Lp), dscores(kBlock * Lp), dq_rows(kBlock * D);
-    std::vector<BFloat16> dscores_rows(kBlock * Lp), probs_vnni(kBlock * Lp), dscores_vnni(kBlock * Lp);
-    for (int64_t task = begin; task < end; ++task) {
-      const Segment& g = segs.list[task / Hq];
-      const int64_t h = task % Hq;
-      const int64_t b = g.b, hk = h / G, head = b * Hq + h;
-      // The segment's columns of this head's key/value gradients
-      float* dkt = dkt_data + head * D * L + g.start;
-      float* dvt = dvt_data + head * D * L + g.start;
-      for (int64_t d = 0; d < D; ++d) {
-        std::fill(dkt + d * L, dkt + d * L + g.length, 0.f);
-        std::fill(dvt + d * L, dvt + d * L + g.length, 0.f);
-      }
-      const BFloat16* kp_head = kp_data + (b * Hk + hk) * D * L + 2 * g.start;
-      const BFloat16* vp_head = vp_data + (b * Hk + hk) * D * L + 2 * g.start;
-      const BFloat16* kr_head = kr_data + ((b * Hk + hk) * segs.pairs + g.pair0) * 2 * D;
-      const BFloat16* qt_head = qt_data + head * D * Tp + 2 * g.pair0;
-      const BFloat16* got_head = got_data + head * D * Tp + 2 * g.pair0;
-      for (int64_t r0 = 0; r0 < g.length; r0 += kBlock) {  // r0 counts from the segment's start, row0 from the row's
-        const int64_t rows = std::min(kBlock, g.length - r0), rows_p = even(rows), row0 = g.start + r0;
-        const int64_t keys = r0 + rows, keys_p = even(keys);
-        const BFloat16* q_rows = q_data + b * q.stride(0) + h * q.stride(1) + row0 * q.stride(2);
-        const BFloat16* go_rows = go_data + ((b * L + row0) * Hq + h) * D;  // row stride Hq * D
-        const float* lse_rows = lse_data + head * L + row0;
-        const float* delta_rows = delta_data + head * L + row0;
-        matmul(rows, keys, D, q_rows, q.stride(2), kp_head, L, probs.data(), keys, false);
-        matmul(rows, keys, D, go_rows, Hq * D, vp_head, L, dscores.data(), keys, false);
-        for (int64_t t = 0; t < rows; ++t) {
-          float* p = probs.data() + t * keys;
-          float* ds = dscores.data() + t * keys;
-          const int64_t seen = r0 + t + 1;
-          const float row_lse = lse_rows[t], row_delta = delta_rows[t];
-  #pragma omp simd
-          for (int64_t j = 0; j < seen; ++j) {
-            p[j] = std::exp(p[j] * s - row_lse);  // the forward's probabilities, recomputed
-            ds[j] = p[j] * (ds[j] - row_delta) * s;
-          }
-          std::fill(p + seen, p + keys, 0.f);
-          std::fill(ds + seen, ds + keys, 0.f);
-          BFloat16* ds_row = dscores_rows.data() + t * keys_p;
-          store_bf16(ds, ds_row, keys);
-          if (keys_p > keys) ds_row[keys] = BFloat16(0.f);
+  struct Scratch {
+    std::vector<float> probs, dscores, dq_rows;
+    std::vector<BFloat16> dscores_rows, probs_vnni, dscores_vnni;
+  };
+  const auto make_scratch = [&] {
+    const int64_t n = kBlock * Lp;
+    return Scratch{std::vector<float>(n), std::vector<float>(n), std::vector<float>(kBlock * D),
+                   std::vector<BFloat16>(n), std::vector<BFloat16>(n), std::vector<BFloat16>(n)};
+  };
+  std::vector<double> cost;  // a segment's blocks meet about length^2 / 2 query-key pairs
+  for (const Segment& g : segs.list) cost.insert(cost.end(), Hq, static_cast<double>(g.length) * g.length);
+  heaviest_first(cost, make_scratch, [&](int64_t task, Scratch& scratch) {
+    float *probs = scratch.probs.data(), *dscores = scratch.dscores.data(), *dq_rows = scratch.dq_rows.data();
+    BFloat16 *dscores_rows = scratch.dscores_rows.data(), *probs_vnni = scratch.probs_vnni.data(),
+             *dscores_vnni = scratch.dscores_vnni.data();
+    const Segment& g = segs.list[task / Hq];
+    const int64_t h = task % Hq;
+    const int64_t b = g.b, hk = h / G, head = b * Hq + h;
+    // The segment's columns of this head's key/value gradients
+    float* dkt = dkt_data + head * D * L + g.start;
+    float* dvt = dvt_data + head * D * L + g.start;
+    for (int64_t d = 0; d < D; ++d) {
+      std::fill(dkt + d * L, dkt + d * L + g.length, 0.f);
+      std::fill(dvt + d * L, dvt + d * L + g.length, 0.f);
+    }
+    const BFloat16* kp_head = kp_data + (b * Hk + hk) * D * L + 2 * g.start;
+    const BFloat16* vp_head = vp_data + (b * Hk + hk) * D * L + 2 * g.start;
+    const BFloat16* kr_head = kr_data + ((b * Hk + hk) * segs.pairs + g.pair0) * 2 * D;
+    const BFloat16* qt_head = qt_data + head * D * Tp + 2 * g.pair0;
+    const BFloat16* got_head = got_data + head * D * Tp + 2 * g.pair0;
+    for (int64_t r0 = 0; r0 < g.length; r0 += kBlock) {  // r0 counts from the segment's start, row0 from the row's
+      const int64_t rows = std::min(kBlock, g.length - r0), rows_p = even(rows), row0 = g.start + r0;
+      const int64_t keys = r0 + rows, keys_p = even(keys);
+      const BFloat16* q_rows = q_data + b * q.stride(0) + h * q.stride(1) + row0 * q.stride(2);
+      const BFloat16* go_rows = go_data + ((b * L + row0) * Hq + h) * D;  // row stride Hq * D
+      const float* lse_rows = lse_data + head * L + row0;
+      const float* delta_rows = delta_data + head * L + row0;
+      matmul(rows, keys, D, q_rows, q.stride(2), kp_head, L, probs, keys, false);
+      matmul(rows, keys, D, go_rows, Hq * D, vp_head, L, dscores, keys, false);
+      for (int64_t t = 0; t < rows; ++t) {
+        float* p = probs + t * keys;
+        float* ds = dscores + t * keys;
+        const int64_t seen = r0 + t + 1;
+        const float row_lse = lse_rows[t], row_delta = delta_rows[t];
+#pragma omp simd
+        for (int64_t j = 0; j < seen; ++j) {
+          p[j] = std::exp(p[j] * s - row_lse);  // the forward's probabilities, recomputed
+          ds[j] = p[j] * (ds[j] - row_delta) * s;
         }
-        store_bf16_vnni(probs.data(), probs_vnni.data(), rows, keys);
-        store_bf16_vnni(dscores.data(), dscores_vnni.data(), rows, keys);
-        matmul(D, keys, rows_p, got_head + r0, Tp, probs_vnni.data(), keys, dvt, L, true);    // dV^T += dO^T P
-        matmul(D, keys, rows_p, qt_head + r0, Tp, dscores_vnni.data(), keys, dkt, L, true);   // dK^T += Q^T dS
-        matmul(rows, D, keys_p, dscores_rows.data(), keys_p, kr_head, D, dq_rows.data(), D, false);  // dQ = dS K
-        for (int64_t t = 0; t < rows; ++t)
-          store_bf16(dq_rows.data() + t * D, dq_data + (head * L + row0 + t) * D, D);
+        std::fill(p + seen, p + keys, 0.f);
+        std::fill(ds + seen, ds + keys, 0.f);
+        BFloat16* ds_row = dscores_rows + t * keys_p;
+        store_bf16(ds, ds_row, keys);
+        if (keys_p > keys) ds_row[keys] = BFloat16(0.f);
       }
+      store_bf16_vnni(probs, probs_vnni, rows, keys);
+      store_bf16_vnni(dscores, dscores_vnni, rows, keys);
+      matmul(D, keys, rows_p, got_head + r0, Tp, probs_vnni, keys, dvt, L, true);    // dV^T += dO^T P
+      matmul(D, keys, rows_p, qt_head + r0, Tp, dscores_vnni, keys, dkt, L, true);   // dK^T += Q^T dS
+      matmul(rows, D, keys_p, dscores_rows, keys_p, kr_head, D, dq_rows, D, false);  // dQ = dS K
+      for (int64_t t = 0; t < rows; ++t)
+        store_bf16(dq_rows + t * D, dq_data + (head * L + row0 + t) * D, D);
     }
   });
   const auto group_sum = [&](const at::Tensor& heads) {

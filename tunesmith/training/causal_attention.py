@@ -6,15 +6,18 @@ mask only masks: the whole square is computed forward and backward (docs/benchma
 library offers a CPU attention that skips it (FlexAttention has no CPU backward), so `causal_attention.cpp` does:
 query blocks of 64 rows, each against the keys up to its last row, through torch's own `cpublas::brgemm` (oneDNN's
 bf16 micro-kernel). SmolLM2-135M's attention (4 x 9 query heads over 3 key/value heads, head dim 64), forward and
-backward: 0.35-0.45x SDPA's time from 128 to 512 tokens on an AVX512-BF16 EPYC (`benchmarks/cpu_attention.py`).
+backward: 0.38-0.47x SDPA's time from 128 to 512 tokens on an AVX512-BF16 EPYC, and on packed rows 0.12-0.20x SDPA's
+with their block-diagonal mask (`benchmarks/cpu_attention.py`).
 For CPUs with AVX512-BF16 and without AMX (see `build_problem`); elsewhere attention stays on SDPA.
 
 It is compiled on first use (`native.py`: a C++ compiler and ninja are needed; about 25 s, once, cached). It is
 registered with transformers' `AttentionInterface` under its own name and takes only what it computes exactly: a causal
-self-attention with no mask (the padding mask is dropped for right-padded batches, `padding_mask.py`), no dropout,
-soft-capping, sliding window or position bias, queries as long as the keys, in bf16 (the autocast dtype). Any
-other call (packed rows with their block-diagonal mask, left padding, generation with a cache) goes to transformers'
-SDPA function unchanged. Where the kernel cannot be built, training runs on SDPA and says so.
+self-attention with no mask (the padding mask is dropped for right-padded batches, `padding_mask.py`) or with the
+block-diagonal causal mask of packed rows (`data.packing`: recognised from the position ids and checked against the
+mask; each sample becomes a segment of the kernel, attending only to itself: varlen attention), no dropout,
+soft-capping, sliding window or position bias, queries as long as the keys, in bf16 (the autocast dtype). Any other
+call (left padding, generation with a cache, fp32) goes to transformers' SDPA function unchanged. Where the kernel
+cannot be built, training runs on SDPA and says so.
 """
 
 from __future__ import annotations
