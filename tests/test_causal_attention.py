@@ -138,7 +138,7 @@ def test_only_the_exact_packed_mask_is_taken_as_packed_rows(kernel):
     padded = mask.clone()
     padded[1, 0, :, 10:] = False  # padding masked as well
     for other, ids in ((leaky, positions), (padded, positions), (mask, None), (mask.float(), positions),
-                       (mask.expand(2, 3, 12, 12), positions)):
+                       (mask.expand(2, 3, 12, 12), positions), (mask, positions.expand(3, 2, 12))):  # 3-D: mrope
         assert ca._packed_masks.segments(other, ids) is None
 
 

@@ -129,11 +129,12 @@ class _PackedMasks:
 
     @staticmethod
     def _check(mask: torch.Tensor, position_ids) -> torch.Tensor | None:
-        if (not isinstance(position_ids, torch.Tensor) or mask.dtype != torch.bool or mask.dim() != 4
-                or mask.shape[1] != 1 or mask.shape[2] != mask.shape[3] or position_ids.shape[-1] != mask.shape[-1]):
+        if (not isinstance(position_ids, torch.Tensor) or position_ids.dim() != 2 or mask.dtype != torch.bool
+                or mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[2] != mask.shape[3]
+                or position_ids.shape[-1] != mask.shape[-1] or position_ids.shape[0] not in (1, mask.shape[0])):
             return None
         batch, length = mask.shape[0], mask.shape[-1]
-        positions = position_ids.reshape(-1, length).expand(batch, length)
+        positions = position_ids.expand(batch, length)
         segments = segments_from_positions(positions)
         sample = torch.repeat_interleave(torch.arange(len(segments)), segments[:, 2]).view(batch, length)
         allowed = (sample[:, :, None] == sample[:, None, :]) & torch.ones(length, length, dtype=torch.bool).tril()
