@@ -37,7 +37,7 @@ from .callbacks import MetricsFileCallback, RichProgressCallback, read_metrics
 from .checkpoints import CHECKPOINT_DIR, is_complete, latest_checkpoint
 from .model_card import write_model_card
 from .plots import plot_loss_curves
-from .trainer import TunesmithTrainer, supports_supervised_logits
+from .trainer import TunesmithTrainer, has_virtual_tokens, supports_supervised_logits
 
 log = logging.getLogger(__name__)
 
@@ -228,14 +228,12 @@ def _takes_position_ids(model) -> bool:
 
 def _resolve_packing(cfg: RunConfig, model, kernel: bool, console: Console) -> RunConfig:
     """`data.packing: auto` packs where attention computes each packed sample alone: tunesmith's CPU causal kernel
-    (`kernel`), which takes packed rows as segments (faster than length-grouped padding: docs/benchmarks.md). SDPA
-    would compute each packed row's whole square under a block-diagonal mask, so elsewhere batches are padded.
-    Returns the config with the choice made (the run's config.yaml records it)."""
+    (`kernel`), which takes packed rows as segments: as fast as length-grouped padding there, with less memory
+    (docs/benchmarks.md). SDPA would compute each packed row's whole square under a block-diagonal mask, so elsewhere
+    batches are padded. Returns the config with the choice made (the run's config.yaml records it)."""
     if cfg.data.packing != "auto":
         return cfg
-    peft_config = getattr(model, "active_peft_config", None)
-    virtual_tokens = peft_config is not None and getattr(peft_config, "is_prompt_learning", False)
-    packing = kernel and _takes_position_ids(model) and not virtual_tokens
+    packing = kernel and _takes_position_ids(model) and not has_virtual_tokens(model)
     if packing:
         console.print("packing: each batch's samples in one row, attending only within each sample on the CPU "
                       "causal kernel, no padding (data.packing auto; false pads length-grouped batches)")

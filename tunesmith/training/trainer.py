@@ -64,6 +64,12 @@ def supervised_loss(outputs, labels: torch.Tensor, num_items_in_batch=None) -> t
     return per_item(loss, targets.numel(), num_items_in_batch)
 
 
+def has_virtual_tokens(model) -> bool:
+    """Whether a PEFT prompt-learning method (prefix, prompt, P-tuning) prepends virtual tokens to every sequence."""
+    peft_config = getattr(model, "active_peft_config", None)
+    return peft_config is not None and getattr(peft_config, "is_prompt_learning", False)
+
+
 def supports_supervised_logits(model) -> bool:
     """Whether `model` can take a boolean `logits_to_keep` mask whose shape is that of its labels.
 
@@ -74,8 +80,7 @@ def supports_supervised_logits(model) -> bool:
         from transformers.modeling_utils import slice_logits_to_keep  # noqa: F401  (the mask-aware slicing)
     except ImportError:
         return False
-    peft_config = getattr(model, "active_peft_config", None)
-    if peft_config is not None and getattr(peft_config, "is_prompt_learning", False):
+    if has_virtual_tokens(model):
         return False
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return "logits_to_keep" in inspect.signature(base.forward).parameters
