@@ -20,9 +20,9 @@ in the input's dtype.
 On a CPU where tunesmith's C++ kernels build (`native.py`), `dropout.cpp` makes the same mask (bit for bit) and
 applies it in one vectorised pass per tensor, forward and backward: one dropout of a 4 x 380 x 576 float32 input,
 forward and backward, 0.45 ms against these tensor ops' 1.15 ms and torch's 5.00 ms (`benchmarks/cpu_dropout.py`,
-tcmalloc, 2 cores of an AMD EPYC; table in docs/benchmarks.md). Elsewhere (no compiler, under torch.compile, meta tensors for the memory
-planner's trace, non-contiguous inputs) the tensor ops run; both keep the same uint8 mask for backward, so the
-memory planner's trace holds for either.
+tcmalloc, 2 cores of an AMD EPYC; table in docs/benchmarks.md). Elsewhere (no compiler, under torch.compile, meta
+tensors for the memory planner's trace, non-contiguous inputs) the tensor ops run; both keep the same uint8 mask for
+backward, so the memory planner's trace holds for either.
 
 What changes from nn.Dropout: the drop probability is p rounded to a multiple of 1/32768 (0.05 -> 0.049988), and
 the kept values are scaled by 1 / (1 - that probability), so the output's expectation is still exactly the input.
