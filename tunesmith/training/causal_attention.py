@@ -92,9 +92,10 @@ def whole_rows(batch: int, length: int) -> torch.Tensor:
 def segments_from_positions(position_ids: torch.Tensor) -> torch.Tensor:
     """The segments of packed rows: a sample starts wherever the position id is not the previous one plus one (the
     rule transformers' packed-sequence mask follows)."""
-    batch, length = position_ids.shape
+    positions = position_ids.cpu()
+    batch, length = positions.shape
     starts = torch.ones(batch, length, dtype=torch.bool)
-    starts[:, 1:] = position_ids[:, 1:].cpu() != position_ids[:, :-1].cpu() + 1
+    starts[:, 1:] = positions[:, 1:] != positions[:, :-1] + 1
     row, start = starts.nonzero(as_tuple=True)
     flat = row * length + start
     return torch.stack([row, start, torch.cat([flat[1:], flat.new_tensor([batch * length])]) - flat], dim=1)
