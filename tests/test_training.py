@@ -38,6 +38,10 @@ def losses(run_dir):
             if "loss" in json.loads(line)]
 
 
+def tokens_seen(run_dir):
+    return [json.loads(line)["tokens"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()][-1]
+
+
 def first_last(values):
     k = max(1, len(values) // 4)
     return sum(values[:k]) / k, sum(values[-k:]) / k
@@ -185,6 +189,9 @@ def test_packing_keeps_samples_apart_and_matches_padded_training(stories_dir, tm
     assert len(packed_losses) == len(padded_losses) == 3
     for a, b in zip(packed_losses, padded_losses):
         assert abs(a - b) < 1e-3, (packed_losses, padded_losses)
+    # Tokens seen count every real token either way, EOS included (it is the pad id of this tokenizer).
+    assert tokenizer.eos_token_id in rows[0]["input_ids"]
+    assert tokens_seen(tmp_path / "packed") == tokens_seen(tmp_path / "padded") > 0
 
 
 def test_packing_auto_packs_only_where_the_cpu_causal_kernel_attends(tmp_path):

@@ -87,7 +87,9 @@ def build_training_arguments(cfg: RunConfig, *, compute_dtype: torch.dtype, has_
         load_best_model_at_end=early and has_validation, metric_for_best_model="eval_loss" if early else None,
         greater_is_better=False if early else None,
         train_sampling_strategy="group_by_length" if t.group_by_length and cfg.data.packing is not True else "random",
-        length_column_name="length", include_num_input_tokens_seen="non_padding",
+        # A packed row holds no padding, and "non_padding" would drop every token equal to the pad id, which for
+        # tokenizers whose pad is their EOS is each sample's last token.
+        length_column_name="length", include_num_input_tokens_seen="all" if cfg.data.packing is True else "non_padding",
         remove_unused_columns=False, disable_tqdm=True, report_to="none", dataloader_num_workers=0,
         dataloader_pin_memory=cuda, use_liger_kernel=t.liger_kernel, torch_compile=t.torch_compile,
     )
