@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Wheels for running benchmarks/gpu_throughput.py on a GPU machine that cannot reach PyPI (the device tool's, whose
-# image has Python 3.12 with torch, transformers, peft and accelerate, but not these). Downloads them into .whl/ at
-# the repository root, at the versions this checkout's .venv has (unpinned where it lacks one), for CPython 3.12 on
-# x86_64 Linux. About 48 MB: under the device tool's 64 MiB a call. Then, on the device (one shape per call):
+# image has Python 3.12 with torch, accelerate and an older transformers and peft, but not the rest). transformers and
+# peft travel too: the image's transformers (5.17 when last listed) predates TrainingArguments.activation_checkpointing
+# (5.23), which tunesmith's trainer sets. Downloads them into .whl/ at the repository root, at the versions this
+# checkout's .venv has (unpinned where it lacks one), for CPython 3.12 on x86_64 Linux. About 62 MB, with the working
+# tree about 60 MiB: under the device tool's 64 MiB a call. Then, on the device (one shape per call):
 #
 #   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
 #     .whl/*.whl && export PYTHONPATH=/tmp/site || exit; PYTHONUNBUFFERED=1 python3 \
@@ -14,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
 mkdir -p .whl
-PACKAGES="liger-kernel bitsandbytes datasets dill multiprocess pydantic pydantic-core annotated-types
+PACKAGES="transformers peft liger-kernel bitsandbytes datasets dill multiprocess pydantic pydantic-core annotated-types
 typing-inspection gguf datasketch"
 for name in $PACKAGES; do
   version=$(.venv/bin/python -m pip show "$name" 2>/dev/null | sed -n 's/^Version: //p' || true)
