@@ -3,8 +3,8 @@
 # image has Python 3.12 with torch, accelerate and an older transformers and peft, but not the rest). transformers and
 # peft travel too: the image's transformers (5.17 when last listed) predates TrainingArguments.activation_checkpointing
 # (5.23), which tunesmith's trainer sets. Downloads them into .whl/ at the repository root, at the versions this
-# checkout's .venv has (unpinned where it lacks one), for CPython 3.12 on x86_64 Linux. About 62 MB, with the working
-# tree about 60 MiB: under the device tool's 64 MiB a call. Then, on the device (one shape per call):
+# checkout's .venv has (unpinned where it lacks one), for CPython 3.12 on x86_64 Linux. About 62 MB, which with the
+# working tree comes to about 61 MiB: under the device tool's 64 MiB a call. Then, on the device (one shape per call):
 #
 #   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
 #     .whl/*.whl && export PYTHONPATH=/tmp/site || exit; PYTHONUNBUFFERED=1 python3 \
