@@ -126,8 +126,11 @@ def test_tokenised_data_is_cached_by_fingerprint(tmp_path, stories_dir, monkeypa
 
     from transformers import AutoTokenizer
 
+    import datasets
+
     import tunesmith.data.dataset as dataset
     from tunesmith.config.schema import DataConfig
+    from tunesmith.data.cache import fingerprint
     from tunesmith.data.templates import get_template
 
     tok = AutoTokenizer.from_pretrained(stories_dir)
@@ -150,6 +153,11 @@ def test_tokenised_data_is_cached_by_fingerprint(tmp_path, stories_dir, monkeypa
     data.write_text(data.read_text() + json.dumps({"instruction": "Say x", "output": "Ax"}) + "\n")
     changed = dataset.build_datasets(cfg, tok, template, cache_root=tmp_path / "cache")
     assert "cached" not in changed.stats and changed.stats["train_samples"] == 11
+
+    # Another datasets version may not read the Arrow files this one wrote: its own key.
+    key = fingerprint(cfg, tok, template)
+    monkeypatch.setattr(datasets, "__version__", "3.0.0")
+    assert fingerprint(cfg, tok, template) not in (key, None)
 
 
 def test_activation_offload_wraps_the_forward_in_save_on_cpu(tiny_llama, tmp_path, monkeypatch):

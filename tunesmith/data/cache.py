@@ -3,7 +3,8 @@
 datasets' own `map` cache fingerprints a transform of one Arrow dataset; tunesmith's data step reads several files,
 validates, mixes and splits records and keeps statistics, so it is fingerprinted as a whole here: the data section
 of the config, each file's path, size and modification time, the tokenizer's full definition (vocabulary, merges,
-added tokens, chat template) and the source of the template and encoding code. Any change gives a new key.
+added tokens, chat template), the source of the template and encoding code, and the datasets version that writes the
+entry. Any change gives a new key.
 Entries live under `<cache root>/data/<key>/` (see `default_cache_root`) as Arrow datasets plus a JSON of the
 statistics and the warnings the build emitted (repeated on a hit, so a cached run warns like a fresh one).
 """
@@ -46,6 +47,9 @@ def fingerprint(cfg: DataConfig, tokenizer, template) -> str | None:
     for code in (type(template), encoding):
         digest.update(inspect.getsource(inspect.getmodule(code)).encode())
     digest.update(type(template).__qualname__.encode())
+    # The entry is Arrow files in this datasets version's format; another version may not read it (datasets 3 fails
+    # on the `List` features that 4 writes), so a changed datasets version builds afresh.
+    digest.update(datasets.__version__.encode())
     return digest.hexdigest()[:24]
 
 
