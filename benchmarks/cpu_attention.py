@@ -51,8 +51,7 @@ def packed(length: int, heads=9, kv_heads=3, dim=64):
     q, k, v, grad = inputs(4 * length, 1, heads, kv_heads, dim)
     positions = torch.cat([torch.arange(n) for n in lengths]).unsqueeze(0)
     segments = causal_attention.segments_from_positions(positions)
-    sample = torch.arange(4).repeat_interleave(torch.tensor(lengths))
-    mask = (sample[:, None] == sample[None, :]) & torch.ones(len(sample), len(sample), dtype=torch.bool).tril()
+    mask = causal_attention.packed_causal_mask(segments, 1, 4 * length)[0]
 
     def sdpa_masked(q, k, v):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True).transpose(1, 2)

@@ -111,6 +111,12 @@ def causal_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     return CausalAttention.apply(*tensors, scale, segments)
 
 
+def packed_causal_mask(segments: torch.Tensor, batch: int, length: int) -> torch.Tensor:
+    """The boolean [batch, length, length] mask of packed rows: each query sees its own sample's keys up to itself."""
+    sample = torch.repeat_interleave(torch.arange(len(segments)), segments[:, 2]).view(batch, length)
+    return (sample[:, :, None] == sample[:, None, :]) & torch.ones(length, length, dtype=torch.bool).tril()
+
+
 class _PackedMasks:
     """Whether a 4-D mask is exactly the block-diagonal causal mask of packed rows' position ids, and their segments
     if so. transformers builds that mask once per forward and hands the same tensor to every layer, so the answer is
@@ -135,11 +141,8 @@ class _PackedMasks:
                 or position_ids.shape[-1] != mask.shape[-1] or position_ids.shape[0] not in (1, mask.shape[0])):
             return None
         batch, length = mask.shape[0], mask.shape[-1]
-        positions = position_ids.expand(batch, length)
-        segments = segments_from_positions(positions)
-        sample = torch.repeat_interleave(torch.arange(len(segments)), segments[:, 2]).view(batch, length)
-        allowed = (sample[:, :, None] == sample[:, None, :]) & torch.ones(length, length, dtype=torch.bool).tril()
-        return segments if torch.equal(mask[:, 0].cpu(), allowed) else None
+        segments = segments_from_positions(position_ids.expand(batch, length))
+        return segments if torch.equal(mask[:, 0].cpu(), packed_causal_mask(segments, batch, length)) else None
 
 
 _packed_masks = _PackedMasks()
