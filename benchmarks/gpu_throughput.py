@@ -17,9 +17,11 @@ again for the input gradients (the frozen base needs no weight gradients; LoRA's
 dense bf16 peak (--peak-tflops; 989 for H100/H200 SXM); recomputation by checkpointing is not counted.
 
     python benchmarks/gpu_throughput.py                     # on a CUDA machine (e.g. the device tool)
-    python benchmarks/gpu_throughput.py --only llama-3.2-1b # one shape per call where calls are time-limited
-    python benchmarks/gpu_throughput.py --only llama-3-8b   #   (the 8B shape is quantised afresh for each variant)
+    python benchmarks/gpu_throughput.py --only llama-3.2-1b # one shape
+    python benchmarks/gpu_throughput.py --budget-s 420 --jsonl runs.jsonl  # within a time limit, kept as it goes
     python benchmarks/gpu_throughput.py --dry-run           # tiny shapes on CPU: checks the script end to end
+
+On the device tool, benchmarks/gpu_check.sh wraps it: wheels, versions, imports, then both shapes in one call.
 """
 
 from __future__ import annotations
@@ -105,7 +107,8 @@ def worker(args) -> None:
         output_dir=str(Path(args.out) / "run"), per_device_train_batch_size=args.batch, max_steps=args.steps,
         learning_rate=2e-4, logging_steps=1, save_strategy="no", report_to="none", bf16=cuda,
         use_cpu=not cuda, gradient_checkpointing=args.method == "qlora",
-        gradient_checkpointing_kwargs={"use_reentrant": False}, use_liger_kernel=args.variant in ("hf+liger", "tunesmith") and cuda,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        use_liger_kernel=args.variant in ("hf+liger", "tunesmith") and cuda,
         remove_unused_columns=False, dataloader_num_workers=0)
     kwargs = dict(model=model, args=training, train_dataset=data, callbacks=[Clock()])
     if args.variant.startswith("tunesmith"):
@@ -123,9 +126,36 @@ def worker(args) -> None:
     trainer.train()
     timed = times[args.warmup - 1:] if args.warmup else times
     seconds = (timed[-1] - timed[0]) / (len(timed) - 1)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
+    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None  # no CPU equivalent worth reporting
     Path(args.result).write_text(json.dumps({"s_per_step": seconds, "tokens_per_s": args.batch * args.seq / seconds,
                                              "peak_gib": peak, "liger": training.use_liger_kernel}))
+
+
+def schedule(shapes: list[str], variants: list[str]) -> list[tuple[str, str]]:
+    """Variant-major order: every shape gets its baseline and tunesmith's default before any shape gets the rest, so
+    a call that runs out of time (--budget-s) still returns the comparisons that matter most."""
+    first = [v for v in ("hf", "tunesmith-chunked") if v in variants]
+    return [(shape, v) for v in first + [v for v in variants if v not in first] for shape in shapes]
+
+
+def gib(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"  # None: a CPU dry run, where torch keeps no peak
+
+
+def run_job(args, name: str, shape: str, variant: str, tmp: str, timeout: float | None) -> tuple[dict | None, str]:
+    """One (shape, variant) in its own process, so its peak memory is its own. Returns (result or None, error)."""
+    result = Path(tmp) / f"{name}-{variant}.json"
+    cmd = [sys.executable, __file__, "--worker", "1", "--shape", shape, "--method", RUNS[name], "--variant", variant,
+           "--result", str(result), "--out", str(Path(tmp) / name), "--seq", str(args.seq), "--batch",
+           str(args.batch), "--steps", str(args.steps), "--warmup", str(args.warmup)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None, f"timed out after {timeout:.0f} s (--budget-s)"
+    if proc.returncode or not result.exists():
+        return None, " | ".join(proc.stderr.strip().splitlines()[-3:])[-300:]
+    return json.loads(result.read_text()), ""
 
 
 def main() -> None:
@@ -138,11 +168,14 @@ def main() -> None:
     parser.add_argument("--only", default=",".join(RUNS), help="shapes: " + ", ".join(RUNS))
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--peak-tflops", type=float, help="dense bf16 peak of the GPU (default: from its name)")
+    parser.add_argument("--budget-s", type=float, help="wall-clock seconds for all runs: a run that would start "
+                        "after it is skipped, one still going when it ends is stopped (for time-limited machines)")
+    parser.add_argument("--jsonl", help="also append each run's result to this file as it finishes, so a call "
+                        "stopped part way keeps what it measured")
     for hidden in ("--worker", "--shape", "--method", "--variant", "--result", "--out"):
         parser.add_argument(hidden, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        args.steps, args.seq, args.batch, args.warmup = int(args.steps), int(args.seq), int(args.batch), int(args.warmup)
         worker(args)
         return
 
@@ -150,6 +183,7 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
+    started = time.monotonic()
     console = Console(width=160)
     cuda = torch.cuda.is_available()
     if not cuda and not args.dry_run:
@@ -158,34 +192,44 @@ def main() -> None:
     peak = args.peak_tflops or next((v for k, v in PEAK_TFLOPS.items() if k in device), None)
     if args.dry_run:
         args.seq, args.steps, args.warmup = 128, 4, 1
+    shapes, variants = args.only.split(","), args.variants.split(",")
+    results: dict[tuple[str, str], tuple[dict | None, str]] = {}
+    with tempfile.TemporaryDirectory(prefix="gpu_throughput-") as tmp:
+        for name, variant in schedule(shapes, variants):
+            left = args.budget_s - (time.monotonic() - started) if args.budget_s is not None else None
+            if left is not None and left <= 0:
+                results[name, variant] = None, "skipped: --budget-s spent"
+                continue
+            began = time.monotonic()
+            results[name, variant] = run_job(args, name, "tiny" if args.dry_run else name, variant, tmp, left)
+            r, error = results[name, variant]
+            wall = time.monotonic() - began
+            print(f"[{time.monotonic() - started:5.0f} s] {name} {variant}: " + (
+                f"{r['tokens_per_s']:,.0f} tokens/s, peak {gib(r['peak_gib'])} GiB" if r else f"failed: {error}")
+                + f" ({wall:.0f} s with start-up)", flush=True)
+            if args.jsonl:
+                with open(args.jsonl, "a") as f:
+                    f.write(json.dumps({"model": name, "method": RUNS[name], "variant": variant, "device": device,
+                                        "seq": args.seq, "wall_s": round(wall, 1), "error": error, **(r or {})}) + "\n")
     table = Table(title=f"GPU training throughput, seq {args.seq}, batch {args.batch}, {args.steps} steps "
                         f"({args.warmup} warm-up) on {device}")
     for column in ("model", "method", "variant", "tokens/s", "s/step", "MFU", "peak GiB", "vs hf"):
         table.add_column(column, justify="left" if column in ("model", "method", "variant") else "right")
-    with tempfile.TemporaryDirectory(prefix="gpu_throughput-") as tmp:
-        for name in args.only.split(","):
-            shape = "tiny" if args.dry_run else name
-            baseline = None
-            for variant in args.variants.split(","):
-                result = Path(tmp) / f"{name}-{variant}.json"
-                cmd = [sys.executable, __file__, "--worker", "1", "--shape", shape, "--method", RUNS[name],
-                       "--variant", variant, "--result", str(result), "--out", str(Path(tmp) / name),
-                       "--seq", str(args.seq), "--batch", str(args.batch), "--steps", str(args.steps),
-                       "--warmup", str(args.warmup)]
-                with console.status(f"{name} {RUNS[name]} {variant}"):
-                    proc = subprocess.run(cmd, capture_output=True, text=True,
-                                          env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"})
-                if proc.returncode or not result.exists():
-                    error = " | ".join(proc.stderr.strip().splitlines()[-3:])[-300:]
-                    table.add_row(name, RUNS[name], variant, "failed", "", "", "", error)
-                    continue
-                r = json.loads(result.read_text())
-                baseline = baseline or (r["tokens_per_s"] if variant == "hf" else None)
-                mfu = r["tokens_per_s"] * model_flops_per_token(SHAPES[shape], args.seq) / (peak * 1e12) if peak else None
-                table.add_row(name, RUNS[name], variant + ("" if r["liger"] or variant in ("hf", "tunesmith-chunked") else " (no Liger: CPU)"),
-                              f"{r['tokens_per_s']:,.0f}", f"{r['s_per_step']:.3f}",
-                              f"{100 * mfu:.1f}%" if mfu else "-", f"{r['peak_gib']:.2f}",
-                              f"{r['tokens_per_s'] / baseline:.2f}x" if baseline else "")
+    for name in shapes:
+        baseline = (results.get((name, "hf")) or (None,))[0]
+        for variant in variants:
+            r, error = results[name, variant]
+            if r is None:
+                state = "skipped" if error.startswith("skipped") else "stopped" if "timed out" in error else "failed"
+                table.add_row(name, RUNS[name], variant, state, "", "", "", error)
+                continue
+            mfu = r["tokens_per_s"] * model_flops_per_token(SHAPES["tiny" if args.dry_run else name], args.seq) / (
+                peak * 1e12) if peak else None
+            no_liger = not r["liger"] and variant in ("hf+liger", "tunesmith")
+            table.add_row(name, RUNS[name], variant + (" (no Liger: CPU)" if no_liger else ""),
+                          f"{r['tokens_per_s']:,.0f}", f"{r['s_per_step']:.3f}", f"{100 * mfu:.1f}%" if mfu else "-",
+                          gib(r["peak_gib"]),
+                          f"{r['tokens_per_s'] / baseline['tokens_per_s']:.2f}x" if baseline else "")
     console.print(table)
     console.print(f"conditions: torch {torch.__version__}, bf16 {'on' if cuda else 'off'}, LoRA r=16 q/k/v/o, "
                   f"random weights, half of each sequence supervised; MFU peak {peak or '?'} TFLOPS")

@@ -4,14 +4,9 @@
 # peft travel too: the image's transformers (5.17 when last listed) predates TrainingArguments.activation_checkpointing
 # (5.23), which tunesmith's trainer sets. Downloads them into .whl/ at the repository root, at the versions this
 # checkout's .venv has (unpinned where it lacks one), for CPython 3.12 on x86_64 Linux. About 62 MB, which with the
-# working tree comes to about 61 MiB: under the device tool's 64 MiB a call. Then, on the device (one shape per call):
-#
-#   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-#     .whl/*.whl && export PYTHONPATH=/tmp/site || exit; PYTHONUNBUFFERED=1 python3 \
-#     benchmarks/gpu_throughput.py --only llama-3.2-1b 2>&1 | tee $OUT/gpu_throughput.txt
-#
-# with `.whl` in the call's carry. Not yet run on a device: check the first call's output for an import error
-# (datasets 5 wants pyarrow >= 24 from the image).
+# working tree comes to about 61 MiB: under the device tool's 64 MiB a call. Then one device call, with `.whl` in its
+# carry, runs benchmarks/gpu_check.sh (its header has the call), which installs them and runs both shapes.
+# Not yet run on a device: gpu_check.sh prints the versions and tries every import before any run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import os
 import re
 import subprocess
 import sys
@@ -45,8 +48,34 @@ def test_sft_throughput_trains_and_scores_every_contender(tmp_path, stories_dir)
 
 
 @pytest.mark.slow
-def test_gpu_throughput_dry_run_completes_every_variant(tmp_path):
-    output = _run(str(BENCHMARKS / "gpu_throughput.py"), "--dry-run", cwd=tmp_path)
-    assert not re.search(r"│\s*failed\s*│", output), output[-3000:]  # a variant's row when its worker failed
+def test_gpu_check_dry_run_completes_every_variant(tmp_path):
+    """The device's one prepared call (benchmarks/gpu_check.sh), here with the installed packages and --dry-run."""
+    env = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path), "WHEELS": str(tmp_path / "no-wheels")}
+    proc = subprocess.run(["bash", str(BENCHMARKS / "gpu_check.sh"), "--dry-run"], capture_output=True, text=True,
+                          cwd=tmp_path, env=env, timeout=900)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-3000:]
+    assert re.search(r"torch \S+ \(CUDA \S+\), GPU: none", output)  # what the machine has, said before any run
+    assert not re.search(r"│\s*(failed|stopped|skipped)\s*│", output), output[-3000:]
     rows = [line for line in output.splitlines() if "│" in line and "lora" in line]
     assert len(rows) == 8, output[-3000:]  # two shapes x four variants
+    records = [json.loads(line) for line in (tmp_path / "gpu_throughput.jsonl").read_text().splitlines()]
+    assert [(r["model"], r["variant"]) for r in records] == GPU_SCHEDULE  # kept as each run finished, in this order
+    assert all(r["tokens_per_s"] > 0 and not r["error"] for r in records)
+    assert (tmp_path / "gpu_throughput.txt").read_text().count(" tokens/s, peak ") == 8
+
+
+GPU_SCHEDULE = [("llama-3.2-1b", "hf"), ("llama-3-8b", "hf"), ("llama-3.2-1b", "tunesmith-chunked"),
+                ("llama-3-8b", "tunesmith-chunked"), ("llama-3.2-1b", "hf+liger"), ("llama-3-8b", "hf+liger"),
+                ("llama-3.2-1b", "tunesmith"), ("llama-3-8b", "tunesmith")]
+
+
+def test_gpu_throughput_spends_a_short_budget_on_every_shapes_baseline_first(tmp_path):
+    spec = importlib.util.spec_from_file_location("gpu_throughput", BENCHMARKS / "gpu_throughput.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.schedule(["llama-3.2-1b", "llama-3-8b"], list(module.VARIANTS)) == GPU_SCHEDULE
+    output = _run(str(BENCHMARKS / "gpu_throughput.py"), "--dry-run", "--budget-s", "0", "--jsonl",
+                  str(tmp_path / "runs.jsonl"), cwd=tmp_path)
+    assert len(re.findall(r"│\s*skipped\s*│ .* skipped: --budget-s spent", output)) == 8, output[-3000:]
+    assert not (tmp_path / "runs.jsonl").exists()  # nothing ran, so nothing was recorded
