@@ -133,6 +133,26 @@ def test_first_batch_check_draws_no_random_numbers(tiny_model_factory, tmp_path)
     assert torch.equal(state, torch.get_rng_state())
 
 
+def test_first_batch_checks_leave_the_steps_autocast_region_with_gradients(tiny_model_factory, tmp_path):
+    """The checks (chunked loss, padding mask) run no-grad forwards inside the step's autocast region when a caller
+    wraps the step in one. Before torch 2.10 autocast cached those casts without their graph and the step's own
+    forward reused them: no gradient reached any weight (the step's loss had no grad_fn). torch 2.10+ fixed the
+    cache, so there this passes either way; on torch 2.6 it failed until probe_forward cleared the cache."""
+    from transformers import TrainingArguments
+
+    model = _lora_model(tiny_model_factory("llama"))
+    trainer = TunesmithTrainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), report_to="none",
+                                                                   use_cpu=True, bf16=True),
+                               supervised_logits=True, chunked_loss=True, skip_padding_mask=True)
+    batch = {**_batch(), "attention_mask": torch.ones(3, 12, dtype=torch.long)}
+    batch["attention_mask"][2, 10:] = 0  # right padding: the padding-mask check runs its probe too
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, _, grads = _loss_and_grads(trainer, model, batch)
+    assert trainer._chunked_checked and trainer._padding_mask_checked  # both probes ran in this step
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert grads.keys() == trainable and all(g.abs().sum() > 0 for g in grads.values())
+
+
 def test_trainer_keeps_full_logits_for_a_soft_capped_head(tmp_path, tmp_path_factory, caplog):
     """Gemma 2 soft-caps its logits after the head: the first batch shows it, and the run keeps the plain path."""
     from transformers import AutoModelForCausalLM, Gemma2Config, TrainingArguments

@@ -61,10 +61,11 @@ def test_method_learns_saves_and_reloads(stories_dir, tmp_path, name):
     with torch.no_grad():
         reloaded = loaded.model(**batch(stories_dir)).logits
     # PiSSA/OLoRA adapters are converted back to a base-relative adapter in float32 on save: an error that grows
-    # with the trained weights, so measured against the logits' scale (3e-5 of it; a wrong conversion is O(1)).
+    # with the trained weights, so measured against the logits' scale (1e-4 of it; a wrong conversion is O(1)).
+    # On torch 2.8 OLoRA's came to 4.3e-4 at a scale of 10.8, just over the 1e-4 + 3e-5 of it allowed before.
     scale = float(capture.logits.abs().max())
     error = float((reloaded - capture.logits).abs().max())
-    assert error <= 1e-4 + 3e-5 * scale, (error, scale)
+    assert error <= 1e-4 + 1e-4 * scale, (error, scale)
 
 
 @pytest.mark.parametrize("placement", ["houlsby", "pfeiffer"])

@@ -9,6 +9,7 @@ this attention path really keep. Libraries lack this: accelerate's estimator cou
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass
 from unittest import mock
 
@@ -37,6 +38,21 @@ class ActivationTrace:
         return sum(self.per_block) + self.outside
 
 
+@functools.cache
+def _cpu_fused_sdpa_reads_shared_kv() -> bool:
+    """Whether this torch's CPU SDPA runs grouped-query attention (`enable_gqa`) in its fused kernel, reading the
+    shared key/value heads in place. torch 2.9 and later do; 2.8 fell back to the math path, which saves the attention
+    matrix. Asked of torch itself, on a two-token problem, rather than read off a version number."""
+    query = torch.zeros(1, 2, 2, 8, requires_grad=True)
+    shared = torch.zeros(1, 1, 2, 8)
+    with torch.autocast("cpu", enabled=False):
+        out = _ORIGINAL_SDPA(query, shared, shared, is_causal=True, enable_gqa=True)
+    return "FlashAttention" in type(out.grad_fn).__name__
+
+
+_ORIGINAL_SDPA = F.scaled_dot_product_attention
+
+
 def _fused_sdpa(device_type: str, autocast: MetaAutocast | None):
     """On meta tensors PyTorch's SDPA falls back to the math path, which saves the b*h*s*s attention matrix. On
     real CPUs and GPUs it dispatches to a fused flash-style kernel that keeps only q, k, v, the output and the
@@ -46,11 +62,15 @@ def _fused_sdpa(device_type: str, autocast: MetaAutocast | None):
 
     def sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
         if query.device.type != "meta":
-            return original(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa=enable_gqa)
-        # Grouped-query attention: the fused CPU kernel reads the shared key/value heads in place (no expanded copy
-        # is saved), and so does its meta implementation.
+            return original(query, key, value, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa)
         if autocast is not None:
             query, key, value = autocast.cast_sdpa(query, key, value)
+        grouped = enable_gqa and key.shape[-3] != query.shape[-3]
+        if grouped and device_type == "cpu" and not _cpu_fused_sdpa_reads_shared_kv():
+            # This torch's CPU kernel would take the math path too: trace that, as the real forward runs it.
+            return original(query, key, value, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=True)
+        # Grouped-query attention: the fused kernel reads the shared key/value heads in place (no expanded copy
+        # is saved), and so does its meta implementation.
         out = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
             query, key, value, dropout_p, is_causal, attn_mask=attn_mask, scale=scale)
         return out[0]
