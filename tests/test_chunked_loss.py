@@ -135,9 +135,10 @@ def test_first_batch_check_draws_no_random_numbers(tiny_model_factory, tmp_path)
 
 def test_first_batch_checks_leave_the_steps_autocast_region_with_gradients(tiny_model_factory, tmp_path):
     """The checks (chunked loss, padding mask) run no-grad forwards inside the step's autocast region when a caller
-    wraps the step in one. Before torch 2.10 autocast cached those casts without their graph and the step's own
-    forward reused them: no gradient reached any weight (the step's loss had no grad_fn). torch 2.10+ fixed the
-    cache, so there this passes either way; on torch 2.6 it failed until probe_forward cleared the cache."""
+    wraps the step in one. Up to torch 2.10 at least, autocast cached those casts without their graph and the
+    step's own forward reused them: no gradient reached any weight (the step's loss had no grad_fn). Without
+    probe_forward clearing the cache this failed on torch 2.6, 2.8, 2.9 and 2.10; torch 2.13 fixed the cache
+    (pytorch/pytorch#165068), so there it passes either way."""
     from transformers import TrainingArguments
 
     model = _lora_model(tiny_model_factory("llama"))

@@ -2,9 +2,10 @@
 
 The trainer's first-batch checks (does the model's logits equal its head's output? does dropping the padding mask
 change real tokens?) run the model in training mode, where dropout draws random numbers: those draws must not shift
-the run's random state, and no graph may be kept. Nor may the probe leave casts in autocast's weight cache: before
-torch 2.10 (pytorch/pytorch#165068) a cast made under no_grad was cached without its graph, and a training forward
-later in the same autocast region reused it and lost every gradient through those weights.
+the run's random state, and no graph may be kept. Nor may the probe leave casts in autocast's weight cache: up to
+torch 2.10 at least (2.13 has the fix, pytorch/pytorch#165068) a cast made under no_grad was cached without its
+graph, and a training forward later in the same autocast region reused it and lost every gradient through those
+weights.
 """
 
 from __future__ import annotations
