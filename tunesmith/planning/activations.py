@@ -38,6 +38,9 @@ class ActivationTrace:
         return sum(self.per_block) + self.outside
 
 
+_ORIGINAL_SDPA = F.scaled_dot_product_attention  # torch's own, whatever a trace has patched in at the time
+
+
 @functools.cache
 def _cpu_fused_sdpa_reads_shared_kv() -> bool:
     """Whether this torch's CPU SDPA runs grouped-query attention (`enable_gqa`) in its fused kernel, reading the
@@ -48,9 +51,6 @@ def _cpu_fused_sdpa_reads_shared_kv() -> bool:
     with torch.autocast("cpu", enabled=False):
         out = _ORIGINAL_SDPA(query, shared, shared, is_causal=True, enable_gqa=True)
     return "FlashAttention" in type(out.grad_fn).__name__
-
-
-_ORIGINAL_SDPA = F.scaled_dot_product_attention
 
 
 def _fused_sdpa(device_type: str, autocast: MetaAutocast | None):
