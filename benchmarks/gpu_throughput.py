@@ -142,8 +142,10 @@ def gib(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"  # None: a CPU dry run, where torch keeps no peak
 
 
-def run_job(args, name: str, shape: str, variant: str, tmp: str, timeout: float | None) -> tuple[dict | None, str]:
-    """One (shape, variant) in its own process, so its peak memory is its own. Returns (result or None, error)."""
+def run_job(args, name: str, shape: str, variant: str, tmp: str,
+            timeout: float | None) -> tuple[dict | None, str, str]:
+    """One (shape, variant) in its own process, so its peak memory is its own. Returns (result or None, state:
+    "ok", "failed" or "stopped", error)."""
     result = Path(tmp) / f"{name}-{variant}.json"
     cmd = [sys.executable, __file__, "--worker", "1", "--shape", shape, "--method", RUNS[name], "--variant", variant,
            "--result", str(result), "--out", str(Path(tmp) / name), "--seq", str(args.seq), "--batch",
@@ -152,10 +154,10 @@ def run_job(args, name: str, shape: str, variant: str, tmp: str, timeout: float 
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return None, f"timed out after {timeout:.0f} s (--budget-s)"
+        return None, "stopped", f"timed out after {timeout:.0f} s (--budget-s)"
     if proc.returncode or not result.exists():
-        return None, " | ".join(proc.stderr.strip().splitlines()[-3:])[-300:]
-    return json.loads(result.read_text()), ""
+        return None, "failed", " | ".join(proc.stderr.strip().splitlines()[-3:])[-300:]
+    return json.loads(result.read_text()), "ok", ""
 
 
 def main() -> None:
@@ -193,19 +195,19 @@ def main() -> None:
     if args.dry_run:
         args.seq, args.steps, args.warmup = 128, 4, 1
     shapes, variants = args.only.split(","), args.variants.split(",")
-    results: dict[tuple[str, str], tuple[dict | None, str]] = {}
+    results: dict[tuple[str, str], tuple[dict | None, str, str]] = {}
     with tempfile.TemporaryDirectory(prefix="gpu_throughput-") as tmp:
         for name, variant in schedule(shapes, variants):
             left = args.budget_s - (time.monotonic() - started) if args.budget_s is not None else None
             if left is not None and left <= 0:
-                results[name, variant] = None, "skipped: --budget-s spent"
+                results[name, variant] = None, "skipped", "skipped: --budget-s spent"
                 continue
             began = time.monotonic()
             results[name, variant] = run_job(args, name, "tiny" if args.dry_run else name, variant, tmp, left)
-            r, error = results[name, variant]
+            r, state, error = results[name, variant]
             wall = time.monotonic() - began
             print(f"[{time.monotonic() - started:5.0f} s] {name} {variant}: " + (
-                f"{r['tokens_per_s']:,.0f} tokens/s, peak {gib(r['peak_gib'])} GiB" if r else f"failed: {error}")
+                f"{r['tokens_per_s']:,.0f} tokens/s, peak {gib(r['peak_gib'])} GiB" if r else f"{state}: {error}")
                 + f" ({wall:.0f} s with start-up)", flush=True)
             if args.jsonl:
                 with open(args.jsonl, "a") as f:
@@ -218,9 +220,8 @@ def main() -> None:
     for name in shapes:
         baseline = (results.get((name, "hf")) or (None,))[0]
         for variant in variants:
-            r, error = results[name, variant]
+            r, state, error = results[name, variant]
             if r is None:
-                state = "skipped" if error.startswith("skipped") else "stopped" if "timed out" in error else "failed"
                 table.add_row(name, RUNS[name], variant, state, "", "", "", error)
                 continue
             mfu = r["tokens_per_s"] * model_flops_per_token(SHAPES["tiny" if args.dry_run else name], args.seq) / (
