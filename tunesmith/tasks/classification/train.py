@@ -61,7 +61,7 @@ def train_classification(cfg: RunConfig, *, resume: bool = False, console: Conso
         method_meta = opts.model_dump(mode="json")  # before PEFT adds its SEQ_CLS head names to modules_to_save
         model = method.prepare(model, opts, gradient_checkpointing=cfg.training.gradient_checkpointing,
                                total_steps=total_steps(cfg, len(data.train)))
-        apply_cpu_layers(cfg, model, console)
+    apply_cpu_layers(cfg, model, console)  # outside: its own status, and rich < 14.1 allows one at a time
     trainable, total = count_parameters(model)
     console.print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.4f}%)")
 
