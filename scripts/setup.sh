@@ -4,6 +4,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
+  if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    echo "[setup] tunesmith needs Python >= 3.11 (transformers 5.21 and later do); $PY is" \
+         "$("$PY" --version 2>/dev/null || echo 'not found'). Set PYTHON=/path/to/python3.11 and rerun." >&2
+    exit 1
+  fi
   echo "[setup] creating .venv"
   "$PY" -m venv .venv
 fi

@@ -13,15 +13,10 @@ py="$venv/bin/python"
 # torch first and by itself: its floor build is a multi-GB CUDA wheel, and torch's floors are tested apart
 # (README, "Versions").
 "$py" -m pip install -q "torch==${TORCH:-2.13.0}"
-"$py" -c "import tomllib" 2>/dev/null || "$py" -m pip install -q tomli  # Python 3.10 has no tomllib
 "$py" - "$venv/floors.txt" <<'EOF'
 import re
 import sys
-
-try:
-    import tomllib
-except ImportError:
-    import tomli as tomllib
+import tomllib
 
 project = tomllib.load(open("pyproject.toml", "rb"))["project"]
 extras = project["optional-dependencies"]
