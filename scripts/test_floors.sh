@@ -23,7 +23,10 @@ extras = project["optional-dependencies"]
 wanted = project["dependencies"] + extras["qlora"] + extras["trl"] + extras["test"]
 pins = []
 for requirement in wanted:
-    name, floor = re.fullmatch(r"([A-Za-z0-9_.-]+)>=([0-9][^,;\s]*)", requirement.strip()).groups()
+    match = re.fullmatch(r"([A-Za-z0-9_.-]+)>=([0-9][^,;\s]*)", requirement.strip())
+    if match is None:
+        sys.exit(f"test_floors.sh: no plain 'name>=floor' in pyproject.toml's {requirement!r}")
+    name, floor = match.groups()
     if name != "torch":
         pins.append(f"{name}=={floor}")
 open(sys.argv[1], "w").write("\n".join(pins) + "\n")

@@ -117,8 +117,9 @@ def _train_causal_lm(cfg: RunConfig, *, resume: bool, console: Console | None,
         method.initialise(model, cfg.method, tokenizer)
     # Outside the status above: it shows its own, and rich before 14.1 allows one live display at a time.
     apply_cpu_layers(cfg, model, console)
-    held = hold_for_training(model, method, compute_dtype, cuda=torch.cuda.is_available(),
-                             enabled=cfg.training.half_frozen_base)
+    with console.status("preparing the frozen base for training"):
+        held = hold_for_training(model, method, compute_dtype, cuda=torch.cuda.is_available(),
+                                 enabled=cfg.training.half_frozen_base)
     attention_before = _use_cpu_causal_attention(cfg, model, compute_dtype, console)
     cfg = _resolve_packing(cfg, model, attention_before is not None, console)
     if held:
