@@ -32,9 +32,8 @@ for requirement in wanted:
 open(sys.argv[1], "w").write("\n".join(pins) + "\n")
 EOF
 "$py" -m pip install -q -c "$venv/floors.txt" -e ".[qlora,trl,test]"
+installed=$("$py" -m pip list --format freeze 2>/dev/null)
 echo "[floors] installed at their floors:"
-"$py" -m pip list --format freeze 2>/dev/null | grep -iE "^($(sed 's/==.*//' "$venv/floors.txt" | paste -sd'|'))==" \
-  | paste -sd' ' | fold -s -w 118
-echo "[floors] with: $("$py" -m pip list --format freeze 2>/dev/null \
-  | grep -iE '^(torch|numpy|tokenizers|huggingface.hub)==' | paste -sd' ')"
+grep -iE "^($(sed 's/==.*//' "$venv/floors.txt" | paste -sd'|'))==" <<< "$installed" | paste -sd' ' | fold -s -w 118
+echo "[floors] with: $(grep -iE '^(torch|numpy|tokenizers|huggingface.hub)==' <<< "$installed" | paste -sd' ')"
 "$py" -m pytest -m "slow or not slow" "$@"

@@ -7,7 +7,7 @@ import torch
 
 from tunesmith.cli.main import main
 from tunesmith.planning import PlanRequest, exact_counts, load_model_config, plan_memory
-from tunesmith.planning.activations import _cpu_fused_sdpa_reads_shared_kv
+from tunesmith.planning.activations import cpu_fused_sdpa_reads_shared_kv
 from tunesmith.methods.registry import get_method
 from tunesmith.planning.params import count_params, method_options, nf4_bytes
 
@@ -106,7 +106,7 @@ def test_fast_dropout_keeps_a_one_byte_mask(folders):
     assert cuda_fast == plan_memory(config, PlanRequest(**cuda, fast_dropout=False)).activations
     # And it keeps what the fast CPU one keeps, where CPU attention takes the GPU's fused path for this GQA model
     # (torch 2.9+; torch 2.8's CPU SDPA takes the math path, which the trace follows, so the totals differ there).
-    if _cpu_fused_sdpa_reads_shared_kv():
+    if cpu_fused_sdpa_reads_shared_kv():
         assert cuda_fast == fast.activations
 
 

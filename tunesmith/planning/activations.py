@@ -42,7 +42,7 @@ _ORIGINAL_SDPA = F.scaled_dot_product_attention  # torch's own, whatever a trace
 
 
 @functools.cache
-def _cpu_fused_sdpa_reads_shared_kv() -> bool:
+def cpu_fused_sdpa_reads_shared_kv() -> bool:
     """Whether this torch's CPU SDPA runs grouped-query attention (`enable_gqa`) in its fused kernel, reading the
     shared key/value heads in place. torch 2.9 and later do; 2.8 fell back to the math path, which saves the attention
     matrix. Asked of torch itself, on a two-token problem, rather than read off a version number."""
@@ -66,7 +66,7 @@ def _fused_sdpa(device_type: str, autocast: MetaAutocast | None):
         if autocast is not None:
             query, key, value = autocast.cast_sdpa(query, key, value)
         grouped = enable_gqa and key.shape[-3] != query.shape[-3]
-        if grouped and device_type == "cpu" and not _cpu_fused_sdpa_reads_shared_kv():
+        if grouped and device_type == "cpu" and not cpu_fused_sdpa_reads_shared_kv():
             # This torch's CPU kernel would take the math path too: trace that, as the real forward runs it.
             return original(query, key, value, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=True)
         # Grouped-query attention: the fused kernel reads the shared key/value heads in place (no expanded copy
