@@ -3,10 +3,11 @@
 # image has Python 3.12 with torch, accelerate and an older transformers and peft, but not the rest). transformers and
 # peft travel too: the image's transformers (5.17 when last listed) predates TrainingArguments.activation_checkpointing
 # (5.23), which tunesmith's trainer sets. Downloads them into .whl/ at the repository root, at the versions this
-# checkout's .venv has (unpinned where it lacks one), for CPython 3.12 on x86_64 Linux. About 62 MB, which with the
-# working tree comes to about 61 MiB: under the device tool's 64 MiB a call. Then one device call, with `.whl` in its
+# checkout's .venv has (unpinned where it lacks one), for CPython 3.12 on x86_64 Linux. About 63 MB, which with the
+# working tree comes to about 62 MiB: under the device tool's 64 MiB a call. Then one device call, with `.whl` in its
 # carry, runs benchmarks/gpu_check.sh (its header has the call), which installs them and runs both shapes.
-# Not yet run on a device: gpu_check.sh prints the versions and tries every import before any run.
+# Not yet run on a device: gpu_check.sh prints the versions and tries every import before any run. Rehearsed on a CPU
+# over the image's listed versions (docs/benchmarks.md, GPU section).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
@@ -20,4 +21,10 @@ for name in $PACKAGES; do
     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 \
     --platform any -d .whl "${name}${version:+==$version}"
 done
+# datasets 5.2 calls pyarrow.json_ (pyarrow 19) at import; the image's pyarrow version was never read. Should it be
+# older, gpu_check.sh falls back to datasets 4.0, the last that accepts pyarrow 15, with the dill and multiprocess it
+# pins. They wait in their own folder: two versions of one package in one install stop it.
+mkdir -p .whl/old-pyarrow
+python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp --platform any \
+  -d .whl/old-pyarrow datasets==4.0.0 dill==0.3.8 multiprocess==0.70.16
 du -sh .whl

@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,32 @@ def test_gpu_check_dry_run_completes_every_variant(tmp_path):
     assert [(r["model"], r["variant"]) for r in records] == GPU_SCHEDULE  # kept as each run finished, in this order
     assert all(r["tokens_per_s"] > 0 and not r["error"] for r in records)
     assert (tmp_path / "gpu_throughput.txt").read_text().count(" tokens/s, peak ") == 8
+
+
+def test_gpu_check_puts_the_old_pyarrow_wheels_in_front_when_datasets_does_not_import(tmp_path):
+    """The device image's pyarrow was never read; datasets 5.2 needs pyarrow 19 at import. A datasets that fails to
+    import stands in for that here, and a stub wheel for the fallback (datasets 4.0) that gpu_wheels.sh downloads."""
+    broken = tmp_path / "broken" / "datasets"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("raise AttributeError(\"module 'pyarrow' has no attribute 'json_'\")\n")
+    old = tmp_path / "wheels" / "old-pyarrow"
+    old.mkdir(parents=True)
+    info = "datasets-0.0.1.dist-info"
+    files = {"datasets/__init__.py": "", f"{info}/METADATA": "Metadata-Version: 2.1\nName: datasets\nVersion: 0.0.1\n",
+             f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    files[f"{info}/RECORD"] = "".join(f"{name},,\n" for name in [*files, f"{info}/RECORD"])
+    with zipfile.ZipFile(old / "datasets-0.0.1-py3-none-any.whl", "w") as wheel:
+        for name, text in files.items():
+            wheel.writestr(name, text)
+    env = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path), "WHEELS": str(tmp_path / "wheels"),
+           "SITE": str(tmp_path / "site"), "PYTHONPATH": str(tmp_path / "broken")}
+    proc = subprocess.run(["bash", str(BENCHMARKS / "gpu_check.sh"), "--dry-run"], capture_output=True, text=True,
+                          cwd=tmp_path, env=env, timeout=300)
+    output = proc.stdout + proc.stderr
+    assert re.search(r"datasets does not import \(AttributeError: module 'pyarrow' has no attribute 'json_'; "
+                     r"pyarrow \d+\.\d+\.\d+\), so \S+/old-pyarrow/ goes in front", output), output[-3000:]
+    assert (tmp_path / "site-old" / "datasets" / "__init__.py").exists()
+    assert re.search(r"\bdatasets 0\.0\.1\b", output), output[-3000:]  # the fallback, not the broken one, is found
 
 
 GPU_SCHEDULE = [("llama-3.2-1b", "hf"), ("llama-3-8b", "hf"), ("llama-3.2-1b", "tunesmith-chunked"),
