@@ -194,8 +194,8 @@ def test_packing_keeps_samples_apart_and_matches_padded_training(stories_dir, tm
     assert tokens_seen(tmp_path / "packed") == tokens_seen(tmp_path / "padded") > 0
 
 
-def test_packing_auto_packs_only_where_the_cpu_causal_kernel_attends(tmp_path):
-    from peft import PromptTuningConfig, get_peft_model
+def test_packing_auto_packs_only_where_attention_computes_each_sample_alone(tmp_path):
+    from peft import LoraConfig, PromptTuningConfig, get_peft_model
     from rich.console import Console
 
     from tunesmith.training.run import _resolve_packing
@@ -215,7 +215,13 @@ def test_packing_auto_packs_only_where_the_cpu_causal_kernel_attends(tmp_path):
     chosen = lambda model, kernel, config=cfg: _resolve_packing(config, model, kernel, console).data.packing
     assert chosen(llama, kernel=True) is True
     assert "packing: each batch's samples in one row" in console.export_text()
-    assert chosen(llama, kernel=False) is False
+    assert chosen(llama, kernel=False) is False  # SDPA would compute each packed row's whole square
+    for flash in ("flash_attention_2", "flash_attention_3", "kernels-community/flash-attn2"):  # varlen on GPU
+        flash_llama = AutoModelForCausalLM.from_config(_tiny_config("llama", 64))
+        flash_llama.config._attn_implementation = flash  # the name is all that decides; no FlashAttention here
+        assert chosen(flash_llama, kernel=False) is True, flash
+        assert chosen(get_peft_model(flash_llama, LoraConfig(task_type="CAUSAL_LM", r=2)), kernel=False) is True
+    assert "attending only within each sample on varlen FlashAttention" in console.export_text()
     assert chosen(prompt_tuned, kernel=True) is False  # virtual tokens would land inside the packed row
     assert chosen(NoPositions(), kernel=True) is False  # nothing would keep the samples apart
     for explicit in (True, False):

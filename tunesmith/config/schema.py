@@ -47,7 +47,8 @@ class DataConfig(StrictModel):
     packing: bool | Literal["auto"] = Field(
         "auto", description="Padding-free packing: a batch's samples in one row, position ids restarting per "
                             "sample. auto packs where attention computes each packed sample alone (tunesmith's CPU "
-                            "causal attention kernel), else batches are length-grouped and padded")
+                            "causal attention kernel; FlashAttention's varlen path), else batches are "
+                            "length-grouped and padded")
     num_samples: int | None = Field(None, gt=0, description="Total training samples drawn when mixing")
     seed: int = 42
     cache: bool = Field(True, description="Reuse the tokenised data of an identical earlier run (fingerprinted; "

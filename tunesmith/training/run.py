@@ -231,15 +231,26 @@ def _takes_position_ids(model) -> bool:
 def _resolve_packing(cfg: RunConfig, model, kernel: bool, console: Console) -> RunConfig:
     """`data.packing: auto` packs where attention computes each packed sample alone: tunesmith's CPU causal kernel
     (`kernel`), which takes packed rows as segments: as fast as length-grouped padding there, with less memory
-    (docs/benchmarks.md). SDPA would compute each packed row's whole square under a block-diagonal mask, so elsewhere
-    batches are padded. Returns the config with the choice made (the run's config.yaml records it)."""
+    (docs/benchmarks.md); and FlashAttention (2, 3 or a hub kernel of it), whose varlen path transformers takes for a
+    packed row's restarted position ids, so no token of padding or of another sample is computed (not measured here:
+    no GPU). SDPA would compute each packed row's whole square under a block-diagonal mask, so elsewhere batches are
+    padded. Returns the config with the choice made (the run's config.yaml records it)."""
     if cfg.data.packing != "auto":
         return cfg
-    packing = kernel and _takes_position_ids(model) and not has_virtual_tokens(model)
+    attention = "the CPU causal kernel" if kernel else "varlen FlashAttention" if _flash_attention(model) else None
+    packing = attention is not None and _takes_position_ids(model) and not has_virtual_tokens(model)
     if packing:
-        console.print("packing: each batch's samples in one row, attending only within each sample on the CPU "
-                      "causal kernel, no padding (data.packing auto; false pads length-grouped batches)")
+        console.print(f"packing: each batch's samples in one row, attending only within each sample on {attention}, "
+                      f"no padding (data.packing auto; false pads length-grouped batches)")
     return cfg.model_copy(update={"data": cfg.data.model_copy(update={"packing": packing})})
+
+
+def _flash_attention(model) -> bool:
+    from transformers.utils.generic import is_flash_attention_requested
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(base, "config", None)
+    return config is not None and is_flash_attention_requested(config)
 
 
 def _check_context(cfg: RunConfig, model) -> None:
