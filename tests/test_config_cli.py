@@ -139,3 +139,19 @@ def test_methods_command_lists_the_core_methods(capsys):
     out = capsys.readouterr().out
     for name in ("full", "lora", "qlora", "dora", "rslora"):
         assert name in out
+
+
+def test_the_cli_drops_bitsandbytes_hint_about_hub_kernels():
+    """bitsandbytes logs a hint about a hub-fetched CPU kernel at import on AVX512-BF16 CPUs; PEFT imports it, so
+    every LoRA command printed it. The CLI drops that one message."""
+    def stderr_of(code: str) -> str:
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300).stderr
+
+    hint = "Failed to load CPU gemm_4bit_forward from kernels-community"
+    if hint not in stderr_of("import bitsandbytes"):
+        pytest.skip("this CPU or bitsandbytes version does not log the hint")
+    quiet = stderr_of("from tunesmith.cli.main import quiet_library_chatter\n"
+                      "quiet_library_chatter()\n"
+                      "import logging, bitsandbytes\n"
+                      "logging.getLogger('bitsandbytes.backends.cpu.ops').warning('another message')")
+    assert hint not in quiet and "another message" in quiet

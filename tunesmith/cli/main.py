@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import sys
 import warnings
@@ -111,6 +112,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _DropMessage(logging.Filter):
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
+
+
+def quiet_library_chatter() -> None:
+    """Messages from the libraries underneath that a tunesmith user cannot act on."""
+    warnings.filterwarnings("ignore", category=FutureWarning)  # deprecations inside the libraries
+    # bitsandbytes logs this when imported on an AVX512-BF16 CPU without the `kernels` package, which fetches kernels
+    # from the Hugging Face hub. PEFT imports bitsandbytes, so every LoRA command printed it, quantised or not. The
+    # kernel it names serves one-row 4-bit inference (gemv); bitsandbytes' built-in path is used instead.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(
+        _DropMessage("Failed to load CPU gemm_4bit_forward from kernels-community"))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -127,8 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     args.may_restart = argv is None
     # Long paths in messages must stay on one line so that file, line and field can be read (and grepped).
     console = Console(stderr=True, soft_wrap=True)
-    # Deprecation chatter from the libraries underneath is not actionable for a tunesmith user.
-    warnings.filterwarnings("ignore", category=FutureWarning)
+    quiet_library_chatter()
     try:
         return int(args.func(args) or 0)
     except TunesmithError as exc:

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from ..config.schema import ModelConfig
-from ..errors import ModelError
+from ..errors import ConfigError, ModelError
 from ..hardware import native_bf16_cpu
 
 RUN_META = "tunesmith_run.json"
@@ -108,8 +108,14 @@ def materialize_gguf(gguf: Path) -> Path:
     return out
 
 
-def _wrap_load_error(ref: str, exc: Exception) -> ModelError:
+def _wrap_load_error(ref: str, exc: Exception, attn_implementation: str | None = None) -> ModelError | ConfigError:
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    # transformers refuses an attention implementation it does not know (ValueError) or cannot import (ImportError:
+    # flash-attn, or the `kernels` package for a hub kernel); that is the config's field, not the model's.
+    if attn_implementation and (isinstance(exc, ImportError) or "attn_implementation" in text):
+        return ConfigError(f"'{attn_implementation}' cannot be used: {text}",
+                           where="model.attn_implementation",
+                           hint="leave it unset (sdpa), or install what the message names")
     hint = None
     if "offline" in text.lower() or "connect" in text.lower() or "resolve" in text.lower() \
             or "not a valid model identifier" in text or "Repository Not Found" in text:
@@ -137,6 +143,14 @@ def model_load_kwargs(cfg: ModelConfig, dtype: torch.dtype | None = None,
     ref, kwargs = _source_kwargs(cfg)
     kwargs["dtype"] = dtype or resolve_dtype(cfg.dtype)
     if cfg.attn_implementation:
+        from transformers.utils.generic import is_flash_attention_requested
+
+        if is_flash_attention_requested(requested_attention_implementation=cfg.attn_implementation) \
+                and not torch.cuda.is_available():
+            raise ConfigError(f"'{cfg.attn_implementation}' is FlashAttention, which runs on CUDA GPUs only",
+                              where="model.attn_implementation",
+                              hint="leave it unset on CPU: sdpa, and tunesmith's CPU causal attention kernel where "
+                                   "it applies (training.cpu_causal_attention)")
         kwargs["attn_implementation"] = cfg.attn_implementation
     kwargs.update(extra or {})
     return ref, kwargs
@@ -148,8 +162,8 @@ def load_model(cfg: ModelConfig, *, dtype: torch.dtype | None = None, extra: dic
     ref, kwargs = model_load_kwargs(cfg, dtype, extra)
     try:
         return AutoModelForCausalLM.from_pretrained(ref, **kwargs)
-    except (OSError, ValueError, KeyError) as exc:
-        raise _wrap_load_error(ref, exc) from None
+    except (OSError, ValueError, KeyError, ImportError) as exc:
+        raise _wrap_load_error(ref, exc, cfg.attn_implementation) from None
 
 
 @dataclass

@@ -27,8 +27,8 @@ def load_classification_model(cfg: ModelConfig, label_names: list[str], *, pad_t
         model = AutoModelForSequenceClassification.from_pretrained(
             ref, num_labels=len(label_names), id2label=dict(enumerate(label_names)),
             label2id={name: i for i, name in enumerate(label_names)}, **kwargs)
-    except (OSError, ValueError, KeyError) as exc:
-        raise _wrap_load_error(ref, exc) from None
+    except (OSError, ValueError, KeyError, ImportError) as exc:
+        raise _wrap_load_error(ref, exc, cfg.attn_implementation) from None
     model.config.problem_type = "single_label_classification"
     # Decoders classify from the last non-padding token, found through pad_token_id: it must be set.
     if getattr(model.config, "pad_token_id", None) is None:
