@@ -96,6 +96,12 @@ def test_attention_function_takes_only_the_calls_it_computes_exactly(kernel, mon
     ca.attention_forward(module, q.float(), k.float(), v.float(), None)  # fp32 without autocast
     ca.attention_forward(module, q[:, :, -1:], k, v, None)  # one query against a cache
     assert calls == [1]
+    # torch.compile cannot trace the extension: compiled code attends through SDPA, with no graph break
+    compiled = torch.compile(lambda q, k, v: ca.attention_forward(module, q, k, v, None)[0], backend="eager",
+                             fullgraph=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.allclose(compiled(q.float(), k, v).float(), reference, atol=3e-2)
+    assert calls == [1]
 
 
 def _packed(lengths_per_row, heads, kv_heads, dim, seed=0):
@@ -294,3 +300,21 @@ def test_a_cpu_bf16_run_packs_its_batches_onto_the_kernel(kernel, stories_dir, t
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["data"]["packing"] is True
     # every call a single row; the steps' rows hold four samples (the one-sample calls are first-batch probes)
     assert all(rows == 1 for rows, _ in segments_seen) and segments_seen.count((1, 4)) >= 2
+
+
+def test_a_compiled_run_keeps_sdpa_and_does_not_pack(stories_dir):
+    """`training.torch_compile`: the kernel cannot be traced, so the run attends through SDPA and `auto` pads."""
+    from rich.console import Console
+    from transformers import AutoModelForCausalLM
+
+    from tunesmith.training.run import _resolve_packing, _use_cpu_causal_attention
+
+    from .test_training import make_config
+
+    model = AutoModelForCausalLM.from_pretrained(stories_dir, attn_implementation="sdpa")
+    cfg = make_config(stories_dir, "unused", torch_compile=True)
+    console = Console(record=True, width=200)
+    assert _use_cpu_causal_attention(cfg, model, torch.bfloat16, console) is None
+    assert model.config._attn_implementation == "sdpa"
+    assert "not under training.torch_compile" in console.export_text()
+    assert _resolve_packing(cfg, model, False, console).data.packing is False

@@ -172,7 +172,10 @@ def attention_forward(module, query, key, value, attention_mask, dropout: float 
     """transformers' attention-function signature: the kernel where it computes exactly this call, SDPA otherwise."""
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     window = kwargs.get("sliding_window")
-    if (_KERNEL.module is not None and not _sdpa_only and causal and position_bias is None and not dropout
+    # torch.compile cannot trace the extension (a pybind function, not a registered op): it would break the graph at
+    # every layer and recompile until its limit; compiled code attends through SDPA.
+    if (_KERNEL.module is not None and not _sdpa_only and not torch.compiler.is_compiling() and causal
+            and position_bias is None and not dropout
             and kwargs.get("softcap") is None and not kwargs.get("output_attentions")
             and (window is None or window >= key.shape[2]) and query.device.type == "cpu"
             and query.shape[2] == key.shape[2] > 1 and query.shape[1] % key.shape[1] == 0

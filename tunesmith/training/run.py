@@ -174,8 +174,13 @@ def _train_causal_lm(cfg: RunConfig, *, resume: bool, console: Console | None,
 
 def _use_cpu_causal_attention(cfg: RunConfig, model, compute_dtype: torch.dtype, console: Console) -> str | None:
     """`training.cpu_causal_attention`: CPU bf16 runs attend through the causal kernel; returns the attention to
-    restore after training (None: unchanged)."""
+    restore after training (None: unchanged). Not under `training.torch_compile`, whose graphs attend through SDPA
+    (the kernel is not traceable), so that `data.packing: auto` does not pack for a kernel that will not run."""
     if torch.cuda.is_available() or compute_dtype != torch.bfloat16 or not cfg.training.cpu_causal_attention:
+        return None
+    if cfg.training.torch_compile:
+        console.print("[dim]CPU causal attention kernel: not under training.torch_compile (it cannot be traced); "
+                      "attention runs on SDPA[/]")
         return None
     if getattr(model.config, "_attn_implementation", None) != "sdpa":
         return None
