@@ -64,6 +64,18 @@ def test_override_turns_a_string_method_into_a_mapping():
     assert raw["method"] == {"name": "lora", "r": 2}
 
 
+def test_override_indexes_into_lists():
+    raw = {"data": {"train": [{"path": "a.json"}, {"path": "b.json"}]}}
+    apply_override(raw, "data.train.1.max_samples=20")
+    apply_override(raw, "data.train.2.path=c.json")  # the length appends
+    apply_override(raw, "model.target_modules.0=q_proj")  # a missing key is still made as a mapping
+    assert raw["data"]["train"] == [{"path": "a.json"}, {"path": "b.json", "max_samples": 20}, {"path": "c.json"}]
+    assert raw["model"] == {"target_modules": {"0": "q_proj"}}
+    for bad in ("data.train.5.path=x", "data.train.first.path=x"):
+        with pytest.raises(ConfigError, match=r"data.train is a list of 3; '(5|first)' is not an index of it"):
+            apply_override(raw, bad)
+
+
 @pytest.mark.parametrize("change, expected", [
     ({"training": {"learing_rate": 1e-4}}, "training.learing_rate: unknown key"),
     ({"training": {"batch_size": "four"}}, "training.batch_size"),

@@ -45,15 +45,28 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     value = yaml.safe_load(text) if text.strip() else None
     node = raw
     parts = key.strip().split(".")
-    for part in parts[:-1]:
-        child = node.get(part)
-        if isinstance(node.get(part), str) and part == "method":
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        if isinstance(node, list):  # data.train.0.max_samples: an index into a list (len appends an entry)
+            if not part.isdigit() or int(part) > len(node):
+                where = ".".join(parts[:depth])
+                raise ConfigError(f"override '{item}': {where} is a list of {len(node)}; '{part}' is not an index "
+                                  f"of it", hint=f"use {where}.0 to {where}.{len(node)} ({len(node)} appends)")
+            if int(part) == len(node):
+                node.append({})
+            part = int(part)
+            child = node[part]
+        else:
+            child = node.get(part)
+        if last:
+            node[part] = value
+            break
+        if isinstance(child, str) and part == "method":
             child = {"name": child}
-        if not isinstance(child, dict):
+        if not isinstance(child, (dict, list)):
             child = {}
         node[part] = child
         node = child
-    node[parts[-1]] = value
 
 
 def validate_config(raw: dict[str, Any], source: str = "config") -> RunConfig:
