@@ -98,6 +98,27 @@ def test_cpu_threads_default_to_physical_cores(tmp_path):
         torch.set_num_threads(before)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU behaviour")
+def test_more_threads_than_cpus_is_warned(stories_dir, tmp_path):
+    from io import StringIO
+
+    from rich.console import Console
+
+    from tunesmith.hardware import usable_cpus
+    from tunesmith.training.run import train
+
+    from .test_training import make_config
+
+    before = torch.get_num_threads()
+    log = StringIO()
+    try:
+        train(make_config(stories_dir, tmp_path / "run", max_steps=1, cpu_threads=usable_cpus() + 1),
+              console=Console(file=log, width=300))
+    finally:
+        torch.set_num_threads(before)
+    assert f"warning: training.cpu_threads {usable_cpus() + 1} is more than the {usable_cpus()} CPUs" in log.getvalue()
+
+
 @pytest.mark.parametrize("field", ["liger_kernel", "activation_offload"])
 def test_gpu_only_options_on_cpu_are_config_errors(tmp_path, field):
     with pytest.raises(ConfigError) as error:

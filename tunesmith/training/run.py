@@ -26,7 +26,7 @@ from ..methods.registry import get_method
 from ..models.loading import RUN_META, load_model, load_tokenizer, training_compute_dtype, training_load_dtype
 from ..models.pypi_models import default_cache_root
 from ..models.targets import count_parameters
-from ..hardware import native_bf16_cpu
+from ..hardware import native_bf16_cpu, usable_cpus
 from .arguments import build_training_arguments, configure_cpu_runtime
 from .cpu_memory import choose_cpu_allocator, configure_cpu_allocator, release_free_memory, tcmalloc_tip
 from .cpu_layers import apply_cpu_layers
@@ -73,7 +73,10 @@ def _train_causal_lm(cfg: RunConfig, *, resume: bool, console: Console | None,
     run_dir = Path(cfg.training.output_dir)
     checkpoint = _checkpoint_to_resume(run_dir, resume, console)
     set_seed(cfg.training.seed)
-    configure_cpu_runtime(cfg)
+    threads = configure_cpu_runtime(cfg)
+    if threads and threads > usable_cpus():
+        console.print(f"[yellow]warning:[/] training.cpu_threads {threads} is more than the {usable_cpus()} CPUs this "
+                      f"process may use; oversubscribed threads wait on each other (unset it for the physical cores)")
     method = get_method(cfg.method.name)
     compute_dtype = training_compute_dtype(cfg.model.dtype, bf16_safe=method.bf16_autocast_safe(cfg.method))
 
