@@ -129,6 +129,38 @@ def test_qlora_trains_on_cpu_with_nf4_double_quant(stories_dir, tmp_path):
     assert adapter and all(".self_attn." in k for k in adapter)
 
 
+def test_qlora_gradients_are_the_same_after_an_evaluation(stories_dir, tmp_path):
+    """bitsandbytes repacks a 4-bit layer for its AVX512-BF16 inference kernel when it runs in eval mode without
+    grad (Trainer's evaluation) and keeps it so until a checkpoint is saved; a repacked layer passes no gradient to
+    its input. The steps after an evaluation must get the gradients they would have got without it. Widths of 128
+    and 256 are ones it can repack (one it cannot tile, such as stories260K's 172, made it crash instead)."""
+    pytest.importorskip("bitsandbytes")
+    from transformers import AutoTokenizer, LlamaConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(stories_dir)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256)).save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+
+    def gradient_norms(eval_steps: int) -> list[float]:
+        norms = []
+
+        class Watch(TrainerCallback):
+            def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+                norms.append(sum(p.grad.norm().item() for n, p in model.named_parameters() if "layers.0." in n
+                                 and p.grad is not None))
+
+        # save_steps stays 100: a checkpoint's save undoes the repacking, which hid the fault at the defaults
+        train(make_config(tmp_path / "model", tmp_path / f"run{eval_steps}", {"name": "qlora"},
+                          data={"val_size": 0.1}, max_steps=5, eval_steps=eval_steps), extra_callbacks=[Watch()])
+        return norms
+
+    evaluated, plain = gradient_norms(2), gradient_norms(100)
+    assert len(evaluated) == 5 and evaluated == pytest.approx(plain, rel=1e-3), (evaluated, plain)
+
+
 class Crash(TrainerCallback):
     """Simulates the process dying right after a checkpoint was written."""
 

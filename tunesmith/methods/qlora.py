@@ -49,6 +49,18 @@ class QLoraMethod(LoraMethod):
     def prepare(self, model, opts, *, gradient_checkpointing, total_steps=None):
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
                                                 gradient_checkpointing_kwargs={"use_reentrant": False})
+        keep_trainable_layout(model)
         config = self.peft_config(model, opts, total_steps)
         config.use_dora = opts.use_dora
         return get_peft_model(model, config)
+
+
+def keep_trainable_layout(model: torch.nn.Module) -> None:
+    """On a CPU with AVX512-BF16, bitsandbytes (0.50.2 checked) repacks a 4-bit weight for its inference kernel the
+    first time the layer runs in eval mode without grad, as Trainer's evaluation does, and keeps it repacked. A
+    repacked layer passes no gradient to its input, so after the first evaluation no adapter below it trained again,
+    silently; and the repacking fails outright for widths it cannot tile (not a multiple of 32). The layer's own
+    switch for that path is turned off for training."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
