@@ -16,6 +16,10 @@ step needs — forward 2·N·tokens plus attention 4·layers·seq·hidden·token
 again for the input gradients (the frozen base needs no weight gradients; LoRA's are negligible) — over the GPU's
 dense bf16 peak (--peak-tflops; 989 for H100/H200 SXM); recomputation by checkpointing is not counted.
 
+"planned GiB" is `tunesmith plan`'s prediction for the same run (planning/memory.py, from the config alone),
+less its runtime allowance: the tensors' peak, which is what torch.cuda.max_memory_allocated measures. It runs on
+the CPU in a process of its own beside the GPU runs. Liger's fused kernels are not modelled: their rows have none.
+
     python benchmarks/gpu_throughput.py                     # on a CUDA machine (e.g. the device tool)
     python benchmarks/gpu_throughput.py --only llama-3.2-1b # one shape
     python benchmarks/gpu_throughput.py --budget-s 420 --jsonl runs.jsonl  # within a time limit, kept as it goes
@@ -131,6 +135,28 @@ def worker(args) -> None:
                                              "peak_gib": peak, "liger": training.use_liger_kernel}))
 
 
+def planned_peaks(args) -> None:
+    """The planner's peak tensor memory for each run that it models, as JSON in --plan-out."""
+    sys.path.insert(0, str(ROOT))
+    from transformers import LlamaConfig
+
+    from tunesmith.planning.memory import PlanRequest, plan_memory
+
+    planned = {}
+    for name, shape in json.loads(args.plan_shapes).items():
+        config = LlamaConfig(**SHAPES[shape], max_position_embeddings=max(args.seq, 256))
+        for variant in ("hf", "tunesmith-chunked"):  # the plain HF loss, and tunesmith's chunked one
+            chunked = variant == "tunesmith-chunked"
+            request = PlanRequest(
+                method=RUNS[name], method_options={"r": 16, "alpha": 32, "dropout": 0.0,
+                                                   "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]},
+                batch=args.batch, seq=args.seq, gradient_checkpointing=RUNS[name] == "qlora", optimizer="adamw",
+                device="cuda", supervised_share=0.5 if chunked else 1.0, chunked_loss=chunked)
+            plan = plan_memory(config, request)
+            planned[f"{name}|{variant}"] = (plan.peak - plan.overhead) / 2**30
+    Path(args.plan_out).write_text(json.dumps(planned))
+
+
 def schedule(shapes: list[str], variants: list[str]) -> list[tuple[str, str]]:
     """Variant-major order: every shape gets its baseline and tunesmith's default before any shape gets the rest, so
     a call that runs out of time (--budget-s) still returns the comparisons that matter most."""
@@ -138,8 +164,26 @@ def schedule(shapes: list[str], variants: list[str]) -> list[tuple[str, str]]:
     return [(shape, v) for v in first + [v for v in variants if v not in first] for shape in shapes]
 
 
+def collect_plan(planner: subprocess.Popen, plan_file: Path) -> dict[str, float]:
+    """The planner's figures; it has had the whole of the GPU runs to finish, so it gets half a minute more."""
+    try:
+        _, stderr = planner.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        planner.kill()
+        print("planner: not done in time; no planned figures", flush=True)
+        return {}
+    if planner.returncode or not plan_file.exists():
+        print("planner failed: " + " | ".join(stderr.strip().splitlines()[-3:])[-300:], flush=True)
+        return {}
+    planned = json.loads(plan_file.read_text())
+    print("planned peak GiB (tensors): " + ", ".join(f"{k} {gib(v)}" for k, v in planned.items()), flush=True)
+    return planned
+
+
 def gib(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"  # None: a CPU dry run, where torch keeps no peak
+    if value is None:  # a CPU dry run, where torch keeps no peak; or a figure the planner does not give
+        return "-"
+    return f"{value:.2f}" if value >= 0.1 else f"{value:.4f}"  # a dry run's tiny shapes
 
 
 def run_job(args, name: str, shape: str, variant: str, tmp: str,
@@ -174,11 +218,15 @@ def main() -> None:
                         "after it is skipped, one still going when it ends is stopped (for time-limited machines)")
     parser.add_argument("--jsonl", help="also append each run's result to this file as it finishes, so a call "
                         "stopped part way keeps what it measured")
-    for hidden in ("--worker", "--shape", "--method", "--variant", "--result", "--out"):
+    for hidden in ("--worker", "--shape", "--method", "--variant", "--result", "--out", "--plan-out",
+                   "--plan-shapes"):
         parser.add_argument(hidden, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker(args)
+        return
+    if args.plan_out:
+        planned_peaks(args)
         return
 
     import torch
@@ -198,6 +246,11 @@ def main() -> None:
     shape_of = {name: "tiny" if args.dry_run else name for name in shapes}  # a dry run trains tiny ones instead
     results: dict[tuple[str, str], tuple[dict | None, str, str]] = {}
     with tempfile.TemporaryDirectory(prefix="gpu_throughput-") as tmp:
+        plan_file = Path(tmp) / "planned.json"
+        planner = subprocess.Popen(  # on the CPU, beside the GPU runs
+            [sys.executable, __file__, "--plan-out", str(plan_file), "--plan-shapes", json.dumps(shape_of),
+             "--seq", str(args.seq), "--batch", str(args.batch)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
         for name, variant in schedule(shapes, variants):
             left = args.budget_s - (time.monotonic() - started) if args.budget_s is not None else None
             if left is not None and left <= 0:
@@ -214,23 +267,25 @@ def main() -> None:
                 with open(args.jsonl, "a") as f:
                     f.write(json.dumps({"model": name, "method": RUNS[name], "variant": variant, "device": device,
                                         "seq": args.seq, "wall_s": round(wall, 1), "error": error, **(r or {})}) + "\n")
+        planned = collect_plan(planner, plan_file)
     table = Table(title=f"GPU training throughput, seq {args.seq}, batch {args.batch}, {args.steps} steps "
                         f"({args.warmup} warm-up) on {device}")
-    for column in ("model", "method", "variant", "tokens/s", "s/step", "MFU", "peak GiB", "vs hf"):
+    for column in ("model", "method", "variant", "tokens/s", "s/step", "MFU", "peak GiB", "planned GiB", "vs hf"):
         table.add_column(column, justify="left" if column in ("model", "method", "variant") else "right")
     for name in shapes:
         baseline = (results.get((name, "hf")) or (None,))[0]
         for variant in variants:
             r, state, error = results[name, variant]
+            plan = gib(planned.get(f"{name}|{variant}"))
             if r is None:
-                table.add_row(name, RUNS[name], variant, state, "", "", "", error)
+                table.add_row(name, RUNS[name], variant, state, "", "", "", plan, error)
                 continue
             mfu = r["tokens_per_s"] * model_flops_per_token(SHAPES[shape_of[name]], args.seq) / (
                 peak * 1e12) if peak else None
             no_liger = not r["liger"] and variant in ("hf+liger", "tunesmith")
             table.add_row(name, RUNS[name], variant + (" (no Liger: CPU)" if no_liger else ""),
                           f"{r['tokens_per_s']:,.0f}", f"{r['s_per_step']:.3f}", f"{100 * mfu:.1f}%" if mfu else "-",
-                          gib(r["peak_gib"]),
+                          gib(r["peak_gib"]), plan,
                           f"{r['tokens_per_s'] / baseline['tokens_per_s']:.2f}x" if baseline else "")
     console.print(table)
     console.print(f"conditions: torch {torch.__version__}, bf16 {'on' if cuda else 'off'}, LoRA r=16 q/k/v/o, "

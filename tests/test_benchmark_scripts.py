@@ -64,6 +64,10 @@ def test_gpu_check_dry_run_completes_every_variant(tmp_path):
     assert [(r["model"], r["variant"]) for r in records] == GPU_SCHEDULE  # kept as each run finished, in this order
     assert all(r["tokens_per_s"] > 0 and not r["error"] for r in records)
     assert (tmp_path / "gpu_throughput.txt").read_text().count(" tokens/s, peak ") == 8
+    # the planner's figure beside each run it models (the plain HF loss and tunesmith's chunked one), not Liger's
+    planned = {row.split("│")[3].strip(): row.split("│")[8].strip() for row in rows if "llama-3-8b" in row}
+    assert all(re.fullmatch(r"\d+\.\d+", planned[v]) and float(planned[v]) > 0 for v in ("hf", "tunesmith-chunked"))
+    assert planned["hf+liger (no Liger: CPU)"] == planned["tunesmith (no Liger: CPU)"] == "-"
 
 
 def test_gpu_check_puts_the_old_pyarrow_wheels_in_front_when_datasets_does_not_import(tmp_path):
