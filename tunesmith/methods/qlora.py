@@ -56,7 +56,7 @@ class QLoraMethod(LoraMethod):
 
 
 def keep_trainable_layout(model: torch.nn.Module) -> None:
-    """On a CPU with AVX512-BF16, bitsandbytes (0.50.2 checked) repacks a 4-bit weight for its inference kernel the
+    """On a CPU with AVX512-BF16, bitsandbytes (0.49 onwards; 0.50.2 checked) repacks a 4-bit weight for its inference kernel the
     first time the layer runs in eval mode without grad, as Trainer's evaluation does, and keeps it repacked until a
     checkpoint's save undoes it. A repacked layer passes no gradient to its input through the base weight, so the
     adapters below it got wrong gradients (or none) in the steps between an evaluation and the next save, silently;
