@@ -56,12 +56,12 @@ class QLoraMethod(LoraMethod):
 
 
 def keep_trainable_layout(model: torch.nn.Module) -> None:
-    """On a CPU with AVX512-BF16, bitsandbytes (0.49 onwards; 0.50.2 checked) repacks a 4-bit weight for its inference kernel the
-    first time the layer runs in eval mode without grad, as Trainer's evaluation does, and keeps it repacked until a
-    checkpoint's save undoes it. A repacked layer passes no gradient to its input through the base weight, so the
-    adapters below it got wrong gradients (or none) in the steps between an evaluation and the next save, silently;
-    and the repacking fails outright for widths it cannot tile (not a multiple of 32). The layer's own switch for
-    that path is turned off for training."""
+    """On a CPU with AVX512-BF16, bitsandbytes (0.49 onwards; 0.50.2 checked) repacks a 4-bit weight for its
+    inference kernel the first time the layer runs in eval mode without grad, as Trainer's evaluation does, and keeps
+    it repacked until a checkpoint's save undoes it. A repacked layer passes no gradient to its input through the
+    base weight, so the adapters below it got wrong gradients (or none) in the steps between an evaluation and the
+    next save, silently; and the repacking fails outright for widths it cannot tile (not a multiple of 32). The
+    layer's own switch for that path is turned off for training."""
     for module in model.modules():
         if hasattr(module, "support_avx512bf16_for_cpu"):
             module.support_avx512bf16_for_cpu = False
