@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from tunesmith.cli.main import main
+from tunesmith.errors import ConfigError
 from tunesmith.planning import PlanRequest, exact_counts, load_model_config, plan_memory
 from tunesmith.planning.activations import cpu_fused_sdpa_reads_shared_kv
 from tunesmith.methods.registry import get_method
@@ -84,6 +85,18 @@ def test_qlora_weights_are_nf4_with_double_quantised_constants(folders):
     cuda = plan_memory(config, PlanRequest(method="qlora", seq=32, device="cuda"))
     assert cpu.checkpoint_pages == counts.quantized * 4 and cuda.checkpoint_pages == 0
     assert "checkpoint pages read to quantise" in cpu.components()
+
+
+def test_a_gpu_plan_with_flash_attention_needs_no_flash_attn_here(folders):
+    """Plans for a GPU are made where flash-attn is not installed (this CPU): FlashAttention keeps what SDPA's flash
+    backend keeps, so SDPA stands in for the trace. An unknown implementation names its field."""
+    config = load_model_config(str(folders["llama"]))
+    plans = [plan_memory(config, PlanRequest(seq=64, device="cuda", attn_implementation=name))
+             for name in ("flash_attention_2", "kernels-community/flash-attn2", "sdpa")]
+    assert plans[0].peak == plans[1].peak == plans[2].peak > 0
+    with pytest.raises(ConfigError, match="'foo' cannot be used") as caught:
+        plan_memory(config, PlanRequest(seq=64, attn_implementation="foo"))
+    assert caught.value.where == "model.attn_implementation (--attn)"
 
 
 def test_config_json_and_folder_agree(folders):

@@ -76,14 +76,23 @@ def build_meta_model(config, dtype: torch.dtype, attn_implementation: str | None
     """The causal-LM model for `config` with every tensor on the meta device (torch's own device context, which
     also places buffers there, unlike accelerate's init_empty_weights, so a meta forward pass can run)."""
     from transformers import AutoModelForCausalLM
+    from transformers.utils.generic import is_flash_attention_requested
 
+    # FlashAttention keeps for backward what SDPA's flash backend keeps (inputs, output, log-sum-exp), and a plan for
+    # a GPU is often made where flash-attn is not installed (or cannot be: a CPU machine), so SDPA stands in.
+    if attn_implementation and is_flash_attention_requested(requested_attention_implementation=attn_implementation):
+        attn_implementation = "sdpa"
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     try:
         with torch.device("meta"), _silenced():
             model = AutoModelForCausalLM.from_config(config, dtype=dtype, **kwargs)
     except (ValueError, KeyError, ImportError) as exc:
+        text = str(exc).splitlines()[0]
+        if attn_implementation and "attn_implementation" in text:
+            raise ConfigError(f"'{attn_implementation}' cannot be used: {text}",
+                              where="model.attn_implementation (--attn)") from None
         raise ModelError(f"cannot build a causal LM for model type '{getattr(config, 'model_type', '?')}': "
-                         f"{str(exc).splitlines()[0]}", where="--model") from None
+                         f"{text}", where="--model") from None
     model.config.use_cache = False
     return model
 
