@@ -167,13 +167,14 @@ def schedule(shapes: list[str], variants: list[str]) -> list[tuple[str, str]]:
 def collect_plan(planner: subprocess.Popen, plan_file: Path) -> dict[str, float]:
     """The planner's figures; it has had the whole of the GPU runs to finish, so it gets half a minute more."""
     try:
-        _, stderr = planner.communicate(timeout=30)
+        planner.wait(timeout=30)
     except subprocess.TimeoutExpired:
         planner.kill()
         print("planner: not done in time; no planned figures", flush=True)
         return {}
     if planner.returncode or not plan_file.exists():
-        print("planner failed: " + " | ".join(stderr.strip().splitlines()[-3:])[-300:], flush=True)
+        log = (plan_file.parent / "planner.log").read_text(errors="replace")
+        print("planner failed: " + " | ".join(log.strip().splitlines()[-3:])[-300:], flush=True)
         return {}
     planned = json.loads(plan_file.read_text())
     print("planned peak GiB (tensors): " + ", ".join(f"{k} {gib(v)}" for k, v in planned.items()), flush=True)
@@ -247,10 +248,11 @@ def main() -> None:
     results: dict[tuple[str, str], tuple[dict | None, str, str]] = {}
     with tempfile.TemporaryDirectory(prefix="gpu_throughput-") as tmp:
         plan_file = Path(tmp) / "planned.json"
-        planner = subprocess.Popen(  # on the CPU, beside the GPU runs
-            [sys.executable, __file__, "--plan-out", str(plan_file), "--plan-shapes", json.dumps(shape_of),
-             "--seq", str(args.seq), "--batch", str(args.batch)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        with open(Path(tmp) / "planner.log", "w") as log:  # a file, not a pipe nobody reads until the end
+            planner = subprocess.Popen(  # on the CPU, beside the GPU runs
+                [sys.executable, __file__, "--plan-out", str(plan_file), "--plan-shapes", json.dumps(shape_of),
+                 "--seq", str(args.seq), "--batch", str(args.batch)], stdout=log, stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONWARNINGS": "ignore"})
         for name, variant in schedule(shapes, variants):
             left = args.budget_s - (time.monotonic() - started) if args.budget_s is not None else None
             if left is not None and left <= 0:
