@@ -127,6 +127,14 @@ def test_gpu_only_options_on_cpu_are_config_errors(tmp_path, field):
     assert error.value.where == f"training.{field}" and "GPU" in error.value.message
 
 
+def test_flex_attention_cannot_train_on_cpu(tmp_path):
+    cfg = _config(tmp_path)
+    cfg.model.attn_implementation = "flex_attention"
+    with pytest.raises(ConfigError, match="FlexAttention has no backward on CPU") as error:
+        build_training_arguments(cfg, compute_dtype=torch.float32, has_validation=False)
+    assert error.value.where == "model.attn_implementation"
+
+
 def test_gpu_options_reach_training_arguments(tmp_path, monkeypatch):
     import importlib.util
 

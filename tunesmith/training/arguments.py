@@ -52,6 +52,11 @@ def check_speed_options(cfg: RunConfig, cuda: bool) -> None:
     if t.liger_kernel and importlib.util.find_spec("liger_kernel") is None:
         raise ConfigError("training.liger_kernel needs the liger-kernel package", where="training.liger_kernel",
                           hint="pip install 'tunesmith[gpu]'")
+    if cfg.model.attn_implementation == "flex_attention" and not cuda:
+        raise ConfigError("FlexAttention has no backward on CPU in torch, so it cannot train here",
+                          where="model.attn_implementation",
+                          hint="leave it unset on CPU: sdpa, and tunesmith's CPU causal attention kernel where it "
+                               "applies (training.cpu_causal_attention)")
     if t.activation_offload and not cuda:
         raise ConfigError("activation offload moves activations from GPU to CPU memory; on CPU there is nowhere "
                           "to offload to", where="training.activation_offload",
