@@ -108,3 +108,20 @@ def test_export_without_merge_copies_the_adapter(trained_run, tmp_path):
     copied, original = load_file(out / "adapter_model.safetensors"), load_file(trained_run / "adapter_model.safetensors")
     assert copied.keys() == original.keys()
     assert all(torch.equal(copied[k], original[k]) for k in original)
+
+
+def test_a_run_trained_from_relative_paths_loads_from_any_folder(stories_dir, tmp_path, monkeypatch):
+    """The base model and data paths are recorded absolute: a relative one would be read against whatever folder a
+    later command (chat, generate, PeftModel users) runs in."""
+    import os
+
+    from peft import PeftConfig
+
+    monkeypatch.chdir(stories_dir.parent)
+    cfg = make_config(stories_dir.name, tmp_path / "run", max_steps=1,
+                      data={"train": [{"path": os.path.relpath(EXAMPLES / "data" / "stories_chat.jsonl")}]})
+    assert cfg.model.name_or_path == str(stories_dir) and os.path.isabs(cfg.data.train[0].path)
+    train(cfg)
+    monkeypatch.chdir(tmp_path)
+    assert PeftConfig.from_pretrained(tmp_path / "run").base_model_name_or_path == str(stories_dir)
+    assert load_for_inference(str(tmp_path / "run")).model is not None

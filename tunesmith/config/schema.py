@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -13,6 +15,14 @@ from .base import StrictModel
 PACKING_ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
 
 
+def absolute_if_local(value: str) -> str:
+    """A path that exists here, made absolute: a run records it (tunesmith_run.json, adapter_config.json,
+    config.yaml), and a relative one would be read against whatever folder a later command runs in. Hub ids and
+    missing paths stay as written."""
+    path = Path(value).expanduser()
+    return os.path.abspath(path) if path.exists() else value  # abspath: keeps the user's symlinks, drops '..'
+
+
 class ModelConfig(StrictModel):
     name_or_path: str = Field(description="Hub id, local HF folder, or a folder/file holding a GGUF")
     gguf_file: str | None = Field(None, description="GGUF file name inside name_or_path (dequantised on load)")
@@ -22,6 +32,8 @@ class ModelConfig(StrictModel):
                                                               "(default: the model's own choice)")
     revision: str | None = None
     quantization: Literal["none", "4bit"] = Field("none", description="4bit loads the frozen base in NF4 (qlora)")
+
+    _local_model = field_validator("name_or_path")(absolute_if_local)
 
 
 class DatasetSpec(StrictModel):
@@ -35,6 +47,8 @@ class DatasetSpec(StrictModel):
     system: str | None = Field(None, description="System prompt for records that have none")
     placeholders: dict[str, str] = Field(default_factory=dict,
                                          description="Replace {{key}} in the data, e.g. {name: Tuney}")
+
+    _local_data = field_validator("path")(absolute_if_local)
 
 
 class DataConfig(StrictModel):
