@@ -131,6 +131,8 @@ class GeneralEvalData(StrictModel):
     path: str = Field(description="general text (.txt, or records with `text`) or instruction data")
     max_samples: int | None = Field(64, gt=0)
 
+    _local_data = field_validator("path")(absolute_if_local)
+
 
 class EvalConfig(StrictModel):
     general: list[GeneralEvalData] = Field(
