@@ -18,19 +18,21 @@ OUT=${OUT:-$(mktemp -d)}
 BUDGET_S=${BUDGET_S:-420}
 WHEELS=${WHEELS:-.whl}
 SITE=${SITE:-/tmp/gpu-site}
+# install_in_front TARGET FOLDER: the folder's wheels into TARGET, which goes first on PYTHONPATH
+install_in_front() {
+  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$1" "$2"/*.whl \
+    || { echo "gpu_check: installing $2/ failed" >&2; exit 1; }
+  export PYTHONPATH=$1${PYTHONPATH:+:$PYTHONPATH}
+}
 if compgen -G "$WHEELS/*.whl" > /dev/null; then
-  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
-    "$WHEELS"/*.whl || { echo "gpu_check: installing $WHEELS/ failed" >&2; exit 1; }
-  export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
+  install_in_front "$SITE" "$WHEELS"
 else
   echo "gpu_check: no wheels in $WHEELS/, so the installed packages are used"
 fi
 if compgen -G "$WHEELS/old-pyarrow/*.whl" > /dev/null && ! why=$("$PYTHON" -c "import datasets" 2>&1); then
   pyarrow=$("$PYTHON" -c 'import pyarrow; print(pyarrow.__version__)' 2>&1 | tail -1)
   echo "gpu_check: datasets does not import (${why##*$'\n'}; pyarrow $pyarrow), so $WHEELS/old-pyarrow/ goes in front"
-  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE-old" \
-    "$WHEELS"/old-pyarrow/*.whl || { echo "gpu_check: installing $WHEELS/old-pyarrow/ failed" >&2; exit 1; }
-  export PYTHONPATH=$SITE-old${PYTHONPATH:+:$PYTHONPATH}
+  install_in_front "$SITE-old" "$WHEELS/old-pyarrow"
 fi
 command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 "$PYTHON" - <<'EOF' || { echo "gpu_check: an import failed (above); nothing was run" >&2; exit 1; }

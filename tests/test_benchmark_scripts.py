@@ -48,13 +48,19 @@ def test_sft_throughput_trains_and_scores_every_contender(tmp_path, stories_dir)
     assert re.search(r"conditions: .+ \((amx_bf16|avx512_bf16|no native bf16)\)", output)  # the CPU is named
 
 
+def _gpu_check(tmp_path: Path, timeout: int = 900, **env: str) -> subprocess.CompletedProcess:
+    """benchmarks/gpu_check.sh --dry-run with this interpreter, its results in tmp_path (stdout and stderr
+    together in `.stdout`)."""
+    env = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path), "WHEELS": str(tmp_path / "no-wheels"), **env}
+    return subprocess.run(["bash", str(BENCHMARKS / "gpu_check.sh"), "--dry-run"], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, cwd=tmp_path, env=env, timeout=timeout)
+
+
 @pytest.mark.slow
 def test_gpu_check_dry_run_completes_every_variant(tmp_path):
     """The device's one prepared call (benchmarks/gpu_check.sh), here with the installed packages and --dry-run."""
-    env = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path), "WHEELS": str(tmp_path / "no-wheels")}
-    proc = subprocess.run(["bash", str(BENCHMARKS / "gpu_check.sh"), "--dry-run"], capture_output=True, text=True,
-                          cwd=tmp_path, env=env, timeout=900)
-    output = proc.stdout + proc.stderr
+    proc = _gpu_check(tmp_path)
+    output = proc.stdout
     assert proc.returncode == 0, output[-3000:]
     assert re.search(r"torch \S+ \(CUDA \S+\), GPU: none", output)  # what the machine has, said before any run
     assert not re.search(r"│\s*(failed|stopped|skipped)\s*│", output), output[-3000:]
@@ -85,11 +91,8 @@ def test_gpu_check_puts_the_old_pyarrow_wheels_in_front_when_datasets_does_not_i
     with zipfile.ZipFile(old / "datasets-0.0.1-py3-none-any.whl", "w") as wheel:
         for name, text in files.items():
             wheel.writestr(name, text)
-    env = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path), "WHEELS": str(tmp_path / "wheels"),
-           "SITE": str(tmp_path / "site"), "PYTHONPATH": str(tmp_path / "broken")}
-    proc = subprocess.run(["bash", str(BENCHMARKS / "gpu_check.sh"), "--dry-run"], capture_output=True, text=True,
-                          cwd=tmp_path, env=env, timeout=300)
-    output = proc.stdout + proc.stderr
+    output = _gpu_check(tmp_path, timeout=300, WHEELS=str(tmp_path / "wheels"), SITE=str(tmp_path / "site"),
+                        PYTHONPATH=str(tmp_path / "broken")).stdout
     assert re.search(r"datasets does not import \(AttributeError: module 'pyarrow' has no attribute 'json_'; "
                      r"pyarrow \d+\.\d+\.\d+\), so \S+/old-pyarrow/ goes in front", output), output[-3000:]
     assert (tmp_path / "site-old" / "datasets" / "__init__.py").exists()

@@ -108,14 +108,23 @@ def materialize_gguf(gguf: Path) -> Path:
     return out
 
 
+# Where a CPU run should attend instead of an attention implementation it cannot use.
+CPU_ATTENTION_HINT = ("leave it unset on CPU: sdpa, and tunesmith's CPU causal attention kernel where it applies "
+                      "(training.cpu_causal_attention)")
+
+
+def unusable_attention(attn_implementation: str, text: str, where: str = "model.attn_implementation") -> ConfigError:
+    """transformers refused the attention implementation: it does not know it (ValueError) or cannot import it
+    (ImportError: flash-attn, or the `kernels` package for a hub kernel); that is the config's field, not the
+    model's."""
+    return ConfigError(f"'{attn_implementation}' cannot be used: {text}", where=where,
+                       hint="leave it unset (sdpa), or install what the message names")
+
+
 def _wrap_load_error(ref: str, exc: Exception, attn_implementation: str | None = None) -> ModelError | ConfigError:
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    # transformers refuses an attention implementation it does not know (ValueError) or cannot import (ImportError:
-    # flash-attn, or the `kernels` package for a hub kernel); that is the config's field, not the model's.
     if attn_implementation and (isinstance(exc, ImportError) or "attn_implementation" in text):
-        return ConfigError(f"'{attn_implementation}' cannot be used: {text}",
-                           where="model.attn_implementation",
-                           hint="leave it unset (sdpa), or install what the message names")
+        return unusable_attention(attn_implementation, text)
     hint = None
     if "offline" in text.lower() or "connect" in text.lower() or "resolve" in text.lower() \
             or "not a valid model identifier" in text or "Repository Not Found" in text:
@@ -148,9 +157,7 @@ def model_load_kwargs(cfg: ModelConfig, dtype: torch.dtype | None = None,
         if is_flash_attention_requested(requested_attention_implementation=cfg.attn_implementation) \
                 and not torch.cuda.is_available():
             raise ConfigError(f"'{cfg.attn_implementation}' is FlashAttention, which runs on CUDA GPUs only",
-                              where="model.attn_implementation",
-                              hint="leave it unset on CPU: sdpa, and tunesmith's CPU causal attention kernel where "
-                                   "it applies (training.cpu_causal_attention)")
+                              where="model.attn_implementation", hint=CPU_ATTENTION_HINT)
         kwargs["attn_implementation"] = cfg.attn_implementation
     kwargs.update(extra or {})
     return ref, kwargs

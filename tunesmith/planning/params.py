@@ -78,6 +78,8 @@ def build_meta_model(config, dtype: torch.dtype, attn_implementation: str | None
     from transformers import AutoModelForCausalLM
     from transformers.utils.generic import is_flash_attention_requested
 
+    from ..models.loading import unusable_attention
+
     # FlashAttention keeps for backward what SDPA's flash backend keeps (inputs, output, log-sum-exp), and a plan for
     # a GPU is often made where flash-attn is not installed (or cannot be: a CPU machine), so SDPA stands in.
     if attn_implementation and is_flash_attention_requested(requested_attention_implementation=attn_implementation):
@@ -89,8 +91,7 @@ def build_meta_model(config, dtype: torch.dtype, attn_implementation: str | None
     except (ValueError, KeyError, ImportError) as exc:
         text = str(exc).splitlines()[0]
         if attn_implementation and "attn_implementation" in text:
-            raise ConfigError(f"'{attn_implementation}' cannot be used: {text}",
-                              where="model.attn_implementation (--attn)") from None
+            raise unusable_attention(attn_implementation, text, where="model.attn_implementation (--attn)") from None
         raise ModelError(f"cannot build a causal LM for model type '{getattr(config, 'model_type', '?')}': "
                          f"{text}", where="--model") from None
     model.config.use_cache = False

@@ -11,6 +11,7 @@ from transformers import TrainingArguments
 from ..config.schema import RunConfig
 from ..errors import ConfigError
 from ..hardware import physical_cores
+from ..models.loading import CPU_ATTENTION_HINT
 from .checkpoints import CHECKPOINT_DIR
 from .cpu_attention import grouped_query_sdpa
 from .cpu_memory import limit_onednn_caches
@@ -54,9 +55,7 @@ def check_speed_options(cfg: RunConfig, cuda: bool) -> None:
                           hint="pip install 'tunesmith[gpu]'")
     if cfg.model.attn_implementation == "flex_attention" and not cuda:
         raise ConfigError("FlexAttention has no backward on CPU in torch, so it cannot train here",
-                          where="model.attn_implementation",
-                          hint="leave it unset on CPU: sdpa, and tunesmith's CPU causal attention kernel where it "
-                               "applies (training.cpu_causal_attention)")
+                          where="model.attn_implementation", hint=CPU_ATTENTION_HINT)
     if t.activation_offload and not cuda:
         raise ConfigError("activation offload moves activations from GPU to CPU memory; on CPU there is nowhere "
                           "to offload to", where="training.activation_offload",

@@ -73,9 +73,9 @@ def _train_causal_lm(cfg: RunConfig, *, resume: bool, console: Console | None,
     run_dir = Path(cfg.training.output_dir)
     checkpoint = _checkpoint_to_resume(run_dir, resume, console)
     set_seed(cfg.training.seed)
-    threads = configure_cpu_runtime(cfg)
-    if threads and threads > usable_cpus():
-        console.print(f"[yellow]warning:[/] training.cpu_threads {threads} is more than the {usable_cpus()} CPUs this "
+    threads, cpus = configure_cpu_runtime(cfg), usable_cpus()
+    if threads and threads > cpus:
+        console.print(f"[yellow]warning:[/] training.cpu_threads {threads} is more than the {cpus} CPUs this "
                       f"process may use; oversubscribed threads wait on each other (unset it for the physical cores)")
     method = get_method(cfg.method.name)
     compute_dtype = training_compute_dtype(cfg.model.dtype, bf16_safe=method.bf16_autocast_safe(cfg.method))
@@ -256,9 +256,7 @@ def _resolve_packing(cfg: RunConfig, model, kernel: bool, console: Console) -> R
 def _flash_attention(model) -> bool:
     from transformers.utils.generic import is_flash_attention_requested
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    config = getattr(base, "config", None)
-    return config is not None and is_flash_attention_requested(config)
+    return is_flash_attention_requested(_base_config(model))
 
 
 def _check_context(cfg: RunConfig, model) -> None:
