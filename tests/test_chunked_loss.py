@@ -59,6 +59,15 @@ def test_chunk_size_bounds_the_logits():
     assert chunk_tokens(10 ** 9) == 1
 
 
+def test_gpu_chunks_are_whole_row_tiles():
+    """On CUDA a chunk is a multiple of cuBLAS's 128-row tile within 64M logits (the CPU size gave Llama-3's 128k
+    vocabulary 130 rows: two tiles, one nearly empty); a vocabulary too large for one tile still gets rows."""
+    assert chunk_tokens(128256, "cuda") == 512
+    assert chunk_tokens(49152, "cuda") % 128 == 0 and chunk_tokens(49152, "cuda") * 49152 <= 1 << 26
+    assert chunk_tokens(1 << 20, "cuda") == 64 and chunk_tokens(10 ** 9, "cuda") == 1
+    assert chunk_tokens(128256) == chunk_tokens(128256, "cpu") == 130  # the CPU size is unchanged
+
+
 def test_no_tokens_still_backpropagates():
     h, w, b, _ = _head_problem(dtype=torch.float32, tokens=0)
     loss = chunked_linear_cross_entropy(h, w, b, torch.zeros(0, dtype=torch.long))

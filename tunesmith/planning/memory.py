@@ -152,7 +152,7 @@ def chunked_loss_memory(trace: ActivationTrace, request: PlanRequest, head_weigh
     tokens = request.supervised_share * trace.tokens
     half = request.compute_dtype() != torch.float32
     vocab, hidden = head_weight.shape
-    chunk = min(chunk_tokens(vocab), tokens)
+    chunk = min(chunk_tokens(vocab, request.device), tokens)
     cast = 2 * head_weight.numel() if half and head_weight.dtype == torch.float32 else 0
     trained = 4 * head_weight.numel() if head_weight.requires_grad else 0
     return chunk * vocab * (6 if half else 4) + cast + 4 * tokens * hidden + trained

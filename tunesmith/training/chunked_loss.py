@@ -16,13 +16,22 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-#: Logit elements per chunk: 16M (64 MiB in fp32), e.g. 341 tokens of a 49k vocabulary. Each chunk reads the whole
-#: head weight twice, so smaller chunks cost speed (170 tokens: +10% for the head and loss on CPU).
+#: Logit elements per chunk on CPU: 16M (64 MiB in fp32), e.g. 341 tokens of a 49k vocabulary. Each chunk reads the
+#: whole head weight twice, so smaller chunks cost speed (170 tokens: +10% for the head and loss on CPU).
 CHUNK_ELEMENTS = 1 << 24
+#: On a GPU: 64M (256 MiB in fp32, 512 tokens of a 128k vocabulary), in whole tiles of cuBLAS's 128 rows. The CPU size
+#: gave 130 rows for Llama-3's vocabulary, two row tiles of which one is nearly empty, so the head's matmuls did about
+#: twice their work (benchmarks/head_loss.py measures the sizes against each other, HF's loss and Liger's).
+CUDA_CHUNK_ELEMENTS, CUDA_ROW_TILE = 1 << 26, 128
 
 
-def chunk_tokens(vocab_size: int) -> int:
-    return max(1, CHUNK_ELEMENTS // max(vocab_size, 1))
+def chunk_tokens(vocab_size: int, device_type: str = "cpu") -> int:
+    """Tokens per chunk for a head of `vocab_size` rows on a device of `device_type` ("cpu", "cuda", ...)."""
+    vocab_size = max(vocab_size, 1)
+    if device_type != "cuda":
+        return max(1, CHUNK_ELEMENTS // vocab_size)
+    rows = CUDA_CHUNK_ELEMENTS // vocab_size
+    return rows // CUDA_ROW_TILE * CUDA_ROW_TILE or max(1, rows)
 
 
 def head_compute_dtype(weight: torch.Tensor, dtype: torch.dtype | None) -> torch.dtype:
@@ -151,5 +160,5 @@ def chunked_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bia
         return hidden.float().sum() * 0.0  # still part of the graph: backward runs as for any batch
     dtype = head_compute_dtype(weight, dtype)
     weight_cast = frozen_cast.get(weight, dtype) if frozen_cast is not None else None
-    return _ChunkedLinearCrossEntropy.apply(hidden, weight, bias, targets, chunk or chunk_tokens(weight.shape[0]),
-                                            dtype, weight_cast)
+    chunk = chunk or chunk_tokens(weight.shape[0], hidden.device.type)
+    return _ChunkedLinearCrossEntropy.apply(hidden, weight, bias, targets, chunk, dtype, weight_cast)
