@@ -7,34 +7,14 @@
 #
 # The device tool gives a drawn session 15 minutes in all, start-up included, and 10 a call. So, with `.whl` in carry:
 #   run  command: bash benchmarks/gpu_check.sh     timeout_s: 560
-# BUDGET_S (default 420) is the runs' share; the rest is install, imports and slack. WHEELS names another folder of
-# wheels than .whl/, SITE another install folder than /tmp/gpu-site. If the image's pyarrow is too old for the
-# carried datasets (5.2 needs pyarrow 19 at import), the wheels in $WHEELS/old-pyarrow/ go in front. Extra arguments
-# pass through to gpu_throughput.py (`--dry-run` checks this script on a CPU; tests/test_benchmark_scripts.py does that
-# in CI).
+# BUDGET_S (default 420) is the runs' share; the rest is install, imports and slack. The install, and WHEELS and
+# SITE, are in benchmarks/gpu_env.sh. Extra arguments pass through to gpu_throughput.py (`--dry-run` checks this
+# script on a CPU; tests/test_benchmark_scripts.py does that in CI).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-python3}
-OUT=${OUT:-$(mktemp -d)}
 BUDGET_S=${BUDGET_S:-420}
-WHEELS=${WHEELS:-.whl}
-SITE=${SITE:-/tmp/gpu-site}
-# install_in_front TARGET FOLDER: the folder's wheels into TARGET, which goes first on PYTHONPATH
-install_in_front() {
-  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$1" "$2"/*.whl \
-    || { echo "gpu_check: installing $2/ failed" >&2; exit 1; }
-  export PYTHONPATH=$1${PYTHONPATH:+:$PYTHONPATH}
-}
-if compgen -G "$WHEELS/*.whl" > /dev/null; then
-  install_in_front "$SITE" "$WHEELS"
-else
-  echo "gpu_check: no wheels in $WHEELS/, so the installed packages are used"
-fi
-if compgen -G "$WHEELS/old-pyarrow/*.whl" > /dev/null && ! why=$("$PYTHON" -c "import datasets" 2>&1); then
-  pyarrow=$("$PYTHON" -c 'import pyarrow; print(pyarrow.__version__)' 2>&1 | tail -1)
-  echo "gpu_check: datasets does not import (${why##*$'\n'}; pyarrow $pyarrow), so $WHEELS/old-pyarrow/ goes in front"
-  install_in_front "$SITE-old" "$WHEELS/old-pyarrow"
-fi
+# shellcheck source=benchmarks/gpu_env.sh
+source benchmarks/gpu_env.sh
 command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 "$PYTHON" - <<'EOF' || { echo "gpu_check: an import failed (above); nothing was run" >&2; exit 1; }
 import importlib.metadata as metadata, platform, sys
