@@ -332,6 +332,25 @@ def test_prefix_tuning_trains_in_fp32_under_auto_and_warns_when_forced(stories_d
         assert "warning: prefix's gradients are far off under bfloat16" in text
 
 
+def test_auto_precision_on_a_gpu_is_named_with_the_gpu(monkeypatch):
+    """On a GPU the run log says what `auto` chose too (it said nothing there until the first GPU run showed it)."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    from tunesmith.methods.registry import get_method
+    from tunesmith.training import run
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H200")
+    cfg = validate_config({"model": {"name_or_path": "x"}, "method": {"name": "lora"},
+                           "data": {"train": [{"path": "x.jsonl"}]}})
+    log = StringIO()
+    run._report_precision(cfg, get_method("lora"), torch.bfloat16, Console(file=log, width=300))
+    assert log.getvalue().strip() == ("precision: bfloat16 mixed precision on NVIDIA H200 (model.dtype auto); "
+                                      "model.dtype: float32 trains in full fp32")
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CPU behaviour")
 def test_auto_precision_on_an_amx_cpu_trains_under_bf16_autocast(stories_dir, tmp_path, amx_cpu):
     from io import StringIO

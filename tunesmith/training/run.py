@@ -81,7 +81,7 @@ def _train_causal_lm(cfg: RunConfig, *, resume: bool, console: Console | None,
     compute_dtype = training_compute_dtype(cfg.model.dtype, bf16_safe=method.bf16_autocast_safe(cfg.method))
 
     console.print(f"[bold]tunesmith[/] {cfg.method.name} on {cfg.model.name_or_path}")
-    _report_cpu_precision(cfg, method, compute_dtype, console)
+    _report_precision(cfg, method, compute_dtype, console)
     tokenizer = load_tokenizer(cfg.model)
     tokenizer.padding_side = "right"
     template = get_template(cfg.data.template, tokenizer)
@@ -198,16 +198,20 @@ def _use_cpu_causal_attention(cfg: RunConfig, model, compute_dtype: torch.dtype,
     return before
 
 
-def _report_cpu_precision(cfg: RunConfig, method, compute_dtype: torch.dtype, console: Console) -> None:
-    """On CPU, say which precision `auto` chose and how to change it (mixed precision changes the numerics); on
-    any device, warn when a method whose gradients half precision spoils trains in it."""
+def _report_precision(cfg: RunConfig, method, compute_dtype: torch.dtype, console: Console) -> None:
+    """Say which precision `auto` chose and how to change it (mixed precision changes the numerics); warn when a
+    method whose gradients half precision spoils trains in it."""
     safe = method.bf16_autocast_safe(cfg.method)
     if compute_dtype != torch.float32 and not safe:
         dtype = str(compute_dtype).removeprefix("torch.")
         console.print(f"[yellow]warning:[/] {method.name}'s gradients are far off under {dtype} "
                       "(measured for bf16 autocast on CPU: benchmarks/bf16_gradients.py); a learning rate that "
                       "trains in fp32 may diverge. model.dtype: float32 trains in full precision")
-    if cfg.model.dtype != "auto" or torch.cuda.is_available():
+    if cfg.model.dtype != "auto":
+        return
+    if torch.cuda.is_available():
+        console.print(f"precision: {str(compute_dtype).removeprefix('torch.')} mixed precision on "
+                      f"{torch.cuda.get_device_name()} (model.dtype auto); model.dtype: float32 trains in full fp32")
         return
     flag = native_bf16_cpu()
     if not safe and training_compute_dtype("auto", cuda=False) == torch.bfloat16:
