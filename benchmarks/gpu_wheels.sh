@@ -6,8 +6,8 @@
 # checkout's .venv has (unpinned where it lacks one), for CPython 3.12 on x86_64 Linux. About 63 MB, which with the
 # working tree comes to about 62 MiB: under the device tool's 64 MiB a call. Then one device call, with `.whl` in its
 # carry, runs benchmarks/gpu_check.sh (its header has the call), which installs them and runs both shapes.
-# Not yet run on a device: gpu_check.sh prints the versions and tries every import before any run. Rehearsed on a CPU
-# over the image's listed versions (docs/benchmarks.md, GPU section).
+# Run on the device's H200 image on 2026-11-30 (docs/benchmarks.md, GPU section); gpu_check.sh prints the versions
+# and tries every import before any run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude

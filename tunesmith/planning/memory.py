@@ -23,7 +23,7 @@ from .params import ParamCounts, exact_counts, method_options
 # baseline" of benchmarks/plan_accuracy.py, which passes its own fresh measurement instead of this constant; it
 # varies between runs, 549 to 617 MiB in the runs published in docs/planning.md).
 # On CUDA the context and kernel workspaces lie outside max_memory_allocated; 600 MiB is a typical CUDA context plus
-# cuBLAS workspace, NOT validated here (no GPU on the development machine).
+# cuBLAS workspace, NOT measured (the one GPU check, on an H200, compared the tensors alone: docs/planning.md).
 CPU_RUNTIME_OVERHEAD = 574_095_360
 CUDA_RUNTIME_OVERHEAD = 600 * 2 ** 20
 PRECISIONS = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
