@@ -74,6 +74,14 @@ def test_gpu_check_dry_run_completes_every_variant(tmp_path):
     planned = {row.split("│")[3].strip(): row.split("│")[8].strip() for row in rows if "llama-3-8b" in row}
     assert all(re.fullmatch(r"\d+\.\d+", planned[v]) and float(planned[v]) > 0 for v in ("hf", "tunesmith-chunked"))
     assert planned["hf+liger (no Liger: CPU)"] == planned["tunesmith (no Liger: CPU)"] == "-"
+    # the head and loss alone ran first, three times (2048 and 8192 tokens, an fp32 head): HF's loss, the
+    # supervised-only one and every chunk size, each with its loss beside HF's
+    heads = (tmp_path / "head_loss.txt").read_text()
+    assert heads.count("LM head + loss") == 3 and "frozen fp32 head" in heads and "8192 tokens" in heads, heads
+    rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in heads.splitlines() if "│ tiny" in line]
+    assert [row[1] for row in rows[:8]] == ["hf", "supervised", "chunk-16777 (auto)", "chunk-130", "chunk-128",
+                                            "chunk-256", "chunk-512", "chunk-1024"], heads
+    assert len(rows) == 24 and all(abs(float(row[5])) < 1e-5 for row in rows), heads  # the same loss as HF's
 
 
 def test_gpu_check_puts_the_old_pyarrow_wheels_in_front_when_datasets_does_not_import(tmp_path):
@@ -113,3 +121,20 @@ def test_gpu_throughput_spends_a_short_budget_on_every_shapes_baseline_first(tmp
                   str(tmp_path / "runs.jsonl"), cwd=tmp_path)
     assert len(re.findall(r"│\s*skipped\s*│ .* skipped: --budget-s spent", output)) == 8, output[-3000:]
     assert not (tmp_path / "runs.jsonl").exists()  # nothing ran, so nothing was recorded
+
+
+@pytest.mark.slow
+def test_gpu_smoke_trains_and_reloads_on_cpu(tmp_path, stories_dir):
+    """scripts/gpu_smoke.sh, the device's CLI check, runs here without a GPU: LoRA and QLoRA through `tunesmith
+    train`, each adapter reloaded with PeftModel; the Liger run is left out with a reason."""
+    env = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path), "WHEELS": str(tmp_path / "no-wheels"),
+           "MODEL": str(stories_dir), "RUNS": str(tmp_path / "runs")}
+    proc = subprocess.run(["bash", str(BENCHMARKS.parent / "scripts" / "gpu_smoke.sh")], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "no CUDA GPU, so no Liger run" in proc.stdout
+    for name in ("lora", "qlora"):
+        assert re.search(rf"^{name}: loss [\d.]+ -> [\d.]+ .* loads with PeftModel on cpu: 'Once upon a time",
+                         proc.stdout, re.M), proc.stdout[-3000:]
+        assert (tmp_path / "runs" / name / "adapter_model.safetensors").exists()
+        assert "saved " in (tmp_path / f"smoke-{name}.log").read_text()
