@@ -143,7 +143,8 @@ def _train_causal_lm(cfg: RunConfig, *, resume: bool, console: Console | None,
     if cfg.training.early_stopping_patience and data.validation is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.training.early_stopping_patience))
     callbacks += method.callbacks(model, cfg.method)
-    # Logits only where the loss reads them, unless Liger's fused linear cross-entropy already does better.
+    # Logits only where the loss reads them, unless Liger's fused linear cross-entropy takes the head: it needs
+    # almost no memory, but on an H200 it was slower than the chunked loss (docs/benchmarks.md, section "GPU").
     t = cfg.training
     supervised = t.supervised_logits and not t.liger_kernel and supports_supervised_logits(model)
     trainer = TunesmithTrainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.validation,
