@@ -5,7 +5,8 @@
 # tool, after `bash benchmarks/gpu_wheels.sh` here:
 #   mkdir -p .gpu-model && cp -r ../shared/models/stories260K .gpu-model/   (.gpu-model/ is ignored: .gitignore)
 #   run  command: bash scripts/gpu_smoke.sh   carry: [".whl", ".gpu-model"]   timeout_s: 240
-# Each run's log is kept in $OUT (smoke-NAME.log). On a CPU it checks itself the same way (WHEELS=none).
+# Each run's log is kept in $OUT (smoke-NAME.log). On a CPU, with WHEELS naming a folder without wheels (the
+# installed packages are then used), it runs the same way less the Liger run: tests/test_benchmark_scripts.py.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=benchmarks/gpu_env.sh
