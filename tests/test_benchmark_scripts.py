@@ -65,15 +65,16 @@ def test_gpu_check_dry_run_completes_every_variant(tmp_path):
     assert re.search(r"torch \S+ \(CUDA \S+\), GPU: none", output)  # what the machine has, said before any run
     assert not re.search(r"│\s*(failed|stopped|skipped)\s*│", output), output[-3000:]
     rows = [line for line in output.splitlines() if "│" in line and "lora" in line]
-    assert len(rows) == 8, output[-3000:]  # two shapes x four variants
+    assert len(rows) == 10, output[-3000:]  # two shapes x five variants
     records = [json.loads(line) for line in (tmp_path / "gpu_throughput.jsonl").read_text().splitlines()]
     assert [(r["model"], r["variant"]) for r in records] == GPU_SCHEDULE  # kept as each run finished, in this order
     assert all(r["tokens_per_s"] > 0 and not r["error"] for r in records)
-    assert (tmp_path / "gpu_throughput.txt").read_text().count(" tokens/s, peak ") == 8
+    assert (tmp_path / "gpu_throughput.txt").read_text().count(" tokens/s, peak ") == 10
     # the planner's figure beside each run it models (the plain HF loss and tunesmith's chunked one), not Liger's
     planned = {row.split("│")[3].strip(): row.split("│")[8].strip() for row in rows if "llama-3-8b" in row}
     assert all(re.fullmatch(r"\d+\.\d+", planned[v]) and float(planned[v]) > 0 for v in ("hf", "tunesmith-chunked"))
     assert planned["hf+liger (no Liger: CPU)"] == planned["tunesmith (no Liger: CPU)"] == "-"
+    assert planned["tunesmith-chunked+liger (no Liger: CPU)"] == "-"
     # the head and loss alone ran first, three times (2048 and 8192 tokens, an fp32 head): HF's loss, the
     # supervised-only one and every chunk size, each with its loss beside HF's
     heads = (tmp_path / "head_loss.txt").read_text()
@@ -109,7 +110,8 @@ def test_gpu_check_puts_the_old_pyarrow_wheels_in_front_when_datasets_does_not_i
 
 GPU_SCHEDULE = [("llama-3.2-1b", "hf"), ("llama-3-8b", "hf"), ("llama-3.2-1b", "tunesmith-chunked"),
                 ("llama-3-8b", "tunesmith-chunked"), ("llama-3.2-1b", "hf+liger"), ("llama-3-8b", "hf+liger"),
-                ("llama-3.2-1b", "tunesmith"), ("llama-3-8b", "tunesmith")]
+                ("llama-3.2-1b", "tunesmith"), ("llama-3-8b", "tunesmith"),
+                ("llama-3.2-1b", "tunesmith-chunked+liger"), ("llama-3-8b", "tunesmith-chunked+liger")]
 
 
 def test_gpu_throughput_spends_a_short_budget_on_every_shapes_baseline_first(tmp_path):
@@ -119,7 +121,7 @@ def test_gpu_throughput_spends_a_short_budget_on_every_shapes_baseline_first(tmp
     assert module.schedule(["llama-3.2-1b", "llama-3-8b"], list(module.VARIANTS)) == GPU_SCHEDULE
     output = _run(str(BENCHMARKS / "gpu_throughput.py"), "--dry-run", "--budget-s", "0", "--jsonl",
                   str(tmp_path / "runs.jsonl"), cwd=tmp_path)
-    assert len(re.findall(r"│\s*skipped\s*│ .* skipped: --budget-s spent", output)) == 8, output[-3000:]
+    assert len(re.findall(r"│\s*skipped\s*│ .* skipped: --budget-s spent", output)) == 10, output[-3000:]
     assert not (tmp_path / "runs.jsonl").exists()  # nothing ran, so nothing was recorded
 
 
