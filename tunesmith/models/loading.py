@@ -113,18 +113,28 @@ CPU_ATTENTION_HINT = ("leave it unset on CPU: sdpa, and tunesmith's CPU causal a
                       "(training.cpu_causal_attention)")
 
 
-def unusable_attention(attn_implementation: str, text: str, where: str = "model.attn_implementation") -> ConfigError:
-    """transformers refused the attention implementation: it does not know it (ValueError) or cannot import it
-    (ImportError: flash-attn, or the `kernels` package for a hub kernel); that is the config's field, not the
-    model's."""
+def first_line(exc: Exception) -> str:
+    """An exception's message, first line only (library errors append pages of advice), or its type's name."""
+    return str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def unusable_attention(exc: Exception, attn_implementation: str | None,
+                       where: str = "model.attn_implementation") -> ConfigError | None:
+    """The error for the config's field when transformers refused the attention implementation it asked for: it does
+    not know it (ValueError naming attn_implementation) or cannot import it (ImportError: flash-attn, or the `kernels`
+    package for a hub kernel); None when `exc` is about something else."""
+    text = first_line(exc)
+    if not attn_implementation or not (isinstance(exc, ImportError) or "attn_implementation" in text):
+        return None
     return ConfigError(f"'{attn_implementation}' cannot be used: {text}", where=where,
                        hint="leave it unset (sdpa), or install what the message names")
 
 
 def _wrap_load_error(ref: str, exc: Exception, attn_implementation: str | None = None) -> ModelError | ConfigError:
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    if attn_implementation and (isinstance(exc, ImportError) or "attn_implementation" in text):
-        return unusable_attention(attn_implementation, text)
+    refused = unusable_attention(exc, attn_implementation)
+    if refused is not None:
+        return refused
+    text = first_line(exc)
     hint = None
     if "offline" in text.lower() or "connect" in text.lower() or "resolve" in text.lower() \
             or "not a valid model identifier" in text or "Repository Not Found" in text:

@@ -44,7 +44,7 @@ def load_model_config(ref: str, *, trust_remote_code: bool = False, where: str =
     """A transformers config from a hub id (network), a local folder, a config.json, or a PyPI-shipped name."""
     from transformers import AutoConfig
 
-    from ..models.loading import resolve_ref
+    from ..models.loading import first_line, resolve_ref
 
     path = Path(ref).expanduser()
     try:
@@ -60,8 +60,7 @@ def load_model_config(ref: str, *, trust_remote_code: bool = False, where: str =
     except ModelError:
         raise
     except (OSError, ValueError, KeyError) as exc:
-        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ModelError(f"could not read a model config from '{ref}': {text}", where=where,
+        raise ModelError(f"could not read a model config from '{ref}': {first_line(exc)}", where=where,
                          hint="a hub id needs the network; offline, give a local folder or a config.json") from None
 
 
@@ -78,7 +77,7 @@ def build_meta_model(config, dtype: torch.dtype, attn_implementation: str | None
     from transformers import AutoModelForCausalLM
     from transformers.utils.generic import is_flash_attention_requested
 
-    from ..models.loading import unusable_attention
+    from ..models.loading import first_line, unusable_attention
 
     # FlashAttention keeps for backward what SDPA's flash backend keeps (inputs, output, log-sum-exp), and a plan for
     # a GPU is often made where flash-attn is not installed (or cannot be: a CPU machine), so SDPA stands in.
@@ -89,11 +88,11 @@ def build_meta_model(config, dtype: torch.dtype, attn_implementation: str | None
         with torch.device("meta"), _silenced():
             model = AutoModelForCausalLM.from_config(config, dtype=dtype, **kwargs)
     except (ValueError, KeyError, ImportError) as exc:
-        text = str(exc).splitlines()[0]
-        if attn_implementation and "attn_implementation" in text:
-            raise unusable_attention(attn_implementation, text, where="model.attn_implementation (--attn)") from None
+        refused = unusable_attention(exc, attn_implementation, where="model.attn_implementation (--attn)")
+        if refused is not None:
+            raise refused from None
         raise ModelError(f"cannot build a causal LM for model type '{getattr(config, 'model_type', '?')}': "
-                         f"{text}", where="--model") from None
+                         f"{first_line(exc)}", where="--model") from None
     model.config.use_cache = False
     return model
 
