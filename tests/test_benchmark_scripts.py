@@ -48,12 +48,18 @@ def test_sft_throughput_trains_and_scores_every_contender(tmp_path, stories_dir)
     assert re.search(r"conditions: .+ \((amx_bf16|avx512_bf16|no native bf16)\)", output)  # the CPU is named
 
 
-def _gpu_check(tmp_path: Path, timeout: int = 900, **env: str) -> subprocess.CompletedProcess:
-    """benchmarks/gpu_check.sh --dry-run with this interpreter, its results in tmp_path (stdout and stderr
-    together in `.stdout`)."""
+def _device_script(script: Path, tmp_path: Path, *args: str, timeout: int = 900,
+                   **env: str) -> subprocess.CompletedProcess:
+    """A script prepared for the device tool, run here with this interpreter and the installed packages (no wheels),
+    its results in tmp_path (stdout and stderr together in `.stdout`)."""
     env = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path), "WHEELS": str(tmp_path / "no-wheels"), **env}
-    return subprocess.run(["bash", str(BENCHMARKS / "gpu_check.sh"), "--dry-run"], stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, cwd=tmp_path, env=env, timeout=timeout)
+    return subprocess.run(["bash", str(script), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          cwd=tmp_path, env=env, timeout=timeout)
+
+
+def _gpu_check(tmp_path: Path, timeout: int = 900, **env: str) -> subprocess.CompletedProcess:
+    """benchmarks/gpu_check.sh --dry-run."""
+    return _device_script(BENCHMARKS / "gpu_check.sh", tmp_path, "--dry-run", timeout=timeout, **env)
 
 
 @pytest.mark.slow
@@ -129,10 +135,8 @@ def test_gpu_throughput_spends_a_short_budget_on_every_shapes_baseline_first(tmp
 def test_gpu_smoke_trains_and_reloads_on_cpu(tmp_path, stories_dir):
     """scripts/gpu_smoke.sh, the device's CLI check, runs here without a GPU: LoRA and QLoRA through `tunesmith
     train`, each adapter reloaded with PeftModel; the Liger run is left out with a reason."""
-    env = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path), "WHEELS": str(tmp_path / "no-wheels"),
-           "MODEL": str(stories_dir), "RUNS": str(tmp_path / "runs")}
-    proc = subprocess.run(["bash", str(BENCHMARKS.parent / "scripts" / "gpu_smoke.sh")], stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, env=env, timeout=900)
+    proc = _device_script(BENCHMARKS.parent / "scripts" / "gpu_smoke.sh", tmp_path, MODEL=str(stories_dir),
+                          RUNS=str(tmp_path / "runs"))
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert "no CUDA GPU, so no Liger run" in proc.stdout
     for name in ("lora", "qlora"):
