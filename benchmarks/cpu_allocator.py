@@ -27,7 +27,7 @@ MODES = ("default", "lean", "tcmalloc")
 
 def worker(mode: str, batch: int, seq: int, steps: int, warmup: int, bf16: bool) -> dict:
     sys.path.insert(0, str(ROOT))
-    from tunesmith.training.cpu_memory import configure_cpu_allocator, preload_tcmalloc
+    from tunesmith.speed.cpu.allocator import configure_cpu_allocator, preload_tcmalloc
 
     preload_tcmalloc(mode if mode == "tcmalloc" else "default")  # restarts this worker with tcmalloc preloaded
     configure_cpu_allocator(mode)  # first, as tunesmith.training.run.train does before loading anything
@@ -74,7 +74,7 @@ def main() -> int:
         return 0
     sys.path.insert(0, str(ROOT))
     from tunesmith.hardware import cpu_model
-    from tunesmith.training.cpu_memory import find_tcmalloc
+    from tunesmith.speed.cpu.allocator import find_tcmalloc
 
     tcmalloc = find_tcmalloc()
     modes = MODES if tcmalloc else tuple(m for m in MODES if m != "tcmalloc")

@@ -31,7 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tunesmith.hardware import cpu_model  # noqa: E402
 from tunesmith.training import dropout  # noqa: E402
-from tunesmith.training.dropout import FastDropout, _scale_kept, keep_mask  # noqa: E402
+from tunesmith.speed.cpu.dropout import FastDropout, _scale_kept, keep_mask  # noqa: E402
 
 
 def timed(fns: dict, repeats: int) -> dict[str, float]:

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tunesmith.training.chunked_loss import FrozenCast, chunk_tokens, chunked_linear_cross_entropy  # noqa: E402
+from tunesmith.speed.chunked_loss import FrozenCast, chunk_tokens, chunked_linear_cross_entropy  # noqa: E402
 
 SHAPES = {"llama-3.2-1b": (2048, 128256), "llama-3-8b": (4096, 128256), "smollm2": (576, 49152),
           "qwen2.5": (896, 151936), "tiny": (64, 1000)}  # (hidden size, vocabulary)

@@ -42,7 +42,7 @@ def worker(args) -> None:
     from rich.console import Console
 
     from tunesmith.config.loading import validate_config
-    from tunesmith.training.run import train
+    from tunesmith.recipes import train
 
     method = {"name": args.worker, **OPTIONS.get(args.worker, {})}
     if args.worker in ("lora", "dora", "rslora", "qlora", "loraplus", "pissa", "olora"):

@@ -80,7 +80,7 @@ def worker_train(spec: dict) -> dict:
     import torch
     from datasets import Dataset
 
-    from tunesmith.training.cpu_memory import configure_cpu_allocator
+    from tunesmith.speed.cpu.allocator import configure_cpu_allocator
 
     configure_cpu_allocator(spec["allocator"])  # as tunesmith.training.run.train does on CPU
     from transformers import default_data_collator
@@ -89,8 +89,8 @@ def worker_train(spec: dict) -> dict:
     from tunesmith.methods.registry import get_method
     from tunesmith.models.loading import load_model, training_compute_dtype, training_load_dtype
     from tunesmith.training.arguments import build_training_arguments
-    from tunesmith.training.cpu_layers import apply_cpu_layers
-    from tunesmith.training.frozen_base import hold_for_training
+    from tunesmith.speed.cpu.layers import apply_cpu_layers
+    from tunesmith.speed.frozen_base import hold_for_training
     from tunesmith.training.trainer import TunesmithTrainer, supports_supervised_logits
 
     out = tempfile.mkdtemp(prefix="plan-bench-")
@@ -261,7 +261,7 @@ def report(measured: dict[str, dict]) -> int:
     import torch
 
     from tunesmith.hardware import cpu_model
-    from tunesmith.training.cpu_memory import LEAN_MMAP_THRESHOLD
+    from tunesmith.speed.cpu.allocator import LEAN_MMAP_THRESHOLD
 
     malloc = {"lean": f"lean (fixed mmap threshold {LEAN_MMAP_THRESHOLD // 1024} KiB)",
               "default": "glibc default (dynamic mmap threshold)", "tcmalloc": "tcmalloc (preloaded)"}[ALLOCATOR]
@@ -291,7 +291,7 @@ def main() -> int:
     ALLOCATOR, PRECISION = args.allocator, args.precision
     if args.worker or args.worker_baseline:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-        from tunesmith.training.cpu_memory import preload_tcmalloc
+        from tunesmith.speed.cpu.allocator import preload_tcmalloc
 
         # As the tunesmith command does: restart this worker with tcmalloc preloaded (only for `tcmalloc`).
         preload_tcmalloc(json.loads(args.worker)["allocator"] if args.worker else ALLOCATOR)

@@ -258,7 +258,7 @@ def run_tunesmith(args, variant: str = "tunesmith") -> None:
     others are fed."""
     sys.path.insert(0, str(ROOT))
     from tunesmith.config.loading import validate_config
-    from tunesmith.training.cpu_memory import preload_tcmalloc
+    from tunesmith.speed.cpu.allocator import preload_tcmalloc
 
     raw = {
         "model": {"name_or_path": args.model, "dtype": "bfloat16" if args.bf16 else "float32"},
@@ -275,7 +275,7 @@ def run_tunesmith(args, variant: str = "tunesmith") -> None:
     preload_tcmalloc(cfg.training.cpu_allocator)  # as the tunesmith command does: may restart this worker
     from rich.console import Console
 
-    from tunesmith.training.run import train
+    from tunesmith.recipes import train
 
     train(cfg, console=Console(stderr=True, quiet=True), extra_callbacks=[meter_callback(args)])
 
@@ -486,7 +486,7 @@ def main() -> None:
 
     sys.path.insert(0, str(ROOT))
     from tunesmith.hardware import cpu_model
-    from tunesmith.training.cpu_memory import find_tcmalloc
+    from tunesmith.speed.cpu.allocator import find_tcmalloc
 
     console = Console(width=200)
     chosen = [c for c in CONTENDERS if c in args.only.split(",") and not (args.bf16 and c == "tunesmith-auto")]

@@ -11,6 +11,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 
+from tunesmith.reporting import Reporter
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 STORIES = SHARED / "models" / "stories260K"
@@ -83,3 +85,32 @@ def tiny_model_factory(tmp_path_factory, stories_dir):
         return made[arch]
 
     return make
+
+
+def speed_plan(device: str = "cpu", **switches):
+    """The speed plan of a default run on `device`, with some pieces changed (SpeedPlan fields)."""
+    from dataclasses import replace
+
+    from tunesmith.config.loading import validate_config
+    from tunesmith.speed.plan import resolve_speed_plan
+
+    cfg = validate_config({"model": {"name_or_path": "unused"}, "data": {"train": [{"path": "unused.json"}]}})
+    return replace(resolve_speed_plan(cfg, device, cpu_threads=1), **switches)
+
+
+def run_log(run_dir) -> str:
+    """A run's train.log: every line it told the user and every internal choice it made."""
+    return (Path(run_dir) / "train.log").read_text(encoding="utf-8")
+
+
+class RecordingReporter(Reporter):
+    """A Reporter that keeps what it was told, as (kind, message) pairs."""
+
+    def __init__(self):
+        self.lines: list[tuple[str, str]] = []
+
+    def info(self, message):
+        self.lines.append(("info", message))
+
+    def warning(self, message):
+        self.lines.append(("warning", message))

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tunesmith.training import causal_attention as ca
+from tunesmith.speed.cpu import causal_attention as ca
 
 from .conftest import _tiny_config
 
@@ -217,7 +217,7 @@ def test_only_sdpa_models_switch(kernel):
 
 
 def test_right_padded_batches_drop_their_mask_under_the_kernel(kernel):
-    from tunesmith.training.padding_mask import eligible_config
+    from tunesmith.speed.padding_mask import eligible_config
 
     class Config:
         _attn_implementation = ca.NAME
@@ -276,12 +276,11 @@ def test_a_failed_build_leaves_attention_on_sdpa(monkeypatch, tmp_path):
 def test_a_cpu_bf16_run_packs_its_batches_onto_the_kernel(kernel, stories_dir, tmp_path, monkeypatch):
     """`data.packing: auto` with the kernel: each step's samples go in one row, as segments of the kernel."""
     import yaml
-    from rich.console import Console
 
     from tunesmith.config.loading import validate_config
-    from tunesmith.training.run import train
+    from tunesmith.recipes import train
 
-    from .conftest import EXAMPLES
+    from .conftest import EXAMPLES, run_log
 
     segments_seen = []
     real = ca.CausalAttention.apply
@@ -294,27 +293,28 @@ def test_a_cpu_bf16_run_packs_its_batches_onto_the_kernel(kernel, stories_dir, t
         "data": {"train": [{"path": str(EXAMPLES / "data" / "stories_chat.jsonl")}], "template": "alpaca_en",
                  "max_length": 128},
         "training": {"output_dir": str(tmp_path / "run"), "max_steps": 2, "batch_size": 4, "tensorboard": False}})
-    console = Console(record=True, width=200)
-    train(cfg, console=console)
-    assert "packing: each batch's samples in one row" in console.export_text()
+    train(cfg)
+    assert "packing: each batch's samples in one row" in run_log(tmp_path / "run")
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["data"]["packing"] is True
     # every call a single row; the steps' rows hold four samples (the one-sample calls are first-batch probes)
     assert all(rows == 1 for rows, _ in segments_seen) and segments_seen.count((1, 4)) >= 2
 
 
-def test_a_compiled_run_keeps_sdpa_and_does_not_pack(stories_dir):
-    """`training.torch_compile`: the kernel cannot be traced, so the run attends through SDPA and `auto` pads."""
-    from rich.console import Console
+def test_a_compiled_run_keeps_sdpa_and_does_not_pack(stories_dir, caplog):
+    """`speed.torch_compile`: the kernel cannot be traced, so the run attends through SDPA and `auto` pads."""
     from transformers import AutoModelForCausalLM
 
-    from tunesmith.training.run import _resolve_packing, _use_cpu_causal_attention
+    from tunesmith.recipes.sft import _resolve_packing
+    from tunesmith.reporting import Reporter
+    from tunesmith.speed.apply import _causal_attention
 
+    from .conftest import speed_plan
     from .test_training import make_config
 
     model = AutoModelForCausalLM.from_pretrained(stories_dir, attn_implementation="sdpa")
-    cfg = make_config(stories_dir, "unused", torch_compile=True)
-    console = Console(record=True, width=200)
-    assert _use_cpu_causal_attention(cfg, model, torch.bfloat16, console) is None
+    cfg = make_config(stories_dir, "unused")
+    with caplog.at_level("INFO", logger="tunesmith"):
+        assert _causal_attention(speed_plan(torch_compile=True), model, torch.bfloat16, Reporter()) is None
     assert model.config._attn_implementation == "sdpa"
-    assert "not under training.torch_compile" in console.export_text()
-    assert _resolve_packing(cfg, model, False, console).data.packing is False
+    assert "not under speed.torch_compile" in caplog.text
+    assert _resolve_packing(cfg, model, False).data.packing is False

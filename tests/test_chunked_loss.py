@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tunesmith.training.chunked_loss import chunk_tokens, chunked_linear_cross_entropy
+from tunesmith.speed.chunked_loss import chunk_tokens, chunked_linear_cross_entropy
 from tunesmith.training.trainer import TunesmithTrainer
 
 
@@ -212,7 +212,7 @@ def test_a_second_backward_is_refused():
 
 
 def test_a_frozen_weight_is_cast_once_and_again_after_a_change():
-    from tunesmith.training.chunked_loss import FrozenCast
+    from tunesmith.speed.chunked_loss import FrozenCast
 
     weight = torch.randn(50, 8)
     cache = FrozenCast()
@@ -227,7 +227,7 @@ def test_a_frozen_weight_is_cast_once_and_again_after_a_change():
 
 
 def test_the_cached_cast_gives_the_same_loss_and_gradients():
-    from tunesmith.training.chunked_loss import FrozenCast
+    from tunesmith.speed.chunked_loss import FrozenCast
 
     h, w, _, t = _head_problem(dtype=torch.float32, trainable=False)
     plain = chunked_linear_cross_entropy(h, w, None, t, chunk=10, dtype=torch.bfloat16)

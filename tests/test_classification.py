@@ -19,7 +19,7 @@ from tunesmith.tasks.classification import load_classifier
 from tunesmith.tasks.classification.loss import class_weights, classification_loss, make_loss_func
 from tunesmith.tasks.classification.metrics import (accuracy, classification_report, confusion_matrix, macro_f1,
                                                     per_class_scores)
-from tunesmith.training.run import train
+from tunesmith.recipes import train
 
 from .conftest import EXAMPLES, SHARED, require_shared
 

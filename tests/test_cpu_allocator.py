@@ -10,13 +10,13 @@ import sys
 
 import pytest
 
-from tunesmith.training.cpu_memory import ONEDNN_CACHE_VARIABLES, configure_cpu_allocator
+from tunesmith.speed.cpu.allocator import ONEDNN_CACHE_VARIABLES, configure_cpu_allocator
 
 # In a fresh process: raise glibc's dynamic threshold (free one 4 MiB mapping), then fill the heap with 512 KiB
 # tensors, keep only the last one (it pins the heap top, so glibc cannot trim below it) and read the resident size.
 PROBE = r"""
 import sys, torch
-from tunesmith.training.cpu_memory import ONEDNN_CACHE_VARIABLES, configure_cpu_allocator
+from tunesmith.speed.cpu.allocator import ONEDNN_CACHE_VARIABLES, configure_cpu_allocator
 configure_cpu_allocator(sys.argv[1])
 def rss():
     return int(open("/proc/self/statm").read().split()[1]) * 4096
@@ -45,7 +45,7 @@ def test_lean_allocator_returns_freed_tensors_to_the_os():
 
 
 def test_auto_goes_lean_only_when_memory_is_tight():
-    from tunesmith.training.cpu_memory import DEFAULT_RETENTION, choose_cpu_allocator
+    from tunesmith.speed.cpu.allocator import DEFAULT_RETENTION, choose_cpu_allocator
 
     gib = 2 ** 30
     assert choose_cpu_allocator("auto", 4 * gib, 20 * gib, tcmalloc=False) == "default"
@@ -56,13 +56,13 @@ def test_auto_goes_lean_only_when_memory_is_tight():
 
 # ---------------------------------------------------------------- tcmalloc, preloaded by the tunesmith command
 
-from tunesmith.training import cpu_memory  # noqa: E402
+from tunesmith.speed.cpu import allocator as cpu_memory  # noqa: E402
 
 needs_tcmalloc = pytest.mark.skipif(platform.system() != "Linux" or cpu_memory.find_tcmalloc() is None,
                                     reason="libtcmalloc not installed (.ci/run installs libtcmalloc-minimal4)")
 RESTART_PROBE = r"""
 import os, sys
-from tunesmith.training.cpu_memory import preload_tcmalloc, tcmalloc_loaded
+from tunesmith.speed.cpu.allocator import preload_tcmalloc, tcmalloc_loaded
 print("start", tcmalloc_loaded(), flush=True)
 preload_tcmalloc(sys.argv[1])
 print("after", tcmalloc_loaded(), os.environ.get("LD_PRELOAD", ""), sys.argv[1:])
@@ -101,7 +101,7 @@ def test_no_restart_without_the_library_or_with_a_gpu_and_a_clear_error_when_ask
     cpu_memory.preload_tcmalloc("auto")  # not installed: auto carries on with glibc
     with pytest.raises(ConfigError, match="libtcmalloc") as error:
         cpu_memory.preload_tcmalloc("tcmalloc")
-    assert error.value.where == "training.cpu_allocator" and "apt install" in error.value.hint
+    assert error.value.where == "speed.cpu_allocator" and "apt install" in error.value.hint
     monkeypatch.setattr(cpu_memory, "find_tcmalloc", lambda: "libtcmalloc_minimal.so.4")
     monkeypatch.setattr(cpu_memory, "gpu_device_visible", lambda: True)
     cpu_memory.preload_tcmalloc("auto")  # auto leaves GPU machines alone
@@ -154,10 +154,10 @@ def test_only_a_real_command_line_restarts_never_main_called_from_python(monkeyp
     config.write_text(yaml.safe_dump({
         "model": {"name_or_path": str(stories_dir)}, "method": "lora",
         "data": {"train": [{"path": STORIES_DATA}], "template": "alpaca_en"},
-        "training": {"output_dir": str(tmp_path / "run"), "cpu_allocator": "tcmalloc"}}))
+        "training": {"output_dir": str(tmp_path / "run")}, "speed": {"cpu_allocator": "tcmalloc"}}))
     asked: list[str] = []
     monkeypatch.setattr(cpu_memory, "preload_tcmalloc", asked.append)
-    monkeypatch.setattr("tunesmith.training.run.train", lambda cfg, **kwargs: None)
+    monkeypatch.setattr("tunesmith.recipes.train", lambda cfg, **kwargs: None)
     assert main(["train", str(config)]) == 0 and asked == []  # e.g. a test calling main([...]): no restart
     monkeypatch.setattr(sys, "argv", ["tunesmith", "train", str(config)])
     assert main() == 0 and asked == ["tcmalloc"]  # the command line itself: the config's setting decides
@@ -176,7 +176,7 @@ def test_the_run_log_says_how_to_get_tcmalloc_when_auto_could_not_use_it(monkeyp
 # without tunesmith's oneDNN cache limit; prints the resident growth in bytes.
 ONEDNN_PROBE = r"""
 import sys, torch
-from tunesmith.training.cpu_memory import limit_onednn_caches
+from tunesmith.speed.cpu.allocator import limit_onednn_caches
 if sys.argv[1] == "limited":
     limit_onednn_caches()
 def rss():
@@ -207,7 +207,7 @@ def test_onednn_caches_stay_small_under_bf16_autocast():
 
 RELEASE_PROBE = r"""
 import torch
-from tunesmith.training.cpu_memory import release_free_memory, tcmalloc_loaded
+from tunesmith.speed.cpu.allocator import release_free_memory, tcmalloc_loaded
 def rss():
     return int(open("/proc/self/statm").read().split()[1]) * 4096
 assert tcmalloc_loaded()

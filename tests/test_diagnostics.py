@@ -195,7 +195,7 @@ class Poison(TrainerCallback):
 
 @pytest.mark.slow
 def test_nan_stops_training_and_the_run_keeps_the_last_good_checkpoint(tiny_model_factory, tmp_path):
-    from tunesmith.training.run import train
+    from tunesmith.recipes import train
 
     from .test_training import make_config
 
@@ -216,7 +216,7 @@ def test_nan_stops_training_and_the_run_keeps_the_last_good_checkpoint(tiny_mode
 
 
 def test_nan_before_any_checkpoint_is_a_clear_error(tiny_model_factory, tmp_path):
-    from tunesmith.training.run import train
+    from tunesmith.recipes import train
 
     from .test_training import make_config
 

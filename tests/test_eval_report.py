@@ -152,7 +152,7 @@ def test_report_markdown_and_html_with_plots(tmp_path):
 @pytest.mark.slow
 def test_before_after_on_stories260k_with_forgetting_in_the_model_card(stories_dir, tmp_path):
     from tunesmith.config.loading import validate_config
-    from tunesmith.training.run import train
+    from tunesmith.recipes import train
 
     run = tmp_path / "run"
     train(validate_config({
@@ -213,7 +213,7 @@ def test_llm_judge_through_tunesmith_serve(stories_dir, tmp_path):
     from tunesmith.inference.generation import Generator
     from tunesmith.inference.server import ModelServer
     from tunesmith.models.loading import load_for_inference
-    from tunesmith.training.run import train
+    from tunesmith.recipes import train
 
     rubric = "Grade it."
     grading = tmp_path / "grading.jsonl"

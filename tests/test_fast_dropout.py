@@ -8,7 +8,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 from transformers import AutoModelForCausalLM
 
-from tunesmith.training.dropout import FastDropout, _hash_words, _scale_kept, keep_mask, use_fast_dropout
+from tunesmith.speed.cpu.dropout import FastDropout, _hash_words, _scale_kept, keep_mask, use_fast_dropout
 
 
 def test_every_lane_drops_with_probability_p():
@@ -113,7 +113,7 @@ def test_swaps_peft_lora_dropouts_and_the_adapter_still_saves(tiny_model_factory
 def test_gradient_checkpointing_recomputes_the_same_masks(tiny_model_factory, monkeypatch, request, compiled):
     """Checkpointing replays the forward pass; the CPU RNG state it restores must give the same masks, or the
     gradients would differ from a run without checkpointing. Both paths draw their key from that state."""
-    from tunesmith.training import dropout
+    from tunesmith.speed.cpu import dropout
 
     monkeypatch.setattr(dropout._KERNEL, "module", request.getfixturevalue("dropout_kernel").load_kernel() if compiled
                         else None)
@@ -164,8 +164,8 @@ def test_compiles_to_one_graph_with_the_eager_masks(monkeypatch):
 
 @pytest.fixture
 def dropout_kernel():
-    from tunesmith.training import dropout
-    from tunesmith.training.native import compiler_problem
+    from tunesmith.speed.cpu import dropout
+    from tunesmith.speed.cpu.native import compiler_problem
 
     problem = compiler_problem()
     if problem is not None:
@@ -213,23 +213,21 @@ def test_compiled_dropout_runs_in_training_and_keeps_the_mask_for_backward(dropo
     assert calls == [1]
 
 
-def test_without_a_compiler_dropout_runs_on_tensor_ops_and_says_why(monkeypatch, tiny_model_factory):
-    import io
-    from types import SimpleNamespace
+def test_without_a_compiler_dropout_runs_on_tensor_ops_and_says_why(monkeypatch, tiny_model_factory, caplog):
+    from tunesmith.reporting import Reporter
+    from tunesmith.speed.apply import apply_to_model
+    from tunesmith.speed.cpu import dropout
 
-    from rich.console import Console
-
-    from tunesmith.training import dropout
-    from tunesmith.training.cpu_layers import apply_cpu_layers
+    from .conftest import speed_plan
 
     monkeypatch.setattr(dropout._KERNEL, "module", None)
     monkeypatch.setattr(dropout._KERNEL, "failure", None)
     monkeypatch.setattr(dropout, "compiler_problem", lambda: "no C++ compiler found (install g++)")
     model = _lora(tiny_model_factory("llama"), 0.1)
-    console = Console(file=io.StringIO(), width=200)
-    cfg = SimpleNamespace(training=SimpleNamespace(fast_dropout=True, fast_rms_norm=False))
-    swaps = apply_cpu_layers(cfg, model, console)
+    with caplog.at_level("INFO", logger="tunesmith"):
+        swaps = apply_to_model(speed_plan(fast_rms_norm=False), model, None, torch.float32, Reporter(),
+                               causal_lm=False).swaps
     assert swaps["dropout"] > 0 and dropout.load_kernel() is None
-    assert "tensor ops: the kernel no C++ compiler found (install g++)" in console.file.getvalue()
+    assert "tensor ops: the kernel no C++ compiler found (install g++)" in caplog.text
     x = torch.randn(2, 8, 16)
     assert dropout._kernel_takes(x) is False and 0 < int((FastDropout(0.5).train()(x) == 0).sum()) < x.numel()

@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM
 
 from tunesmith.methods.registry import all_methods, get_method
 from tunesmith.planning.params import apply_method, method_options
-from tunesmith.training.frozen_base import frozen_linear_dtype, hold_frozen_linears, release
+from tunesmith.speed.frozen_base import frozen_linear_dtype, hold_frozen_linears, release
 
 from .test_methods import METHOD_OPTIONS
 from .test_training import batch, losses, make_config
@@ -103,7 +103,7 @@ HOLD_PEAK = """
 import sys, torch
 from pathlib import Path
 from transformers import AutoModelForCausalLM
-from tunesmith.training.frozen_base import hold_frozen_linears
+from tunesmith.speed.frozen_base import hold_frozen_linears
 
 def high_water():
     line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmHWM:"))
@@ -140,17 +140,17 @@ def test_training_holds_them_and_changes_no_number(stories_dir, tmp_path, amx_cp
     """End to end under bf16 autocast (the default on AMX CPUs): the same losses as with the switch off, the run
     log says so, and the adapter loads with PEFT for fp32 inference."""
     from peft import PeftModel
-    from rich.console import Console
 
-    from tunesmith.training.run import train
+    from tunesmith.recipes import train
+
+    from .conftest import run_log
 
     runs = {}
     for switch in (True, False):
-        console = Console(record=True, width=200)
         run = tmp_path / f"held-{switch}"
         cfg = make_config(stories_dir, run, {"name": "lora", "dropout": 0.1}, max_steps=6, half_frozen_base=switch)
-        train(cfg, console=console)
-        runs[switch] = (losses(run), console.export_text())
+        train(cfg)
+        runs[switch] = (losses(run), run_log(run))
     assert runs[True][0] == runs[False][0]
     assert "held in bfloat16" in runs[True][1] and "held in" not in runs[False][1]
 
@@ -164,14 +164,14 @@ def test_training_holds_them_and_changes_no_number(stories_dir, tmp_path, amx_cp
 def test_tunesmith_adapters_train_held_and_reload(stories_dir, tmp_path, amx_cpu, name):
     """Bottleneck and hybrid runs hold the base too (their artifacts hold only the adapters): they train under bf16
     autocast and their run folder reloads for fp32 inference."""
-    from rich.console import Console
-
     from tunesmith.models.loading import load_for_inference
-    from tunesmith.training.run import train
+    from tunesmith.recipes import train
 
-    run, console = tmp_path / name, Console(record=True, width=200)
-    train(make_config(stories_dir, run, {"name": name, **METHOD_OPTIONS[name]}, max_steps=4), console=console)
-    assert "held in bfloat16" in console.export_text() and len(losses(run)) == 4
+    from .conftest import run_log
+
+    run = tmp_path / name
+    train(make_config(stories_dir, run, {"name": name, **METHOD_OPTIONS[name]}, max_steps=4))
+    assert "held in bfloat16" in run_log(run) and len(losses(run)) == 4
     loaded = load_for_inference(str(run))
     with torch.no_grad():
         assert torch.isfinite(loaded.model(**batch(stories_dir)).logits).all()
@@ -185,7 +185,7 @@ def test_held_run_resumes_to_the_same_weights(stories_dir, tmp_path, amx_cpu, na
     from safetensors.torch import load_file
 
     from tunesmith.adapters.bottleneck import WEIGHTS
-    from tunesmith.training.run import train
+    from tunesmith.recipes import train
 
     from .test_training import Crash
 

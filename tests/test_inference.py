@@ -12,7 +12,7 @@ from tunesmith.cli.main import main
 from tunesmith.inference.chat import chat_loop
 from tunesmith.inference.generation import Generator, SamplingOptions
 from tunesmith.models.loading import load_for_inference
-from tunesmith.training.run import train
+from tunesmith.recipes import train
 
 from .conftest import EXAMPLES
 from .test_training import make_config

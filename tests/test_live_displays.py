@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from tunesmith.training.run import train
+from tunesmith.cli.render import ConsoleReporter
+from tunesmith.recipes import train
 
 from .test_classification import cls_config
 from .test_training import make_config
@@ -35,11 +36,11 @@ class OneLiveAtATime(Console):
 
 def test_a_causal_lm_run_opens_one_live_display_at_a_time(stories_dir, tmp_path):
     console = OneLiveAtATime()
-    train(make_config(stories_dir, tmp_path / "run", max_steps=2), console=console)
+    train(make_config(stories_dir, tmp_path / "run", max_steps=2), reporter=ConsoleReporter(console))
     assert console.opened >= 3 and not console.showing  # data, pre-flight, model, CPU layers...
 
 
 def test_a_classification_run_opens_one_live_display_at_a_time(tiny_model_factory, tmp_path):
     console = OneLiveAtATime()
-    train(cls_config(tiny_model_factory("llama"), tmp_path, max_steps=2), console=console)
+    train(cls_config(tiny_model_factory("llama"), tmp_path, max_steps=2), reporter=ConsoleReporter(console))
     assert console.opened >= 2 and not console.showing

@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM, TrainerCallback
 from tunesmith.adapters import bottleneck
 from tunesmith.methods.registry import all_methods, get_method
 from tunesmith.models.loading import load_for_inference
-from tunesmith.training.run import train
+from tunesmith.recipes import train
 
 from .test_training import batch, first_last, losses, make_config
 

@@ -89,7 +89,7 @@ def test_training_directly_on_a_gguf_file(tmp_path, method, monkeypatch):
     from peft import PeftModel
 
     from tunesmith.models.loading import load_for_inference
-    from tunesmith.training.run import train
+    from tunesmith.recipes import train
 
     from .test_gguf import write_tiny_gguf
     from .test_training import make_config

@@ -7,7 +7,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, BertConfig, BertForMaskedLM, TrainingArguments
 
-from tunesmith.training.padding_mask import eligible_config, mask_is_redundant, right_padded
+from tunesmith.speed.padding_mask import eligible_config, mask_is_redundant, right_padded
 from tunesmith.training.trainer import TunesmithTrainer
 
 
@@ -118,9 +118,9 @@ def test_left_padded_batches_and_eval_keep_the_mask(tiny_model_factory, tmp_path
 
 
 def test_the_default_config_turns_it_on():
-    from tunesmith.config.schema import TrainingConfig
+    from tunesmith.config.schema import SpeedConfig
 
-    assert TrainingConfig().skip_padding_mask
+    assert SpeedConfig().switch("skip_padding_mask") and SpeedConfig(cpu_kernels="off").switch("skip_padding_mask")
 
 
 @pytest.mark.parametrize("skip", [True, False])
@@ -129,7 +129,7 @@ def test_a_training_run_leaves_the_mask_out_of_padded_batches(stories_dir, tmp_p
     sees no attention mask in the training steps with the option on (the default), and the mask with it off."""
     from transformers import TrainerCallback
 
-    from tunesmith.training.run import train
+    from tunesmith.recipes import train
 
     from .test_training import make_config
 

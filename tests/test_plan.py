@@ -155,7 +155,7 @@ def test_activation_trace_equals_what_real_autograd_saves(folders, method, preci
     model, as training on an AMX CPU runs, that includes the bf16 inputs and weight copies autocast makes for every
     matmul, which torch.autocast itself never makes on meta tensors; with the frozen linear weights held in bf16
     (`held`, training.half_frozen_base) the copies of those are gone, in the trace as in autograd."""
-    from tunesmith.training.frozen_base import frozen_linear_dtype, hold_frozen_linears
+    from tunesmith.speed.frozen_base import frozen_linear_dtype, hold_frozen_linears
 
     held_dtype = frozen_linear_dtype(get_method(method), precision, cuda=False, enabled=held)
     assert (held_dtype is not None) == held
@@ -237,21 +237,21 @@ def test_cli_plan_bad_input(folders, capsys, argv, field):
 
 
 def test_preflight_warns_when_peak_exceeds_memory(folders, tmp_path):
-    from rich.console import Console
-
     from tunesmith.config.loading import validate_config
     from tunesmith.planning.preflight import preflight
+
+    from .conftest import RecordingReporter
 
     cfg = validate_config({"model": {"name_or_path": str(folders["llama"])}, "method": "lora",
                            "data": {"train": [{"path": "x.jsonl"}], "max_length": 64},
                            "training": {"output_dir": str(tmp_path)}})
-    console = Console(record=True, width=200)
-    plan = preflight(cfg, memory=1, console=console)
-    text = console.export_text()
-    assert plan is not None and "predicted peak" in text and "exceeds" in text
-    console = Console(record=True, width=200)
-    preflight(cfg, memory=10 ** 15, console=console)
-    assert "exceeds" not in console.export_text()
+    reporter = RecordingReporter()
+    plan = preflight(cfg, memory=1, reporter=reporter)
+    assert plan is not None and "predicted peak" in reporter.lines[0][1]
+    assert reporter.lines[1][0] == "warning" and "exceeds" in reporter.lines[1][1]
+    reporter = RecordingReporter()
+    preflight(cfg, memory=10 ** 15, reporter=reporter)
+    assert len(reporter.lines) == 1 and "exceeds" not in reporter.lines[0][1]
 
 
 def test_time_probe_runs_real_steps(folders, capsys):
@@ -314,9 +314,9 @@ def test_bf16_autocast_plan_counts_half_precision_weight_copies(folders):
 
 
 def test_chunked_loss_plan_drops_the_vocabulary_buffers(folders):
-    """training.chunked_loss: the head keeps nothing for backward and no tokens x vocabulary logits exist; what
+    """speed.chunked_loss: the head keeps nothing for backward and no tokens x vocabulary logits exist; what
     is left is one chunk of logits, the head inputs' gradient and (autocast) one half-precision head weight."""
-    from tunesmith.training.chunked_loss import chunk_tokens
+    from tunesmith.speed.chunked_loss import chunk_tokens
 
     config = load_model_config(str(folders["llama"]))
     request = dict(method="lora", batch=2, seq=200, device="cpu", precision="bf16")

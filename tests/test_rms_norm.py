@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from tunesmith.training.rms_norm import CPURMSNorm, _RMSNormFunction, use_cpu_rms_norm
+from tunesmith.speed.cpu.rms_norm import CPURMSNorm, _RMSNormFunction, use_cpu_rms_norm
 
 
 def _float64_rms_norm(x, weight, eps, offset):
@@ -157,17 +157,18 @@ def test_a_swapped_model_trains_as_the_original(bf16, checkpointing):
         assert torch.allclose(grad, expected[name], atol=tolerance * expected[name].abs().max().item()), name
 
 
-def test_off_by_config_and_on_gpu_runs(monkeypatch):
-    from types import SimpleNamespace
+def test_off_by_config_and_on_gpu_runs():
+    from tunesmith.reporting import Reporter
+    from tunesmith.speed.apply import apply_to_model
 
-    from tunesmith.training.cpu_layers import apply_cpu_layers
+    from .conftest import speed_plan
 
     model = _tiny_lora_llama()
-    off = SimpleNamespace(training=SimpleNamespace(fast_rms_norm=False, fast_dropout=True))
-    on = SimpleNamespace(training=SimpleNamespace(fast_rms_norm=True, fast_dropout=True))
-    assert apply_cpu_layers(off, model)["rms_norm"] == 0
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert apply_cpu_layers(on, model) == {}
-    monkeypatch.undo()
-    assert apply_cpu_layers(on, model)["rms_norm"] == 5
+
+    def swaps(plan):
+        return apply_to_model(plan, model, None, torch.float32, Reporter(), causal_lm=False).swaps
+
+    assert swaps(speed_plan(fast_rms_norm=False)).get("rms_norm", 0) == 0
+    assert swaps(speed_plan("cuda")) == {}
+    assert swaps(speed_plan())["rms_norm"] == 5
     assert sum(isinstance(module, CPURMSNorm) for module in model.modules()) == 5

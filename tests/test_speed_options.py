@@ -10,14 +10,29 @@ import torch
 from tunesmith.config.loading import validate_config
 from tunesmith.errors import ConfigError
 from tunesmith.hardware import cpu_model, native_bf16_cpu, physical_cores
-from tunesmith.training.arguments import build_training_arguments, configure_cpu_runtime
+from tunesmith.runtime import Runtime
+from tunesmith.speed.apply import configure_process
+from tunesmith.speed.plan import resolve_speed_plan
+from tunesmith.training.arguments import build_training_arguments
 from tunesmith.training.trainer import (TunesmithTrainer, next_token_mask, supervised_loss,
                                         supports_supervised_logits)
 
 
-def _config(tmp_path, **training):
+def _config(tmp_path, **speed):
     return validate_config({"model": {"name_or_path": "x"}, "data": {"train": [{"path": "d.json"}]},
-                            "training": {"output_dir": str(tmp_path), **training}})
+                            "training": {"output_dir": str(tmp_path)}, "speed": speed})
+
+
+def _arguments(cfg, compute_dtype=torch.float32, device="cpu"):
+    """build_training_arguments as a run on `device` calls it."""
+    runtime = Runtime(device, compute_dtype, torch.float32, None)
+    return build_training_arguments(cfg, runtime=runtime, speed=resolve_speed_plan(cfg, device, cpu_threads=1),
+                                    has_validation=False)
+
+
+def _threads(cfg) -> int:
+    configure_process(resolve_speed_plan(cfg, "cpu", cpu_threads=physical_cores()))
+    return torch.get_num_threads()
 
 
 @pytest.fixture
@@ -92,62 +107,79 @@ def test_prompt_learning_keeps_full_logits(tiny_llama):
 def test_cpu_threads_default_to_physical_cores(tmp_path):
     before = torch.get_num_threads()
     try:
-        assert configure_cpu_runtime(_config(tmp_path)) == physical_cores() == torch.get_num_threads()
-        assert configure_cpu_runtime(_config(tmp_path, cpu_threads=1)) == 1 == torch.get_num_threads()
+        assert _threads(_config(tmp_path)) == physical_cores()
+        assert _threads(_config(tmp_path, cpu_threads=1)) == 1
     finally:
         torch.set_num_threads(before)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CPU behaviour")
 def test_more_threads_than_cpus_is_warned(stories_dir, tmp_path):
-    from io import StringIO
-
-    from rich.console import Console
-
     from tunesmith.hardware import usable_cpus
-    from tunesmith.training.run import train
+    from tunesmith.recipes import train
 
+    from .conftest import run_log
     from .test_training import make_config
 
     before = torch.get_num_threads()
-    log = StringIO()
     try:
-        train(make_config(stories_dir, tmp_path / "run", max_steps=1, cpu_threads=usable_cpus() + 1),
-              console=Console(file=log, width=300))
+        train(make_config(stories_dir, tmp_path / "run", max_steps=1, cpu_threads=usable_cpus() + 1))
     finally:
         torch.set_num_threads(before)
-    assert f"warning: training.cpu_threads {usable_cpus() + 1} is more than the {usable_cpus()} CPUs" in log.getvalue()
+    assert (f"WARNING tunesmith.user: speed.cpu_threads {usable_cpus() + 1} is more than the {usable_cpus()} CPUs"
+            in run_log(tmp_path / "run"))
 
 
-@pytest.mark.parametrize("field", ["liger_kernel", "activation_offload"])
-def test_gpu_only_options_on_cpu_are_config_errors(tmp_path, field):
+@pytest.mark.parametrize("speed", [{"loss": "liger"}, {"activation_offload": True}], ids=["liger", "offload"])
+def test_gpu_only_options_on_cpu_are_config_errors(tmp_path, speed):
     with pytest.raises(ConfigError) as error:
-        build_training_arguments(_config(tmp_path, **{field: True}), compute_dtype=torch.float32,
-                                 has_validation=False)
-    assert error.value.where == f"training.{field}" and "GPU" in error.value.message
+        resolve_speed_plan(_config(tmp_path, **speed), "cpu")
+    assert error.value.where == f"speed.{next(iter(speed))}" and "GPU" in error.value.message
 
 
 def test_flex_attention_cannot_train_on_cpu(tmp_path):
     cfg = _config(tmp_path)
     cfg.model.attn_implementation = "flex_attention"
     with pytest.raises(ConfigError, match="FlexAttention has no backward on CPU") as error:
-        build_training_arguments(cfg, compute_dtype=torch.float32, has_validation=False)
+        resolve_speed_plan(cfg, "cpu")
     assert error.value.where == "model.attn_implementation"
 
 
 def test_gpu_options_reach_training_arguments(tmp_path, monkeypatch):
     import importlib.util
 
-    import tunesmith.training.arguments as arguments
-
-    monkeypatch.setattr(arguments.torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "liger_kernel" else None)
-    cfg = _config(tmp_path, liger_kernel=True, torch_compile=True)
-    arguments.check_speed_options(cfg, cuda=True)  # no error with a GPU and the package present
+    liger = resolve_speed_plan(_config(tmp_path, loss="liger", torch_compile=True), "cuda")  # no error on a GPU
+    assert liger.liger and not liger.supervised_logits and liger.torch_compile
     monkeypatch.undo()
-    args = build_training_arguments(_config(tmp_path, torch_compile=True), compute_dtype=torch.float32,
-                                    has_validation=False)
+    args = _arguments(_config(tmp_path, torch_compile=True))
     assert args.torch_compile and not args.use_liger_kernel
+
+
+@pytest.mark.parametrize("key, hint", [("chunked_loss", "speed.loss"), ("liger_kernel", "speed.loss: liger"),
+                                       ("cpu_threads", "speed.cpu_threads"),
+                                       ("fast_rms_norm", "speed.switches.fast_rms_norm")])
+def test_old_speed_keys_say_where_they_went(tmp_path, key, hint):
+    with pytest.raises(ConfigError, match="renamed") as error:
+        validate_config({"model": {"name_or_path": "x"}, "data": {"train": [{"path": "d.json"}]},
+                         "training": {key: False}})
+    assert error.value.where.endswith(f"training.{key}") and hint in error.value.hint
+
+
+def test_speed_plan_reads_the_three_user_choices(tmp_path):
+    default = resolve_speed_plan(_config(tmp_path), "cpu", cpu_threads=2)
+    assert default.loss == "chunked" and default.supervised_logits and default.chunked_loss
+    assert default.cpu_threads == 2 and default.fast_rms_norm and default.skip_padding_mask
+    assert not resolve_speed_plan(_config(tmp_path, loss="full"), "cpu").supervised_logits
+    supervised = resolve_speed_plan(_config(tmp_path, loss="supervised"), "cpu")
+    assert supervised.supervised_logits and not supervised.chunked_loss
+    off = resolve_speed_plan(_config(tmp_path, cpu_kernels="off"), "cpu")
+    assert not (off.fast_rms_norm or off.fast_dropout or off.sdpa_gqa or off.cpu_causal_attention
+                or off.half_frozen_base) and off.skip_padding_mask  # not a CPU kernel
+    one = resolve_speed_plan(_config(tmp_path, cpu_kernels="off", switches={"sdpa_gqa": True}), "cpu")
+    assert one.sdpa_gqa and not one.fast_rms_norm
+    with pytest.raises(ConfigError, match="unknown speed switch turbo"):
+        _config(tmp_path, switches={"turbo": True})
 
 
 def test_tokenised_data_is_cached_by_fingerprint(tmp_path, stories_dir, monkeypatch):
@@ -215,9 +247,9 @@ def test_activation_offload_wraps_the_forward_in_save_on_cpu(tiny_llama, tmp_pat
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CPU behaviour")
 def test_bf16_on_cpu_is_autocast(tmp_path):
-    args = build_training_arguments(_config(tmp_path), compute_dtype=torch.bfloat16, has_validation=False)
+    args = _arguments(_config(tmp_path), torch.bfloat16)
     assert args.bf16 and args.use_cpu  # transformers autocasts to bf16 on CPU only with both
-    fp32 = build_training_arguments(_config(tmp_path), compute_dtype=torch.float32, has_validation=False)
+    fp32 = _arguments(_config(tmp_path), torch.float32)
     assert not fp32.bf16 and not fp32.use_cpu
 
 
@@ -303,13 +335,11 @@ def test_bf16_gradients_benchmark_measures_against_float64(stories_dir):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CPU behaviour")
 @pytest.mark.parametrize("dtype", ["auto", "bfloat16"])
 def test_prefix_tuning_trains_in_fp32_under_auto_and_warns_when_forced(stories_dir, tmp_path, amx_cpu, dtype):
-    from io import StringIO
-
-    from rich.console import Console
     from transformers import TrainerCallback
 
-    from tunesmith.training.run import train
+    from tunesmith.recipes import train
 
+    from .conftest import run_log
     from .test_training import make_config
 
     seen = {}
@@ -320,48 +350,45 @@ def test_prefix_tuning_trains_in_fp32_under_auto_and_warns_when_forced(stories_d
 
     cfg = make_config(stories_dir, tmp_path / "run", method="prefix", max_steps=2)
     cfg.model.dtype = dtype
-    log = StringIO()
-    train(cfg, console=Console(file=log, width=300), extra_callbacks=[Capture()])
-    text = log.getvalue()
+    train(cfg, extra_callbacks=[Capture()])
+    text = run_log(tmp_path / "run")
     if dtype == "auto":
         assert seen["bf16"] is False
         assert "precision: fp32 (model.dtype auto): prefix's gradients are far off under bf16" in text
-        assert "warning" not in text
+        assert "WARNING tunesmith.user" not in text
     else:
         assert seen["bf16"] is True
-        assert "warning: prefix's gradients are far off under bfloat16" in text
+        assert "WARNING tunesmith.user: prefix's gradients are far off under bfloat16" in text
 
 
 def test_auto_precision_on_a_gpu_is_named_with_the_gpu(monkeypatch):
     """On a GPU the run log says what `auto` chose too (it said nothing there until the first GPU run showed it)."""
-    from io import StringIO
-
-    from rich.console import Console
-
     from tunesmith.methods.registry import get_method
-    from tunesmith.training import run
+    from tunesmith.recipes import sft
+    from tunesmith.runtime import resolve_runtime
+
+    from .conftest import RecordingReporter
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H200")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a: True)
     cfg = validate_config({"model": {"name_or_path": "x"}, "method": {"name": "lora"},
                            "data": {"train": [{"path": "x.jsonl"}]}})
-    log = StringIO()
-    run._report_precision(cfg, get_method("lora"), torch.bfloat16, Console(file=log, width=300))
-    assert log.getvalue().strip() == ("precision: bfloat16 mixed precision on NVIDIA H200 (model.dtype auto); "
-                                      "model.dtype: float32 trains in full fp32")
+    reporter = RecordingReporter()
+    sft._report_precision(cfg, get_method("lora"), resolve_runtime(cfg, get_method("lora")), reporter)
+    assert reporter.lines == [("info", "precision: bfloat16 mixed precision on NVIDIA H200 (model.dtype auto); "
+                                       "model.dtype: float32 trains in full fp32")]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CPU behaviour")
 def test_auto_precision_on_an_amx_cpu_trains_under_bf16_autocast(stories_dir, tmp_path, amx_cpu):
-    from io import StringIO
-
     from peft import PeftModel
-    from rich.console import Console
     from transformers import AutoModelForCausalLM, TrainerCallback
 
-    from tunesmith.training.causal_attention import sdpa_only
-    from tunesmith.training.run import train
+    from tunesmith.speed.cpu.causal_attention import sdpa_only
+    from tunesmith.recipes import train
 
+    from .conftest import run_log
     from .test_training import batch, first_last, losses, make_config
 
     seen = {}
@@ -374,11 +401,9 @@ def test_auto_precision_on_an_amx_cpu_trains_under_bf16_autocast(stories_dir, tm
             with torch.no_grad(), sdpa_only():
                 seen["logits"] = model(**batch(stories_dir)).logits.float()
 
-    log = StringIO()
-    train(make_config(stories_dir, tmp_path / "run"), console=Console(file=log, width=200),
-          extra_callbacks=[Capture()])
+    train(make_config(stories_dir, tmp_path / "run"), extra_callbacks=[Capture()])
     assert seen["bf16"] and seen["use_cpu"]
-    assert "precision: bf16 autocast" in log.getvalue()
+    assert "precision: bf16 autocast" in run_log(tmp_path / "run")
     start, end = first_last(losses(tmp_path / "run"))
     assert end < start * 0.8, (start, end)
     base = AutoModelForCausalLM.from_pretrained(stories_dir, dtype=torch.float32)
@@ -397,7 +422,7 @@ def _sdpa_key_heads(model, batch) -> set[int]:
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_masked_grouped_query_sdpa_keeps_loss_and_gradients(tiny_llama, monkeypatch, tmp_path, dtype):
-    from tunesmith.training.cpu_attention import GQA_VARIABLE
+    from tunesmith.speed.cpu.sdpa_gqa import GQA_VARIABLE
 
     monkeypatch.delenv(GQA_VARIABLE, raising=False)
     ids = torch.randint(3, 200, (3, 12))
@@ -406,7 +431,7 @@ def test_masked_grouped_query_sdpa_keeps_loss_and_gradients(tiny_llama, monkeypa
     batch = {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
     results = {}
     for on in (False, True):
-        configure_cpu_runtime(_config(tmp_path, sdpa_gqa=on))
+        _threads(_config(tmp_path, switches={"sdpa_gqa": on}))
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
             heads = _sdpa_key_heads(tiny_llama, batch)
             loss = tiny_llama(**batch).loss
@@ -423,9 +448,9 @@ def test_masked_grouped_query_sdpa_keeps_loss_and_gradients(tiny_llama, monkeypa
 
 
 def test_users_gqa_setting_wins(monkeypatch, tmp_path):
-    import tunesmith.training.cpu_attention as cpu_attention
+    import tunesmith.speed.cpu.sdpa_gqa as cpu_attention
 
     monkeypatch.setattr(cpu_attention, "_USERS_SETTING", "0")
     monkeypatch.setenv(cpu_attention.GQA_VARIABLE, "0")
-    configure_cpu_runtime(_config(tmp_path))
+    _threads(_config(tmp_path))
     assert os.environ[cpu_attention.GQA_VARIABLE] == "0"

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, TrainerCallback
 
 from tunesmith.config.loading import validate_config
 from tunesmith.inference.export import export_run
-from tunesmith.training.run import train
+from tunesmith.recipes import train
 
 from .conftest import EXAMPLES
 
@@ -20,9 +20,14 @@ STORIES_DATA = str(EXAMPLES / "data" / "stories_chat.jsonl")
 
 
 def make_config(model_dir, out_dir, method="lora", data=None, **training):
+    """A small stories260K run; `training` holds training.* fields, and speed.* fields or switches by name."""
+    from tunesmith.config.schema import SPEED_SWITCHES, SpeedConfig
+
     method_cfg = method if isinstance(method, dict) else {"name": method}
     if method_cfg["name"] in ("lora", "dora", "rslora", "qlora"):
         method_cfg = {"r": 8, "alpha": 16, "dropout": 0.0, **method_cfg}
+    speed = {key: training.pop(key) for key in list(training) if key in SpeedConfig.model_fields}
+    switches = {key: training.pop(key) for key in list(training) if key in SPEED_SWITCHES}
     return validate_config({
         "model": {"name_or_path": str(model_dir)},
         "method": method_cfg,
@@ -30,6 +35,7 @@ def make_config(model_dir, out_dir, method="lora", data=None, **training):
         "training": {"output_dir": str(out_dir), "max_steps": 12, "batch_size": 8, "learning_rate": 5e-3,
                      "logging_steps": 1, "save_steps": 100, "warmup_ratio": 0.0, "tensorboard": False,
                      "lr_scheduler": "constant", **training},
+        "speed": {**speed, "switches": switches},
     })
 
 
@@ -226,11 +232,11 @@ def test_packing_keeps_samples_apart_and_matches_padded_training(stories_dir, tm
     assert tokens_seen(tmp_path / "packed") == tokens_seen(tmp_path / "padded") > 0
 
 
-def test_packing_auto_packs_only_where_attention_computes_each_sample_alone(tmp_path):
+def test_packing_auto_packs_only_where_attention_computes_each_sample_alone(tmp_path, caplog):
     from peft import LoraConfig, PromptTuningConfig, get_peft_model
-    from rich.console import Console
 
-    from tunesmith.training.run import _resolve_packing
+    from tunesmith.compat import set_attention_implementation
+    from tunesmith.recipes.sft import _resolve_packing
 
     from .conftest import _tiny_config
 
@@ -243,17 +249,18 @@ def test_packing_auto_packs_only_where_attention_computes_each_sample_alone(tmp_
                                   PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
     cfg = make_config("x/y", tmp_path)
     assert cfg.data.packing == "auto"
-    console = Console(record=True, width=200)
-    chosen = lambda model, kernel, config=cfg: _resolve_packing(config, model, kernel, console).data.packing
-    assert chosen(llama, kernel=True) is True
-    assert "packing: each batch's samples in one row" in console.export_text()
+    chosen = lambda model, kernel, config=cfg: _resolve_packing(config, model, kernel).data.packing
+    with caplog.at_level("INFO", logger="tunesmith"):
+        assert chosen(llama, kernel=True) is True
+    assert "packing: each batch's samples in one row" in caplog.text
     assert chosen(llama, kernel=False) is False  # SDPA would compute each packed row's whole square
     for flash in ("flash_attention_2", "flash_attention_3", "kernels-community/flash-attn2"):  # varlen on GPU
         flash_llama = AutoModelForCausalLM.from_config(_tiny_config("llama", 64))
-        flash_llama.config._attn_implementation = flash  # the name is all that decides; no FlashAttention here
-        assert chosen(flash_llama, kernel=False) is True, flash
+        set_attention_implementation(flash_llama.config, flash)  # the name is all that decides; no FlashAttention
+        with caplog.at_level("INFO", logger="tunesmith"):
+            assert chosen(flash_llama, kernel=False) is True, flash
         assert chosen(get_peft_model(flash_llama, LoraConfig(task_type="CAUSAL_LM", r=2)), kernel=False) is True
-    assert "attending only within each sample on varlen FlashAttention" in console.export_text()
+    assert "attending only within each sample on varlen FlashAttention" in caplog.text
     assert chosen(prompt_tuned, kernel=True) is False  # virtual tokens would land inside the packed row
     assert chosen(NoPositions(), kernel=True) is False  # nothing would keep the samples apart
     for explicit in (True, False):

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -35,3 +37,22 @@ def publish_dir_contents(staging: Path, dest: Path) -> None:
         else:
             os.replace(item, target)
     shutil.rmtree(staging, ignore_errors=True)
+
+
+STAGING_PREFIX = ".staging-"
+
+
+@contextmanager
+def staged_dir(dest: Path) -> Iterator[Path]:
+    """A hidden folder inside `dest` to write a result into; when the block succeeds its files are published into
+    `dest` together (`publish_dir_contents`), when it fails the folder is removed: `dest` never holds half of a
+    result."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=dest))
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    publish_dir_contents(staging, dest)

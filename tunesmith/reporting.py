@@ -52,27 +52,50 @@ def reporter_or_default(reporter: Reporter | None) -> Reporter:
 
 
 class RunLog:
-    """Every `tunesmith` log record of a run, user lines and internal choices alike, appended to `path` while the
-    context is open (the run folder's `train.log`)."""
+    """Every `tunesmith` log record of a run, user lines and internal choices alike, for the run folder's
+    `train.log`. Records are held in memory until `write_to(path)`: a run whose input turns out bad has no folder
+    to write into yet, and must not create one."""
 
-    def __init__(self, path):
-        self.path = path
-        self.handler: logging.Handler | None = None
-        self._level = None
+    def __init__(self):
+        self.records: list[logging.LogRecord] = []
+        self._memory = _Keep(self.records)
+        self._file: logging.Handler | None = None
+        self._level = logging.NOTSET
 
     def __enter__(self) -> RunLog:
-        self.handler = logging.FileHandler(self.path, encoding="utf-8")
-        self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        self.handler.setLevel(logging.INFO)
         root = logging.getLogger("tunesmith")
         self._level = root.level
         if root.getEffectiveLevel() > logging.INFO:
             root.setLevel(logging.INFO)
-        root.addHandler(self.handler)
+        root.addHandler(self._memory)
         return self
+
+    def write_to(self, path) -> None:
+        """From now on append to `path`, starting with what was held."""
+        if self._file is not None:
+            return
+        self._file = logging.FileHandler(path, encoding="utf-8")
+        self._file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        self._file.setLevel(logging.INFO)
+        for record in self.records:
+            self._file.handle(record)
+        root = logging.getLogger("tunesmith")
+        root.removeHandler(self._memory)
+        root.addHandler(self._file)
 
     def __exit__(self, *exc) -> None:
         root = logging.getLogger("tunesmith")
-        root.removeHandler(self.handler)
+        for handler in (self._memory, self._file):
+            if handler is not None:
+                root.removeHandler(handler)
+                handler.close()
         root.setLevel(self._level)
-        self.handler.close()
+
+
+class _Keep(logging.Handler):
+    def __init__(self, records: list):
+        super().__init__(logging.INFO)
+        self.records = records
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)

@@ -12,9 +12,9 @@ console = Console(stderr=True)
 
 def restart_with_tcmalloc(args: Namespace, allocator: str) -> None:
     """For commands that train on the CPU: may start this command again with tcmalloc preloaded
-    (training.cpu_allocator), but only from a real command line, never from main([...]) called in Python."""
+    (speed.cpu_allocator), but only from a real command line, never from main([...]) called in Python."""
     if getattr(args, "may_restart", False):
-        from ..training.cpu_memory import preload_tcmalloc
+        from ..speed.cpu.allocator import preload_tcmalloc
 
         preload_tcmalloc(allocator)
 
@@ -23,10 +23,11 @@ def train(args: Namespace) -> int:
     from ..config.loading import load_config
 
     cfg = load_config(args.config, args.overrides)  # validate before the heavy imports
-    restart_with_tcmalloc(args, cfg.training.cpu_allocator)
-    from ..training.run import train as run_training
+    restart_with_tcmalloc(args, cfg.speed.cpu_allocator)
+    from ..recipes import train as run_training
+    from .render import ConsoleReporter
 
-    run_training(cfg, resume=args.resume, console=console)
+    run_training(cfg, resume=args.resume, reporter=ConsoleReporter(console))
     return 0
 
 

@@ -32,6 +32,9 @@ EPILOG = """examples:
 """
 
 
+VERBOSE_HELP = "also show tunesmith's internal log on the console (what a run chose and why; always in its train.log)"
+
+
 def _sampling_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("sampling")
     group.add_argument("--max-new-tokens", type=int, default=256)
@@ -50,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tunesmith", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
         description="Turn a general pretrained language model into your own: fine-tune, chat, export.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
+    parser.add_argument("-v", "--verbose", action="store_true", dest="show_log", help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("train", help="fine-tune a model from a YAML config",
@@ -60,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="YAML config file")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. training.learning_rate=1e-4")
     p.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint")
+    p.add_argument("-v", "--verbose", action="store_true", dest="show_log", default=argparse.SUPPRESS,
+                   help=VERBOSE_HELP)
     p.set_defaults(func=commands.train)
 
     p = sub.add_parser("data", help="inspect training data")
@@ -143,11 +149,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 1
     # Only a real command line (not main([...]) called from Python, e.g. a test) may restart its own process
-    # (training.cpu_allocator: tcmalloc is preloaded by starting the command again).
+    # (speed.cpu_allocator: tcmalloc is preloaded by starting the command again).
     args.may_restart = argv is None
     # Long paths in messages must stay on one line so that file, line and field can be read (and grepped).
     console = Console(stderr=True, soft_wrap=True)
     quiet_library_chatter()
+    if getattr(args, "show_log", False):
+        from .render import show_internal_log
+
+        show_internal_log(console)
     try:
         return int(args.func(args) or 0)
     except TunesmithError as exc:

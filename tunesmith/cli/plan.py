@@ -40,7 +40,7 @@ def register(subparsers) -> None:
     run.add_argument("--attn", default=None, help="attention implementation (sdpa, eager, flash_attention_2)")
     run.add_argument("--supervised-share", type=float, default=None,
                      help="share of tokens whose next token is trained (replies), 0-1; the LM head and loss run only "
-                          "there (training.supervised_logits). Default 1: every token, an upper bound")
+                          "there (speed.loss). Default 1: every token, an upper bound")
     run.add_argument("--device", default=None, choices=["cpu", "cuda"], help="target device (default: this one)")
     run.add_argument("--devices", type=int, default=1, help="data-parallel devices")
     run.add_argument("--zero-stage", type=int, default=0, choices=[0, 1, 2, 3], help="ZeRO stage (3 = FSDP)")
@@ -129,7 +129,7 @@ def plan_command(args) -> int:
         from ..config.loading import load_config
         from .commands import restart_with_tcmalloc
 
-        restart_with_tcmalloc(args, load_config(args.config).training.cpu_allocator if args.config else "auto")
+        restart_with_tcmalloc(args, load_config(args.config).speed.cpu_allocator if args.config else "auto")
     out, err = Console(), Console(stderr=True)
     model_ref, request, cfg = build_request(args)
     trust = bool(cfg and cfg.model.trust_remote_code)

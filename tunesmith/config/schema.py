@@ -92,39 +92,78 @@ class TrainingConfig(StrictModel):
     save_total_limit: int | None = Field(2, gt=0)
     early_stopping_patience: int | None = Field(None, gt=0)
     tensorboard: bool = True
-    # Speed and memory (docs/benchmarks.md). None of these changes what is learned.
-    supervised_logits: bool = Field(True, description="LM head only at positions whose next token is trained")
-    chunked_loss: bool = Field(True, description="LM head and cross-entropy over chunks of tokens, gradients "
-                                                 "computed on the way: no tokens x vocabulary logits (needs "
-                                                 "supervised_logits; liger_kernel uses Liger's instead)")
-    skip_padding_mask: bool = Field(True, description="causal LMs, right-padded batches: no padding mask, so "
-                                                      "attention runs causal-only (no real token sees a later "
-                                                      "pad; checked on the first batch; sdpa/eager only)")
-    half_frozen_base: bool = Field(True, description="CPU, bf16 autocast, adapter methods: frozen linear weights "
-                                                     "held in bf16 (the values autocast multiplies with; no "
-                                                     "per-step copies)")
-    cpu_threads: int | None = Field(None, gt=0, description="torch threads on CPU (default: physical cores)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_speed_keys(cls, values: Any):
+        """The speed and memory switches moved to the `speed:` section; say where each went."""
+        if isinstance(values, dict):
+            for key in values:
+                if key in RENAMED_SPEED_KEYS:
+                    from ..errors import ConfigError
+
+                    raise ConfigError(f"training.{key} was renamed", where=f"training.{key}",
+                                      hint=RENAMED_SPEED_KEYS[key] + " (docs/speed.md)")
+        return values
+
+
+# Old `training.*` speed keys and where each went.
+RENAMED_SPEED_KEYS = {
+    "supervised_logits": "use speed.loss: supervised (logits at trained positions only) or full (all logits)",
+    "chunked_loss": "use speed.loss: chunked (the default under auto) or supervised",
+    "liger_kernel": "use speed.loss: liger",
+    "cpu_threads": "use speed.cpu_threads", "cpu_allocator": "use speed.cpu_allocator",
+    "torch_compile": "use speed.torch_compile", "activation_offload": "use speed.activation_offload",
+    **{name: f"use speed.switches.{name} (or speed.cpu_kernels: off for all CPU kernels)"
+       for name in ("half_frozen_base", "sdpa_gqa", "fast_dropout", "cpu_causal_attention", "fast_rms_norm")},
+    "skip_padding_mask": "use speed.switches.skip_padding_mask",
+}
+
+# Speed switches that benchmarks turn off one at a time (docs/speed.md). Each is on unless `speed.cpu_kernels: off`
+# (the CPU ones) or `speed.switches` says otherwise; each applies only where the module docstring of its piece says.
+CPU_KERNEL_SWITCHES = ("half_frozen_base", "sdpa_gqa", "fast_dropout", "cpu_causal_attention", "fast_rms_norm")
+SPEED_SWITCHES = (*CPU_KERNEL_SWITCHES, "skip_padding_mask")
+
+
+class SpeedConfig(StrictModel):
+    """How fast and lean a run trains; what is learned stays the same (docs/speed.md says what each choice does and
+    what measured it). The run resolves this once into a speed plan (`tunesmith.speed.plan`) that training, the
+    planner and the run log read."""
+
+    loss: Literal["auto", "full", "supervised", "chunked", "liger"] = Field(
+        "auto", description="full: logits at every position (transformers' loss); supervised: the LM head only "
+                            "where the next token is trained; chunked: that, over chunks of tokens with no tokens x "
+                            "vocabulary logits; liger: Liger's fused kernels (CUDA; pip install 'tunesmith[gpu]'); "
+                            "auto: chunked, falling back to supervised or full where a model cannot take it")
+    cpu_kernels: Literal["auto", "off"] = Field(
+        "auto", description="CPU: tunesmith's kernels (RMSNorm backward, dropout masks, causal attention, "
+                            "grouped-query SDPA, the frozen base held in bf16) where they apply; off: torch's own")
     cpu_allocator: Literal["auto", "tcmalloc", "lean", "default"] = Field(
         "auto", description="CPU (Linux): tcmalloc (preloaded by the tunesmith command; glibc's speed, ~lean's "
                             "memory); lean returns freed tensors to the OS (lower, predictable peak RSS; slower "
                             "steps); default keeps glibc's settings (fast, retains freed memory); auto: tcmalloc "
                             "when installed, else default when the predicted peak leaves room, else lean")
-    sdpa_gqa: bool = Field(True, description="CPU: SDPA attends each query head to its shared key/value head also "
-                                             "under a padding mask (transformers otherwise copies keys and values "
-                                             "per query head)")
-    fast_dropout: bool = Field(True, description="CPU: dropout masks from a vectorised counter-based hash, applied "
-                                                 "without boolean ops (3x cheaper than torch's; drop probability "
-                                                 "rounded to 1/32768)")
-    cpu_causal_attention: bool = Field(True, description="CPU, bf16: causal attention by a kernel that computes "
-                                                         "only the blocks at or below the diagonal (torch's CPU "
-                                                         "flash kernel computes the whole square below 512 keys); "
-                                                         "compiled on first use, SDPA where it cannot be built")
-    fast_rms_norm: bool = Field(True, description="CPU: RMSNorm layers with a four-pass backward (same forward; "
-                                                  "transformers' runs about ten ops' backward per norm)")
-    liger_kernel: bool = Field(False, description="Liger fused kernels (CUDA; pip install 'tunesmith[gpu]')")
+    cpu_threads: int | None = Field(None, gt=0, le=1024,
+                                    description="torch threads on CPU (default: physical cores; at most the CPUs "
+                                                "this process may use)")
     torch_compile: bool = Field(False, description="torch.compile the model")
     activation_offload: bool = Field(False, description="keep saved activations in CPU memory (CUDA); "
                                                         "with gradient_checkpointing only the layer inputs")
+    switches: dict[str, bool] = Field(default_factory=dict,
+                                      description="benchmarks: one speed piece on or off (docs/speed.md)")
+
+    @field_validator("switches")
+    @classmethod
+    def _known_switches(cls, value: dict[str, bool]) -> dict[str, bool]:
+        unknown = sorted(set(value) - set(SPEED_SWITCHES))
+        if unknown:
+            raise ValueError(f"unknown speed switch {', '.join(unknown)}; known: {', '.join(SPEED_SWITCHES)}")
+        return value
+
+    def switch(self, name: str) -> bool:
+        """Whether the speed piece `name` is wanted (where it applies)."""
+        default = self.cpu_kernels == "auto" or name not in CPU_KERNEL_SWITCHES
+        return self.switches.get(name, default)
 
 
 class GeneralEvalData(StrictModel):
@@ -159,6 +198,7 @@ class RunConfig(StrictModel):
     method: Any = Field(default_factory=lambda: {"name": "lora"}, validate_default=True)
     data: DataConfig
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    speed: SpeedConfig = Field(default_factory=SpeedConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
     @field_validator("method", mode="before")

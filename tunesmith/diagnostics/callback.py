@@ -8,11 +8,12 @@ import math
 from pathlib import Path
 
 import torch
-from rich.console import Console
 from transformers import TrainerCallback
 
+from ..compat import load_checkpoint_weights
 from ..errors import TunesmithError
 from ..io import atomic_write_json
+from ..reporting import Reporter, reporter_or_default
 from .curves import detect_grad_health, detect_spikes, diagnose
 from .findings import Finding, sort_findings
 
@@ -26,9 +27,9 @@ class TrainingDiverged(TunesmithError):
 
 
 class DiagnosticsCallback(TrainerCallback):
-    def __init__(self, run_dir: Path, console: Console | None = None, max_grad_norm: float | None = None):
+    def __init__(self, run_dir: Path, reporter: Reporter | None = None, max_grad_norm: float | None = None):
         self.run_dir = Path(run_dir)
-        self.console = console or Console(stderr=True)
+        self.reporter = reporter_or_default(reporter)
         self.max_grad_norm = max_grad_norm
         self.records: list[dict] = []
         self.diverged: Finding | None = None
@@ -41,7 +42,7 @@ class DiagnosticsCallback(TrainerCallback):
                                 "rather than fp16, and check the data for empty or extremely long samples")
         control.should_training_stop = True
         control.should_save = False  # never checkpoint broken weights; the last good checkpoint stays
-        self.console.print(f"[bold red]diverged:[/] {what} at step {step}; stopping without saving")
+        self.reporter.warning(f"diverged: {what} at step {step}; stopping without saving")
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         # A checkpoint is about to be written: make sure the weights are sound (a NaN may have entered between
@@ -65,7 +66,7 @@ class DiagnosticsCallback(TrainerCallback):
                 key = (finding.code, finding.step)
                 if finding.code in _LIVE and key not in self._told and finding.step == state.global_step:
                     self._told.add(key)
-                    self.console.print(f"[yellow]{finding.code}[/] at step {finding.step}: {finding.message}")
+                    self.reporter.warning(f"{finding.code} at step {finding.step}: {finding.message}")
         return control
 
     def on_train_end(self, args, state, control, **kwargs):
@@ -82,13 +83,11 @@ class DiagnosticsCallback(TrainerCallback):
         self.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.run_dir / DIAGNOSTICS_FILE, {"findings": [f.to_dict() for f in findings],
                                                             "diverged": self.diverged is not None})
-        if findings:
-            self.console.print("[bold]training diagnostics[/]")
-            for finding in findings:
-                colour = {"error": "red", "warning": "yellow"}.get(finding.severity, "cyan")
-                self.console.print(f"  [{colour}]{finding.code}[/] " + str(finding).split("] ", 1)[1])
-        else:
-            self.console.print("training diagnostics: the curves look healthy")
+        if not findings:
+            self.reporter.info("training diagnostics: the curves look healthy")
+        for finding in findings:
+            line = f"training diagnostics: {finding.code} " + str(finding).split("] ", 1)[1]
+            (self.reporter.info if finding.severity == "info" else self.reporter.warning)(line)
         return control
 
 
@@ -109,7 +108,7 @@ def _weights_finite(model) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in model.parameters() if p.requires_grad)
 
 
-def restore_last_good(trainer, run_dir: Path, diverged: Finding, console: Console) -> Path:
+def restore_last_good(trainer, run_dir: Path, diverged: Finding, reporter: Reporter) -> Path:
     """After a NaN/Inf stop: load the newest checkpoint (all were written before the divergence) into the
     trainer's model, so the run folder gets sound weights. Without one, nothing sound exists: raise."""
     from ..training.checkpoints import latest_checkpoint
@@ -119,10 +118,8 @@ def restore_last_good(trainer, run_dir: Path, diverged: Finding, console: Consol
         raise TrainingDiverged(f"training diverged at step {diverged.step} before the first checkpoint; "
                                f"no model was saved", where=str(run_dir),
                                hint=diverged.advice + f"; the curves are in {run_dir}/metrics.jsonl")
-    # The Trainer's own checkpoint loader (what resume uses) knows every artifact kind a method may save
-    # (adapters, full weights, sharded files); transformers has no public call that loads weights only.
-    trainer._load_from_checkpoint(str(checkpoint))
-    console.print(f"[yellow]restored[/] the last good weights from {checkpoint}")
+    load_checkpoint_weights(trainer, checkpoint)
+    reporter.warning(f"restored the last good weights from {checkpoint}")
     return checkpoint
 
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from rich.console import Console
 
 from ..config.schema import RunConfig
 from ..models.loading import LoadedModel
+from ..reporting import Reporter, reporter_or_default
 
 # Above this share of general ability lost, the card and the report warn (the reference chapter's "keep
 # forgetting under 10%" target).
@@ -45,7 +45,7 @@ def forgetting_rows(base: dict, tuned: dict) -> list[dict]:
 
 
 def measure_forgetting(cfg: RunConfig, model, tokenizer, template_name: str,
-                       console: Console | None = None) -> list[dict]:
+                       reporter: Reporter | None = None) -> list[dict]:
     """Perplexity on each `eval.general` dataset with the base and the fine-tuned model, right after training.
 
     An adapter is switched off to get the base (no second copy of the model); a fully fine-tuned model is
@@ -54,7 +54,7 @@ def measure_forgetting(cfg: RunConfig, model, tokenizer, template_name: str,
     from .runner import evaluate_suite
     from .suite import PerplexityTask, Suite
 
-    console = console or Console(stderr=True)
+    reporter = reporter_or_default(reporter)
     names = [Path(spec.path).stem or "general" for spec in cfg.eval.general]
     names = [n if names.count(n) == 1 else f"{n}_{i + 1}" for i, n in enumerate(names)]  # task names are unique
     tasks = [PerplexityTask(name=name, type="perplexity", data=spec.path, max_samples=spec.max_samples,
@@ -65,23 +65,23 @@ def measure_forgetting(cfg: RunConfig, model, tokenizer, template_name: str,
     model.eval()
     try:
         tuned = evaluate_suite(LoadedModel(model, tokenizer, template_name, {}), suite, label="fine-tuned",
-                               console=console)
+                               reporter=reporter)
         if hasattr(model, "disable_adapter"):
             with model.disable_adapter():
                 base = evaluate_suite(LoadedModel(model, tokenizer, template_name, {}), suite, label="base",
-                                      console=console)
+                                      reporter=reporter)
         else:
             from ..models.loading import load_model
 
             base_model = load_model(cfg.model).to(next(model.parameters()).device).eval()
             base = evaluate_suite(LoadedModel(base_model, tokenizer, template_name, {}), suite, label="base",
-                                  console=console)
+                                  reporter=reporter)
             del base_model
     finally:
         model.train(was_training)
     rows = forgetting_rows(base, tuned)
     for row in rows:
-        console.print(f"forgetting on {row['task']}: {row['metric']} {row['before']:.4g} -> {row['after']:.4g} "
+        reporter.info(f"forgetting on {row['task']}: {row['metric']} {row['before']:.4g} -> {row['after']:.4g} "
                       f"({100 * row['rate']:+.1f}%)")
     return rows
 

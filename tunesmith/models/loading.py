@@ -60,7 +60,7 @@ def resolve_ref(ref: str) -> str:
     return resolve_model_ref(ref)
 
 
-def _source_kwargs(cfg: ModelConfig) -> tuple[str, dict[str, Any]]:
+def source_kwargs(cfg: ModelConfig) -> tuple[str, dict[str, Any]]:
     ref = resolve_ref(cfg.name_or_path)
     path = Path(ref).expanduser()
     kwargs: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
@@ -110,7 +110,7 @@ def materialize_gguf(gguf: Path) -> Path:
 
 # Where a CPU run should attend instead of an attention implementation it cannot use.
 CPU_ATTENTION_HINT = ("leave it unset on CPU: sdpa, and tunesmith's CPU causal attention kernel where it applies "
-                      "(training.cpu_causal_attention)")
+                      "(speed.switches.cpu_causal_attention)")
 
 
 def first_line(exc: Exception) -> str:
@@ -145,7 +145,7 @@ def _wrap_load_error(ref: str, exc: Exception, attn_implementation: str | None =
 def load_tokenizer(cfg: ModelConfig):
     from transformers import AutoTokenizer
 
-    ref, kwargs = _source_kwargs(cfg)
+    ref, kwargs = source_kwargs(cfg)
     try:
         tokenizer = AutoTokenizer.from_pretrained(ref, **kwargs)
     except (OSError, ValueError) as exc:
@@ -159,7 +159,7 @@ def load_tokenizer(cfg: ModelConfig):
 def model_load_kwargs(cfg: ModelConfig, dtype: torch.dtype | None = None,
                       extra: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
     """`from_pretrained`'s reference and keyword arguments for any head (causal LM, classification)."""
-    ref, kwargs = _source_kwargs(cfg)
+    ref, kwargs = source_kwargs(cfg)
     kwargs["dtype"] = dtype or resolve_dtype(cfg.dtype)
     if cfg.attn_implementation:
         from transformers.utils.generic import is_flash_attention_requested

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch.multiprocessing.reductions import StorageWeakRef
 
+from ..compat import no_packed_sequence_detection
 from .meta_autocast import MetaAutocast
 
 
@@ -108,13 +109,6 @@ def _meta_4bit_linear():
     return mock.patch.object(Linear4bit, "forward", forward)
 
 
-def _no_packed_detection():
-    # Detecting packed sequences reads position-id values (`.item()`), which meta tensors do not have.
-    import transformers.masking_utils as masking
-
-    return mock.patch.object(masking, "find_packed_sequence_indices", lambda *a, **k: None)
-
-
 def trace_activations(model, batch: int, seq: int, *, device_type: str = "cpu",
                       autocast_dtype: torch.dtype | None = None) -> ActivationTrace:
     """What autograd saves in one training forward of `model` at (batch, seq); `autocast_dtype`: the half
@@ -159,7 +153,7 @@ def trace_activations(model, batch: int, seq: int, *, device_type: str = "cpu",
     output = None
     autocast = MetaAutocast(autocast_dtype) if autocast_dtype not in (None, torch.float32) else None
     try:
-        with _fused_sdpa(device_type, autocast), _no_packed_detection(), _meta_4bit_linear(), \
+        with _fused_sdpa(device_type, autocast), no_packed_sequence_detection(), _meta_4bit_linear(), \
                 autocast or contextlib.nullcontext(), \
                 torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), contextlib.suppress(StopIteration):
             output = model(input_ids=ids, attention_mask=None, labels=ids)

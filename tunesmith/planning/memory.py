@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..training.chunked_loss import chunk_tokens
-from ..training.dropout import use_fast_dropout
+from ..speed.chunked_loss import chunk_tokens
+from ..speed.cpu.dropout import use_fast_dropout
 from .activations import ActivationTrace, trace_activations
 from .optimizers import OPTIMIZERS, optimizer_state_bytes, resolve_optimizer
 from .params import ParamCounts, exact_counts, method_options
@@ -43,22 +43,22 @@ class PlanRequest:
     devices: int = 1
     zero_stage: int = 0              # 0 none, 1 optimizer, 2 +gradients, 3 (= FSDP full shard) +weights
     attn_implementation: str | None = None
-    # Training runs the LM head and the loss only where the next token is trained (training.supervised_logits), so
+    # Training runs the LM head and the loss only where the next token is trained (speed.loss: supervised or chunked), so
     # the batch x seq x vocabulary buffers scale with the replies' share of tokens; 1.0 (every token) is the bound.
     supervised_share: float = 1.0
-    # training.fast_dropout: on CPU each dropout keeps a one-byte mask for backward instead of torch's float32 noise
+    # speed.switches.fast_dropout: on CPU each dropout keeps a one-byte mask for backward instead of torch's float32 noise
     # (on CUDA torch's fused dropout already does; the switch changes nothing there).
     fast_dropout: bool = True
-    # training.fast_rms_norm: on CPU the RMSNorm layers run as one autograd Function. It keeps the tensors autograd
+    # speed.switches.fast_rms_norm: on CPU the RMSNorm layers run as one autograd Function. It keeps the tensors autograd
     # keeps for the original, so only the time probe (planning/time.py) swaps it in.
     fast_rms_norm: bool = True
-    # training.cpu_causal_attention: bf16 CPU attention by tunesmith's causal kernel. It keeps what SDPA's flash
+    # speed.switches.cpu_causal_attention: bf16 CPU attention by tunesmith's causal kernel. It keeps what SDPA's flash
     # kernel keeps (inputs, output, log-sum-exp), so again only the time probe swaps it in.
     cpu_causal_attention: bool = True
-    # training.chunked_loss: the head and the loss over chunks of tokens, no tokens x vocabulary logits (when the
+    # speed.chunked_loss: the head and the loss over chunks of tokens, no tokens x vocabulary logits (when the
     # model has a plain head and takes supervised logits; `plan_memory` checks).
     chunked_loss: bool = True
-    # training.half_frozen_base: on CPU under bf16 autocast an adapter method's frozen linear weights are held in
+    # speed.switches.half_frozen_base: on CPU under bf16 autocast an adapter method's frozen linear weights are held in
     # bf16 (training/frozen_base.py); exact_counts applies the same rule to the meta model.
     half_frozen_base: bool = True
     runtime_overhead: int | None = None
@@ -234,7 +234,7 @@ def plan_memory(config, request: PlanRequest) -> MemoryPlan:
                      "family is cast the same way on CUDA; not validated on a GPU)")
     if request.device == "cpu":
         notes.append("CPU: the peak of live tensors plus the runtime, which the process reaches with "
-                     "training.cpu_allocator: lean; tcmalloc (what auto uses when installed) keeps a little more, "
+                     "speed.cpu_allocator: lean; tcmalloc (what auto uses when installed) keeps a little more, "
                      "glibc's default settings keep freed memory and their RSS can run up to ~1.7x higher "
                      "(docs/planning.md)")
     if request.zero_stage and request.devices > 1:

@@ -198,7 +198,7 @@ def exact_counts(config, method_name: str, opts: Any = None, *, compute_dtype: t
     as training holds them (`half_frozen_base`, training/frozen_base.py)."""
     from ..methods.registry import get_method
     from ..models.loading import training_load_dtype
-    from ..training.frozen_base import hold_for_training
+    from ..speed.frozen_base import hold_for_training
 
     opts = opts if opts is not None else method_options(method_name)
     full_dtype = training_load_dtype(get_method(method_name).is_peft, compute_dtype, cuda=cuda)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import torch
-from rich.console import Console
 
-from .report import human
+from ..reporting import Reporter, reporter_or_default
+from .units import human
+
+log = logging.getLogger(__name__)
 
 
 def device_memory(device: str) -> int:
@@ -24,45 +27,48 @@ def device_memory(device: str) -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
 
 
-def request_from_config(cfg, device: str):
+def request_from_config(cfg, device: str, speed=None):
+    """The planner's request for a training run of `cfg` on `device`, with its speed plan (`speed`; resolved from
+    `cfg.speed` when not given)."""
+    from ..speed.plan import resolve_speed_plan
     from .memory import PlanRequest
 
     t = cfg.training
+    speed = speed or resolve_speed_plan(cfg, device)
     precision = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(cfg.model.dtype, "auto")
     return PlanRequest(method=cfg.method.name, method_options=cfg.method.model_dump(exclude={"name"}),
                        batch=t.batch_size, seq=cfg.data.max_length, grad_accum=t.grad_accum,
                        gradient_checkpointing=t.gradient_checkpointing, optimizer=t.optimizer, precision=precision,
                        device=device, attn_implementation=cfg.model.attn_implementation,
-                       fast_dropout=t.fast_dropout, fast_rms_norm=t.fast_rms_norm,
-                       cpu_causal_attention=t.cpu_causal_attention,
-                       half_frozen_base=t.half_frozen_base,
+                       fast_dropout=speed.fast_dropout, fast_rms_norm=speed.fast_rms_norm,
+                       cpu_causal_attention=speed.cpu_causal_attention, half_frozen_base=speed.half_frozen_base,
                        # Liger's fused linear cross-entropy keeps no full logits either: counted alike.
-                       chunked_loss=t.supervised_logits and (t.chunked_loss or t.liger_kernel))
+                       chunked_loss=speed.loss in ("chunked", "liger"))
 
 
-def preflight(cfg, model_config=None, memory: int | None = None, *, console: Console | None = None):
-    """Print the predicted peak of this run and warn when it exceeds the device's memory. Never fails training:
-    a planning problem is reported as a note and the run goes on. Returns the plan (or None)."""
+def preflight(cfg, model_config=None, memory: int | None = None, *, reporter: Reporter | None = None, speed=None):
+    """Tell the user the predicted peak of this run and warn when it exceeds the device's memory. Never fails
+    training: a planning problem goes to the log and the run goes on. Returns the plan (or None)."""
     from .memory import plan_memory
     from .params import load_model_config
 
-    console = console or Console(stderr=True)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    reporter = reporter_or_default(reporter)
+    device = speed.device if speed is not None else "cuda" if torch.cuda.is_available() else "cpu"
     try:
         if model_config is None:
-            from ..models.loading import _source_kwargs
+            from ..models.loading import source_kwargs
 
-            ref, _ = _source_kwargs(cfg.model)
+            ref, _ = source_kwargs(cfg.model)
             model_config = load_model_config(ref, trust_remote_code=cfg.model.trust_remote_code)
-        plan = plan_memory(model_config, request_from_config(cfg, device))
+        plan = plan_memory(model_config, request_from_config(cfg, device, speed))
     except Exception as exc:  # noqa: BLE001 - the pre-flight is advice, never a reason to stop
-        console.print(f"[dim]pre-flight: no memory prediction ({type(exc).__name__}: {exc})[/]")
+        log.info("pre-flight: no memory prediction (%s: %s)", type(exc).__name__, exc)
         return None
     available = memory if memory is not None else device_memory(device)
     what = "GPU memory" if device == "cuda" else "available RAM"
-    console.print(f"pre-flight: predicted peak {human(plan.peak)} ({plan.peak_phase}); {what} {human(available)}")
+    reporter.info(f"pre-flight: predicted peak {human(plan.peak)} ({plan.peak_phase}); {what} {human(available)}")
     if plan.peak > available:
-        console.print(f"[yellow]warning:[/] the predicted peak exceeds {what}; expect an out-of-memory error. "
-                      f"Try training.gradient_checkpointing: true, a smaller training.batch_size (with grad_accum), "
-                      f"a shorter data.max_length, or method qlora; `tunesmith plan --budget` proposes settings")
+        reporter.warning(f"the predicted peak exceeds {what}; expect an out-of-memory error. Try "
+                         f"training.gradient_checkpointing: true, a smaller training.batch_size (with grad_accum), "
+                         f"a shorter data.max_length, or method qlora; `tunesmith plan --budget` proposes settings")
     return plan

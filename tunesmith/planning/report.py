@@ -5,13 +5,7 @@ from __future__ import annotations
 from rich.table import Table
 
 from .memory import MemoryPlan
-
-GIB = 2 ** 30
-
-
-def human(nbytes: float) -> str:
-    return f"{nbytes / GIB:.2f} GiB" if nbytes >= GIB / 4 else f"{nbytes / 2 ** 20:.0f} MiB"
-
+from .units import GIB, human
 
 def counts_table(plan: MemoryPlan, model_name: str) -> Table:
     c, r = plan.counts, plan.request

@@ -4,9 +4,9 @@ Throughput depends on kernels, memory bandwidth and contention that no formula k
 trains a randomly initialised copy of the model built from its config (no download) with the method applied;
 QLoRA is probed as LoRA (a 4-bit base cannot be built from a config without weights), which is noted. The probe
 runs the model as training does: training's load-dtype rule with autocast to the compute dtype (an fp32 base under
-bf16 autocast on CPU), and on CPU the fast dropout that `training.fast_dropout` (`PlanRequest.fast_dropout`) swaps in
-and the RMSNorm of `training.fast_rms_norm` (`PlanRequest.fast_rms_norm`), and under bf16 the causal attention
-kernel of `training.cpu_causal_attention` where it runs (`PlanRequest.cpu_causal_attention`).
+bf16 autocast on CPU), and on CPU the fast dropout that `speed.switches.fast_dropout` (`PlanRequest.fast_dropout`) swaps in
+and the RMSNorm of `speed.switches.fast_rms_norm` (`PlanRequest.fast_rms_norm`), and under bf16 the causal attention
+kernel of `speed.switches.cpu_causal_attention` where it runs (`PlanRequest.cpu_causal_attention`).
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import torch
 
 from ..methods.registry import get_method
 from ..models.loading import training_load_dtype
-from ..training.frozen_base import hold_for_training
-from ..training.causal_attention import use_causal_attention_kernel
-from ..training.cpu_layers import use_cpu_layers
+from ..speed.frozen_base import hold_for_training
+from ..speed.cpu.causal_attention import use_causal_attention_kernel
+from ..speed.cpu.layers import use_cpu_layers
 from .memory import PlanRequest
 from .params import apply_method, method_options
 

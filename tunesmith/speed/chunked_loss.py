@@ -3,7 +3,7 @@
 Why by hand: the plain loss of a causal LM materialises tokens x vocabulary logits in fp32, keeps their
 log-softmax for backward and, at the top of backward, holds two more gradients of that size. For SmolLM2-135M
 (49k vocabulary) at 4 x 512 tokens that is about 1 GiB, the largest tensors of a LoRA step. Liger's fused linear
-cross-entropy avoids it with Triton kernels (CUDA only; used when `training.liger_kernel` is on); nothing does on
+cross-entropy avoids it with Triton kernels (CUDA only; used when `speed.loss` is liger); nothing does on
 CPU. Here the head and the loss run over chunks of tokens, and each chunk's logit gradient (softmax minus one-hot)
 becomes the hidden-state gradient (and the head's weight gradient, when the head trains) at once, so only one
 chunk's logits ever exist. The FLOPs are the plain path's (nothing is recomputed); under autocast every matmul runs

@@ -1,4 +1,4 @@
-"""Frozen base weights held in the autocast dtype while adapters train on CPU (`training.half_frozen_base`).
+"""Frozen base weights held in the autocast dtype while adapters train on CPU (`speed.switches.half_frozen_base`).
 
 Under bf16 autocast every matmul rounds its fp32 weight to bf16. For a frozen weight autocast makes that copy at
 each forward (its cache keeps only leaf tensors that require grad) and autograd keeps it for backward, so at the

@@ -1,4 +1,4 @@
-"""Right-padded causal-LM batches trained without the padding mask (`training.skip_padding_mask`).
+"""Right-padded causal-LM batches trained without the padding mask (`speed.switches.skip_padding_mask`).
 
 Why: a causal LM's token attends only to the tokens before it, so in a right-padded row no real token ever sees a
 padding token; the padding mask changes nothing but the padding positions' own outputs, which carry no label. Yet
@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import torch
 
-from .causal_attention import NAME as CAUSAL_KERNEL, sdpa_only
+from ..compat import attention_implementation
+from .cpu.causal_attention import NAME as CAUSAL_KERNEL, sdpa_only
 from .probe_forward import probe_forward
 
 _ATTENTION = ("sdpa", "eager", CAUSAL_KERNEL)
@@ -34,7 +35,7 @@ def right_padded(attention_mask: torch.Tensor | None) -> bool:
 
 def eligible_config(config) -> bool:
     """The configuration-level conditions of the module docstring."""
-    attention = getattr(config, "_attn_implementation", None)
+    attention = attention_implementation(config)
     return attention in _ATTENTION and not getattr(config, "output_router_logits", False)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import torch
@@ -10,11 +9,9 @@ from transformers import TrainingArguments
 
 from ..config.schema import RunConfig
 from ..errors import ConfigError
-from ..hardware import physical_cores
-from ..models.loading import CPU_ATTENTION_HINT
+from ..runtime import Runtime
+from ..speed.plan import SpeedPlan
 from .checkpoints import CHECKPOINT_DIR
-from .cpu_attention import grouped_query_sdpa
-from .cpu_memory import limit_onednn_caches
 
 _OPTIMIZERS = {"adamw": "adamw_torch", "adamw_8bit": "adamw_bnb_8bit", "paged_adamw_8bit": "paged_adamw_8bit",
                "paged_adamw_32bit": "paged_adamw_32bit", "sgd": "sgd"}
@@ -32,42 +29,12 @@ def choose_optimizer(cfg: RunConfig) -> str:
     return _OPTIMIZERS[name]
 
 
-def configure_cpu_runtime(cfg: RunConfig) -> int | None:
-    """On CPU: torch's intra-op threads (training.cpu_threads, else the physical cores; returned), oneDNN's
-    per-shape caches kept small (`limit_onednn_caches`) and masked grouped-query SDPA (`grouped_query_sdpa`). None
-    on a GPU."""
-    if torch.cuda.is_available():
-        return None
-    limit_onednn_caches()
-    grouped_query_sdpa(cfg.training.sdpa_gqa)
-    threads = cfg.training.cpu_threads or physical_cores()
-    torch.set_num_threads(threads)
-    return threads
-
-
-def check_speed_options(cfg: RunConfig, cuda: bool) -> None:
+def build_training_arguments(cfg: RunConfig, *, runtime: Runtime, speed: SpeedPlan,
+                             has_validation: bool) -> TrainingArguments:
     t = cfg.training
-    if t.liger_kernel and not cuda:
-        raise ConfigError("Liger kernels are Triton GPU kernels and need a CUDA GPU", where="training.liger_kernel",
-                          hint="set training.liger_kernel: false on CPU")
-    if t.liger_kernel and importlib.util.find_spec("liger_kernel") is None:
-        raise ConfigError("training.liger_kernel needs the liger-kernel package", where="training.liger_kernel",
-                          hint="pip install 'tunesmith[gpu]'")
-    if cfg.model.attn_implementation == "flex_attention" and not cuda:
-        raise ConfigError("FlexAttention has no backward on CPU in torch, so it cannot train here",
-                          where="model.attn_implementation", hint=CPU_ATTENTION_HINT)
-    if t.activation_offload and not cuda:
-        raise ConfigError("activation offload moves activations from GPU to CPU memory; on CPU there is nowhere "
-                          "to offload to", where="training.activation_offload",
-                          hint="set training.gradient_checkpointing: true to save activation memory on CPU")
-
-
-def build_training_arguments(cfg: RunConfig, *, compute_dtype: torch.dtype, has_validation: bool) -> TrainingArguments:
-    t = cfg.training
-    cuda = torch.cuda.is_available()
+    cuda, compute_dtype = runtime.cuda, runtime.compute_dtype
     if compute_dtype == torch.float16 and not cuda:
         raise ConfigError("float16 training needs a GPU", where="model.dtype", hint="use float32 (or auto) on CPU")
-    check_speed_options(cfg, cuda)
     eval_steps = t.eval_steps or t.save_steps
     early = t.early_stopping_patience is not None
     if early and t.save_steps % eval_steps:
@@ -95,5 +62,5 @@ def build_training_arguments(cfg: RunConfig, *, compute_dtype: torch.dtype, has_
         # tokenizers whose pad is their EOS is each sample's last token.
         length_column_name="length", include_num_input_tokens_seen="all" if cfg.data.packing is True else "non_padding",
         remove_unused_columns=False, disable_tqdm=True, report_to="none", dataloader_num_workers=0,
-        dataloader_pin_memory=cuda, use_liger_kernel=t.liger_kernel, torch_compile=t.torch_compile,
+        dataloader_pin_memory=cuda, use_liger_kernel=speed.liger, torch_compile=speed.torch_compile,
     )

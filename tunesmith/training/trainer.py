@@ -26,10 +26,11 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer
 
+from ..compat import logits_mask_supported
 from ..data.encoding import IGNORE_INDEX
-from .chunked_loss import FrozenCast, head_compute_dtype, chunked_linear_cross_entropy
-from .padding_mask import eligible_config, mask_is_redundant, right_padded
-from .probe_forward import probe_forward
+from ..speed.chunked_loss import FrozenCast, head_compute_dtype, chunked_linear_cross_entropy
+from ..speed.padding_mask import eligible_config, mask_is_redundant, right_padded
+from ..speed.probe_forward import probe_forward
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +77,7 @@ def supports_supervised_logits(model) -> bool:
     Not for PEFT prompt-learning methods (their virtual tokens lengthen the sequence the mask would index) and
     not for models whose forward has no `logits_to_keep`.
     """
-    try:
-        from transformers.modeling_utils import slice_logits_to_keep  # noqa: F401  (the mask-aware slicing)
-    except ImportError:
+    if not logits_mask_supported():
         return False
     if has_virtual_tokens(model):
         return False

@@ -29,8 +29,8 @@ import platform
 import sys
 from pathlib import Path
 
-from ..errors import ConfigError
-from ..hardware import gpu_device_visible
+from ...errors import ConfigError
+from ...hardware import gpu_device_visible
 
 M_MMAP_THRESHOLD = -3     # <malloc.h>
 LEAN_MMAP_THRESHOLD = 128 * 1024
@@ -68,7 +68,7 @@ def tcmalloc_loaded() -> bool:
 
 
 def preload_tcmalloc(mode: str) -> None:
-    """For the `tunesmith` command, before anything heavy is imported: when `training.cpu_allocator` is `tcmalloc`,
+    """For the `tunesmith` command, before anything heavy is imported: when `speed.cpu_allocator` is `tcmalloc`,
     or `auto` on a Linux machine without a GPU, start this same command again with libtcmalloc preloaded.
     Does nothing when it is already loaded or not installed (`auto`); `tcmalloc` without the library is an error."""
     if os.environ.get(_PRELOADED):  # the restarted process: hide the preload from our own subprocesses
@@ -86,8 +86,8 @@ def preload_tcmalloc(mode: str) -> None:
     library = find_tcmalloc()
     if library is None:
         if mode == "tcmalloc":
-            raise ConfigError("training.cpu_allocator: tcmalloc, but no libtcmalloc is installed",
-                              where="training.cpu_allocator", hint=INSTALL_HINT + "; or choose auto")
+            raise ConfigError("speed.cpu_allocator: tcmalloc, but no libtcmalloc is installed",
+                              where="speed.cpu_allocator", hint=INSTALL_HINT + "; or choose auto")
         return
     previous = os.environ.get("LD_PRELOAD", "")
     env = {**os.environ, "LD_PRELOAD": " ".join(filter(None, [library, previous])), _PRELOADED: library,
@@ -153,7 +153,7 @@ def release_free_memory() -> None:
 
 
 def configure_cpu_allocator(mode: str) -> str:
-    """Apply `training.cpu_allocator` to this process; returns what was done (for the run log)."""
+    """Apply `speed.cpu_allocator` to this process; returns what was done (for the run log)."""
     if mode == "tcmalloc":
         return "tcmalloc (preloaded): freed blocks reused, little heap growth"
     if mode != "lean":

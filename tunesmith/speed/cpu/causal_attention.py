@@ -1,5 +1,5 @@
 """Causal attention for bf16 CPU training that skips the masked half of the score square
-(`training.cpu_causal_attention`).
+(`speed.switches.cpu_causal_attention`).
 
 Why: below 512 keys torch's CPU flash-attention kernel computes one key block as wide as the sequence, so a causal
 mask only masks: the whole square is computed forward and backward (docs/benchmarks.md, "A second machine"). No
@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from ...compat import attention_implementation
 from .native import Kernel, compiler_problem, platform_problem
 
 NAME = "tunesmith_cpu_causal"
@@ -37,7 +38,7 @@ _sdpa_only = False
 
 def build_problem() -> str | None:
     """Why the kernel cannot be used here, or None."""
-    from ..hardware import native_bf16_cpu
+    from ...hardware import native_bf16_cpu
 
     problem = platform_problem()
     if problem is not None:
@@ -204,7 +205,7 @@ def _register() -> None:
 def use_causal_attention_kernel(model: torch.nn.Module) -> str | None:
     """Switch a model that attends with SDPA to the kernel; returns the attention implementation it had (to give
     back with `restore_attention`) or None if nothing changed (not SDPA, or the kernel cannot be built)."""
-    before = getattr(model.config, "_attn_implementation", None)
+    before = attention_implementation(model.config)
     if before != "sdpa" or load_kernel() is None:
         return None
     _register()

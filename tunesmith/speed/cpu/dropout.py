@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..models.layers import replace_modules
+from ...models.layers import replace_modules
 from .native import Kernel, compiler_problem
 
 _BITS = 15  # random bits per element: 16-bit lanes of the hash words, the sign bit masked off

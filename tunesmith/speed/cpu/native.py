@@ -65,8 +65,8 @@ def build(source: Path, cflags: list[str]):
     cache after. The caller checks `compiler_problem()` first."""
     from torch.utils.cpp_extension import load
 
-    from ..hardware import cpu_flags
-    from ..models.pypi_models import default_cache_root
+    from ...hardware import cpu_flags
+    from ...models.pypi_models import default_cache_root
 
     machine = " ".join([torch.__version__, *cpu_flags(), *cflags]).encode()
     name = f"tunesmith_{source.stem}_{hashlib.sha256(source.read_bytes() + machine).hexdigest()[:12]}"

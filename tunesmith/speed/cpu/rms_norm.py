@@ -1,4 +1,4 @@
-"""RMSNorm with a short backward pass, for CPU training (`training.fast_rms_norm`).
+"""RMSNorm with a short backward pass, for CPU training (`speed.switches.fast_rms_norm`).
 
 Why by hand: transformers' RMSNorm modules are a chain of small ops (square, mean, rsqrt, two products), and autograd
 runs each one's backward separately, then adds the two gradients that reach the input: about ten passes over the
@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..models.layers import replace_modules
+from ...models.layers import replace_modules
 
 
 class _RMSNormFunction(torch.autograd.Function):

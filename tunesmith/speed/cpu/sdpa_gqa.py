@@ -16,15 +16,16 @@ from __future__ import annotations
 
 import os
 
-GQA_VARIABLE = "TRANSFORMERS_SDPA_FORCE_GQA"
+from ...compat import SDPA_FORCE_GQA as GQA_VARIABLE, set_sdpa_force_gqa
+
 #: What the user's environment said before tunesmith touched it: their setting always wins.
 _USERS_SETTING = os.environ.get(GQA_VARIABLE)
 
 
 def grouped_query_sdpa(enabled: bool) -> bool:
-    """Have transformers' SDPA pass `enable_gqa` with a mask in this process (CPU runs; `training.sdpa_gqa`).
+    """Have transformers' SDPA pass `enable_gqa` with a mask in this process (CPU runs; `speed.switches.sdpa_gqa`).
     Returns whether it is on."""
     if _USERS_SETTING is not None:
         return _USERS_SETTING == "1"
-    os.environ[GQA_VARIABLE] = "1" if enabled else "0"
+    set_sdpa_force_gqa(enabled)
     return enabled

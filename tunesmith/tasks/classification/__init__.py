@@ -15,7 +15,7 @@ __all__ = ["Classifier", "load_classifier", "train_classification", "accuracy", 
 
 def __getattr__(name: str):
     if name == "train_classification":  # imported on use: it pulls in the Trainer
-        from .train import train_classification
+        from ...recipes.classification import train_classification
 
         return train_classification
     raise AttributeError(name)

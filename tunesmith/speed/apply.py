@@ -1,0 +1,123 @@
+"""What a speed plan does to the training process and its model, and undoes after training.
+
+The process (CPU runs): torch's threads, oneDNN's caches, grouped-query SDPA, the allocator. The model: the CPU
+layers swapped in (`cpu/layers.py`), the frozen base held in the autocast dtype (`frozen_base.py`), the causal
+attention kernel (`cpu/causal_attention.py`). What is chosen, and why a piece did not apply, goes to the run log;
+the user's console is not told about internal choices.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+
+from ..compat import attention_implementation
+from ..reporting import Reporter
+from .cpu import dropout as fast_dropout
+from .cpu.allocator import choose_cpu_allocator, configure_cpu_allocator, limit_onednn_caches, tcmalloc_tip
+from .cpu.causal_attention import kernel_failure, restore_attention, use_causal_attention_kernel
+from .cpu.layers import use_cpu_layers
+from .cpu.sdpa_gqa import grouped_query_sdpa
+from .frozen_base import hold_for_training, release
+from .plan import SpeedPlan
+
+log = logging.getLogger(__name__)
+
+
+def configure_process(plan: SpeedPlan) -> None:
+    """CPU runs: oneDNN's per-shape caches kept small (before the first matmul), masked grouped-query SDPA and
+    torch's intra-op threads. Nothing on a GPU."""
+    if plan.device == "cuda":
+        return
+    limit_onednn_caches()
+    grouped_query_sdpa(plan.sdpa_gqa)
+    torch.set_num_threads(plan.cpu_threads)
+    log.info("CPU threads: %d", plan.cpu_threads)
+
+
+def configure_allocator(plan: SpeedPlan, predicted_peak: float | None, available: float) -> None:
+    """CPU runs: the allocator for the predicted peak (`cpu/allocator.py`), logged with how to do better."""
+    if plan.device == "cuda":
+        return
+    allocator = choose_cpu_allocator(plan.cpu_allocator, predicted_peak, available)
+    log.info("CPU allocator: %s", configure_cpu_allocator(allocator))
+    tip = tcmalloc_tip(plan.cpu_allocator, allocator)
+    if tip:
+        log.info("tip: %s", tip)
+
+
+@dataclass
+class ModelSpeedups:
+    """What was done to a model, to undo after training (`undo`)."""
+
+    swaps: dict[str, int] = field(default_factory=dict)
+    held: list = field(default_factory=list)
+    attention_before: str | None = None
+
+    @property
+    def causal_kernel(self) -> bool:
+        """Whether attention now runs on tunesmith's CPU causal kernel (which takes packed rows)."""
+        return self.attention_before is not None
+
+    def undo(self, model) -> None:
+        release(self.held)
+        restore_attention(model, self.attention_before)
+        self.held, self.attention_before = [], None
+
+
+def apply_to_model(plan: SpeedPlan, model, method, compute_dtype: torch.dtype, reporter: Reporter, *,
+                   causal_lm: bool = True) -> ModelSpeedups:
+    """Swap the plan's pieces into `model` (a prepared training model). `causal_lm` False (a classifier): the CPU
+    layers only."""
+    done = ModelSpeedups()
+    if plan.device == "cuda":
+        return done
+    if plan.fast_dropout or plan.fast_rms_norm:
+        with reporter.status("CPU layers (the dropout kernel is compiled on first use, about 25 s)"):
+            done.swaps = use_cpu_layers(model, dropout=plan.fast_dropout, rms_norm=plan.fast_rms_norm)
+        _log_layers(done.swaps)
+    if not causal_lm:
+        return done
+    with reporter.status("preparing the frozen base for training"):
+        done.held = hold_for_training(model, method, compute_dtype, cuda=False, enabled=plan.half_frozen_base)
+    if done.held:
+        log.info("frozen base: %d linear weights held in %s for training, the values autocast multiplies with "
+                 "(speed.switches.half_frozen_base)", len(done.held), str(done.held[0].weight.dtype)[6:])
+    done.attention_before = _causal_attention(plan, model, compute_dtype, reporter)
+    return done
+
+
+def _log_layers(swaps: dict[str, int]) -> None:
+    if swaps.get("dropout"):
+        failure = fast_dropout.kernel_failure()
+        how = "one compiled pass each" if failure is None else f"tensor ops: the kernel {failure}"
+        log.info("fast dropout: %d dropout layers draw cheap CPU masks (%s; speed.switches.fast_dropout)",
+                 swaps["dropout"], how)
+    if swaps.get("rms_norm"):
+        log.info("CPU RMSNorm: %d norm layers with a four-pass backward (speed.switches.fast_rms_norm)",
+                 swaps["rms_norm"])
+
+
+def _causal_attention(plan: SpeedPlan, model, compute_dtype: torch.dtype, reporter: Reporter) -> str | None:
+    """bf16 CPU runs attend through the causal kernel; returns the attention to restore after training (None:
+    unchanged). Not under torch.compile, whose graphs attend through SDPA (the kernel is not traceable), so that
+    `data.packing: auto` does not pack for a kernel that will not run."""
+    if compute_dtype != torch.bfloat16 or not plan.cpu_causal_attention:
+        return None
+    if plan.torch_compile:
+        log.info("CPU causal attention kernel: not under speed.torch_compile (it cannot be traced); attention "
+                 "runs on SDPA")
+        return None
+    if attention_implementation(model.config) != "sdpa":
+        return None
+    with reporter.status("CPU causal attention kernel (compiled on first use, about 25 s)"):
+        before = use_causal_attention_kernel(model)
+    if before is None:
+        log.info("CPU causal attention kernel: %s; attention runs on SDPA (speed.switches.cpu_causal_attention)",
+                 kernel_failure())
+    else:
+        log.info("CPU causal attention: query blocks meet only the keys before them "
+                 "(speed.switches.cpu_causal_attention)")
+    return before
