@@ -23,7 +23,7 @@ from ..errors import ConfigError, ModelError
 from ..io import atomic_write_json, publish_dir_contents
 from .checkpoint import Checkpoint, PlannedTensor, ShardedWriter, parse_size
 from .config import LoraCombineConfig, LoraToBaseConfig
-from .engine import _output_dtype, _prepare_output, copy_side_files, write_model_config
+from .engine import output_dtype, prepare_output, copy_side_files, write_model_config
 from .progress import tensor_progress
 
 PREFIX = "base_model.model."
@@ -156,11 +156,11 @@ def lora_to_base(config: LoraToBaseConfig, output=None, *, overwrite: bool = Fal
         raise ConfigError("no output folder", where="output", hint="set `output:` or pass --out")
     model = LoraCheckpoint(config.adapter, "adapter", config.base_model)
     try:
-        dtype = _output_dtype(config.dtype, model.base)
+        dtype = output_dtype(config.dtype, model.base)
         names = list(model.tensors)
         plan = [PlannedTensor(n, dtype if model.tensors[n].dtype.is_floating_point else model.tensors[n].dtype,
                               model.tensors[n].shape) for n in names]
-        staging = _prepare_output(out, overwrite)
+        staging = prepare_output(out, overwrite)
         writer = ShardedWriter(staging, plan, parse_size(config.max_shard_size))
         with tensor_progress(len(names), progress, "folding adapter") as bar:
             for item in plan:
@@ -204,7 +204,7 @@ def combine_loras(config: LoraCombineConfig, output=None, *, overwrite: bool = F
             tensors[f"{PREFIX}{module}.{a_key}"] = A.to(dtype).contiguous()
             tensors[f"{PREFIX}{module}.{b_key}"] = B.to(dtype).contiguous()
             bar(module)
-    staging = _prepare_output(out, overwrite)
+    staging = prepare_output(out, overwrite)
     save_file(tensors, staging / "adapter_model.safetensors", metadata={"format": "pt"})
     # α = r makes every module's scale exactly 1: the adapters' own scales and weights live in B now.
     adapter_config = {**first.config, "r": rank, "lora_alpha": rank, "use_rslora": False, "rank_pattern": {},

@@ -50,11 +50,11 @@ def merge(config: MergeConfig, output: str | Path | None = None, *, overwrite: b
         check_compatible(everyone)
         reference = base or sources[0]
         names = list(reference.tensors)
-        out_dtype = _output_dtype(config.dtype, reference)
+        out_dtype = output_dtype(config.dtype, reference)
         params = _resolve_params(config, method, names)
         plan = [PlannedTensor(n, out_dtype if reference.tensors[n].dtype.is_floating_point
                               else reference.tensors[n].dtype, reference.tensors[n].shape) for n in names]
-        staging = _prepare_output(out, overwrite)
+        staging = prepare_output(out, overwrite)
         writer = ShardedWriter(staging, plan, parse_size(config.max_shard_size))
         with ThreadPoolExecutor(max_workers=1) as reader, ThreadPoolExecutor(max_workers=1) as saver, \
                 tensor_progress(len(names), progress, "merging") as bar:
@@ -117,7 +117,7 @@ def _merge_one(method: MergeMethod, tensors, base, params: TensorParams, dtype: 
     return merged.to(dtype)
 
 
-def _output_dtype(name: str, reference: Checkpoint) -> torch.dtype:
+def output_dtype(name: str, reference: Checkpoint) -> torch.dtype:
     if name != "auto":
         return getattr(torch, name)
     stated = reference.config.get("torch_dtype") or reference.config.get("dtype")
@@ -149,7 +149,7 @@ def _resolve_params(config: MergeConfig, method: MergeMethod, names: list[str]) 
     return resolved
 
 
-def _prepare_output(out: Path, overwrite: bool) -> Path:
+def prepare_output(out: Path, overwrite: bool) -> Path:
     if out.exists() and not out.is_dir():
         raise ConfigError("output exists and is not a folder", where=str(out))
     if out.is_dir() and any(out.iterdir()):

@@ -60,7 +60,7 @@ def resolve_ref(ref: str) -> str:
     return resolve_model_ref(ref)
 
 
-def _source_kwargs(cfg: ModelConfig) -> tuple[str, dict[str, Any]]:
+def source_kwargs(cfg: ModelConfig) -> tuple[str, dict[str, Any]]:
     ref = resolve_ref(cfg.name_or_path)
     path = Path(ref).expanduser()
     kwargs: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
@@ -74,6 +74,10 @@ def _source_kwargs(cfg: ModelConfig) -> tuple[str, dict[str, Any]]:
                          hint="check the path; hub ids look like owner/name")
     return str(path) if path.exists() else ref, kwargs
 
+
+# The old private name, still imported by planning/preflight.py and tasks/classification/train.py (owned by the
+# training refactor); delete once they import `source_kwargs`.
+_source_kwargs = source_kwargs
 
 def _gguf_file(path: Path, cfg: ModelConfig) -> Path | None:
     if path.is_file() and path.suffix == ".gguf":
@@ -130,7 +134,7 @@ def unusable_attention(exc: Exception, attn_implementation: str | None,
                        hint="leave it unset (sdpa), or install what the message names")
 
 
-def _wrap_load_error(ref: str, exc: Exception, attn_implementation: str | None = None) -> ModelError | ConfigError:
+def wrap_load_error(ref: str, exc: Exception, attn_implementation: str | None = None) -> ModelError | ConfigError:
     refused = unusable_attention(exc, attn_implementation)
     if refused is not None:
         return refused
@@ -145,11 +149,11 @@ def _wrap_load_error(ref: str, exc: Exception, attn_implementation: str | None =
 def load_tokenizer(cfg: ModelConfig):
     from transformers import AutoTokenizer
 
-    ref, kwargs = _source_kwargs(cfg)
+    ref, kwargs = source_kwargs(cfg)
     try:
         tokenizer = AutoTokenizer.from_pretrained(ref, **kwargs)
     except (OSError, ValueError) as exc:
-        raise _wrap_load_error(ref, exc) from None
+        raise wrap_load_error(ref, exc) from None
     if tokenizer.pad_token is None:
         # Padding positions are masked out of attention and loss, so reusing EOS (or UNK) is safe.
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
@@ -159,7 +163,7 @@ def load_tokenizer(cfg: ModelConfig):
 def model_load_kwargs(cfg: ModelConfig, dtype: torch.dtype | None = None,
                       extra: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
     """`from_pretrained`'s reference and keyword arguments for any head (causal LM, classification)."""
-    ref, kwargs = _source_kwargs(cfg)
+    ref, kwargs = source_kwargs(cfg)
     kwargs["dtype"] = dtype or resolve_dtype(cfg.dtype)
     if cfg.attn_implementation:
         from transformers.utils.generic import is_flash_attention_requested
@@ -180,7 +184,7 @@ def load_model(cfg: ModelConfig, *, dtype: torch.dtype | None = None, extra: dic
     try:
         return AutoModelForCausalLM.from_pretrained(ref, **kwargs)
     except (OSError, ValueError, KeyError, ImportError) as exc:
-        raise _wrap_load_error(ref, exc, cfg.attn_implementation) from None
+        raise wrap_load_error(ref, exc, cfg.attn_implementation) from None
 
 
 @dataclass
