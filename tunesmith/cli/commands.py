@@ -35,11 +35,12 @@ def data_preview(args: Namespace) -> int:
     from ..data.preview import preview_samples
     from ..data.templates.registry import get_template
     from ..models.loading import load_tokenizer
+    from .render_data import preview_renderable
 
     cfg = load_config(args.config, args.overrides)
     tokenizer = load_tokenizer(cfg.model)
     template = get_template(cfg.data.template, tokenizer)
-    Console().print(preview_samples(cfg.data, tokenizer, template, n=args.num))
+    Console().print(preview_renderable(preview_samples(cfg.data, tokenizer, template, n=args.num)))
     return 0
 
 
