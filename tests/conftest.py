@@ -83,3 +83,42 @@ def tiny_model_factory(tmp_path_factory, stories_dir):
         return made[arch]
 
     return make
+
+
+
+from contextlib import contextmanager  # noqa: E402  (appended: the recording reporter below)
+
+from tunesmith.reporting import Reporter  # noqa: E402
+
+
+class RecordingReporter(Reporter):
+    """A Reporter that keeps what library code told it: `.lines` holds (kind, text) in order, kind one of info,
+    warning, status, progress; `.advanced` the total advanced per progress description."""
+
+    def __init__(self):
+        self.lines: list[tuple[str, str]] = []
+        self.advanced: dict[str, int] = {}
+
+    def info(self, message: str) -> None:
+        self.lines.append(("info", message))
+
+    def warning(self, message: str) -> None:
+        self.lines.append(("warning", message))
+
+    @contextmanager
+    def status(self, message: str):
+        self.lines.append(("status", message))
+        yield
+
+    @contextmanager
+    def progress(self, description: str, total):
+        self.lines.append(("progress", description))
+        self.advanced.setdefault(description, 0)
+
+        def advance(n=1, detail=""):
+            self.advanced[description] += n
+
+        yield advance
+
+    def text(self) -> str:
+        return "\n".join(text for _, text in self.lines)
