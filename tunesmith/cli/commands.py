@@ -62,7 +62,7 @@ def _sampling(args: Namespace):
 
 
 def chat(args: Namespace) -> int:
-    from ..inference.chat import chat_loop
+    from .chat import chat_loop
 
     chat_loop(_generator(args), _sampling(args), system=args.system, console=Console())
     return 0
@@ -71,7 +71,10 @@ def chat(args: Namespace) -> int:
 def generate(args: Namespace) -> int:
     from ..inference.batch import generate_file
 
-    count = generate_file(_generator(args), args.prompts, args.out, _sampling(args), batch_size=args.batch_size)
+    from .render import ConsoleReporter
+
+    count = generate_file(_generator(args), args.prompts, args.out, _sampling(args), batch_size=args.batch_size,
+                          reporter=ConsoleReporter(console))
     console.print(f"wrote {count} responses to {args.out}")
     return 0
 
