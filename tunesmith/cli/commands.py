@@ -92,8 +92,17 @@ def export(args: Namespace) -> int:
 def demo(args: Namespace) -> int:
     restart_with_tcmalloc(args, "auto")  # the demo's config keeps the default allocator setting
     from ..demo.run import run_demo
+    from .render import ConsoleReporter
 
-    run_demo(out_dir=args.out, steps=args.steps, model=args.model, console=console)
+    result = run_demo(out_dir=args.out, steps=args.steps, model=args.model, reporter=ConsoleReporter(console))
+    table = Table(title=f"before / after LoRA ({result['steps']} steps) on probe questions not seen in training",
+                  show_lines=True)
+    for column in ("kind", "question", "before", "after"):
+        table.add_column(column, overflow="fold")
+    for probe, before, after in zip(result["probes"], result["before"], result["after"]):
+        table.add_row(probe["kind"], probe["question"], before, after)
+    Console().print(table)
+    console.print(result["summary"], style="bold", markup=False, highlight=False)
     return 0
 
 
