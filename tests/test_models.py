@@ -58,7 +58,7 @@ def test_unreachable_hub_id_is_a_clear_error(monkeypatch):
 def test_an_attention_implementation_that_cannot_run_names_its_field(stories_dir, monkeypatch):
     import torch
 
-    from tunesmith.models.loading import _wrap_load_error
+    from tunesmith.models.loading import wrap_load_error
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     for flash in ("flash_attention_2", "kernels-community/flash-attn2"):
@@ -70,8 +70,8 @@ def test_an_attention_implementation_that_cannot_run_names_its_field(stories_dir
     assert caught.value.where == "model.attn_implementation"
     # on a GPU without the flash-attn package transformers raises ImportError; it too names the field
     missing = ImportError("FlashAttention2 has been toggled on, but it cannot be used")
-    assert _wrap_load_error("m", missing, "flash_attention_2").where == "model.attn_implementation"
-    assert _wrap_load_error("m", OSError("no file"), "flash_attention_2").where == "model.name_or_path"
+    assert wrap_load_error("m", missing, "flash_attention_2").where == "model.attn_implementation"
+    assert wrap_load_error("m", OSError("no file"), "flash_attention_2").where == "model.name_or_path"
 
 
 def test_cpu_dtype_is_float32_and_explicit_choice_wins():

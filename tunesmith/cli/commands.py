@@ -36,11 +36,12 @@ def data_preview(args: Namespace) -> int:
     from ..data.preview import preview_samples
     from ..data.templates.registry import get_template
     from ..models.loading import load_tokenizer
+    from .render_data import preview_renderable
 
     cfg = load_config(args.config, args.overrides)
     tokenizer = load_tokenizer(cfg.model)
     template = get_template(cfg.data.template, tokenizer)
-    Console().print(preview_samples(cfg.data, tokenizer, template, n=args.num))
+    Console().print(preview_renderable(preview_samples(cfg.data, tokenizer, template, n=args.num)))
     return 0
 
 
@@ -62,7 +63,7 @@ def _sampling(args: Namespace):
 
 
 def chat(args: Namespace) -> int:
-    from ..inference.chat import chat_loop
+    from .chat import chat_loop
 
     chat_loop(_generator(args), _sampling(args), system=args.system, console=Console())
     return 0
@@ -71,7 +72,10 @@ def chat(args: Namespace) -> int:
 def generate(args: Namespace) -> int:
     from ..inference.batch import generate_file
 
-    count = generate_file(_generator(args), args.prompts, args.out, _sampling(args), batch_size=args.batch_size)
+    from .render import ConsoleReporter
+
+    count = generate_file(_generator(args), args.prompts, args.out, _sampling(args), batch_size=args.batch_size,
+                          reporter=ConsoleReporter(console))
     console.print(f"wrote {count} responses to {args.out}")
     return 0
 
@@ -89,8 +93,17 @@ def export(args: Namespace) -> int:
 def demo(args: Namespace) -> int:
     restart_with_tcmalloc(args, "auto")  # the demo's config keeps the default allocator setting
     from ..demo.run import run_demo
+    from .render import ConsoleReporter
 
-    run_demo(out_dir=args.out, steps=args.steps, model=args.model, console=console)
+    result = run_demo(out_dir=args.out, steps=args.steps, model=args.model, reporter=ConsoleReporter(console))
+    table = Table(title=f"before / after LoRA ({result['steps']} steps) on probe questions not seen in training",
+                  show_lines=True)
+    for column in ("kind", "question", "before", "after"):
+        table.add_column(column, overflow="fold")
+    for probe, before, after in zip(result["probes"], result["before"], result["after"]):
+        table.add_row(probe["kind"], probe["question"], before, after)
+    Console().print(table)
+    console.print(result["summary"], style="bold", markup=False, highlight=False)
     return 0
 
 

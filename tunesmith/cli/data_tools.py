@@ -144,8 +144,9 @@ def check(args) -> int:
     from rich.console import Console as RichConsole
 
     from ..data.doctor.gate import evaluate, parse_condition
-    from ..data.doctor.report import print_report, write_html, write_json
+    from ..data.doctor.report import write_html, write_json
     from ..data.doctor.run import CheckOptions, run_check
+    from .render_data import print_check_report
 
     for condition in args.fail_if:
         parse_condition(condition)  # a typo fails before the work
@@ -162,7 +163,7 @@ def check(args) -> int:
         progress.update(task, completed=len(stages), description="done")
     failures = evaluate(report.summary, args.fail_if, args.strict)
     gate = failures if (args.fail_if or args.strict) else None
-    print_report(report, RichConsole(soft_wrap=True), show=args.show)
+    print_check_report(report, RichConsole(soft_wrap=True), show=args.show)
     if args.json:
         write_json(report, args.json, gate)
         console.print(f"JSON report: {args.json}")

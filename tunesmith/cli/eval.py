@@ -87,11 +87,12 @@ def _label(ref: str, role: str | None) -> str:
 def _evaluate(args, ref: str, suite, label: str, template: str | None, console: Console):
     from ..evaluation.runner import evaluate_suite
     from ..models.loading import load_for_inference
+    from .render import ConsoleReporter
 
     with console.status(f"loading {ref}"):
         loaded = load_for_inference(ref, dtype=args.dtype, template=template,
                                     trust_remote_code=args.trust_remote_code)
-    result = evaluate_suite(loaded, suite, label=label, console=console)
+    result = evaluate_suite(loaded, suite, label=label, reporter=ConsoleReporter(console))
     return result, loaded.template_name
 
 

@@ -38,8 +38,11 @@ def merge_command(args) -> int:
     from ..errors import ConfigError
     from ..io import atomic_write_json
     from ..merging import MergeConfig, available_methods, load_config, run
+    from ..reporting import Reporter
+    from .render import ConsoleReporter
 
     console = Console(stderr=True)
+    reporter = ConsoleReporter(console)
     if args.methods:
         for name, summary in available_methods().items():
             console.print(f"[bold]{name:16}[/] {summary}")
@@ -62,15 +65,15 @@ def merge_command(args) -> int:
         task_sources(suite, _sources(config), args.suite)
         load_task_data(suite)
     if args.search:
-        return _search(args, config, suite, console)
-    out = run(config, args.out, overwrite=args.overwrite, progress=not args.no_progress)
+        return _search(args, config, suite, console, reporter)
+    out = run(config, args.out, overwrite=args.overwrite, reporter=Reporter() if args.no_progress else reporter)
     console.print(f"[green]merged →[/] {out}")
     if suite is None:
         return 0
-    from ..merging.evaluate import evaluate_merge, render_report
+    from ..merging.evaluate import evaluate_merge
 
-    report = evaluate_merge(str(out), _sources(config), suite)
-    render_report(report, console)
+    report = evaluate_merge(str(out), _sources(config), suite, reporter=reporter)
+    print_merge_report(report, console)
     atomic_write_json(Path(out) / "merge_eval.json", report.to_dict())
     return 1 if (report.flags and args.fail_on_flag) else 0
 
@@ -87,12 +90,11 @@ def _sources(config) -> dict[str, str]:
     return sources
 
 
-def _search(args, config, suite, console) -> int:
+def _search(args, config, suite, console, reporter) -> int:
     from rich.table import Table
 
     from ..errors import ConfigError
     from ..io import atomic_write_json
-    from ..merging.evaluate import render_report
     from ..merging.search import search_merge
 
     out = Path(args.out or config.output or "")
@@ -103,7 +105,8 @@ def _search(args, config, suite, console) -> int:
         console.print(f"trial {i}: {config.search.param}={list(trial.values)} worst retention "
                       f"{trial.objective[0]:.1%}, mean {trial.objective[1]:.1%}")
 
-    chosen, trials = search_merge(config, suite, _sources(config), out, overwrite=args.overwrite, on_trial=show)
+    chosen, trials = search_merge(config, suite, _sources(config), out, overwrite=args.overwrite, on_trial=show,
+                                  reporter=reporter)
     table = Table(title=f"search over {config.search.param} (objective: worst-task retention)")
     table.add_column(config.search.param)
     table.add_column("worst retention", justify="right")
@@ -113,9 +116,34 @@ def _search(args, config, suite, console) -> int:
         mark = " ←" if trial is best else ""
         table.add_row(str(list(trial.values)) + mark, f"{trial.objective[0]:.1%}", f"{trial.objective[1]:.1%}")
     console.print(table)
-    render_report(best.report, console)
+    print_merge_report(best.report, console)
     atomic_write_json(out / "merge_eval.json", {**best.report.to_dict(), "search": [
         {"values": list(t.values), "worst_retention": t.objective[0], "mean_retention": t.objective[1]}
         for t in trials]})
     console.print(f"[green]best merge →[/] {out}")
     return 1 if (best.report.flags and args.fail_on_flag) else 0
+
+
+def print_merge_report(report, console) -> None:
+    """Each model's score per task, the merge's retention of its sources, and the flags."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    better = "lower is better" if report.metric == "loss" else "higher is better"
+    table = Table(title=f"merge evaluation — {report.metric} ({better})")
+    table.add_column("model")
+    for task in report.tasks:
+        table.add_column(task, justify="right")
+    table.add_column("average", justify="right")
+    table.add_column("worst", justify="right")
+    for label, scores in report.scores.items():
+        table.add_row(label, *(f"{scores[t]:.4f}" for t in report.tasks), f"{report.average(label):.4f}",
+                      f"{report.worst(label):.4f}")
+    if report.retention:
+        table.add_row("[dim]merged retention[/]", *(f"{report.retention[t]:.0%}" if t in report.retention else "-"
+                                                    for t in report.tasks), "", f"{report.worst_retention:.0%}")
+    console.print(table)
+    for flag in report.flags:
+        console.print(f"[bold yellow]warning:[/] {escape(flag)}")
+    if not report.flags:
+        console.print("[green]no task fell below its source's min_retention[/]")

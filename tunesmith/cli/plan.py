@@ -123,7 +123,8 @@ def plan_command(args) -> int:
     from rich.console import Console
 
     from ..planning import load_model_config, plan_memory
-    from ..planning.report import counts_table, human, memory_table
+    from ..planning.units import human
+    from .render_plan import counts_table, memory_table
 
     if args.probe:  # time the steps under the allocator training uses
         from ..config.loading import load_config
@@ -143,7 +144,7 @@ def plan_command(args) -> int:
         out.print(f"[yellow]note:[/] {note}")
     if args.budget:
         from ..planning.advice import RANK_BY_TASK, propose
-        from ..planning.report import proposals_table
+        from .render_plan import proposals_table
 
         budget = parse_size(args.budget)
         with err.status("searching configurations") as status:

@@ -73,13 +73,13 @@ def validate_config(raw: dict[str, Any], source: str = "config") -> RunConfig:
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_explain(exc), where=source) from None
+        raise ConfigError(explain_validation_error(exc), where=source) from None
     except TunesmithError as exc:
         exc.where = f"{source}: {exc.where}" if exc.where else source
         raise
 
 
-def _explain(exc: ValidationError) -> str:
+def explain_validation_error(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))

@@ -70,7 +70,7 @@ def _build(data_cfg: DataConfig, tokenizer, template: ChatTemplate) -> BuiltData
         held_out = [s for index, spec in enumerate(data_cfg.validation) for s in load_samples(spec, index)]
     else:
         pools, held_out = _hold_out(pools, data_cfg.val_size, rng)
-    train = _mix(pools, _shares(data_cfg.train, pools), data_cfg.num_samples, rng)
+    train = mix(pools, _shares(data_cfg.train, pools), data_cfg.num_samples, rng)
 
     encode = _Encoder(tokenizer, template, data_cfg)
     train_rows = encode(train, "train")
@@ -118,28 +118,28 @@ def _hold_out(pools: list[list[Sample]], val_size: float, rng: random.Random):
         raise DataError(f"val_size={val_size} holds out {wanted} of {total} samples, leaving none to train on",
                         field="data.val_size", hint="use a fraction such as 0.05 or a smaller count")
     train, held = [], []
-    for pool, count in zip(pools, _apportion(wanted, [len(p) / total for p in pools])):
+    for pool, count in zip(pools, apportion(wanted, [len(p) / total for p in pools])):
         picked = set(rng.sample(range(len(pool)), min(count, len(pool) - 1)))
         held += [s for i, s in enumerate(pool) if i in picked]
         train.append([s for i, s in enumerate(pool) if i not in picked])
     return train, held
 
 
-def _mix(pools: list[list[Sample]], shares: list[float], num_samples: int | None, rng: random.Random) -> list[Sample]:
+def mix(pools: list[list[Sample]], shares: list[float], num_samples: int | None, rng: random.Random) -> list[Sample]:
     """Draw each dataset's share of the total; repeat a dataset only when its share exceeds its size.
 
     Without num_samples the total is the largest one that needs no repetition.
     """
     total = num_samples or int(min(len(pool) / share for pool, share in zip(pools, shares)) + 1e-6)
     mixed = []
-    for pool, count in zip(pools, _apportion(total, shares)):
+    for pool, count in zip(pools, apportion(total, shares)):
         whole, rest = divmod(count, len(pool))
         mixed += pool * whole + rng.sample(pool, rest)
     rng.shuffle(mixed)
     return mixed
 
 
-def _apportion(total: int, shares: list[float]) -> list[int]:
+def apportion(total: int, shares: list[float]) -> list[int]:
     """Integer counts summing to `total`, as close to `shares` as possible (largest remainder)."""
     exact = [total * share for share in shares]
     counts = [int(x) for x in exact]

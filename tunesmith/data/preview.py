@@ -2,24 +2,29 @@
 
 from __future__ import annotations
 
-from rich.console import Group
-from rich.text import Text
+from dataclasses import dataclass
 
 from ..config.schema import DataConfig
 from .dataset import load_samples
 from .encoding import IGNORE_INDEX, encode_conversation
 from .templates.base import ChatTemplate
 
-TRAINED_STYLE, MASKED_STYLE = "bold green", "dim"
 PLAIN_LEGEND = "[[...]] = trained tokens (the model learns to produce them); everything else is masked"
 
 
-def preview_samples(data_cfg: DataConfig, tokenizer, template: ChatTemplate, n: int = 1, plain: bool = False):
+@dataclass
+class PreviewBlock:
+    """One previewed sample: its summary line and its text as (text, trained) runs (none when it was dropped)."""
+
+    summary: str
+    runs: list[tuple[str, bool]]
+
+
+def preview_samples(data_cfg: DataConfig, tokenizer, template: ChatTemplate, n: int = 1) -> list[PreviewBlock]:
     """The first `n` samples of the first training dataset, encoded exactly as for training.
 
     Every configured dataset is read and validated first, so a preview also reports any bad record.
-    Returns a rich renderable (trained text bold green, masked text dim), or with plain=True a string
-    in which trained text is wrapped in [[...]].
+    `plain_preview` turns the blocks into text; the CLI draws them with trained and masked text told apart.
     """
     loaded = [load_samples(spec) for spec in (*data_cfg.train, *data_cfg.validation)]
     samples = loaded[0][:n]
@@ -28,14 +33,14 @@ def preview_samples(data_cfg: DataConfig, tokenizer, template: ChatTemplate, n: 
         encoded = encode_conversation(tokenizer, template, sample.messages, data_cfg.max_length, data_cfg.train_on)
         where = f"{sample.record.file}, {sample.record.unit} {sample.record.line}"
         if encoded is None:
-            blocks.append((f"sample {number} ({where}): dropped, no reply token fits in "
-                           f"max_length={data_cfg.max_length}", []))
+            blocks.append(PreviewBlock(f"sample {number} ({where}): dropped, no reply token fits in "
+                                       f"max_length={data_cfg.max_length}", []))
             continue
         supervised = sum(label != IGNORE_INDEX for label in encoded["labels"])
         summary = (f"sample {number} ({where}): {encoded['length']} tokens, {supervised} trained"
                    + (", truncated" if encoded["truncated"] else ""))
-        blocks.append((summary, _runs(tokenizer, encoded["input_ids"], encoded["labels"])))
-    return _plain(blocks) if plain else _rich(blocks)
+        blocks.append(PreviewBlock(summary, _runs(tokenizer, encoded["input_ids"], encoded["labels"])))
+    return blocks
 
 
 def _runs(tokenizer, ids: list[int], labels: list[int]) -> list[tuple[str, bool]]:
@@ -51,19 +56,10 @@ def _runs(tokenizer, ids: list[int], labels: list[int]) -> list[tuple[str, bool]
     return runs
 
 
-def _plain(blocks) -> str:
+def plain_preview(blocks: list[PreviewBlock]) -> str:
+    """The blocks as text, trained text wrapped in [[...]]."""
     parts = [PLAIN_LEGEND]
-    for summary, runs in blocks:
-        body = "".join(f"[[{text}]]" if trained else text for text, trained in runs)
-        parts.append(f"=== {summary} ===\n{body}" if runs else f"=== {summary} ===")
+    for block in blocks:
+        body = "".join(f"[[{text}]]" if trained else text for text, trained in block.runs)
+        parts.append(f"=== {block.summary} ===\n{body}" if block.runs else f"=== {block.summary} ===")
     return "\n\n".join(parts)
-
-
-def _rich(blocks) -> Group:
-    legend = Text.assemble(("trained", TRAINED_STYLE), "  ", ("masked (prompt, not trained)", MASKED_STYLE))
-    items = [legend]
-    for summary, runs in blocks:
-        items.append(Text(summary, style="bold"))
-        if runs:
-            items.append(Text.assemble(*((text, TRAINED_STYLE if trained else MASKED_STYLE) for text, trained in runs)))
-    return Group(*items)

@@ -6,14 +6,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from rich.console import Console
-from rich.table import Table
-
 from ..config.schema import RunConfig
 from ..inference.generation import Generator, SamplingOptions
 from ..io import atomic_write_text
 from ..models.loading import load_for_inference
-from ..training.run import train
+from ..reporting import Reporter, reporter_or_default
 from .persona import PERSONA_NAME, probe_questions, write_persona_dataset
 
 DEFAULT_STEPS = 80
@@ -36,41 +33,38 @@ def _answers(generator: Generator, questions: list[str]) -> list[str]:
 
 
 def run_demo(out_dir: str = "runs/demo", steps: int | None = None, model: str = "smollm2-135m-instruct",
-             console: Console | None = None) -> dict:
-    from ..models.loading import resolve_ref
+             reporter: Reporter | None = None) -> dict:
+    """Train the demo persona and ask the probe questions before and after. Returns {probes, before, after, scores,
+    summary, seconds, steps}; the CLI shows the before/after table from it."""
+    from ..models.pypi_models import resolve_model_ref
+    from ..recipes import train
 
-    console = console or Console(stderr=True)
+    reporter = reporter_or_default(reporter)
     start = time.perf_counter()
     steps = steps or DEFAULT_STEPS
-    model_dir = resolve_ref(model)
+    model_dir = resolve_model_ref(model, reporter=reporter)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data_file = write_persona_dataset(out / "persona_data.json")
     probes = probe_questions()
     questions = [p["question"] for p in probes]
 
-    with console.status("asking the base model the probe questions"):
+    with reporter.status("asking the base model the probe questions"):
         before = _answers(Generator(load_for_inference(model_dir, template="model")), questions)
-    train(demo_config(model_dir, str(data_file), str(out), steps), console=console)
-    with console.status("asking the fine-tuned model"):
+    train(demo_config(model_dir, str(data_file), str(out), steps), resume=False, reporter=reporter,
+          extra_callbacks=None)
+    with reporter.status("asking the fine-tuned model"):
         after = _answers(Generator(load_for_inference(str(out))), questions)
 
-    table = Table(title=f"before / after LoRA ({steps} steps) on probe questions not seen in training",
-                  show_lines=True)
-    for column in ("kind", "question", "before", "after"):
-        table.add_column(column, overflow="fold")
-    for probe, b, a in zip(probes, before, after):
-        table.add_row(probe["kind"], probe["question"], b, a)
-    Console().print(table)
     scores = {kind: (_score(probes, before, kind), _score(probes, after, kind)) for kind in ("identity", "general")}
     elapsed = time.perf_counter() - start
     summary = (f"identity probes with the expected answer ({PERSONA_NAME} / its maker): "
                f"{scores['identity'][0]} before -> {scores['identity'][1]} after; "
                f"general probes with the expected fact: {scores['general'][0]} before -> {scores['general'][1]} "
                f"after; total time {elapsed:.0f} s")
-    console.print(f"[bold]{summary}[/]")
     atomic_write_text(out / "before_after.md", _markdown(probes, before, after, summary))
-    return {"before": before, "after": after, "scores": scores, "seconds": elapsed}
+    return {"probes": probes, "before": before, "after": after, "scores": scores, "summary": summary,
+            "seconds": elapsed, "steps": steps}
 
 
 def _score(probes: list[dict], answers: list[str], kind: str) -> str:

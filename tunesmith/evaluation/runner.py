@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import math
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..data.formats import user_text
 from ..data.templates.registry import get_template
 from ..inference.generation import Generator, SamplingOptions
 from ..models.loading import LoadedModel
+from ..reporting import Reporter, reporter_or_default
 from .data import load_classification, load_conversations, load_generation_items, load_texts, perplexity_kind
 from .metrics.classification import classification_scores, parse_label
 from .metrics.generation import generation_scores
@@ -35,41 +34,32 @@ def headline_metric(task_result: dict) -> str | None:
     return None
 
 
-def _progress(console: Console) -> Progress:
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console, transient=True)
-
-
 def evaluate_suite(loaded: LoadedModel, suite: Suite, *, label: str = "model",
-                   console: Console | None = None) -> dict:
-    """{"model": label, "suite": name, "tasks": {name: {type, general, metrics, samples}}}."""
-    console = console or Console(stderr=True)
+                   reporter: Reporter | None = None) -> dict:
+    """{"model": label, "suite": name, "tasks": {name: {type, general, metrics, samples}}}. `reporter` shows
+    each task's progress and its metrics."""
+    reporter = reporter_or_default(reporter)
     generator = Generator(loaded)
     results = {}
-    with _progress(console) as progress:
-        for task in suite.tasks:
-            bar = progress.add_task(f"{label}: {task.name}", total=None)
+    for task in suite.tasks:
+        def progress(total: int, task=task):
+            """The task's progress bar, opened once its number of samples is known."""
+            return reporter.progress(f"{label}: {task.name}", total)
 
-            def advance(n: int, bar=bar) -> None:
-                progress.advance(bar, n)
-
-            def total(n: int, bar=bar) -> None:
-                progress.update(bar, total=n)
-
-            if isinstance(task, PerplexityTask):
-                result = _perplexity(loaded, task, total, advance)
-            elif isinstance(task, GenerationTask):
-                result = _generation(generator, suite, task, total, advance, progress)
-            else:
-                result = _classification(generator, suite, task, total, advance)
-            results[task.name] = {"type": task.type, "general": task.general, **result}
-            shown = ", ".join(f"{k} {v:.4g}" for k, v in result["metrics"].items()
-                              if isinstance(v, float) and math.isfinite(v))
-            console.print(f"  {label} · {task.name}: {shown}")
+        if isinstance(task, PerplexityTask):
+            result = _perplexity(loaded, task, progress)
+        elif isinstance(task, GenerationTask):
+            result = _generation(generator, suite, task, progress, reporter)
+        else:
+            result = _classification(generator, suite, task, progress)
+        results[task.name] = {"type": task.type, "general": task.general, **result}
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in result["metrics"].items()
+                          if isinstance(v, float) and math.isfinite(v))
+        reporter.info(f"  {label} · {task.name}: {shown}")
     return {"model": label, "suite": suite.name, "tasks": results}
 
 
-def _perplexity(loaded: LoadedModel, task: PerplexityTask, total, advance) -> dict:
+def _perplexity(loaded: LoadedModel, task: PerplexityTask, progress) -> dict:
     tokenizer = loaded.tokenizer
     kind = perplexity_kind(task)
     if kind == "text":
@@ -79,9 +69,9 @@ def _perplexity(loaded: LoadedModel, task: PerplexityTask, total, advance) -> di
         template = get_template(loaded.template_name, tokenizer)
         examples = conversation_examples(tokenizer, template, load_conversations(task.data, task.max_samples),
                                          task.max_length)
-    total(len(examples))
-    scores = score_examples(loaded.model, examples, pad_id=tokenizer.pad_token_id or 0,
-                            batch_size=task.batch_size, on_batch=advance)
+    with progress(len(examples)) as advance:
+        scores = score_examples(loaded.model, examples, pad_id=tokenizer.pad_token_id or 0,
+                                batch_size=task.batch_size, on_batch=advance)
     return {"kind": kind, "metrics": {"loss": scores["loss"], "perplexity": scores["perplexity"]},
             "tokens": scores["tokens"], "samples": []}
 
@@ -102,11 +92,11 @@ def _options(suite: Suite, max_new_tokens: int | None) -> SamplingOptions:
                            seed=g.seed)
 
 
-def _generation(generator: Generator, suite: Suite, task: GenerationTask, total, advance, progress) -> dict:
+def _generation(generator: Generator, suite: Suite, task: GenerationTask, progress, reporter: Reporter) -> dict:
     items = load_generation_items(task)
-    total(len(items))
-    replies = _generate_all(generator, [i.messages for i in items], _options(suite, task.max_new_tokens),
-                            suite.generation.batch_size, advance)
+    with progress(len(items)) as advance:
+        replies = _generate_all(generator, [i.messages for i in items], _options(suite, task.max_new_tokens),
+                                suite.generation.batch_size, advance)
     metrics: dict[str, float] = {}
     with_ref = [(r, i.reference) for r, i in zip(replies, items) if i.reference is not None]
     if task.metrics and with_ref:
@@ -133,20 +123,20 @@ def _generation(generator: Generator, suite: Suite, task: GenerationTask, total,
         j = task.judge
         settings = JudgeSettings(model=j.model, base_url=j.base_url, api_key_env=j.api_key_env,
                                  rubric=j.rubric or DEFAULT_RUBRIC, max_score=j.max_score, concurrency=j.concurrency)
-        progress.console.print(f"  judging {task.name} with {j.model} ({len(samples)} replies)")
-        judged = judge_replies(settings, [s["prompt"] for s in samples], [s["reference"] for s in samples],
-                               replies)
+        with reporter.status(f"judging {task.name} with {j.model} ({len(samples)} replies)"):
+            judged = judge_replies(settings, [s["prompt"] for s in samples], [s["reference"] for s in samples],
+                                   replies)
         metrics.update({k: judged[k] for k in ("judge_score", "judge_mean", "judge_unparsed")})
         for sample, score, raw in zip(samples, judged["scores"], judged["raw"]):
             sample["judge"] = {"score": score, "reply": raw}
     return result
 
 
-def _classification(generator: Generator, suite: Suite, task: ClassificationTask, total, advance) -> dict:
+def _classification(generator: Generator, suite: Suite, task: ClassificationTask, progress) -> dict:
     conversations, gold = load_classification(task)
-    total(len(conversations))
-    replies = _generate_all(generator, conversations, _options(suite, task.max_new_tokens),
-                            suite.generation.batch_size, advance)
+    with progress(len(conversations)) as advance:
+        replies = _generate_all(generator, conversations, _options(suite, task.max_new_tokens),
+                                suite.generation.batch_size, advance)
     predicted = [parse_label(r, task.labels) for r in replies]
     scores = classification_scores(gold, predicted, task.labels)
     samples = [{"prompt": c[-1]["content"], "reference": g, "reply": r, "predicted": p}

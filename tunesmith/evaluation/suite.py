@@ -20,7 +20,7 @@ from typing import Annotated, Literal, Union
 from pydantic import Field, ValidationError, model_validator
 
 from ..config.base import StrictModel
-from ..config.loading import _explain, read_yaml_file
+from ..config.loading import explain_validation_error, read_yaml_file
 from ..errors import ConfigError, TunesmithError
 from .metrics.generation import GENERATION_METRICS
 from .metrics.instruction import validate_check
@@ -133,7 +133,7 @@ def validate_suite(raw: dict, source: str = "suite") -> Suite:
     try:
         return Suite.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_explain(exc).replace("invalid configuration", "invalid suite"), where=source) from None
+        raise ConfigError(explain_validation_error(exc).replace("invalid configuration", "invalid suite"), where=source) from None
     except TunesmithError as exc:
         exc.where = f"{source}: {exc.where}" if exc.where else source
         raise

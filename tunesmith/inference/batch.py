@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rich.progress import Progress
-
 from ..data.formats import to_conversation
 from ..data.readers import read_records
 from ..errors import DataError
+from ..reporting import Reporter, reporter_or_default
 from .generation import Generator, SamplingOptions
 
 
@@ -39,17 +38,18 @@ def load_prompts(path: str) -> list[tuple[list[dict], dict]]:
 
 
 def generate_file(generator: Generator, prompts_path: str, out_path: str, options: SamplingOptions,
-                  batch_size: int = 8) -> int:
+                  batch_size: int = 8, reporter: Reporter | None = None) -> int:
+    """Every prompt's reply, one JSON line each; `reporter` shows the progress. Returns the number written."""
     prompts = load_prompts(prompts_path)
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", encoding="utf-8") as handle, Progress() as progress:
-        task = progress.add_task("generating", total=len(prompts))
+    with open(out, "w", encoding="utf-8") as handle, \
+            reporter_or_default(reporter).progress("generating", len(prompts)) as advance:
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start:start + batch_size]
             replies = generator.generate([messages for messages, _ in chunk], options)
             for (messages, record), reply in zip(chunk, replies):
                 handle.write(json.dumps({**record, "messages": messages, "response": reply},
                                         ensure_ascii=False) + "\n")
-            progress.advance(task, len(chunk))
+            advance(len(chunk))
     return len(prompts)

@@ -1,73 +1,44 @@
-"""Interactive chat in the terminal with streamed tokens."""
+"""A chat reply streamed as it is generated; the terminal REPL that shows it is the CLI's (`tunesmith/cli/chat.py`)."""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 
-from rich.console import Console
 from transformers import TextIteratorStreamer
 
 from .generation import Generator, SamplingOptions
 
-HELP = "commands: /reset clears the conversation, /system TEXT sets the system prompt, /exit quits"
 
+class StreamedReply:
+    """Iterate for the reply's text piece by piece as tokens are generated; afterwards `text` is the whole reply
+    (cut at the template's stop string). A stop string being spelled out token by token is held back. An error
+    in generation is raised when the iteration ends."""
 
-def chat_loop(generator: Generator, options: SamplingOptions, system: str | None = None,
-              console: Console | None = None, read=input) -> None:
-    console = console or Console()
-    history: list[dict] = []
-    console.print(f"[dim]{HELP}[/]")
-    while True:
-        try:
-            text = read("you> ").strip()
-        except (EOFError, KeyboardInterrupt):
-            console.print()
-            return
-        if not text:
-            continue
-        if text in ("/exit", "/quit"):
-            return
-        if text == "/reset":
-            history.clear()
-            console.print("[dim](conversation cleared)[/]")
-            continue
-        if text.startswith("/system"):
-            system = text[len("/system"):].strip() or None
-            history.clear()
-            console.print(f"[dim](system prompt {'set' if system else 'cleared'}; conversation cleared)[/]")
-            continue
-        if text.startswith("/"):
-            console.print(f"[dim]unknown command. {HELP}[/]")
-            continue
-        history.append({"role": "user", "content": text})
-        messages = ([{"role": "system", "content": system}] if system else []) + history
-        reply = _stream_reply(generator, messages, options, console)
-        history.append({"role": "assistant", "content": reply})
+    def __init__(self, generator: Generator, messages: list[dict], options: SamplingOptions):
+        self.generator, self.messages, self.options = generator, messages, options
+        self.text = ""
 
+    def __iter__(self) -> Iterator[str]:
+        streamer = TextIteratorStreamer(self.generator.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        result: dict = {}
 
-def _stream_reply(generator: Generator, messages: list[dict], options: SamplingOptions, console: Console) -> str:
-    streamer = TextIteratorStreamer(generator.tokenizer, skip_prompt=True, skip_special_tokens=True)
-    result: dict = {}
+        def work():
+            try:
+                result["text"] = self.generator.generate([self.messages], self.options, streamer=streamer)[0]
+            except Exception as exc:  # surfaced below, in the caller's thread
+                result["error"] = exc
+                streamer.end()
 
-    def work():
-        try:
-            result["text"] = generator.generate([messages], options, streamer=streamer)[0]
-        except Exception as exc:  # surfaced below, in the main thread
-            result["error"] = exc
-            streamer.end()
-
-    thread = threading.Thread(target=work, daemon=True)
-    thread.start()
-    console.print("bot> ", end="")
-    shown = ""
-    stops = getattr(generator.template, "stop_strings", []) or []
-    for piece in streamer:
-        shown += piece
-        # Hide a stop string being spelled out token by token; the final text is cut at it anyway.
-        if not any(s and s in shown for s in stops):
-            console.print(piece, end="", markup=False, highlight=False)
-    thread.join()
-    console.print()
-    if "error" in result:
-        raise result["error"]
-    return result["text"]
+        thread = threading.Thread(target=work, daemon=True)
+        thread.start()
+        shown = ""
+        stops = getattr(self.generator.template, "stop_strings", []) or []
+        for piece in streamer:
+            shown += piece
+            if not any(s and s in shown for s in stops):
+                yield piece
+        thread.join()
+        if "error" in result:
+            raise result["error"]
+        self.text = result["text"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..reporting import Reporter
 from .config import (AnyMergeConfig, LoraCombineConfig, LoraToBaseConfig, MergeConfig, load_config,
                      parse_config)
 from .engine import MergeResult, merge
@@ -19,17 +20,17 @@ from .methods import available_methods, get_method
 
 
 def run(config: AnyMergeConfig, output: str | Path | None = None, *, overwrite: bool = False,
-        progress: bool = True) -> Path:
+        reporter: Reporter | None = None) -> Path:
     """Dispatch any merge config; returns the output folder."""
     if isinstance(config, LoraToBaseConfig):
         from .adapters import lora_to_base
 
-        return lora_to_base(config, output, overwrite=overwrite, progress=progress)
+        return lora_to_base(config, output, overwrite=overwrite, reporter=reporter)
     if isinstance(config, LoraCombineConfig):
         from .adapters import combine_loras
 
-        return combine_loras(config, output, overwrite=overwrite, progress=progress)
-    return merge(config, output, overwrite=overwrite, progress=progress).output
+        return combine_loras(config, output, overwrite=overwrite, reporter=reporter)
+    return merge(config, output, overwrite=overwrite, reporter=reporter).output
 
 
 __all__ = ["MergeConfig", "LoraToBaseConfig", "LoraCombineConfig", "MergeResult", "available_methods",

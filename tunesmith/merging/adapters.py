@@ -21,10 +21,10 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import ConfigError, ModelError
 from ..io import atomic_write_json, publish_dir_contents
+from ..reporting import Reporter, reporter_or_default
 from .checkpoint import Checkpoint, PlannedTensor, ShardedWriter, parse_size
 from .config import LoraCombineConfig, LoraToBaseConfig
-from .engine import _output_dtype, _prepare_output, copy_side_files, write_model_config
-from .progress import tensor_progress
+from .engine import copy_side_files, output_dtype, prepare_output, write_model_config
 
 PREFIX = "base_model.model."
 _FACTOR = re.compile(r"^(?P<module>.+)\.(?:lora_(?P<ab>[AB])\.weight|lora_embedding_(?P<eab>[AB]))$")
@@ -150,22 +150,23 @@ class LoraCheckpoint:
         self.base.close()
 
 
-def lora_to_base(config: LoraToBaseConfig, output=None, *, overwrite: bool = False, progress: bool = True) -> Path:
+def lora_to_base(config: LoraToBaseConfig, output=None, *, overwrite: bool = False,
+                 reporter: Reporter | None = None) -> Path:
     out = Path(output or config.output or "")
     if not str(out) or str(out) == ".":
         raise ConfigError("no output folder", where="output", hint="set `output:` or pass --out")
     model = LoraCheckpoint(config.adapter, "adapter", config.base_model)
     try:
-        dtype = _output_dtype(config.dtype, model.base)
+        dtype = output_dtype(config.dtype, model.base)
         names = list(model.tensors)
         plan = [PlannedTensor(n, dtype if model.tensors[n].dtype.is_floating_point else model.tensors[n].dtype,
                               model.tensors[n].shape) for n in names]
-        staging = _prepare_output(out, overwrite)
+        staging = prepare_output(out, overwrite)
         writer = ShardedWriter(staging, plan, parse_size(config.max_shard_size))
-        with tensor_progress(len(names), progress, "folding adapter") as bar:
+        with reporter_or_default(reporter).progress("folding adapter", len(names)) as advance:
             for item in plan:
                 writer.write(item.name, model.read(item.name).to(item.dtype))
-                bar(item.name)
+                advance(detail=item.name)
         writer.close()
         write_model_config(staging, model.base, dtype)
         copy_side_files(model.base.folder, staging)
@@ -177,7 +178,8 @@ def lora_to_base(config: LoraToBaseConfig, output=None, *, overwrite: bool = Fal
     return out
 
 
-def combine_loras(config: LoraCombineConfig, output=None, *, overwrite: bool = False, progress: bool = True) -> Path:
+def combine_loras(config: LoraCombineConfig, output=None, *, overwrite: bool = False,
+                  reporter: Reporter | None = None) -> Path:
     adapters = [read_adapter(entry.path) for entry in config.adapters]
     first = adapters[0]
     for entry, adapter in zip(config.adapters[1:], adapters[1:]):
@@ -188,7 +190,7 @@ def combine_loras(config: LoraCombineConfig, output=None, *, overwrite: bool = F
     rank = config.rank if config.mode == "svd" else sum(a.modules[next(iter(a.modules))].A.shape[0]
                                                          for a in adapters)
     tensors, retained = {}, {}
-    with tensor_progress(len(first.modules), progress, "combining adapters") as bar:
+    with reporter_or_default(reporter).progress("combining adapters", len(first.modules)) as advance:
         for module, lora in first.modules.items():
             parts = [(a.modules[module], e.weight) for a, e in zip(adapters, config.adapters)]
             A = torch.cat([p.A.double() for p, _ in parts], 0)
@@ -203,8 +205,8 @@ def combine_loras(config: LoraCombineConfig, output=None, *, overwrite: bool = F
                             else ("lora_A.weight", "lora_B.weight"))
             tensors[f"{PREFIX}{module}.{a_key}"] = A.to(dtype).contiguous()
             tensors[f"{PREFIX}{module}.{b_key}"] = B.to(dtype).contiguous()
-            bar(module)
-    staging = _prepare_output(out, overwrite)
+            advance(detail=module)
+    staging = prepare_output(out, overwrite)
     save_file(tensors, staging / "adapter_model.safetensors", metadata={"format": "pt"})
     # α = r makes every module's scale exactly 1: the adapters' own scales and weights live in B now.
     adapter_config = {**first.config, "r": rank, "lora_alpha": rank, "use_rslora": False, "rank_pattern": {},

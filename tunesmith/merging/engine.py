@@ -16,10 +16,10 @@ import torch
 
 from ..errors import ConfigError, ModelError
 from ..io import atomic_write_json, publish_dir_contents
+from ..reporting import Reporter, reporter_or_default
 from .checkpoint import Checkpoint, PlannedTensor, ShardedWriter, parse_size
 from .config import MergeConfig
 from .methods import MergeMethod, TensorParams, get_method
-from .progress import tensor_progress
 from .schedule import layer_positions, resolve
 from .validate import check_compatible
 
@@ -37,8 +37,9 @@ class MergeResult:
 
 
 def merge(config: MergeConfig, output: str | Path | None = None, *, overwrite: bool = False,
-          progress: bool = True) -> MergeResult:
-    """Run a merge described by `config` and write a plain Hugging Face model folder."""
+          reporter: Reporter | None = None) -> MergeResult:
+    """Run a merge described by `config` and write a plain Hugging Face model folder; `reporter` shows the
+    progress over tensors."""
     out = Path(output or config.output or "")
     if not str(out) or str(out) == ".":
         raise ConfigError("no output folder", where="output", hint="set `output:` or pass --out")
@@ -50,14 +51,14 @@ def merge(config: MergeConfig, output: str | Path | None = None, *, overwrite: b
         check_compatible(everyone)
         reference = base or sources[0]
         names = list(reference.tensors)
-        out_dtype = _output_dtype(config.dtype, reference)
+        out_dtype = output_dtype(config.dtype, reference)
         params = _resolve_params(config, method, names)
         plan = [PlannedTensor(n, out_dtype if reference.tensors[n].dtype.is_floating_point
                               else reference.tensors[n].dtype, reference.tensors[n].shape) for n in names]
-        staging = _prepare_output(out, overwrite)
+        staging = prepare_output(out, overwrite)
         writer = ShardedWriter(staging, plan, parse_size(config.max_shard_size))
         with ThreadPoolExecutor(max_workers=1) as reader, ThreadPoolExecutor(max_workers=1) as saver, \
-                tensor_progress(len(names), progress, "merging") as bar:
+                reporter_or_default(reporter).progress("merging", len(names)) as advance:
             # Reading, combining and writing overlap: tensor i + 1 is read and tensor i - 1 written in background
             # threads (file I/O releases the GIL) while tensor i is combined. Two sets of read buffers are
             # reused: tensor i + 1 goes into the set of tensor i - 1, whose result (which may live in its
@@ -78,7 +79,7 @@ def merge(config: MergeConfig, output: str | Path | None = None, *, overwrite: b
                 pending = reader.submit(read, i + 1) if i + 1 < len(names) else None
                 merged = _merge_one(method, tensors, base_tensor, params[name], plan[i].dtype)
                 written = saver.submit(writer.write, name, merged)
-                bar(name)
+                advance(detail=name)
             if written is not None:
                 written.result()
         shards = writer.close()
@@ -117,7 +118,7 @@ def _merge_one(method: MergeMethod, tensors, base, params: TensorParams, dtype: 
     return merged.to(dtype)
 
 
-def _output_dtype(name: str, reference: Checkpoint) -> torch.dtype:
+def output_dtype(name: str, reference: Checkpoint) -> torch.dtype:
     if name != "auto":
         return getattr(torch, name)
     stated = reference.config.get("torch_dtype") or reference.config.get("dtype")
@@ -149,7 +150,7 @@ def _resolve_params(config: MergeConfig, method: MergeMethod, names: list[str]) 
     return resolved
 
 
-def _prepare_output(out: Path, overwrite: bool) -> Path:
+def prepare_output(out: Path, overwrite: bool) -> Path:
     if out.exists() and not out.is_dir():
         raise ConfigError("output exists and is not a folder", where=str(out))
     if out.is_dir() and any(out.iterdir()):

@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import torch
 from pydantic import Field, ValidationError
 
 from ..config.base import StrictModel
 from ..config.loading import read_yaml_file
-from ..errors import ConfigError
+from ..errors import ConfigError, ModelError
+from ..reporting import Reporter, reporter_or_default
 
 
 class EvalTask(StrictModel):
@@ -99,47 +99,33 @@ def load_task_data(suite: EvalSuite) -> dict[str, list[list[dict]]]:
 
 
 def _load(folder: str):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from ..errors import ModelError
+    """The model and tokenizer of `folder` in float32, loaded as `tunesmith eval` loads a model."""
+    from ..models.loading import load_for_inference
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"could not load for evaluation: {exc}", where=folder) from None
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    return model, tokenizer
+        return load_for_inference(folder, dtype="float32")
+    except ModelError as exc:
+        raise ModelError(f"could not load for evaluation: {exc.message}", where=folder, hint=exc.hint) from None
 
 
-@torch.inference_mode()
-def _mean_loss(model, tokenizer, template, conversations, suite: EvalSuite) -> float:
-    from ..data.encoding import IGNORE_INDEX, encode_conversation
+def _mean_loss(loaded, conversations, template: str, suite: EvalSuite) -> float:
+    """The mean cross-entropy of the reference replies' tokens, scored as `tunesmith eval`'s perplexity tasks are."""
+    from ..data.templates.registry import get_template
+    from ..evaluation.metrics.perplexity import conversation_examples, score_examples
 
-    encoded = [e for e in (encode_conversation(tokenizer, template, c, suite.max_length) for c in conversations) if e]
-    total, count = 0.0, 0
+    tokenizer = loaded.tokenizer
+    examples = conversation_examples(tokenizer, get_template(template, tokenizer), conversations, suite.max_length)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    for start in range(0, len(encoded), suite.batch_size):
-        batch = encoded[start:start + suite.batch_size]
-        width = max(len(e["input_ids"]) for e in batch)
-        ids = torch.tensor([e["input_ids"] + [pad] * (width - len(e["input_ids"])) for e in batch])
-        labels = torch.tensor([e["labels"] + [IGNORE_INDEX] * (width - len(e["labels"])) for e in batch])
-        mask = torch.tensor([[1] * len(e["input_ids"]) + [0] * (width - len(e["input_ids"])) for e in batch])
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-        target = labels[:, 1:]
-        losses = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                                                   ignore_index=IGNORE_INDEX, reduction="sum")
-        total += float(losses)
-        count += int((target != IGNORE_INDEX).sum())
-    return total / max(count, 1)
+    scores = score_examples(loaded.model, examples, pad_id=pad, batch_size=suite.batch_size)
+    return scores["loss"] if scores["tokens"] else 0.0
 
 
-def _exact_match(model, tokenizer, template_name, conversations, suite: EvalSuite) -> float:
+def _exact_match(loaded, conversations, template: str, suite: EvalSuite) -> float:
     from ..inference.generation import Generator, SamplingOptions
     from ..models.loading import LoadedModel
 
-    generator = Generator(LoadedModel(model, tokenizer, template_name, {}))
+    tokenizer = loaded.tokenizer
+    generator = Generator(LoadedModel(loaded.model, tokenizer, template, {}))
     hits = 0
     for start in range(0, len(conversations), suite.batch_size):
         batch = conversations[start:start + suite.batch_size]
@@ -149,18 +135,14 @@ def _exact_match(model, tokenizer, template_name, conversations, suite: EvalSuit
     return hits / max(len(conversations), 1)
 
 
-def score_model(folder: str, suite: EvalSuite, data: dict[str, list]) -> dict[str, float]:
-    from ..data.templates.registry import get_template
-
-    model, tokenizer = _load(folder)
-    scores = {}
-    for task in suite.tasks:
-        name = task.template or suite.template
-        if suite.metric == "loss":
-            scores[task.name] = _mean_loss(model, tokenizer, get_template(name, tokenizer), data[task.name], suite)
-        else:
-            scores[task.name] = _exact_match(model, tokenizer, name, data[task.name], suite)
-    del model
+def score_model(folder: str, suite: EvalSuite, data: dict[str, list], reporter: Reporter | None = None
+                ) -> dict[str, float]:
+    score = _mean_loss if suite.metric == "loss" else _exact_match
+    with reporter_or_default(reporter).status(f"scoring {folder}"):
+        loaded = _load(folder)
+        scores = {task.name: score(loaded, data[task.name], task.template or suite.template, suite)
+                  for task in suite.tasks}
+    del loaded
     return scores
 
 
@@ -189,15 +171,15 @@ def task_sources(suite: EvalSuite, sources: dict[str, str], origin: str = "suite
 
 
 def evaluate_merge(merged: str, sources: dict[str, str], suite: EvalSuite,
-                   cache: dict[str, dict[str, float]] | None = None) -> Report:
+                   cache: dict[str, dict[str, float]] | None = None, reporter: Reporter | None = None) -> Report:
     """Score the merged folder and every source (label → folder); `cache` reuses source scores across calls."""
     labels = task_sources(suite, sources)
     data = load_task_data(suite)
     cache = {} if cache is None else cache
-    scores = {"merged": score_model(merged, suite, data)}
+    scores = {"merged": score_model(merged, suite, data, reporter)}
     for label, folder in sources.items():
         if folder not in cache:
-            cache[folder] = score_model(folder, suite, data)
+            cache[folder] = score_model(folder, suite, data, reporter)
         scores[label] = cache[folder]
     kept, flags = {}, []
     for task in suite.tasks:
@@ -212,28 +194,3 @@ def evaluate_merge(merged: str, sources: dict[str, str], suite: EvalSuite,
         if suite.min_score is not None and suite.metric == "exact_match" and merged_score < suite.min_score:
             flags.append(f"task '{task.name}' scores {merged_score:.1%}, below min_score {suite.min_score:.0%}")
     return Report(suite.metric, [t.name for t in suite.tasks], scores, kept, flags)
-
-
-def render_report(report: Report, console=None) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = console or Console()
-    better = "lower is better" if report.metric == "loss" else "higher is better"
-    table = Table(title=f"merge evaluation — {report.metric} ({better})")
-    table.add_column("model")
-    for task in report.tasks:
-        table.add_column(task, justify="right")
-    table.add_column("average", justify="right")
-    table.add_column("worst", justify="right")
-    for label, scores in report.scores.items():
-        table.add_row(label, *(f"{scores[t]:.4f}" for t in report.tasks), f"{report.average(label):.4f}",
-                      f"{report.worst(label):.4f}")
-    if report.retention:
-        table.add_row("[dim]merged retention[/]", *(f"{report.retention[t]:.0%}" if t in report.retention else "-"
-                                                    for t in report.tasks), "", f"{report.worst_retention:.0%}")
-    console.print(table)
-    for flag in report.flags:
-        console.print(f"[bold yellow]warning:[/] {flag}")
-    if not report.flags:
-        console.print("[green]no task fell below its source's min_retention[/]")

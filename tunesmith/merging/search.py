@@ -15,7 +15,8 @@ from pathlib import Path
 from ..errors import ConfigError
 from .config import MergeConfig
 from ..io import publish_dir_contents
-from .engine import _prepare_output, merge
+from .engine import merge, prepare_output
+from ..reporting import Reporter
 from .evaluate import EvalSuite, Report, evaluate_merge
 
 
@@ -51,20 +52,22 @@ def apply(config: MergeConfig, values: tuple[float, ...]) -> MergeConfig:
 
 
 def search_merge(config: MergeConfig, suite: EvalSuite, sources: dict[str, str], output: Path, *,
-                 overwrite: bool = False, on_trial=None) -> tuple[MergeConfig, list[Trial]]:
-    """Try every candidate; the best one is written to `output`. Returns its config and all trials."""
+                 overwrite: bool = False, on_trial=None, reporter: Reporter | None = None
+                 ) -> tuple[MergeConfig, list[Trial]]:
+    """Try every candidate; the best one is written to `output`. Returns its config and all trials. `reporter`
+    shows which model is being scored."""
     if not any(task.source for task in suite.tasks):
         raise ConfigError("a weight search maximises the worst task relative to its source, but no task names "
                           "a `source`", where="tasks[].source")
-    _prepare_output(output, overwrite).rmdir()  # refuse a non-empty output before spending time on trials
+    prepare_output(output, overwrite).rmdir()  # refuse a non-empty output before spending time on trials
     scratch = output.parent / f".{output.name}.search"
     shutil.rmtree(scratch, ignore_errors=True)
     trials, best, cache = [], None, {}
     try:
         for i, values in enumerate(candidates(config)):
             trial_dir = scratch / f"trial-{i}"
-            merge(apply(config, values), trial_dir, progress=False)
-            trial = Trial(values, evaluate_merge(str(trial_dir), sources, suite, cache))
+            merge(apply(config, values), trial_dir)
+            trial = Trial(values, evaluate_merge(str(trial_dir), sources, suite, cache, reporter))
             trials.append(trial)
             if on_trial:
                 on_trial(i, trial)

@@ -130,7 +130,7 @@ def unusable_attention(exc: Exception, attn_implementation: str | None,
                        hint="leave it unset (sdpa), or install what the message names")
 
 
-def _wrap_load_error(ref: str, exc: Exception, attn_implementation: str | None = None) -> ModelError | ConfigError:
+def wrap_load_error(ref: str, exc: Exception, attn_implementation: str | None = None) -> ModelError | ConfigError:
     refused = unusable_attention(exc, attn_implementation)
     if refused is not None:
         return refused
@@ -149,7 +149,7 @@ def load_tokenizer(cfg: ModelConfig):
     try:
         tokenizer = AutoTokenizer.from_pretrained(ref, **kwargs)
     except (OSError, ValueError) as exc:
-        raise _wrap_load_error(ref, exc) from None
+        raise wrap_load_error(ref, exc) from None
     if tokenizer.pad_token is None:
         # Padding positions are masked out of attention and loss, so reusing EOS (or UNK) is safe.
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
@@ -180,7 +180,7 @@ def load_model(cfg: ModelConfig, *, dtype: torch.dtype | None = None, extra: dic
     try:
         return AutoModelForCausalLM.from_pretrained(ref, **kwargs)
     except (OSError, ValueError, KeyError, ImportError) as exc:
-        raise _wrap_load_error(ref, exc, cfg.attn_implementation) from None
+        raise wrap_load_error(ref, exc, cfg.attn_implementation) from None
 
 
 @dataclass

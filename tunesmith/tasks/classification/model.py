@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from ...config.schema import ModelConfig
-from ...models.loading import _wrap_load_error, model_load_kwargs
+from ...models.loading import wrap_load_error, model_load_kwargs
 from ...models.targets import linear_module_names
 
 # Names of the query and value projections across encoder families (BERT/RoBERTa, DistilBERT, DeBERTa, Llama).
@@ -28,7 +28,7 @@ def load_classification_model(cfg: ModelConfig, label_names: list[str], *, pad_t
             ref, num_labels=len(label_names), id2label=dict(enumerate(label_names)),
             label2id={name: i for i, name in enumerate(label_names)}, **kwargs)
     except (OSError, ValueError, KeyError, ImportError) as exc:
-        raise _wrap_load_error(ref, exc, cfg.attn_implementation) from None
+        raise wrap_load_error(ref, exc, cfg.attn_implementation) from None
     model.config.problem_type = "single_label_classification"
     # Decoders classify from the last non-padding token, found through pad_token_id: it must be set.
     if getattr(model.config, "pad_token_id", None) is None:

@@ -1,11 +1,12 @@
-"""Rich tables for a plan: parameter counts, the memory breakdown, proposals."""
+"""Rich tables for `tunesmith plan`: parameter counts, the memory breakdown, proposals."""
 
 from __future__ import annotations
 
 from rich.table import Table
 
-from .memory import MemoryPlan
-from .units import GIB, human
+from ..planning.memory import MemoryPlan
+from ..planning.units import human
+
 
 def counts_table(plan: MemoryPlan, model_name: str) -> Table:
     c, r = plan.counts, plan.request
