@@ -17,7 +17,7 @@ is its own:
                  AMX) (d) packs each batch into one row, and (q) pads length-grouped batches instead; elsewhere
                  (d) pads and (h) packs
 
-All render the records with the same alpaca_zh prompt (`### 指令:` / `### 输入:` / `### 回答:`) and train on the
+All render the records with the same alpaca_zh prompt (`### 指令:` / `### 输入:` / `### 回复:`) and train on the
 reply tokens only. Throughput is measured after `--warmup` steps: real (non-padding) input tokens per second, seconds
 per step. "eval loss" is the same held-out loss for every trained adapter (computed by one process, one function),
 so losses compare even though sample order differs between the tools. Each contender also saves its adapter every
@@ -108,7 +108,7 @@ def render_prompt(record: dict) -> str:
     text = f"### 指令:\n{record['instruction']}"
     if record.get("input"):
         text += f"\n\n### 输入:\n{record['input']}"
-    return text + "\n\n### 回答:\n"
+    return text + "\n\n### 回复:\n"
 
 
 def read_records(path: str, start: int, count: int) -> list[dict]:

@@ -47,7 +47,7 @@ def test_single_turn_chinese_supervises_reply_and_eos_only(tok):
     assert _trained(tok, encoded) == "5 更大。</s>"
     assert encoded["input_ids"].count(tok.bos_token_id) == 1 and encoded["input_ids"][0] == tok.bos_token_id
     assert encoded["labels"][0] == IGNORE_INDEX
-    assert "### 回答:" in _masked(tok, encoded) and "3 和 5" in _masked(tok, encoded)
+    assert "### 回复:" in _masked(tok, encoded) and "3 和 5" in _masked(tok, encoded)
     assert encoded["labels"][-1] == tok.eos_token_id
     assert encoded["length"] == len(encoded["input_ids"]) == len(encoded["labels"])
     assert not encoded["truncated"]

@@ -51,7 +51,7 @@ def test_model_template_needs_a_chat_template(tok):
 
 def test_alpaca_zh_single_turn_with_input(tok):
     rendered = get_template("alpaca_zh", tok).render(ONE_TURN)
-    assert rendered.text == "### 指令:\n比较两个数\n\n### 输入:\n3 和 5\n\n### 回答:\n5 更大</s>"
+    assert rendered.text == "### 指令:\n比较两个数\n\n### 输入:\n3 和 5\n\n### 回复:\n5 更大</s>"
     assert _trained(rendered) == ["5 更大</s>"]
 
 
@@ -59,7 +59,7 @@ def test_alpaca_zh_omits_input_section_and_puts_system_first(tok):
     messages = [{"role": "system", "content": "你是助手。"}, {"role": "user", "content": "你好"},
                 {"role": "assistant", "content": "你好！"}]
     text = get_template("alpaca_zh", tok).render(messages).text
-    assert text == "你是助手。\n\n### 指令:\n你好\n\n### 回答:\n你好！</s>"
+    assert text == "你是助手。\n\n### 指令:\n你好\n\n### 回复:\n你好！</s>"
 
 
 def test_alpaca_en_multi_turn_repeats_sections(tok):

@@ -95,7 +95,7 @@ def test_data_preview_marks_trained_tokens(stories_dir, tmp_path, capsys):
     path.write_text(yaml.safe_dump(cfg, allow_unicode=True))
     assert main(["data", "preview", str(path)]) == 0
     out = capsys.readouterr().out
-    assert "### 指令:" in out and "### 回答:" in out
+    assert "### 指令:" in out and "### 回复:" in out
     assert "supervised" in out.lower() or "trained" in out.lower()
 
 
