@@ -1,4 +1,4 @@
-"""training.cpu_allocator on CPU: step time and peak memory with glibc's default settings, tunesmith's `lean` and
+"""speed.cpu_allocator on CPU: step time and peak memory with glibc's default settings, tunesmith's `lean` and
 tcmalloc (preloaded, as the `tunesmith` command does when it is installed).
 
 Each setting runs in a fresh process: SmolLM2-135M-Instruct (offline, from PyPI via tunesmith), LoRA r=16 on q/k/v/o,
@@ -30,7 +30,7 @@ def worker(mode: str, batch: int, seq: int, steps: int, warmup: int, bf16: bool)
     from tunesmith.speed.cpu.allocator import configure_cpu_allocator, preload_tcmalloc
 
     preload_tcmalloc(mode if mode == "tcmalloc" else "default")  # restarts this worker with tcmalloc preloaded
-    configure_cpu_allocator(mode)  # first, as tunesmith.training.run.train does before loading anything
+    configure_cpu_allocator(mode)  # first, as a CPU training run does before loading anything
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -89,7 +89,7 @@ def main() -> int:
                 print(proc.stderr[-2000:])
                 return 1
             runs[mode].append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    print(f"\ntraining.cpu_allocator: SmolLM2-135M LoRA r=16 q/k/v/o, {'bf16 autocast' if args.bf16 else 'fp32'}, batch {args.batch} x {args.seq} tokens, "
+    print(f"\nspeed.cpu_allocator: SmolLM2-135M LoRA r=16 q/k/v/o, {'bf16 autocast' if args.bf16 else 'fp32'}, batch {args.batch} x {args.seq} tokens, "
           f"{args.steps - args.warmup} timed steps after {args.warmup}, median of {args.repeat} alternating run(s); "
           f"{os.cpu_count()} CPUs ({cpu_model()}), glibc {platform.libc_ver()[1]}, "
           f"load average {os.getloadavg()[0]:.1f} at the end; tcmalloc: {tcmalloc or 'not installed (row left out)'}")

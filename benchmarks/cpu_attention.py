@@ -1,4 +1,4 @@
-"""CPU causal attention: torch's SDPA (its CPU flash kernel) against tunesmith's kernel (`training.cpu_causal_attention`),
+"""CPU causal attention: torch's SDPA (its CPU flash kernel) against tunesmith's kernel (`speed.switches.cpu_causal_attention`),
 forward and backward, bf16.
 
 The shapes are one attention layer of SmolLM2-135M at batch 4 (9 query heads over 3 key/value heads, head dim 64),

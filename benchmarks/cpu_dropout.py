@@ -1,4 +1,4 @@
-"""CPU dropout: torch's nn.Dropout against tunesmith's FastDropout (`training.fast_dropout`), forward and backward.
+"""CPU dropout: torch's nn.Dropout against tunesmith's FastDropout (`speed.switches.fast_dropout`), forward and backward.
 
 The shape is one LoRA dropout of SmolLM2-135M at batch 4 x 380 tokens (hidden size 576), float32 as under autocast;
 a step runs 120 of them (q, k, v, o on 30 layers). Rows, each the median of --repeats timed calls after warm-up

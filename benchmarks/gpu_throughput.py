@@ -6,9 +6,9 @@ bf16, LoRA r=16 on q/k/v/o. Each (shape, variant) trains in a fresh process so p
 
   hf         transformers Trainer + PEFT, SDPA attention: the plain baseline
   hf+liger   the same with `use_liger_kernel=True` (fused linear cross-entropy, RMSNorm, RoPE, SwiGLU)
-  tunesmith  tunesmith's TunesmithTrainer (LM head only at supervised positions) + Liger, as `training.liger_kernel:
+  tunesmith  tunesmith's TunesmithTrainer (LM head only at supervised positions) + Liger, as `speed.loss: liger
              true` configures it (Liger's fused cross-entropy then takes the place of the supervised-logits path)
-  tunesmith-chunked  tunesmith's default (`training.liger_kernel` off): TunesmithTrainer with its own chunked LM-head
+  tunesmith-chunked  tunesmith's default (`speed.loss` auto): TunesmithTrainer with its own chunked LM-head
              cross-entropy (training/chunked_loss.py) instead of Liger's, torch's own kernels elsewhere
   tunesmith-chunked+liger  not a configuration tunesmith offers yet: the chunked loss with Liger's RMSNorm, RoPE and
              SwiGLU (transformers' `liger_kernel_config` with Liger's own cross-entropy off). On an H200 the chunked

@@ -11,7 +11,7 @@ relative difference from HF's.
     python benchmarks/head_loss.py --shapes smollm2 --threads 2 --chunks auto,170,341,682   # on a CPU
 
   hf         transformers' causal-LM loss: the head over every token, fp32 logits, cross-entropy with -100 ignored
-  supervised the head only where the next token is supervised (training.supervised_logits), then the same loss
+  supervised the head only where the next token is supervised (speed.loss: supervised), then the same loss
   liger      Liger's LigerFusedLinearCrossEntropyLoss over every token (CUDA only; skipped where it does not import)
   chunk-N    training/chunked_loss.py with N tokens per chunk; "auto" is the size it picks on this device
 """

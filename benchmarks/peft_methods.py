@@ -39,8 +39,6 @@ def worker(args) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from rich.console import Console
-
     from tunesmith.config.loading import validate_config
     from tunesmith.recipes import train
 
@@ -58,7 +56,7 @@ def worker(args) -> None:
                      "seed": 0},
     })
     start = time.perf_counter()
-    result = train(cfg, console=Console(stderr=True, quiet=True))
+    result = train(cfg)
     elapsed = time.perf_counter() - start
     records = [json.loads(line) for line in (Path(args.out) / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records if "loss" in r]

@@ -12,7 +12,7 @@ as its own row.
     python benchmarks/plan_accuracy.py --only smollm2   # a subset (substring of the name); keeps the other rows
     python benchmarks/plan_accuracy.py --allocator default   # glibc's dynamic settings instead of lean
     python benchmarks/plan_accuracy.py --allocator tcmalloc  # tcmalloc preloaded (what `auto` uses when installed)
-        # (training.cpu_allocator); each setting has its own results file
+        # (speed.cpu_allocator); each setting has its own results file
     python benchmarks/plan_accuracy.py --precision bf16  # bf16 autocast (model.dtype auto on CPUs with AMX)
 """
 
@@ -38,7 +38,7 @@ DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
 
 def results_file() -> Path:
     # "-chunked": measured since training's loss went chunked (files without it hold full-logits measurements);
-    # "-held": under autocast, since adapter runs hold their frozen base in bf16 (training.half_frozen_base).
+    # "-held": under autocast, since adapter runs hold their frozen base in bf16 (speed.switches.half_frozen_base).
     suffix = "-chunked" if PRECISION == "fp32" else f"-{PRECISION}-chunked-held"
     return CACHE / f"plan_accuracy-{ALLOCATOR}{suffix}.jsonl"
 
@@ -82,15 +82,17 @@ def worker_train(spec: dict) -> dict:
 
     from tunesmith.speed.cpu.allocator import configure_cpu_allocator
 
-    configure_cpu_allocator(spec["allocator"])  # as tunesmith.training.run.train does on CPU
+    configure_cpu_allocator(spec["allocator"])  # first, as a CPU training run does
     from transformers import default_data_collator
 
     from tunesmith.config.schema import RunConfig
     from tunesmith.methods.registry import get_method
-    from tunesmith.models.loading import load_model, training_compute_dtype, training_load_dtype
-    from tunesmith.training.arguments import build_training_arguments
-    from tunesmith.speed.cpu.layers import apply_cpu_layers
+    from tunesmith.models.loading import load_model
+    from tunesmith.runtime import resolve_runtime
+    from tunesmith.speed.cpu.layers import use_cpu_layers
     from tunesmith.speed.frozen_base import hold_for_training
+    from tunesmith.speed.plan import resolve_speed_plan
+    from tunesmith.training.arguments import build_training_arguments
     from tunesmith.training.trainer import TunesmithTrainer, supports_supervised_logits
 
     out = tempfile.mkdtemp(prefix="plan-bench-")
@@ -100,32 +102,34 @@ def worker_train(spec: dict) -> dict:
         "data": {"train": [{"path": "synthetic"}], "max_length": spec["seq"]},
         "training": {"output_dir": out, "max_steps": STEPS, "batch_size": spec["batch"], "save_steps": 10 ** 6,
                      "tensorboard": False, "group_by_length": False, "logging_steps": 1,
-                     "gradient_checkpointing": spec["gc"], "cpu_allocator": spec["allocator"]}})
-    # The same sequence as tunesmith.training.run.train, minus data files and saving.
+                     "gradient_checkpointing": spec["gc"]},
+        "speed": {"cpu_allocator": spec["allocator"]}})
+    # The same sequence as the SFT recipe (tunesmith/recipes/sft.py), minus data files and saving.
     method = get_method(cfg.method.name)
-    compute_dtype = training_compute_dtype(cfg.model.dtype, bf16_safe=method.bf16_autocast_safe(cfg.method))
-    load_dtype = training_load_dtype(method.is_peft, compute_dtype)
-    model = load_model(cfg.model, dtype=load_dtype, extra=method.load_kwargs(cfg.method, compute_dtype))
+    runtime = resolve_runtime(cfg, method)
+    speed = resolve_speed_plan(cfg, runtime.device)
+    compute_dtype = runtime.compute_dtype
+    model = load_model(cfg.model, dtype=runtime.load_dtype, extra=method.load_kwargs(cfg.method, compute_dtype))
     model.config.use_cache = False
     after_load = _peak_rss()
     model = method.prepare(model, cfg.method, gradient_checkpointing=cfg.training.gradient_checkpointing,
                            total_steps=STEPS)
-    apply_cpu_layers(cfg, model)
-    hold_for_training(model, method, compute_dtype, cuda=torch.cuda.is_available(),
-                      enabled=cfg.training.half_frozen_base)
+    if not runtime.cuda:
+        use_cpu_layers(model, dropout=speed.fast_dropout, rms_norm=speed.fast_rms_norm)
+    hold_for_training(model, method, compute_dtype, cuda=runtime.cuda, enabled=speed.half_frozen_base)
     generator = torch.Generator().manual_seed(0)
     n = spec["batch"] * STEPS
     ids = torch.randint(3, model.config.vocab_size, (n, spec["seq"]), generator=generator).tolist()
     data = Dataset.from_dict({"input_ids": ids, "labels": ids, "attention_mask": [[1] * spec["seq"]] * n})
-    args = build_training_arguments(cfg, compute_dtype=compute_dtype, has_validation=False)
+    args = build_training_arguments(cfg, runtime=runtime, speed=speed, has_validation=False)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    t = cfg.training  # the loss as train() computes it: supervised logits, chunked by default
+    # the loss as training computes it: supervised logits, chunked by default
     trainer = TunesmithTrainer(model=model, args=args, train_dataset=data, data_collator=default_data_collator,
                                optimizers=(method.optimizer(model, cfg.method, args), None),
-                               supervised_logits=t.supervised_logits and supports_supervised_logits(model),
-                               chunked_loss=t.chunked_loss)
+                               supervised_logits=speed.supervised_logits and supports_supervised_logits(model),
+                               chunked_loss=speed.chunked_loss)
     try:
         trainer.train()
     finally:  # the run's checkpoint (4 GB for a full fine-tune of the 360M model) is not needed
@@ -265,7 +269,7 @@ def report(measured: dict[str, dict]) -> int:
 
     malloc = {"lean": f"lean (fixed mmap threshold {LEAN_MMAP_THRESHOLD // 1024} KiB)",
               "default": "glibc default (dynamic mmap threshold)", "tcmalloc": "tcmalloc (preloaded)"}[ALLOCATOR]
-    console.print(f"conditions: training.cpu_allocator {malloc}; {cpu_model()}, {os.cpu_count()} CPUs, "
+    console.print(f"conditions: speed.cpu_allocator {malloc}; {cpu_model()}, {os.cpu_count()} CPUs, "
                   f"torch {torch.__version__}, batch {BATCH}, {STEPS} steps, "
                   f"{'fp32' if PRECISION == 'fp32' else 'bf16 autocast over an fp32 model'} (CPU), sdpa attention, "
                   f"AdamW (torch), no gradient checkpointing; measured = VmHWM of a fresh process; runtime baseline = "
@@ -279,7 +283,7 @@ def main() -> int:
     parser.add_argument("--reuse", action="store_true", help="print from the last measurements")
     parser.add_argument("--only", default=None, help="only configurations whose name contains this")
     parser.add_argument("--allocator", choices=("lean", "default", "tcmalloc"), default="lean",
-                        help="training.cpu_allocator for every configuration (default: lean, what `auto` picks "
+                        help="speed.cpu_allocator for every configuration (default: lean, what `auto` picks "
                              "when the predicted peak is close to the available RAM)")
     parser.add_argument("--precision", choices=tuple(DTYPES), default="fp32",
                         help="compute precision of every configuration, trained and planned (bf16: autocast over "

@@ -8,8 +8,8 @@ is its own:
   (a) reference  the reference recipe: every sample padded to 512, HF Trainer
   (b) trl        TRL's SFTTrainer with its defaults (prompt-completion data; bf16 as everyone's: off unless --bf16)
   (c) llamafactory  LLaMA-Factory from PyPI, in its own virtual environment (--lf-python)
-  (d) tunesmith  `tunesmith.training.run.train` with its defaults, started as the `tunesmith` command starts it
-                 (with libtcmalloc preloaded when it is installed: training.cpu_allocator auto), in the run's
+  (d) tunesmith  `tunesmith.recipes.train` with its defaults, started as the `tunesmith` command starts it
+                 (with libtcmalloc preloaded when it is installed: speed.cpu_allocator auto), in the run's
                  precision like the others (model.dtype float32, or bfloat16 with --bf16)
   (g)            tunesmith with model.dtype auto, its real default: bf16 autocast on CPUs with AMX or AVX512-BF16
   (e)-(q)        tunesmith variants, one setting each (VARIANTS; (l) changes nothing without --bf16). tunesmith's
@@ -82,16 +82,16 @@ LABELS = {"reference": "(a) reference: pad to 512, HF Trainer", "trl": "(b) TRL 
           "tunesmith-grouped": "(q) tunesmith, length-grouped padding (packing false)"}
 # tunesmith's variants: config overrides on top of its defaults.
 VARIANTS = {"tunesmith": {}, "tunesmith-gc": {"training": {"gradient_checkpointing": True}},
-            "tunesmith-gc-lean": {"training": {"gradient_checkpointing": True, "cpu_allocator": "lean"}},
+            "tunesmith-gc-lean": {"training": {"gradient_checkpointing": True}, "speed": {"cpu_allocator": "lean"}},
             "tunesmith-auto": {"model": {"dtype": "auto"}}, "tunesmith-packed": {"data": {"packing": True}},
-            "tunesmith-torch-dropout": {"training": {"fast_dropout": False}},
-            "tunesmith-glibc": {"training": {"cpu_allocator": "default"}},
-            "tunesmith-logits": {"training": {"chunked_loss": False}},
-            "tunesmith-fp32-base": {"training": {"half_frozen_base": False}},
-            "tunesmith-repeat-kv": {"training": {"sdpa_gqa": False}},
-            "tunesmith-hf-rms-norm": {"training": {"fast_rms_norm": False}},
-            "tunesmith-padding-mask": {"training": {"skip_padding_mask": False}},
-            "tunesmith-sdpa": {"training": {"cpu_causal_attention": False}},
+            "tunesmith-torch-dropout": {"speed": {"switches": {"fast_dropout": False}}},
+            "tunesmith-glibc": {"speed": {"cpu_allocator": "default"}},
+            "tunesmith-logits": {"speed": {"loss": "supervised"}},
+            "tunesmith-fp32-base": {"speed": {"switches": {"half_frozen_base": False}}},
+            "tunesmith-repeat-kv": {"speed": {"switches": {"sdpa_gqa": False}}},
+            "tunesmith-hf-rms-norm": {"speed": {"switches": {"fast_rms_norm": False}}},
+            "tunesmith-padding-mask": {"speed": {"switches": {"skip_padding_mask": False}}},
+            "tunesmith-sdpa": {"speed": {"switches": {"cpu_causal_attention": False}}},
             "tunesmith-grouped": {"data": {"packing": False}}}
 # Whether each contender recomputes activations in backward (TRL's and LLaMA-Factory's defaults do): memory
 # compares like for like only between rows with the same answer.
@@ -268,16 +268,15 @@ def run_tunesmith(args, variant: str = "tunesmith") -> None:
         "training": {"output_dir": args.adapter, "max_steps": args.steps, "batch_size": args.batch,
                      "learning_rate": args.lr, "lr_scheduler": "cosine", "warmup_ratio": 1 / args.steps,
                      "logging_steps": 1, "save_steps": 10_000, "tensorboard": False, "seed": 0},
+        "speed": {},
     }
     for section, values in VARIANTS[variant].items():
         raw[section].update(values)
     cfg = validate_config(raw)
-    preload_tcmalloc(cfg.training.cpu_allocator)  # as the tunesmith command does: may restart this worker
-    from rich.console import Console
-
+    preload_tcmalloc(cfg.speed.cpu_allocator)  # as the tunesmith command does: may restart this worker
     from tunesmith.recipes import train
 
-    train(cfg, console=Console(stderr=True, quiet=True), extra_callbacks=[meter_callback(args)])
+    train(cfg, extra_callbacks=[meter_callback(args)])
 
 
 # ---------------------------------------------------------------- the common yardstick
@@ -573,7 +572,7 @@ def main() -> None:
                   f"torch {torch.__version__} ({torch.get_num_threads()} threads), python {platform.python_version()}; "
                   f"model {Path(args.model).name}; data {Path(args.data).name} records 0-{args.samples - 1} "
                   f"(held-out {args.samples}-{args.samples + args.eval_samples - 1}); lr {args.lr}, cosine, "
-                  f"{'bf16 autocast for every contender (--bf16)' if args.bf16 else 'fp32 except (g), which picks its own'}; tunesmith's training.cpu_allocator: auto except (f) lean and (j) default; auto "
+                  f"{'bf16 autocast for every contender (--bf16)' if args.bf16 else 'fp32 except (g), which picks its own'}; tunesmith's speed.cpu_allocator: auto except (f) lean and (j) default; auto "
                   f"preloads tcmalloc: {find_tcmalloc() or 'not installed, so glibc default or lean'}")
     for name, note in notes.items():
         console.print(f"  {LABELS[name]}: {note}")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # tunesmith's own CLI on a GPU, end to end, in about two minutes of device time: `tunesmith train` fine-tunes the tiny
-# real Llama (stories260K) with LoRA, LoRA + Liger (training.liger_kernel) and QLoRA; then each adapter folder loads
+# real Llama (stories260K) with LoRA, LoRA + Liger (speed.loss: liger) and QLoRA; then each adapter folder loads
 # with PeftModel.from_pretrained on the GPU, generates, and its loss must have fallen. CI has no GPU; on the device
 # tool, after `bash benchmarks/gpu_wheels.sh` here:
 #   mkdir -p .gpu-model && cp -r ../shared/models/stories260K .gpu-model/   (.gpu-model/ is ignored: .gitignore)
@@ -28,7 +28,7 @@ run() {  # run NAME OVERRIDES...: one `tunesmith train`, its log in $OUT
 }
 run lora method.name=lora method.r=8
 if "$PYTHON" -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
-  run lora-liger method.name=lora method.r=8 training.liger_kernel=true
+  run lora-liger method.name=lora method.r=8 speed.loss=liger
 else
   echo "gpu_smoke: no CUDA GPU, so no Liger run (its kernels are Triton GPU kernels)"
 fi

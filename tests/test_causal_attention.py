@@ -1,4 +1,4 @@
-"""The CPU causal attention kernel (`training.cpu_causal_attention`): exact where it runs, SDPA everywhere else."""
+"""The CPU causal attention kernel (`speed.switches.cpu_causal_attention`): exact where it runs, SDPA everywhere else."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""training.cpu_allocator: with `lean`, memory freed by torch goes back to the OS instead of staying in the heap;
+"""speed.cpu_allocator: with `lean`, memory freed by torch goes back to the OS instead of staying in the heap;
 `auto`/`tcmalloc` start the tunesmith command again with libtcmalloc preloaded."""
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from tunesmith.config.loading import load_config
 from tunesmith.methods.registry import all_methods
 from tunesmith.models.loading import load_for_inference
-from tunesmith.training.run import train
+from tunesmith.recipes import train
 
 from .conftest import EXAMPLES, ROOT, require_shared
 

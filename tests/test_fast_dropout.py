@@ -1,4 +1,4 @@
-"""training.fast_dropout: the cheap CPU dropout mask keeps dropout's statistics, gradient and reproducibility."""
+"""speed.switches.fast_dropout: the cheap CPU dropout mask keeps dropout's statistics, gradient and reproducibility."""
 
 from __future__ import annotations
 
@@ -136,7 +136,7 @@ def test_gradient_checkpointing_recomputes_the_same_masks(tiny_model_factory, mo
 
 
 def test_compiles_to_one_graph_with_the_eager_masks(monkeypatch):
-    """`training.torch_compile`: each call draws a new random key. Were it read out as Python ints, torch.compile
+    """`speed.torch_compile`: each call draws a new random key. Were it read out as Python ints, torch.compile
     would guard on their values and recompile at every call."""
     import torch._inductor.config as inductor_config
     from torch._dynamo.utils import counters

@@ -1,4 +1,4 @@
-"""training.half_frozen_base: frozen linear weights held in bf16 while adapters train under CPU bf16 autocast."""
+"""speed.switches.half_frozen_base: frozen linear weights held in bf16 while adapters train under CPU bf16 autocast."""
 
 from __future__ import annotations
 
@@ -184,7 +184,7 @@ def test_held_run_resumes_to_the_same_weights(stories_dir, tmp_path, amx_cpu, na
     uninterrupted run ends."""
     from safetensors.torch import load_file
 
-    from tunesmith.adapters.bottleneck import WEIGHTS
+    from tunesmith.methods.bottleneck_layers import WEIGHTS
     from tunesmith.recipes import train
 
     from .test_training import Crash

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, TrainerCallback
 
-from tunesmith.adapters import bottleneck
+from tunesmith.methods import bottleneck_layers as bottleneck
 from tunesmith.methods.registry import all_methods, get_method
 from tunesmith.models.loading import load_for_inference
 from tunesmith.recipes import train

@@ -1,4 +1,4 @@
-"""training.skip_padding_mask: right-padded causal-LM batches train without the padding mask, with the same loss."""
+"""speed.switches.skip_padding_mask: right-padded causal-LM batches train without the padding mask, with the same loss."""
 
 from __future__ import annotations
 

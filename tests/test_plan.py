@@ -106,7 +106,7 @@ def test_config_json_and_folder_agree(folders):
 
 
 def test_fast_dropout_keeps_a_one_byte_mask(folders):
-    """training.fast_dropout saves 1 byte per dropped element where torch's CPU dropout saves float32 noise (4)."""
+    """speed.switches.fast_dropout saves 1 byte per dropped element where torch's CPU dropout saves float32 noise (4)."""
     config = load_model_config(str(folders["llama"]))
     request = {"method": "lora", "batch": 2, "seq": 16, "method_options": {"dropout": 0.1}}
     fast = plan_memory(config, PlanRequest(**request))
@@ -154,7 +154,7 @@ def test_activation_trace_equals_what_real_autograd_saves(folders, method, preci
     attention kernel keeps the shared key/value heads, not expanded copies). Under bf16 autocast over the fp32
     model, as training on an AMX CPU runs, that includes the bf16 inputs and weight copies autocast makes for every
     matmul, which torch.autocast itself never makes on meta tensors; with the frozen linear weights held in bf16
-    (`held`, training.half_frozen_base) the copies of those are gone, in the trace as in autograd."""
+    (`held`, speed.switches.half_frozen_base) the copies of those are gone, in the trace as in autograd."""
     from tunesmith.speed.frozen_base import frozen_linear_dtype, hold_frozen_linears
 
     held_dtype = frozen_linear_dtype(get_method(method), precision, cuda=False, enabled=held)
@@ -277,7 +277,7 @@ def test_time_probe_trains_as_training_does(folders, monkeypatch):
         return seen["swapped"]
 
     monkeypatch.setattr(probe_module, "use_cpu_layers", spy_layers)
-    # training.cpu_causal_attention: a bf16 probe attends through the causal kernel, as training does
+    # speed.switches.cpu_causal_attention: a bf16 probe attends through the causal kernel, as training does
     monkeypatch.setattr(probe_module, "use_causal_attention_kernel",
                         lambda model: seen.setdefault("attention kernel", model.config._attn_implementation))
     config = load_model_config(str(folders["llama"]))
@@ -289,7 +289,7 @@ def test_time_probe_trains_as_training_does(folders, monkeypatch):
     assert seen["attention kernel"] == "sdpa"
     seen.clear()
     probe_module.probe_throughput(config, PlanRequest(method="lora", batch=1, seq=16, fast_dropout=False), steps=1)
-    # training.fast_dropout off: the probe keeps torch's dropout, as training does; fp32 keeps SDPA
+    # speed.switches.fast_dropout off: the probe keeps torch's dropout, as training does; fp32 keeps SDPA
     assert seen["swapped"]["dropout"] == 0 and "attention kernel" not in seen
     probe_module.probe_throughput(config, PlanRequest(method="lora", batch=1, seq=16, precision="bf16",
                                                       cpu_causal_attention=False), steps=1)
@@ -335,7 +335,7 @@ def test_chunked_loss_plan_drops_the_vocabulary_buffers(folders):
 
 
 def test_held_frozen_base_plan_drops_the_copies_and_half_the_bytes(folders):
-    """training.half_frozen_base (on by default): under CPU bf16 autocast a LoRA plan stores every frozen linear
+    """speed.switches.half_frozen_base (on by default): under CPU bf16 autocast a LoRA plan stores every frozen linear
     weight in bf16 and keeps no autocast copies of them; the head (tied to the embedding here) stays fp32."""
     config = load_model_config(str(folders["llama"]))
     request = dict(method="lora", batch=1, seq=32, device="cpu", precision="bf16")

@@ -145,7 +145,7 @@ def analyze_adapter(path: str | Path, threshold: float = 0.9) -> RankAnalysis:
                                 rank_at(energy, threshold), float(sigma.pow(2).sum().sqrt())))
     if not layers:
         raise ConfigError("no lora_A / lora_B weights found in the adapter", where=str(weights_file))
-    layers.sort(key=lambda l: (l.layer if l.layer is not None else -1, l.module))
+    layers.sort(key=lambda item: (item.layer if item.layer is not None else -1, item.module))
     r = max(layer.r for layer in layers)
     suggested, advice = suggest_rank(layers, r, threshold)
     return RankAnalysis(str(path), threshold, r, suggested, advice, layers)

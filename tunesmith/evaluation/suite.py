@@ -133,7 +133,8 @@ def validate_suite(raw: dict, source: str = "suite") -> Suite:
     try:
         return Suite.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(explain_validation_error(exc).replace("invalid configuration", "invalid suite"), where=source) from None
+        message = explain_validation_error(exc).replace("invalid configuration", "invalid suite")
+        raise ConfigError(message, where=source) from None
     except TunesmithError as exc:
         exc.where = f"{source}: {exc.where}" if exc.where else source
         raise

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from ..adapters import bottleneck
+from . import bottleneck_layers as bottleneck
 from .base import Method, MethodOptions
 from .registry import register
 

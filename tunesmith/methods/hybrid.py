@@ -18,7 +18,7 @@ from pydantic import Field, model_validator
 from safetensors.torch import load_file, save_file
 from transformers import TrainerCallback
 
-from ..adapters import bottleneck
+from . import bottleneck_layers as bottleneck
 from ..models.targets import resolve_targets
 from .base import MethodOptions
 from .freeze import all_parameters_optimizer

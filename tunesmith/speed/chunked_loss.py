@@ -14,7 +14,6 @@ than once per chunk or step.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 #: Logit elements per chunk on CPU: 16M (64 MiB in fp32), e.g. 341 tokens of a 49k vocabulary. Each chunk reads the
 #: whole head weight twice, so smaller chunks cost speed (170 tokens: +10% for the head and loss on CPU).

@@ -30,7 +30,7 @@ def class_weights(setting: str | list[float], train_counts: Sequence[int]) -> li
     if len(setting) != k or any(w < 0 for w in setting):
         raise ConfigError(f"class_weights has {len(setting)} values for {k} classes" if len(setting) != k
                           else "class_weights must not be negative", where="classification.class_weights",
-                          hint=f"give one non-negative weight per class, in label order, or use 'balanced'")
+                          hint="give one non-negative weight per class, in label order, or use 'balanced'")
     return [float(w) for w in setting]
 
 

@@ -1,1 +1,0 @@
-"""Adapter layers that PEFT does not provide (bottleneck adapters for decoder LLMs)."""
