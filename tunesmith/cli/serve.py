@@ -26,6 +26,8 @@ def register(subparsers) -> None:
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for generation (default: torch's choice; 1 is faster for tiny models on busy "
                         "CPUs, see docs/data.md)")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow code from the model's folder or repository (never allowed by a run folder itself)")
     p.add_argument("--verbose", action="store_true", help="log every request")
     p.set_defaults(func=serve)
 
@@ -43,7 +45,8 @@ def serve(args) -> int:
 
         torch.set_num_threads(args.threads)
     with console.status(f"loading {args.model}"):
-        generator = Generator(load_for_inference(args.model, dtype=args.dtype, template=args.template))
+        generator = Generator(load_for_inference(args.model, dtype=args.dtype, template=args.template,
+                                                        trust_remote_code=args.trust_remote_code))
     name = args.name or Path(args.model.rstrip("/")).name
     try:
         server = ModelServer(generator, name, host=args.host, port=args.port, api_key=args.api_key,
