@@ -266,7 +266,7 @@ REMOTE_CODE_COMMANDS = {
                                   str(tmp / "o.jsonl"), "--max-new-tokens", "2"],
     "export-merge": lambda run, tmp: ["export", str(run), "--merge", "--out", str(tmp / "exported")],
     "chat": lambda run, tmp: ["chat", str(run)],
-    "serve": lambda run, tmp: ["serve", str(run), "--port", "0", "--max-requests", "0"],
+    "serve": lambda run, tmp: ["serve", str(run), "--port", "0", "--max-requests", "1"],
     "eval": lambda run, tmp: ["eval", str(run), "--suite", _suite(tmp), "--out", str(tmp / "eval")],
     "classify": lambda run, tmp: ["classify", str(run), "--text", "hello"],
 }

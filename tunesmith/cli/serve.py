@@ -20,6 +20,8 @@ def register(subparsers) -> None:
     p.add_argument("--name", default=None, help="model id reported by /v1/models (default: the path's name)")
     p.add_argument("--api-key", default=None, help="require this bearer token")
     p.add_argument("--max-batch", type=int, default=8, help="requests generated together")
+    p.add_argument("--max-queue", type=int, default=64,
+                   help="requests waiting or running at once; more are answered 503 (busy)")
     p.add_argument("--max-requests", type=int, default=None, help="stop after this many completions")
     p.add_argument("--template", default=None, help="override the template (default: the run's own)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
@@ -39,6 +41,14 @@ def serve(args) -> int:
     from ..inference.server import ModelServer
     from ..models.loading import load_for_inference
 
+    from ..errors import ConfigError
+
+    for flag, value in (("--max-batch", args.max_batch), ("--max-queue", args.max_queue),
+                        ("--threads", args.threads), ("--max-requests", args.max_requests)):
+        if value is not None and value < 1:
+            raise ConfigError(f"must be at least 1, got {value}", where=flag)
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"must be from 0 to 65535, got {args.port}", where="--port")
     console = Console(stderr=True)
     if args.threads:
         import torch
@@ -50,7 +60,7 @@ def serve(args) -> int:
     name = args.name or Path(args.model.rstrip("/")).name
     try:
         server = ModelServer(generator, name, host=args.host, port=args.port, api_key=args.api_key,
-                             max_batch=args.max_batch, max_requests=args.max_requests,
+                             max_batch=args.max_batch, max_requests=args.max_requests, max_queue=args.max_queue,
                              log=console.print if args.verbose else None)
     except OSError as exc:
         from ..errors import TunesmithError
@@ -63,10 +73,9 @@ def serve(args) -> int:
     console.print(f"serving [bold]{name}[/] at {server.url} (Ctrl-C to stop)", highlight=False)
     try:
         server.serve_forever()
-    except KeyboardInterrupt:
-        pass
+    except KeyboardInterrupt:  # the running generation ends at its next token; waiting requests are answered 503
+        console.print("stopping")
     finally:
-        server.httpd.server_close()
-        server.worker.stop()
+        server.close()
     console.print(f"stopped after {server.served} requests")
     return 0
