@@ -26,6 +26,8 @@ def register(subparsers) -> None:
     p.add_argument("--text-column", default=None, help="text column of --file (default: the run's own)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow code from the model's folder or repository (never allowed by a run folder itself)")
     p.set_defaults(func=classify)
 
 
@@ -41,7 +43,7 @@ def classify(args) -> int:
                           hint="give one --pair per --text")
     console = Console(stderr=True)
     with console.status(f"loading {args.run}"):
-        classifier = load_classifier(args.run, dtype=args.dtype)
+        classifier = load_classifier(args.run, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
     if args.text:
         for text, result in zip(args.text, classifier.predict(args.text, args.pair, batch_size=args.batch_size)):
             print(json.dumps({"text": text, **result}, ensure_ascii=False))

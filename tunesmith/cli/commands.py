@@ -22,7 +22,11 @@ def restart_with_tcmalloc(args: Namespace, allocator: str) -> None:
 def train(args: Namespace) -> int:
     from ..config.loading import load_config
 
+    from ..io import check_writable, clean_stale_staging
+
     cfg = load_config(args.config, args.overrides)  # validate before the heavy imports
+    out = check_writable(cfg.training.output_dir, f"{args.config}: training.output_dir", folder=True)
+    clean_stale_staging(out)  # what a run killed during its final save left there
     restart_with_tcmalloc(args, cfg.speed.cpu_allocator)
     from ..recipes import train as run_training
     from .render import ConsoleReporter
@@ -58,23 +62,32 @@ def _generator(args: Namespace):
 def _sampling(args: Namespace):
     from ..inference.generation import SamplingOptions
 
-    return SamplingOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                           top_k=args.top_k, repetition_penalty=args.repetition_penalty, seed=args.seed)
+    options = SamplingOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                              top_k=args.top_k, repetition_penalty=args.repetition_penalty, seed=args.seed)
+    return options.check({name: "--" + name.replace("_", "-") for name in vars(options)})  # before the model loads
 
 
 def chat(args: Namespace) -> int:
     from .chat import chat_loop
 
-    chat_loop(_generator(args), _sampling(args), system=args.system, console=Console())
+    options = _sampling(args)
+    chat_loop(_generator(args), options, system=args.system, console=Console())
     return 0
 
 
 def generate(args: Namespace) -> int:
-    from ..inference.batch import generate_file
+    from ..errors import ConfigError
+    from ..inference.batch import generate_file, load_prompts
+    from ..io import check_writable
 
     from .render import ConsoleReporter
 
-    count = generate_file(_generator(args), args.prompts, args.out, _sampling(args), batch_size=args.batch_size,
+    options = _sampling(args)
+    if not 1 <= args.batch_size <= 4096:
+        raise ConfigError(f"must be from 1 to 4096, got {args.batch_size}", where="--batch-size")
+    check_writable(args.out, "--out")
+    load_prompts(args.prompts)  # a bad prompts file fails before the model loads
+    count = generate_file(_generator(args), args.prompts, args.out, options, batch_size=args.batch_size,
                           reporter=ConsoleReporter(console))
     console.print(f"wrote {count} responses to {args.out}")
     return 0
@@ -82,10 +95,13 @@ def generate(args: Namespace) -> int:
 
 def export(args: Namespace) -> int:
     from ..inference.export import export_run
+    from ..io import check_writable
 
+    check_writable(args.out, "--out", folder=True)  # a file, or a place that cannot be written: before any loading
     if not args.merge:
         console.print("[dim]--merge not given: copying the adapter as it is[/]")
-    out = export_run(args.run, args.out, merge=args.merge, dtype=args.dtype)
+    out = export_run(args.run, args.out, merge=args.merge, dtype=args.dtype,
+                     trust_remote_code=args.trust_remote_code)
     console.print(f"[green]exported[/] {out}  (loads with AutoModelForCausalLM.from_pretrained)")
     return 0
 

@@ -148,8 +148,13 @@ def check(args) -> int:
     from ..data.doctor.run import CheckOptions, run_check
     from .render_data import print_check_report
 
+    from ..io import check_writable
+
     for condition in args.fail_if:
         parse_condition(condition)  # a typo fails before the work
+    for flag, out in (("--json", args.json), ("--html", args.html)):
+        if out:
+            check_writable(out, flag)  # a missing folder or a read-only place fails before the work
     options = CheckOptions(format=args.format, tokenizer=args.tokenizer, template=args.template,
                            max_len=args.max_len, against=args.against,
                            near_duplicate_threshold=args.near_threshold, max_task_share=args.max_task_share)

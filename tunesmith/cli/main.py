@@ -45,7 +45,8 @@ def _sampling_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--seed", type=int, default=None)
     group.add_argument("--template", default=None, help="override the template (default: the run's own)")
     group.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    group.add_argument("--trust-remote-code", action="store_true", help="allow code from the model repository")
+    group.add_argument("--trust-remote-code", action="store_true",
+                       help="allow code from the model's folder or repository (never allowed by a run folder itself)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--merge", action="store_true", help="merge the adapter into the base weights")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow code from the model's folder or repository (never allowed by a run folder itself)")
     p.set_defaults(func=commands.export)
 
     p = sub.add_parser("demo", help="offline demo: teach SmolLM2-135M a persona with LoRA, show before/after")
@@ -137,6 +140,11 @@ def quiet_library_chatter() -> None:
         _DropMessage("Failed to load CPU gemm_4bit_forward from kernels-community"))
 
 
+def _report(console: Console, exc: TunesmithError) -> int:
+    console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+    return exc.exit_code
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -161,14 +169,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except TunesmithError as exc:
-        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
-        return exc.exit_code
+        return _report(console, exc)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")
         return 130
     except Exception as exc:  # an internal failure, not the user's input
         if os.environ.get("TUNESMITH_DEBUG"):
             raise
+        from ..io import environment_error
+
+        if (machine := environment_error(exc)) is not None:  # disk full, read-only place: the machine's, not ours
+            return _report(console, machine)
         console.print(f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))}\n"
                       f"  rerun with TUNESMITH_DEBUG=1 for the full traceback, and please report it",
                       highlight=False)

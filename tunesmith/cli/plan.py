@@ -136,6 +136,11 @@ def plan_command(args) -> int:
     trust = bool(cfg and cfg.model.trust_remote_code)
     with err.status(f"reading the config of {model_ref}"):
         config = load_model_config(model_ref, trust_remote_code=trust)
+    context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if isinstance(context, int) and request.seq > context:
+        err.print(f"[yellow]warning:[/] sequence length {request.seq:,} is longer than {model_ref}'s context of "
+                  f"{context:,} positions: training could not run at this length (--seq / data.max_length)",
+                  highlight=False)
     with err.status(f"building {request.method} on meta weights and tracing activations"):
         plan = plan_memory(config, request)
     out.print(counts_table(plan, model_ref))

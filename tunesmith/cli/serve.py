@@ -20,12 +20,16 @@ def register(subparsers) -> None:
     p.add_argument("--name", default=None, help="model id reported by /v1/models (default: the path's name)")
     p.add_argument("--api-key", default=None, help="require this bearer token")
     p.add_argument("--max-batch", type=int, default=8, help="requests generated together")
+    p.add_argument("--max-queue", type=int, default=64,
+                   help="requests waiting or running at once; more are answered 503 (busy)")
     p.add_argument("--max-requests", type=int, default=None, help="stop after this many completions")
     p.add_argument("--template", default=None, help="override the template (default: the run's own)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for generation (default: torch's choice; 1 is faster for tiny models on busy "
                         "CPUs, see docs/data.md)")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow code from the model's folder or repository (never allowed by a run folder itself)")
     p.add_argument("--verbose", action="store_true", help="log every request")
     p.set_defaults(func=serve)
 
@@ -37,17 +41,26 @@ def serve(args) -> int:
     from ..inference.server import ModelServer
     from ..models.loading import load_for_inference
 
+    from ..errors import ConfigError
+
+    for flag, value in (("--max-batch", args.max_batch), ("--max-queue", args.max_queue),
+                        ("--threads", args.threads), ("--max-requests", args.max_requests)):
+        if value is not None and value < 1:
+            raise ConfigError(f"must be at least 1, got {value}", where=flag)
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"must be from 0 to 65535, got {args.port}", where="--port")
     console = Console(stderr=True)
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
     with console.status(f"loading {args.model}"):
-        generator = Generator(load_for_inference(args.model, dtype=args.dtype, template=args.template))
+        generator = Generator(load_for_inference(args.model, dtype=args.dtype, template=args.template,
+                                                        trust_remote_code=args.trust_remote_code))
     name = args.name or Path(args.model.rstrip("/")).name
     try:
         server = ModelServer(generator, name, host=args.host, port=args.port, api_key=args.api_key,
-                             max_batch=args.max_batch, max_requests=args.max_requests,
+                             max_batch=args.max_batch, max_requests=args.max_requests, max_queue=args.max_queue,
                              log=console.print if args.verbose else None)
     except OSError as exc:
         from ..errors import TunesmithError
@@ -60,10 +73,9 @@ def serve(args) -> int:
     console.print(f"serving [bold]{name}[/] at {server.url} (Ctrl-C to stop)", highlight=False)
     try:
         server.serve_forever()
-    except KeyboardInterrupt:
-        pass
+    except KeyboardInterrupt:  # the running generation ends at its next token; waiting requests are answered 503
+        console.print("stopping")
     finally:
-        server.httpd.server_close()
-        server.worker.stop()
+        server.close()
     console.print(f"stopped after {server.served} requests")
     return 0

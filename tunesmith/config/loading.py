@@ -15,11 +15,36 @@ from .schema import RunConfig
 def read_yaml_file(path: str | Path, what: str = "config file"):
     """The parsed contents of a YAML file (None when empty); a missing file or bad YAML is a ConfigError
     naming the file and, for bad YAML, the line."""
+    return parse_yaml(read_config_text(path, what), path)
+
+
+def read_config_text(path: str | Path, what: str = "config file") -> str:
+    """A config file's text; a missing or unreadable file, or one that is not UTF-8 text, is a ConfigError naming
+    it (and, for bad bytes, the line)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{what} not found", where=str(path))
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the {what}: {exc.strerror or exc}", where=str(path)) from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        encoding = "UTF-16" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else "not UTF-8"
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"the {what} is {encoding} text (byte 0x{data[exc.start]:02x} at offset {exc.start} "
+                          f"cannot be read as UTF-8)", where=f"{path}, line {line}",
+                          hint="save it as UTF-8 (most editors: 'Save with encoding')") from None
+    if "\x00" in text:
+        raise ConfigError(f"the {what} holds a NUL byte: it is not a text file",
+                          where=f"{path}, line {text.count(chr(10), 0, text.index(chr(0))) + 1}")
+    return text
+
+
+def parse_yaml(text: str, path: str | Path):
+    try:
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}, line {mark.line + 1}" if mark else str(path)
@@ -28,13 +53,17 @@ def read_yaml_file(path: str | Path, what: str = "config file"):
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
     path = Path(path)
-    raw = read_yaml_file(path) or {}
+    text = read_config_text(path)
+    raw = parse_yaml(text, path) or {}
     if not isinstance(raw, dict):
         raise ConfigError("the config must be a mapping of sections (model, method, data, training)",
                           where=str(path))
     for item in overrides or []:
         apply_override(raw, item)
-    return validate_config(raw, source=str(path))
+    overridden = {item.partition("=")[0].strip() for item in overrides or []}
+    lines = _key_lines(text)
+    return validate_config(raw, source=str(path),
+                           locate=lambda loc: "command line" if loc in overridden else lines.get(loc))
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:
@@ -69,20 +98,47 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         node = child
 
 
-def validate_config(raw: dict[str, Any], source: str = "config") -> RunConfig:
+def _key_lines(text: str) -> dict[str, int]:
+    """The line (1-based) of each key of a YAML mapping, by dotted path (list items by index): error messages name
+    it. Empty when the text is not a plain YAML mapping."""
+    lines: dict[str, int] = {}
+
+    def walk(node, prefix: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                path = f"{prefix}{key.value}"
+                lines.setdefault(path, key.start_mark.line + 1)
+                walk(value, path + ".")
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                lines.setdefault(f"{prefix}{index}", item.start_mark.line + 1)
+                walk(item, f"{prefix}{index}.")
+
+    try:
+        walk(yaml.compose(text), "")
+    except yaml.YAMLError:
+        pass
+    return lines
+
+
+def validate_config(raw: dict[str, Any], source: str = "config", locate=None) -> RunConfig:
+    """`locate(dotted field)`: where a field was set (a line number or 'command line'), named in error messages."""
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(explain_validation_error(exc), where=source) from None
+        raise ConfigError(explain_validation_error(exc, locate), where=source) from None
     except TunesmithError as exc:
-        exc.where = f"{source}: {exc.where}" if exc.where else source
+        place = locate(exc.where) if locate and exc.where else None
+        line = f" (line {place})" if isinstance(place, int) else ""
+        exc.where = f"{source}: {exc.where}{line}" if exc.where else source
         raise
 
 
-def explain_validation_error(exc: ValidationError) -> str:
+def explain_validation_error(exc: ValidationError, locate=None) -> str:
     lines = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
+        place = locate(loc) if locate and loc else None
         kind = err["type"]
         if kind == "extra_forbidden":
             msg = "unknown key (check the spelling; `tunesmith train --help` lists the sections)"
@@ -92,5 +148,7 @@ def explain_validation_error(exc: ValidationError) -> str:
             msg = err["msg"]
             if "input" in err and kind not in ("value_error",):
                 msg += f" (got {err['input']!r})"
+        if place is not None:
+            msg += f" (line {place})" if isinstance(place, int) else f" (set on the {place})"
         lines.append(f"{loc or '(top level)'}: {msg}")
     return "invalid configuration:\n  " + "\n  ".join(lines)

@@ -56,7 +56,7 @@ class DataConfig(StrictModel):
     validation: list[DatasetSpec] = Field(default_factory=list)
     val_size: float = Field(0.0, ge=0, description="Fraction (<1) or count (>=1) held out from train")
     template: str = Field("auto", description="auto | model | alpaca_zh | alpaca_en | chatml")
-    max_length: int = Field(1024, gt=8)
+    max_length: int = Field(1024, strict=True, gt=8, le=10**7)
     train_on: Literal["all_assistant", "last_assistant"] = "all_assistant"
     packing: bool | Literal["auto"] = Field(
         "auto", description="Padding-free packing: a batch's samples in one row, position ids restarting per "
@@ -64,7 +64,7 @@ class DataConfig(StrictModel):
                             "causal attention kernel; FlashAttention's varlen path), else batches are "
                             "length-grouped and padded")
     num_samples: int | None = Field(None, gt=0, description="Total training samples drawn when mixing")
-    seed: int = 42
+    seed: int = Field(42, strict=True, ge=0, le=2**32 - 1)
     cache: bool = Field(True, description="Reuse the tokenised data of an identical earlier run (fingerprinted; "
                                           "under the tunesmith cache root)")
     num_proc: int | None = Field(None, gt=0, description="Processes that tokenise (default: one per CPU while each "
@@ -73,22 +73,22 @@ class DataConfig(StrictModel):
 
 class TrainingConfig(StrictModel):
     output_dir: str = "runs/run"
-    learning_rate: float = Field(2e-4, gt=0)
+    learning_rate: float = Field(2e-4, gt=0, le=1, allow_inf_nan=False)
     lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
-    num_epochs: float = Field(3.0, gt=0)
-    max_steps: int | None = Field(None, gt=0, description="Overrides num_epochs when set")
-    batch_size: int = Field(4, gt=0)
-    grad_accum: int = Field(1, gt=0)
-    max_grad_norm: float = Field(1.0, ge=0)
-    weight_decay: float = Field(0.0, ge=0)
+    num_epochs: float = Field(3.0, strict=True, gt=0, le=100_000, allow_inf_nan=False)
+    max_steps: int | None = Field(None, strict=True, gt=0, le=10**9, description="Overrides num_epochs when set")
+    batch_size: int = Field(4, strict=True, gt=0, le=65_536)
+    grad_accum: int = Field(1, strict=True, gt=0, le=65_536)
+    max_grad_norm: float = Field(1.0, ge=0, allow_inf_nan=False)
+    weight_decay: float = Field(0.0, ge=0, le=1, allow_inf_nan=False)
     gradient_checkpointing: bool = False
     optimizer: Literal["auto", "adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "sgd"] = "auto"
     group_by_length: bool = True
-    seed: int = 42
-    logging_steps: int = Field(10, gt=0)
-    eval_steps: int | None = Field(None, gt=0, description="Defaults to save_steps")
-    save_steps: int = Field(100, gt=0)
+    seed: int = Field(42, strict=True, ge=0, le=2**32 - 1)
+    logging_steps: int = Field(10, strict=True, gt=0)
+    eval_steps: int | None = Field(None, strict=True, gt=0, description="Defaults to save_steps")
+    save_steps: int = Field(100, strict=True, gt=0)
     save_total_limit: int | None = Field(2, gt=0)
     early_stopping_patience: int | None = Field(None, gt=0)
     tensorboard: bool = True

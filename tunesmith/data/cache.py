@@ -2,11 +2,13 @@
 
 datasets' own `map` cache fingerprints a transform of one Arrow dataset; tunesmith's data step reads several files,
 validates, mixes and splits records and keeps statistics, so it is fingerprinted as a whole here: the data section
-of the config, each file's path, size and modification time, the tokenizer's full definition (vocabulary, merges,
+of the config, each file's path and a hash of its content (size and modification time alone miss an edit that keeps
+both), the tokenizer's full definition (vocabulary, merges,
 added tokens, chat template), the source of the template and encoding code, and the datasets version that writes the
 entry. Any change gives a new key.
 Entries live under `<cache root>/data/<key>/` (see `default_cache_root`) as Arrow datasets plus a JSON of the
 statistics and the warnings the build emitted (repeated on a hit, so a cached run warns like a fresh one).
+The cache is optional: where its folder cannot be written (read-only, full), training goes on without it.
 """
 
 from __future__ import annotations
@@ -36,8 +38,7 @@ def fingerprint(cfg: DataConfig, tokenizer, template) -> str | None:
         path = Path(spec.path)
         if not path.is_file():
             return None
-        stat = path.stat()
-        digest.update(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+        digest.update(f"{path.resolve()}|{file_digest(path)}".encode())
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         return None
@@ -51,6 +52,15 @@ def fingerprint(cfg: DataConfig, tokenizer, template) -> str | None:
     # on the `List` features that 4 writes), so a changed datasets version builds afresh.
     digest.update(datasets.__version__.encode())
     return digest.hexdigest()[:24]
+
+
+def file_digest(path: Path, chunk: int = 1 << 20) -> str:
+    """blake2b of a file's bytes, read in chunks (about 1 GB/s: small next to tokenising the same file)."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def cached_build(cfg: DataConfig, tokenizer, template, build: Callable, root: Path | None):
@@ -72,13 +82,21 @@ def cached_build(cfg: DataConfig, tokenizer, template, build: Callable, root: Pa
         data = build(cfg, tokenizer, template)
     for warning in caught:
         warnings.warn(warning.message, warning.category, stacklevel=3)
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=entry.parent))
-    data.train.save_to_disk(str(staging / "train"))
-    if data.validation is not None:
-        data.validation.save_to_disk(str(staging / "validation"))
-    (staging / _STATS).write_text(json.dumps({"stats": data.stats, "has_validation": data.validation is not None,
-                                              "warnings": [str(w.message) for w in caught]}), encoding="utf-8")
+    staging = None
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=entry.parent))
+        data.train.save_to_disk(str(staging / "train"))
+        if data.validation is not None:
+            data.validation.save_to_disk(str(staging / "validation"))
+        (staging / _STATS).write_text(json.dumps({"stats": data.stats, "has_validation": data.validation is not None,
+                                                  "warnings": [str(w.message) for w in caught]}), encoding="utf-8")
+    except OSError as exc:  # read-only, full, or no permission: the cache is an optimisation, not a need
+        warnings.warn(f"the data cache in {entry.parent} cannot be written ({exc.strerror or exc}); going on "
+                      f"without it (set data.cache: false to skip it)", stacklevel=3)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        return data
     try:
         staging.rename(entry)  # complete entries only: a crash mid-write leaves a .tmp- folder, never a half entry
     except OSError:  # another run wrote the same entry first

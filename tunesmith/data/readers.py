@@ -119,17 +119,38 @@ def _read_jsonl(path: str, text: str | None = None) -> list[Record]:
 def _read_delimited(path: str) -> list[Record]:
     delimiter = "\t" if path.lower().endswith(".tsv") else ","
     text = _read_text(path)
+    if "\x00" in text:
+        raise DataError("holds a NUL byte: not a text table", file=path,
+                        line=text.count("\n", 0, text.index("\x00")) + 1, hint="is this a binary file renamed .csv?")
+    # csv refuses cells over its field size limit (131,072 characters by default); a long document is legitimate
+    # training data, so the limit is the file's own size.
+    csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))
     reader = csv.DictReader(text.splitlines(keepends=True), delimiter=delimiter)
-    if not reader.fieldnames:
+    try:
+        fieldnames = reader.fieldnames
+    except csv.Error as exc:
+        raise DataError(f"unreadable header row: {exc}", file=path, line=1) from None
+    if not fieldnames:
         raise DataError("no header row", file=path, hint="the first row must name the columns")
     records, start = [], reader.line_num + 1
-    for row in reader:
+    for row in _rows(reader, path, lambda: start):
         if None in row:  # DictReader files surplus cells under the key None
             raise DataError(f"row has more cells than the header's {len(reader.fieldnames)} columns",
                             file=path, line=start, hint="quote cells that contain the delimiter")
         records.append(Record(dict(row), path, start))
         start = reader.line_num + 1  # a quoted cell may span lines; the next row starts after them
     return records
+
+
+def _rows(reader: csv.DictReader, path: str, line):
+    """The reader's rows; a malformed one is a DataError at the line where its row starts (`line()`)."""
+    while True:
+        try:
+            yield next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise DataError(f"malformed row: {exc}", file=path, line=line()) from None
 
 
 def _read_parquet(path: str) -> list[Record]:

@@ -43,13 +43,17 @@ def generate_file(generator: Generator, prompts_path: str, out_path: str, option
     prompts = load_prompts(prompts_path)
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", encoding="utf-8") as handle, \
-            reporter_or_default(reporter).progress("generating", len(prompts)) as advance:
-        for start in range(0, len(prompts), batch_size):
-            chunk = prompts[start:start + batch_size]
-            replies = generator.generate([messages for messages, _ in chunk], options)
-            for (messages, record), reply in zip(chunk, replies):
-                handle.write(json.dumps({**record, "messages": messages, "response": reply},
-                                        ensure_ascii=False) + "\n")
-            advance(len(chunk))
+    try:
+        with open(out, "w", encoding="utf-8") as handle, \
+                reporter_or_default(reporter).progress("generating", len(prompts)) as advance:
+            for start in range(0, len(prompts), batch_size):
+                chunk = prompts[start:start + batch_size]
+                replies = generator.generate([messages for messages, _ in chunk], options)
+                for (messages, record), reply in zip(chunk, replies):
+                    handle.write(json.dumps({**record, "messages": messages, "response": reply},
+                                            ensure_ascii=False) + "\n")
+                advance(len(chunk))
+    except OSError as exc:  # a write (disk full) names no file; the message should
+        exc.filename = exc.filename or str(out)
+        raise
     return len(prompts)

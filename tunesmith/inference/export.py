@@ -3,25 +3,25 @@
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from ..errors import TunesmithError
-from ..io import atomic_write_json, publish_dir_contents
+from ..io import atomic_write_json, check_writable, make_staging_dir, publish_dir_contents
 from ..models.loading import RUN_META, load_for_inference, read_run_meta
 
 
-def export_run(run_dir: str, out_dir: str, *, merge: bool = True, dtype: str = "float32") -> Path:
-    meta = read_run_meta(run_dir)
+def export_run(run_dir: str, out_dir: str, *, merge: bool = True, dtype: str = "float32",
+               trust_remote_code: bool = False) -> Path:
+    """`trust_remote_code`: the user's own permission for code in the run's folder (the run cannot grant it)."""
+    meta = read_run_meta(run_dir) if Path(run_dir).is_dir() else None
     if meta is None:
         raise TunesmithError(f"{run_dir} is not a tunesmith run folder (no {RUN_META})")
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
+    out = check_writable(out_dir, "--out", folder=True)  # before any model loads
+    if any(item for item in out.iterdir() if not item.name.startswith(".staging-")):
         raise TunesmithError(f"{out} exists and is not empty", hint="choose a new --out folder")
-    out.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
+    staging = make_staging_dir(out)
     if meta["artifact"] == "adapter" and not merge:
         for item in Path(run_dir).iterdir():
             if item.is_file():
@@ -29,7 +29,7 @@ def export_run(run_dir: str, out_dir: str, *, merge: bool = True, dtype: str = "
     else:
         # A QLoRA adapter is merged into the full-precision base: merging into 4-bit weights would re-quantise
         # the update away.
-        loaded = load_for_inference(run_dir, dtype=dtype)
+        loaded = load_for_inference(run_dir, dtype=dtype, trust_remote_code=trust_remote_code)
         if meta["artifact"] != "full" and not hasattr(loaded.model, "merge_and_unload"):
             raise TunesmithError(f"a {meta['method']['name']} run cannot be merged into the base weights",
                                  hint="export without --merge to copy the adapter as it is")

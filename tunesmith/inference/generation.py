@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+import math
+from dataclasses import dataclass, fields
+from typing import Any, Callable
 
 import torch
 
 from ..data.templates.registry import get_template
+from ..errors import ConfigError
 from ..models.loading import LoadedModel
+
+MAX_NEW_TOKENS = 65_536
+# (lowest, highest, whether the lowest is allowed) for each number a request may set; None: no bound that side.
+_RANGES: dict[str, tuple[float | None, float | None, bool]] = {
+    "max_new_tokens": (1, MAX_NEW_TOKENS, True), "temperature": (0, 100, True), "top_p": (0, 1, False),
+    "top_k": (0, None, True), "repetition_penalty": (0, 100, False), "seed": (0, 2**64 - 1, True)}
 
 
 @dataclass
@@ -19,6 +27,23 @@ class SamplingOptions:
     top_k: int = 0
     repetition_penalty: float = 1.0
     seed: int | None = None
+
+    def check(self, names: dict[str, str] | None = None) -> SamplingOptions:
+        """Raise a ConfigError naming the first bad field, as `names` calls it (a CLI flag, a request's key)."""
+        for item in fields(self):
+            value, (low, high, low_ok) = getattr(self, item.name), _RANGES[item.name]
+            if value is None and item.name == "seed":
+                continue
+            name = (names or {}).get(item.name, item.name)
+            whole = item.type in ("int", "int | None")
+            if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)) \
+                    or not math.isfinite(value):
+                raise ConfigError(f"must be a finite {'whole ' if whole else ''}number, got {value!r}", where=name)
+            if (low is not None and (value < low or (value == low and not low_ok))) \
+                    or (high is not None and value > high):
+                bounds = f"{'>=' if low_ok else '>'} {low}" + (f" and <= {high}" if high is not None else "")
+                raise ConfigError(f"must be {bounds}, got {value!r}", where=name)
+        return self
 
     def generate_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens,
@@ -52,12 +77,23 @@ class Generator:
                               add_special_tokens=not has_bos).to(self.model.device)
 
     @torch.inference_mode()
-    def generate(self, conversations: list[list[dict]], options: SamplingOptions, streamer=None) -> list[str]:
+    def generate(self, conversations: list[list[dict]], options: SamplingOptions, streamer=None,
+                 should_stop: Callable[[], bool] | None = None) -> list[str]:
+        """`should_stop`: polled after every token; True ends the generation there (a server shutting down)."""
         if options.seed is not None:
             torch.manual_seed(options.seed)
         prompts = [self.template.render_prompt(messages) for messages in conversations]
         inputs = self._encode(prompts)
-        output = self.model.generate(**inputs, **options.generate_kwargs(), **self._stop_kwargs(),
+        extra = {}
+        if should_stop is not None:
+            from transformers import StoppingCriteria, StoppingCriteriaList
+
+            class _Stop(StoppingCriteria):
+                def __call__(self, input_ids, scores, **kwargs):
+                    return torch.full((input_ids.shape[0],), should_stop(), dtype=torch.bool, device=input_ids.device)
+
+            extra["stopping_criteria"] = StoppingCriteriaList([_Stop()])
+        output = self.model.generate(**inputs, **options.generate_kwargs(), **self._stop_kwargs(), **extra,
                                      pad_token_id=self.tokenizer.pad_token_id, streamer=streamer)
         new_tokens = output[:, inputs["input_ids"].shape[1]:]
         return [self._clean(text) for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]

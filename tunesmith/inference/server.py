@@ -5,11 +5,17 @@ Standard library only (http.server), loopback by default. Concurrent requests ar
 for the batch instead of one per request. What that buys depends on the hardware; benchmarks/serve_batching.py
 measures it (docs/data.md). Streaming, tools and n > 1 are not supported and answered
 with a 400 in the OpenAI error format.
+
+Limits, each answered in the OpenAI error format: a body over `max_body` bytes (413), a bad field (400 naming it), a
+prompt that leaves no room in the model's context for `max_tokens` (400), more than `max_queue` requests waiting
+(503 with Retry-After; /health says "busy"). Stopping ends a running generation at its next token.
 """
 
 from __future__ import annotations
 
+import copy
 import json
+import math
 import queue
 import threading
 import time
@@ -18,7 +24,11 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from .generation import Generator, SamplingOptions
+from ..errors import ConfigError
+from .generation import MAX_NEW_TOKENS, Generator, SamplingOptions
+
+MAX_BODY = 4 * 2**20  # bytes of one request
+MAX_STOP = 4  # stop strings, as OpenAI allows
 
 
 class RequestError(Exception):
@@ -50,11 +60,22 @@ class BatchingWorker:
     def start(self) -> None:
         self.thread.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 60) -> None:
+        """Stop taking jobs, end the running generation at its next token, answer every waiting job with a 503."""
         self._stop.set()
-        self.thread.join(timeout=5)
+        if self.thread.is_alive():
+            self.thread.join(timeout=timeout)
+        while True:
+            try:
+                job = self.jobs.get_nowait()
+            except queue.Empty:
+                break
+            job.error = RequestError(503, "the server is shutting down", "server_error")
+            job.done.set()
 
     def submit(self, job: _Job, timeout: float = 600) -> str:
+        if self._stop.is_set():
+            raise RequestError(503, "the server is shutting down", "server_error")
         self.jobs.put(job)
         if not job.done.wait(timeout):
             raise RequestError(504, "generation timed out", "server_error")
@@ -83,13 +104,19 @@ class BatchingWorker:
 
     def _run(self, jobs: list[_Job]) -> None:
         try:
-            texts = self.generator.generate([job.messages for job in jobs], jobs[0].options)
+            texts = self.generator.generate([job.messages for job in jobs], jobs[0].options,
+                                            should_stop=self._stop.is_set)
+            if self._stop.is_set():
+                raise RequestError(503, "the server is shutting down", "server_error")
             self.batches.append(len(jobs))
             for job, text in zip(jobs, texts):
                 for stop in job.stop:
                     if stop and stop in text:
                         text = text.split(stop, 1)[0]
                 job.text = text
+        except RequestError as exc:
+            for job in jobs:
+                job.error = exc
         except Exception as exc:  # reported to each waiting client as a 500
             for job in jobs:
                 job.error = RequestError(500, f"generation failed: {type(exc).__name__}: {exc}", "server_error")
@@ -101,12 +128,28 @@ def _content(value: Any, index: int) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, list):  # [{"type": "text", "text": ...}, ...]
-        return "".join(part.get("text", "") for part in value if isinstance(part, dict) and part.get("type") == "text")
+        parts = [part.get("text") for part in value if isinstance(part, dict) and part.get("type") == "text"]
+        if all(isinstance(text, str) for text in parts):
+            return "".join(parts)
     raise RequestError(400, f"messages[{index}].content must be a string or a list of text parts")
 
 
-def parse_chat_request(body: dict, default_max_tokens: int = 256) -> tuple[list[dict], SamplingOptions, list[str]]:
-    """OpenAI chat-completion fields → (messages, sampling options, stop strings); bad fields raise a 400."""
+def _number(body: dict, keys: tuple[str, ...], default, whole: bool = False):
+    """The first of `keys` present (not null) in the body, which must be a JSON number (a whole one if `whole`)."""
+    for key in keys:
+        value = body.get(key)
+        if value is None:
+            continue
+        kind = int if whole else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value):
+            raise RequestError(400, f"'{key}' must be a finite {'whole ' if whole else ''}number, got {value!r}")
+        return value
+    return default
+
+
+def parse_chat_request(body: dict, default_max_tokens: int = 256,
+                       max_tokens_limit: int = MAX_NEW_TOKENS) -> tuple[list[dict], SamplingOptions, list[str]]:
+    """OpenAI chat-completion fields → (messages, sampling options, stop strings); a bad field is a 400 naming it."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise RequestError(400, "'messages' must be a non-empty list")
@@ -119,36 +162,65 @@ def parse_chat_request(body: dict, default_max_tokens: int = 256) -> tuple[list[
         raise RequestError(400, "the last message must come from the user")
     if body.get("stream"):
         raise RequestError(400, "streaming is not supported by this server; send stream=false")
-    if body.get("n", 1) != 1:
-        raise RequestError(400, "only n=1 is supported")
+    if _number(body, ("n",), 1, whole=True) != 1:
+        raise RequestError(400, "'n': only n=1 is supported")
+    options = SamplingOptions(
+        max_new_tokens=_number(body, ("max_completion_tokens", "max_tokens"), default_max_tokens, whole=True),
+        temperature=_number(body, ("temperature",), 0.0), top_p=_number(body, ("top_p",), 1.0),
+        seed=_number(body, ("seed",), None, whole=True))
+    names = {"max_new_tokens": "max_tokens"}
     try:
-        max_tokens = int(body.get("max_completion_tokens") or body.get("max_tokens") or default_max_tokens)
-        temperature = float(body.get("temperature", 0.0) if body.get("temperature") is not None else 0.0)
-        top_p = float(body.get("top_p", 1.0) if body.get("top_p") is not None else 1.0)
-        seed = int(body["seed"]) if body.get("seed") is not None else None
-    except (TypeError, ValueError) as exc:
-        raise RequestError(400, f"bad sampling parameter: {exc}") from None
-    if max_tokens < 1 or temperature < 0 or not 0 < top_p <= 1:
-        raise RequestError(400, "max_tokens must be >= 1, temperature >= 0 and 0 < top_p <= 1")
-    stop = body.get("stop") or []
-    stop = [stop] if isinstance(stop, str) else [s for s in stop if isinstance(s, str)]
-    return clean, SamplingOptions(max_new_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed), stop
+        options.check(names)
+    except ConfigError as exc:
+        raise RequestError(400, f"'{exc.where}' {exc.message}") from None
+    if options.max_new_tokens > max_tokens_limit:
+        raise RequestError(400, f"'max_tokens' must be <= {max_tokens_limit} on this server, "
+                                f"got {options.max_new_tokens}")
+    stop = body.get("stop")
+    stop = [] if stop is None else [stop] if isinstance(stop, str) else stop
+    if not isinstance(stop, list) or len(stop) > MAX_STOP or not all(isinstance(s, str) for s in stop):
+        raise RequestError(400, f"'stop' must be a string or a list of at most {MAX_STOP} strings")
+    return clean, options, stop
+
+
+def model_context(generator: Generator) -> int | None:
+    """Positions the model can attend over (None when its config does not say)."""
+    config = getattr(generator.model, "config", None)
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128  # connections the OS holds before accept(): a burst of clients is not reset
 
 
 class ModelServer:
     """Serve `generator` as model `model_name`. Use as a context manager, or start() / stop().
 
-    `max_requests` (for tests and one-off jobs) shuts the server down after that many chat completions.
+    `max_requests` (for tests and one-off jobs) shuts the server down after that many chat completions. `max_queue`
+    requests may wait or run at once; more are answered 503. `max_tokens` bounds a request's max_tokens (default: the
+    model's context, at most MAX_NEW_TOKENS).
     """
 
     def __init__(self, generator: Generator, model_name: str, *, host: str = "127.0.0.1", port: int = 0,
                  api_key: str | None = None, max_batch: int = 8, batch_wait: float = 0.02,
-                 max_requests: int | None = None, log=None):
+                 max_requests: int | None = None, log=None, max_queue: int = 64, max_body: int = MAX_BODY,
+                 max_tokens: int | None = None):
         self.generator, self.model_name, self.api_key = generator, model_name, api_key
         self.worker = BatchingWorker(generator, max_batch, batch_wait)
         self.max_requests, self.served, self.log = max_requests, 0, log
+        self.max_queue, self.max_body, self.context = max_queue, max_body, model_context(generator)
+        self.max_tokens = max_tokens or min(self.context or MAX_NEW_TOKENS, MAX_NEW_TOKENS)
+        self.pending = 0  # requests admitted and not yet answered
         self._lock = threading.Lock()
-        self.httpd = ThreadingHTTPServer((host, port), self._handler_class())
+        # The generating thread owns the generator's tokenizer: a fast tokenizer is not safe to share between
+        # threads (padding settings are per call but held in the shared object). Counting uses its own copy.
+        self._counter, self._counter_lock = copy.deepcopy(generator.tokenizer), threading.Lock()
+        self.httpd = _Server((host, port), self._handler_class())
         self.httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
         self.finished = threading.Event()
@@ -174,6 +246,10 @@ class ModelServer:
 
     def stop(self) -> None:
         self.httpd.shutdown()
+        self.close()
+
+    def close(self) -> None:
+        """After serving: no new connections; the running generation ends at its next token, waiting ones get 503."""
         self.httpd.server_close()
         self.worker.stop()
 
@@ -189,13 +265,33 @@ class ModelServer:
             if self.max_requests is not None and self.served >= self.max_requests:
                 threading.Thread(target=self.httpd.shutdown, daemon=True).start()
 
+    def _count(self, text: str) -> int:
+        with self._counter_lock:
+            return len(self._counter(text, add_special_tokens=False)["input_ids"])
+
+    def _admit(self) -> None:
+        with self._lock:
+            if self.pending >= self.max_queue:
+                raise RequestError(503, f"the server is busy ({self.pending} requests waiting or running); "
+                                        f"retry later", "server_error")
+            self.pending += 1
+
     def _completion(self, body: dict) -> dict:
-        messages, options, stop = parse_chat_request(body)
-        text = self.worker.submit(_Job(messages, options, stop))
-        tokenizer = self.generator.tokenizer
-        prompt_tokens = len(tokenizer(self.generator.template.render_prompt(messages),
-                                      add_special_tokens=False)["input_ids"])
-        completion_tokens = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        messages, options, stop = parse_chat_request(body, max_tokens_limit=self.max_tokens)
+        prompt = self.generator.template.render_prompt(messages)
+        if self.context and len(prompt) > 64 * self.context:  # surely too long: no need to tokenise it all
+            raise RequestError(400, f"the prompt is far longer than this model's context of {self.context} tokens")
+        prompt_tokens = self._count(prompt)
+        if self.context and prompt_tokens + options.max_new_tokens > self.context:
+            raise RequestError(400, f"the prompt is {prompt_tokens} tokens; with max_tokens {options.max_new_tokens} "
+                                    f"that is more than this model's context of {self.context} tokens")
+        self._admit()
+        try:
+            text = self.worker.submit(_Job(messages, options, stop))
+        finally:
+            with self._lock:
+                self.pending -= 1
+        completion_tokens = self._count(text)
         return {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
                 "model": self.model_name,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
@@ -208,6 +304,7 @@ class ModelServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            timeout = 60  # seconds a client may take to send its request: a stalled one does not hold a thread
 
             def log_message(self, fmt: str, *args) -> None:
                 if server.log:
@@ -215,11 +312,15 @@ class ModelServer:
 
             def _send(self, status: int, payload: dict) -> None:
                 data = json.dumps(payload, ensure_ascii=False).encode("utf-8")
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json; charset=utf-8")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
                 try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json; charset=utf-8")
+                    self.send_header("Content-Length", str(len(data)))
+                    if status == 503:
+                        self.send_header("Retry-After", "1")
+                    if self.close_connection:
+                        self.send_header("Connection", "close")
+                    self.end_headers()
                     self.wfile.write(data)
                 except (BrokenPipeError, ConnectionResetError):  # the client gave up (its timeout): not our error
                     self.close_connection = True
@@ -242,7 +343,9 @@ class ModelServer:
                     self._send(200, {"object": "list", "data": [{"id": server.model_name, "object": "model",
                                                                  "created": 0, "owned_by": "tunesmith"}]})
                 elif self.path.rstrip("/") in ("/health", "/v1/health"):
-                    self._send(200, {"status": "ok"})
+                    busy = server.pending >= server.max_queue
+                    self._send(503 if busy else 200, {"status": "busy" if busy else "ok", "pending": server.pending,
+                                                      "max_queue": server.max_queue})
                 else:
                     self._error(RequestError(404, f"no route {self.path}", "not_found"))
 
@@ -253,17 +356,42 @@ class ModelServer:
                     self._error(RequestError(404, f"no route {self.path}", "not_found"))
                     return
                 try:
-                    length = int(self.headers.get("Content-Length") or 0)
-                    try:
-                        body = json.loads(self.rfile.read(length) or b"{}")
-                    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                        raise RequestError(400, f"body is not valid JSON: {exc}") from None
-                    if not isinstance(body, dict):
-                        raise RequestError(400, "body must be a JSON object")
+                    body = self._body()
                     self._send(200, server._completion(body))
                 except RequestError as error:
                     self._error(error)
+                except Exception as exc:  # noqa: BLE001 - answered, never a dropped connection and a traceback
+                    if server.log:
+                        server.log(f"{self.address_string()} internal error: {type(exc).__name__}: {exc}")
+                    self._error(RequestError(500, f"internal error: {type(exc).__name__}", "server_error"))
                 finally:
                     server._count_request()
+
+            def _body(self) -> dict:
+                text = self.headers.get("Content-Length")
+                if text is None or not text.strip().isdigit():
+                    self.close_connection = True  # the body's end is unknown: this connection cannot go on
+                    raise RequestError(411 if text is None else 400,
+                                       "'Content-Length' must be given as a whole number of bytes")
+                length = int(text)
+                if length > server.max_body:
+                    self.close_connection = True
+                    raise RequestError(413, f"the body is {length} bytes; this server takes at most "
+                                            f"{server.max_body}")
+                raw = self.rfile.read(length)
+                if len(raw) < length:
+                    self.close_connection = True
+                    raise RequestError(400, "the body ended before 'Content-Length' bytes")
+
+                def refuse(constant: str):
+                    raise ValueError(f"{constant} is not a JSON number")
+
+                try:
+                    body = json.loads(raw or b"{}", parse_constant=refuse)
+                except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+                    raise RequestError(400, f"body is not valid JSON: {exc}") from None
+                if not isinstance(body, dict):
+                    raise RequestError(400, "body must be a JSON object")
+                return body
 
         return Handler

@@ -16,6 +16,7 @@ def check_compatible(checkpoints: list[Checkpoint]) -> None:
     reference = checkpoints[0]
     for other in checkpoints[1:]:
         _check_architecture(reference, other)
+        _check_sizes(reference, other)
         _check_tensors(reference, other)
         _check_vocabulary(reference, other)
 
@@ -32,6 +33,21 @@ def _check_architecture(a: Checkpoint, b: Checkpoint) -> None:
                              hint="merging needs models of one architecture, fine-tuned from the same base")
 
 
+# config.json sizes that the tensors of every layer depend on, named before any tensor is compared: a hidden-size
+# mismatch shows first in the embedding, whose shape would otherwise be read as a vocabulary difference. (The
+# vocabulary size is left to the tensor check, which names the embedding.)
+_SIZES = ("hidden_size", "n_embd", "d_model", "num_hidden_layers", "n_layer", "intermediate_size", "n_inner",
+          "num_attention_heads", "n_head", "num_key_value_heads", "head_dim")
+
+
+def _check_sizes(a: Checkpoint, b: Checkpoint) -> None:
+    for key in _SIZES:
+        if key in a.config and key in b.config and a.config[key] != b.config[key]:
+            raise ModelError(f"different model sizes: config.json {key} is {a.config[key]} in {_label(a)} but "
+                             f"{b.config[key]} in {_label(b)}", where=str(b.folder / "config.json"),
+                             hint="merging needs models of one size, fine-tuned from the same base")
+
+
 def _check_tensors(a: Checkpoint, b: Checkpoint) -> None:
     for name in a.tensors:
         if name not in b.tensors:
@@ -43,7 +59,9 @@ def _check_tensors(a: Checkpoint, b: Checkpoint) -> None:
     for name, info in a.tensors.items():
         other = b.tensors[name]
         if info.shape != other.shape:
-            vocab = any(k in name for k in ("embed", "wte", "lm_head", "output.weight"))
+            # A vocabulary difference changes the first dimension of the embedding (or head) alone.
+            vocab = any(k in name for k in ("embed", "wte", "lm_head", "output.weight")) \
+                and len(info.shape) == len(other.shape) == 2 and info.shape[1] == other.shape[1]
             raise ModelError(f"tensor '{name}' has shape {list(info.shape)} in {_label(a)} but {list(other.shape)} "
                              f"in {_label(b)}" + (" (different vocabulary sizes)" if vocab else ""),
                              where=str(other.file), hint=_VOCAB_HINT if vocab else

@@ -130,13 +130,19 @@ def unusable_attention(exc: Exception, attn_implementation: str | None,
                        hint="leave it unset (sdpa), or install what the message names")
 
 
+REMOTE_CODE_HINT = ("this model needs Python code from its folder or repository; pass --trust-remote-code (or set "
+                    "model.trust_remote_code in your config) only if you trust that code")
+
+
 def wrap_load_error(ref: str, exc: Exception, attn_implementation: str | None = None) -> ModelError | ConfigError:
     refused = unusable_attention(exc, attn_implementation)
     if refused is not None:
         return refused
     text = first_line(exc)
     hint = None
-    if "offline" in text.lower() or "connect" in text.lower() or "resolve" in text.lower() \
+    if "trust_remote_code" in str(exc):
+        hint = REMOTE_CODE_HINT
+    elif "offline" in text.lower() or "connect" in text.lower() or "resolve" in text.lower() \
             or "not a valid model identifier" in text or "Repository Not Found" in text:
         hint = "this looks like a hub id that could not be reached; use a local folder or check your network"
     return ModelError(f"could not load '{ref}': {text}", where="model.name_or_path", hint=hint)
@@ -193,27 +199,53 @@ class LoadedModel:
 
 def read_run_meta(path: str | Path) -> dict | None:
     meta_file = Path(path) / RUN_META
-    if meta_file.is_file():
-        return json.loads(meta_file.read_text(encoding="utf-8"))
-    return None
+    if not meta_file.is_file():
+        return None
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"cannot read the run's metadata: {exc}", where=str(meta_file)) from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("base_model"), dict) or "artifact" not in meta:
+        raise ModelError("not a tunesmith run's metadata (needs 'artifact' and 'base_model')", where=str(meta_file))
+    return meta
+
+
+def run_base_config(meta: dict, run_dir: str | Path, *, dtype: str, trust_remote_code: bool) -> ModelConfig:
+    """The base model a run was trained from, as a ModelConfig. Whether code may run comes from the caller (the
+    user's command line) only: a run folder's tunesmith_run.json is data anyone can write, so its
+    trust_remote_code is ignored."""
+    fields = {k: v for k, v in meta["base_model"].items() if k != "trust_remote_code"}
+    try:
+        return ModelConfig(**{**fields, "dtype": dtype, "quantization": "none", "trust_remote_code": trust_remote_code})
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"invalid base_model in the run's metadata: {first_line(exc)}",
+                         where=str(Path(run_dir) / RUN_META)) from None
+
+
+def load_run_tokenizer(run_dir: str | Path, *, trust_remote_code: bool = False):
+    """The tokenizer saved in a run folder; code in the folder runs only when the user allowed it."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(run_dir), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, ImportError) as exc:
+        raise wrap_load_error(str(run_dir), exc) from None
 
 
 def load_for_inference(run_or_model: str, *, dtype: str = "auto", template: str | None = None,
                        trust_remote_code: bool = False) -> LoadedModel:
-    """A run folder (adapter or full model, with its training template) or any model reference."""
+    """A run folder (adapter or full model, with its training template) or any model reference. Code from the
+    model's folder runs only with `trust_remote_code` (the user's --trust-remote-code), whatever the run says."""
     meta = read_run_meta(run_or_model) if Path(run_or_model).is_dir() else None
     if meta is None:
         cfg = ModelConfig(name_or_path=run_or_model, dtype=dtype, trust_remote_code=trust_remote_code)
         model = load_model(cfg)
         tokenizer = load_tokenizer(cfg)
         return LoadedModel(model.eval(), tokenizer, template or "auto", {})
-    base_cfg = ModelConfig(**{**meta["base_model"], "dtype": dtype, "quantization": "none"})
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(run_or_model, trust_remote_code=base_cfg.trust_remote_code)
+    base_cfg = run_base_config(meta, run_or_model, dtype=dtype, trust_remote_code=trust_remote_code)
+    tokenizer = load_run_tokenizer(run_or_model, trust_remote_code=trust_remote_code)
     if meta["artifact"] == "full":
-        model = load_model(ModelConfig(name_or_path=run_or_model, dtype=dtype,
-                                       trust_remote_code=base_cfg.trust_remote_code))
+        model = load_model(ModelConfig(name_or_path=run_or_model, dtype=dtype, trust_remote_code=trust_remote_code))
     else:
         from ..methods.registry import get_method
 

@@ -33,6 +33,15 @@ def _finite_number(value) -> bool:
 
 
 def read_metrics(path: Path) -> list[dict]:
+    """The logged metrics; a line cut off by a kill (or unreadable) is skipped, so that --resume still works."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line) if line.strip() else None
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows

@@ -8,9 +8,8 @@ from typing import Any
 
 import torch
 
-from ...config.schema import ModelConfig
 from ...errors import ModelError
-from ...models.loading import read_run_meta
+from ...models.loading import load_run_tokenizer, read_run_meta, run_base_config
 
 
 @dataclass
@@ -47,9 +46,10 @@ class Classifier:
         return results
 
 
-def load_classifier(run_dir: str | Path, *, dtype: str = "auto") -> Classifier:
-    """The trained classifier of a run folder, its tokenizer and label names, ready for inference (eval mode)."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+def load_classifier(run_dir: str | Path, *, dtype: str = "auto", trust_remote_code: bool = False) -> Classifier:
+    """The trained classifier of a run folder, its tokenizer and label names, ready for inference (eval mode). Code
+    from the folder runs only with `trust_remote_code` (the user's flag), never because the run says so."""
+    from transformers import AutoModelForSequenceClassification
 
     from ...methods.registry import get_method
     from ...models.loading import resolve_dtype
@@ -61,11 +61,11 @@ def load_classifier(run_dir: str | Path, *, dtype: str = "auto") -> Classifier:
         raise ModelError(f"{run_dir} is not a tunesmith classification run (no tunesmith_run.json with "
                          f"task: classification)", hint="pass the output_dir of a `task: classification` run")
     label_names = list(meta["label_names"])
-    base_cfg = ModelConfig(**{**meta["base_model"], "dtype": dtype, "quantization": "none"})
-    tokenizer = AutoTokenizer.from_pretrained(run_dir, trust_remote_code=base_cfg.trust_remote_code)
+    base_cfg = run_base_config(meta, run_dir, dtype=dtype, trust_remote_code=trust_remote_code)
+    tokenizer = load_run_tokenizer(run_dir, trust_remote_code=trust_remote_code)
     if meta["artifact"] == "full":
         model = AutoModelForSequenceClassification.from_pretrained(
-            run_dir, dtype=resolve_dtype(dtype), trust_remote_code=base_cfg.trust_remote_code)
+            run_dir, dtype=resolve_dtype(dtype), trust_remote_code=trust_remote_code)
     else:
         base = load_classification_model(base_cfg, label_names, pad_token_id=tokenizer.pad_token_id)
         model = get_method(meta["method"]["name"]).load(base, run_dir, meta)
