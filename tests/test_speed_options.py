@@ -113,21 +113,13 @@ def test_cpu_threads_default_to_physical_cores(tmp_path):
         torch.set_num_threads(before)
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU behaviour")
-def test_more_threads_than_cpus_is_warned(stories_dir, tmp_path):
+def test_more_threads_than_cpus_is_a_config_error(tmp_path):
     from tunesmith.hardware import usable_cpus
-    from tunesmith.recipes import train
 
-    from .conftest import run_log
-    from .test_training import make_config
-
-    before = torch.get_num_threads()
-    try:
-        train(make_config(stories_dir, tmp_path / "run", max_steps=1, cpu_threads=usable_cpus() + 1))
-    finally:
-        torch.set_num_threads(before)
-    assert (f"WARNING tunesmith.user: speed.cpu_threads {usable_cpus() + 1} is more than the {usable_cpus()} CPUs"
-            in run_log(tmp_path / "run"))
+    with pytest.raises(ConfigError, match=f"more than the {usable_cpus()} CPUs") as error:
+        resolve_speed_plan(_config(tmp_path, cpu_threads=usable_cpus() + 1), "cpu")
+    assert error.value.where == "speed.cpu_threads"
+    assert resolve_speed_plan(_config(tmp_path, cpu_threads=usable_cpus() + 1), "cuda").cpu_threads is None
 
 
 @pytest.mark.parametrize("speed", [{"loss": "liger"}, {"activation_offload": True}], ids=["liger", "offload"])

@@ -24,7 +24,8 @@ def train(args: Namespace) -> int:
 
     from ..io import check_writable, clean_stale_staging
 
-    cfg = load_config(args.config, args.overrides)  # validate before the heavy imports
+    overrides = [*args.overrides, *(["training.overwrite_output_dir=true"] if args.overwrite else [])]
+    cfg = load_config(args.config, overrides)  # validate before the heavy imports
     out = check_writable(cfg.training.output_dir, f"{args.config}: training.output_dir", folder=True)
     clean_stale_staging(out)  # what a run killed during its final save left there
     restart_with_tcmalloc(args, cfg.speed.cpu_allocator)

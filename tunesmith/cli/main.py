@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="YAML config file")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. training.learning_rate=1e-4")
     p.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into an existing folder that is not a tunesmith run (training.overwrite_output_dir)")
     p.add_argument("-v", "--verbose", action="store_true", dest="show_log", default=argparse.SUPPRESS,
                    help=VERBOSE_HELP)
     p.set_defaults(func=commands.train)

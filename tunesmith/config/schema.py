@@ -73,6 +73,8 @@ class DataConfig(StrictModel):
 
 class TrainingConfig(StrictModel):
     output_dir: str = "runs/run"
+    overwrite_output_dir: bool = Field(False, description="write into an existing folder that is not a tunesmith "
+                                                          "run (only tunesmith's own files are written there)")
     learning_rate: float = Field(2e-4, gt=0, le=1, allow_inf_nan=False)
     lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
     warmup_ratio: float = Field(0.03, ge=0, lt=1)

@@ -21,8 +21,8 @@ def demo_config(model_dir: str, data_file: str, out_dir: str, steps: int) -> Run
         "model": {"name_or_path": model_dir},
         "method": {"name": "lora", "r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"},
         "data": {"train": [{"path": data_file}], "template": "model", "max_length": 192},
-        "training": {"output_dir": out_dir, "max_steps": steps, "batch_size": 8, "learning_rate": 5e-4,
-                     "lr_scheduler": "cosine", "warmup_ratio": 0.05, "logging_steps": 5,
+        "training": {"output_dir": out_dir, "overwrite_output_dir": True,  # run_demo checked the folder
+                     "max_steps": steps, "batch_size": 8, "learning_rate": 5e-4, "lr_scheduler": "cosine", "warmup_ratio": 0.05, "logging_steps": 5,
                      "save_steps": max(steps // 2, 1), "save_total_limit": 1, "seed": 0},
     })
 
@@ -38,12 +38,14 @@ def run_demo(out_dir: str = "runs/demo", steps: int | None = None, model: str = 
     summary, seconds, steps}; the CLI shows the before/after table from it."""
     from ..models.pypi_models import resolve_model_ref
     from ..recipes import train
+    from ..training.run import check_output_dir
 
     reporter = reporter_or_default(reporter)
     start = time.perf_counter()
     steps = steps or DEFAULT_STEPS
     model_dir = resolve_model_ref(model, reporter=reporter)
     out = Path(out_dir)
+    check_output_dir(out, overwrite=False)  # before the demo writes its data there (its config then allows it)
     out.mkdir(parents=True, exist_ok=True)
     data_file = write_persona_dataset(out / "persona_data.json")
     probes = probe_questions()

@@ -14,7 +14,7 @@ from ..compat import load_checkpoint_weights
 from ..errors import TunesmithError
 from ..io import atomic_write_json
 from ..reporting import Reporter, reporter_or_default
-from .curves import detect_grad_health, detect_spikes, diagnose
+from .curves import detect_collapse, detect_grad_health, detect_spikes, diagnose
 from .findings import Finding, sort_findings
 
 DIAGNOSTICS_FILE = "diagnostics.json"
@@ -22,8 +22,15 @@ _LIVE = ("spike", "grad_explosion")  # worth telling the user before the run end
 _UNSTABLE = ("nonfinite", "spike", "grad_explosion", "oscillation")
 
 
+# Trainable weights beyond this are blown up even if finite (pretrained weights stay far below it).
+MAX_SOUND_WEIGHT = 1e4
+
+
 class TrainingDiverged(TunesmithError):
-    """Training produced NaN/Inf before any checkpoint could be kept."""
+    """Training diverged or collapsed. Raised after the run folder got the last sound checkpoint's weights, or
+    when no sound checkpoint exists (nothing saved). Not a bad input: its own exit code."""
+
+    exit_code = 3
 
 
 class DiagnosticsCallback(TrainerCallback):
@@ -32,23 +39,32 @@ class DiagnosticsCallback(TrainerCallback):
         self.reporter = reporter_or_default(reporter)
         self.max_grad_norm = max_grad_norm
         self.records: list[dict] = []
-        self.diverged: Finding | None = None
+        self.vocab_size: int | None = None
+        self.diverged: Finding | None = None  # the finding that stopped training (nonfinite or collapse)
         self.findings: list[Finding] = []
         self._told: set[tuple[str, int | None]] = set()
 
     def _stop(self, control, step: int, what: str) -> None:
-        self.diverged = Finding("nonfinite", "error", step, f"{what} (training diverged); stopped at step {step}",
-                                "lower the learning rate (e.g. ÷10), keep max_grad_norm at 1.0 or lower, use bf16 "
-                                "rather than fp16, and check the data for empty or extremely long samples")
+        self._stop_with(control, Finding(
+            "nonfinite", "error", step, f"{what} (training diverged); stopped at step {step}",
+            "lower the learning rate (e.g. ÷10), keep max_grad_norm at 1.0 or lower, use bf16 rather than fp16, and "
+            "check the data for empty or extremely long samples"))
+
+    def _stop_with(self, control, finding: Finding) -> None:
+        self.diverged = finding
         control.should_training_stop = True
         control.should_save = False  # never checkpoint broken weights; the last good checkpoint stays
-        self.reporter.warning(f"diverged: {what} at step {step}; stopping without saving")
+        self.reporter.warning(f"{finding.code} at step {finding.step}: {finding.message}; stopping without saving")
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.vocab_size = getattr(getattr(model, "config", None), "vocab_size", None)
+        return control
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        # A checkpoint is about to be written: make sure the weights are sound (a NaN may have entered between
-        # two logged steps).
-        if control.should_save and model is not None and self.diverged is None and not _weights_finite(model):
-            self._stop(control, state.global_step, "weights contain NaN/Inf")
+        # A checkpoint is about to be written: make sure the weights are sound (a NaN, or a blow-up, may have
+        # happened between two logged steps).
+        if control.should_save and model is not None and self.diverged is None and not weights_sound(model):
+            self._stop(control, state.global_step, f"weights contain NaN/Inf or values above {MAX_SOUND_WEIGHT:g}")
         return control
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -62,6 +78,9 @@ class DiagnosticsCallback(TrainerCallback):
         if "loss" in logs:
             losses = [(r["step"], r["loss"]) for r in self.records if "loss" in r]
             grads = [(r["step"], r["grad_norm"]) for r in self.records if "grad_norm" in r]
+            collapse = detect_collapse(losses, grads, self.vocab_size)
+            if collapse and self.diverged is None:
+                self._stop_with(control, collapse[0])
             for finding in detect_spikes(losses) + detect_grad_health(grads):
                 key = (finding.code, finding.step)
                 if finding.code in _LIVE and key not in self._told and finding.step == state.global_step:
@@ -75,9 +94,9 @@ class DiagnosticsCallback(TrainerCallback):
         if metrics_file.exists():  # the whole history, including steps before a resume
             records = [json.loads(line) for line in metrics_file.read_text(encoding="utf-8").splitlines()
                        if line.strip()]
-        findings = diagnose(records, max_grad_norm=self.max_grad_norm)
+        findings = diagnose(records, max_grad_norm=self.max_grad_norm, vocab_size=self.vocab_size)
         if self.diverged:  # non-finite values are not written to metrics.jsonl, so add the event itself
-            findings = sort_findings([self.diverged] + [f for f in findings if f.code != "nonfinite"])
+            findings = sort_findings([self.diverged] + [f for f in findings if f.code != self.diverged.code])
         findings = sort_findings(findings + _precision_note(args, findings))
         self.findings = findings
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -104,23 +123,35 @@ def _precision_note(args, findings: list[Finding]) -> list[Finding]:
 
 
 @torch.no_grad()
-def _weights_finite(model) -> bool:
-    return all(bool(torch.isfinite(p).all()) for p in model.parameters() if p.requires_grad)
+def weights_sound(model) -> bool:
+    """Every trainable weight finite and below MAX_SOUND_WEIGHT in magnitude."""
+    return all(bool(torch.isfinite(p).all()) and float(p.detach().abs().max()) < MAX_SOUND_WEIGHT
+               for p in model.parameters() if p.requires_grad and p.numel())
 
 
-def restore_last_good(trainer, run_dir: Path, diverged: Finding, reporter: Reporter) -> Path:
-    """After a NaN/Inf stop: load the newest checkpoint (all were written before the divergence) into the
-    trainer's model, so the run folder gets sound weights. Without one, nothing sound exists: raise."""
-    from ..training.checkpoints import latest_checkpoint
+def restore_last_good(trainer, run_dir: Path, stopped: Finding, reporter: Reporter) -> Path:
+    """After a divergence or collapse stopped training: of the complete checkpoints written before it, load the one
+    with the lowest logged training loss whose weights are sound, so the run folder gets the best sound weights.
+    Without one nothing sound exists: raise, with nothing saved."""
+    from ..training.callbacks import read_metrics
+    from ..training.checkpoints import complete_checkpoints
 
-    checkpoint = latest_checkpoint(run_dir)
-    if checkpoint is None:
-        raise TrainingDiverged(f"training diverged at step {diverged.step} before the first checkpoint; "
-                               f"no model was saved", where=str(run_dir),
-                               hint=diverged.advice + f"; the curves are in {run_dir}/metrics.jsonl")
-    load_checkpoint_weights(trainer, checkpoint)
-    reporter.warning(f"restored the last good weights from {checkpoint}")
-    return checkpoint
+    losses = {r["step"]: r["loss"] for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r}
+
+    def logged_loss(step: int) -> float:
+        before = [s for s in losses if s <= step]
+        return losses[max(before)] if before else math.inf
+
+    candidates = [(logged_loss(step), -step, folder) for step, folder in complete_checkpoints(run_dir)
+                  if step < (stopped.step or math.inf)]
+    for loss, _, checkpoint in sorted(candidates):
+        load_checkpoint_weights(trainer, checkpoint)
+        if weights_sound(trainer.model):
+            reporter.warning(f"restored the best sound weights from {checkpoint} (training loss {loss:.4g})")
+            return checkpoint
+    raise TrainingDiverged(f"training stopped at step {stopped.step} ({stopped.code}) and no sound checkpoint was "
+                           f"written before it; no model was saved", where=str(run_dir),
+                           hint=stopped.advice + f"; the curves are in {run_dir}/metrics.jsonl")
 
 
 def card_section(findings: list[dict] | None, restored_from: str | None = None) -> list[str]:

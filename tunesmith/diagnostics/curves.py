@@ -172,18 +172,62 @@ def detect_grad_health(grad_norms: Series, *, max_grad_norm: float | None = None
     return findings
 
 
+# A loss within 2% of ln(vocabulary) is a uniform guess over the vocabulary: what a collapsed model predicts.
+UNIFORM_MARGIN = 0.98
+# "Healthy" before it: clearly below the uniform guess at some logged step.
+HEALTHY_SHARE = 0.9
+# Gradients this small after having been healthy: nothing flows back any more.
+DEAD_GRADIENT = 1e-8
+
+
+def detect_collapse(loss: Series, grad_norms: Series, vocab_size: int | None) -> list[Finding]:
+    """Collapse: after the loss was clearly below ln(vocabulary) (a uniform guess over the tokens), it rose back to
+    it, or the gradients died (≈0 after being healthy). Typical of a learning rate far too high: the weights blow
+    up, the outputs saturate, and no gradient flows back; the loss then stays flat, and a plateau detector would
+    wrongly advise a higher learning rate."""
+    advice = ("the learning rate is far too high for this method: lower it ÷10 to ÷100 (LoRA usually trains at 1e-4 "
+              "to 5e-4, full fine-tuning at 1e-5 to 5e-5), keep max_grad_norm at 1.0 or lower, and add warmup")
+    if vocab_size and vocab_size > 1:
+        uniform = math.log(vocab_size)
+        healthy = False
+        for step, value in loss:
+            if not math.isfinite(value):
+                return []  # the nonfinite detector speaks for it
+            healthy = healthy or value < HEALTHY_SHARE * uniform
+            if healthy and value >= UNIFORM_MARGIN * uniform:
+                return [Finding("collapse", "error", step,
+                                f"the loss rose to {value:.4g}, the level of a uniform guess over the "
+                                f"{vocab_size:,}-token vocabulary (ln {vocab_size:,} = {uniform:.4g}): the model "
+                                f"collapsed", advice)]
+    alive = False
+    for step, value in grad_norms:
+        if not math.isfinite(value):
+            return []
+        alive = alive or value > 1e3 * DEAD_GRADIENT
+        if alive and value < DEAD_GRADIENT:
+            return [Finding("collapse", "error", step, f"the gradient norm fell to {value:.2g} after being "
+                                                       f"healthy: nothing flows back any more (the model "
+                                                       f"collapsed)", advice)]
+    return []
+
+
 def series_from_records(records: list[dict], key: str) -> list[tuple[int, float]]:
     return [(int(r.get("step", i)), float(r[key])) for i, r in enumerate(records)
             if isinstance(r.get(key), (int, float))]
 
 
-def diagnose(records: list[dict], *, max_grad_norm: float | None = None) -> list[Finding]:
-    """Every detector over the metrics of a run (the lines of metrics.jsonl)."""
+def diagnose(records: list[dict], *, max_grad_norm: float | None = None,
+             vocab_size: int | None = None) -> list[Finding]:
+    """Every detector over the metrics of a run (the lines of metrics.jsonl). After a collapse the flat loss and
+    dead gradients are its symptoms, not a plateau or a too-low learning rate: those findings are left out."""
     loss = series_from_records(records, "loss")
+    collapse = detect_collapse(loss, series_from_records(records, "grad_norm"), vocab_size)
     findings = detect_nonfinite(loss) + detect_nonfinite(series_from_records(records, "eval_loss"), "eval_loss")
-    findings += detect_spikes(loss) + detect_oscillation(loss) + detect_plateau(loss)
+    findings += collapse + detect_spikes(loss) + detect_oscillation(loss)
+    findings += [] if collapse else detect_plateau(loss)
     findings += detect_overfitting(loss, series_from_records(records, "eval_loss"))
     findings += [f for f in detect_grad_health(series_from_records(records, "grad_norm"),
-                                               max_grad_norm=max_grad_norm) if f.code != "nonfinite"
-                 or not any(g.code == "nonfinite" for g in findings)]
+                                               max_grad_norm=max_grad_norm)
+                 if (f.code != "nonfinite" or not any(g.code == "nonfinite" for g in findings))
+                 and not (collapse and f.code == "grad_vanishing")]
     return sort_findings(findings)

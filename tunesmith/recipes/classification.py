@@ -65,7 +65,7 @@ def train_classification(cfg: RunConfig, *, resume: bool = False, reporter: Repo
                           callbacks=run.callbacks(diagnostics=False, early_stopping=has_validation,
                                                   method_callbacks=method.callbacks(model, opts)),
                           optimizers=(method.optimizer(model, opts, args), None))
-        metrics, _ = run.fit(trainer, model)
+        metrics, _ = run.fit(trainer, model, planned_steps=total_steps(cfg, len(data.train)))
 
         evaluation = None
         if has_validation:

@@ -77,7 +77,7 @@ def train_sft(cfg: RunConfig, *, resume: bool = False, reporter: Reporter | None
             supervised_logits=run.speed.supervised_logits and supports_supervised_logits(model),
             chunked_loss=run.speed.chunked_loss, activation_offload=run.speed.activation_offload,
             skip_padding_mask=run.speed.skip_padding_mask)
-        metrics, facts = run.fit(trainer, model)
+        metrics, facts = run.fit(trainer, model, planned_steps=total_steps(cfg, len(data.train)))
 
         if data.validation is not None:
             metrics.update(trainer.evaluate())

@@ -80,6 +80,13 @@ def _check(cfg, device: str) -> None:
         raise ConfigError("activation offload moves activations from GPU to CPU memory; on CPU there is nowhere "
                           "to offload to", where="speed.activation_offload",
                           hint="set training.gradient_checkpointing: true to save activation memory on CPU")
+    if speed.cpu_threads and not cuda:
+        from ..hardware import usable_cpus
+
+        if speed.cpu_threads > usable_cpus():
+            raise ConfigError(f"{speed.cpu_threads} threads is more than the {usable_cpus()} CPUs this process may "
+                              f"use; oversubscribed threads wait on each other", where="speed.cpu_threads",
+                              hint="leave it unset (the physical cores) or choose at most the CPU count")
     if cfg.model.attn_implementation == "flex_attention" and not cuda:
         from ..models.loading import CPU_ATTENTION_HINT
 

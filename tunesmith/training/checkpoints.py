@@ -25,12 +25,19 @@ def is_complete(folder: Path) -> bool:
     return bool(match) and data.get("global_step") == int(match.group(1)) and has_weights
 
 
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
+def complete_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every complete checkpoint of a run, oldest first."""
     root = Path(run_dir) / CHECKPOINT_DIR
     if not root.is_dir():
-        return None
+        return []
     found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _PATTERN.match(p.name)) and p.is_dir()]
-    for _, folder in sorted(found, reverse=True):
-        if is_complete(folder):
-            return folder
-    return None
+    return [(step, folder) for step, folder in sorted(found) if is_complete(folder)]
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    complete = complete_checkpoints(run_dir)
+    return complete[-1][1] if complete else None
+
+
+def checkpoint_step(folder: Path) -> int:
+    return int(_PATTERN.match(folder.name).group(1))

@@ -28,8 +28,10 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from .. import __version__
 from ..config.schema import RunConfig
-from ..diagnostics.callback import DiagnosticsCallback, restore_last_good
-from ..hardware import physical_cores, usable_cpus
+from ..compat import load_checkpoint_weights
+from ..diagnostics.callback import DiagnosticsCallback, TrainingDiverged, restore_last_good
+from ..errors import ConfigError
+from ..hardware import physical_cores
 from ..io import atomic_write_json, atomic_write_text, staged_dir
 from ..methods.registry import get_method
 from ..models.loading import RUN_META
@@ -39,11 +41,13 @@ from ..speed.apply import ModelSpeedups, apply_to_model, configure_allocator, co
 from ..speed.cpu.allocator import release_free_memory
 from ..speed.plan import resolve_speed_plan
 from .callbacks import MetricsFileCallback, read_metrics
-from .checkpoints import CHECKPOINT_DIR, is_complete, latest_checkpoint
+from .checkpoints import CHECKPOINT_DIR, checkpoint_step, is_complete, latest_checkpoint
 from .plots import plot_loss_curves
 
 log = logging.getLogger(__name__)
 RUN_LOG = "train.log"
+# What only a tunesmith run folder holds (one of them is written before any other file of a run).
+RUN_MARKERS = (RUN_META, RUN_LOG, CHECKPOINT_DIR)
 
 
 @dataclass
@@ -74,8 +78,10 @@ class TrainingRun:
         self.checkpoint: Path | None = None
         self.speedups = ModelSpeedups()
         self.diagnostics: DiagnosticsCallback | None = None
-        self._stale_checkpoints: Path | None = None
+        self.stopped = None  # the diagnostics finding that stopped training (divergence, collapse)
+        self._stale_checkpoints: list[Path] = []
         self._log = RunLog()
+        check_output_dir(self.run_dir, overwrite=cfg.training.overwrite_output_dir)
 
     def __enter__(self) -> TrainingRun:
         self._log.__enter__()
@@ -85,10 +91,6 @@ class TrainingRun:
         self.checkpoint = self._checkpoint_to_resume()
         set_seed(self.cfg.training.seed)
         configure_process(self.speed)
-        if self.speed.cpu_threads and self.speed.cpu_threads > usable_cpus():
-            self.reporter.warning(f"speed.cpu_threads {self.speed.cpu_threads} is more than the {usable_cpus()} "
-                                  f"CPUs this process may use; oversubscribed threads wait on each other (unset "
-                                  f"it for the physical cores)")
         return self
 
     def __exit__(self, *exc) -> None:
@@ -100,8 +102,8 @@ class TrainingRun:
         training starts (`fit`), after data and model have loaded: a mistake in the config costs nothing."""
         checkpoints = self.run_dir / CHECKPOINT_DIR
         if not self.resume:
-            if checkpoints.is_dir() and any(checkpoints.iterdir()):
-                self._stale_checkpoints = checkpoints
+            # Only the checkpoint folders a run writes; anything else in there is not tunesmith's to delete.
+            self._stale_checkpoints = [p for p in checkpoints.glob("checkpoint-*") if p.is_dir()]
             return None
         checkpoint = latest_checkpoint(self.run_dir)
         for folder in checkpoints.glob("checkpoint-*"):
@@ -156,22 +158,33 @@ class TrainingRun:
 
     # --- training ----------------------------------------------------------------------------------------------
 
-    def fit(self, trainer, model) -> tuple[dict, dict]:
-        """Train (from the checkpoint to resume, if any); then undo the speed pieces and, after a divergence, load
-        the last good checkpoint. Returns (the training metrics, run facts for tunesmith_run.json)."""
+    def fit(self, trainer, model, *, planned_steps: int) -> tuple[dict, dict]:
+        """Train (from the checkpoint to resume, if any) to `planned_steps`; then undo the speed pieces and, after
+        a divergence or collapse, load the best sound checkpoint. A resumed run whose checkpoint already reached
+        `planned_steps` trains nothing: its weights are that checkpoint's. Returns (the training metrics, run facts
+        for tunesmith_run.json)."""
         trainer.remove_callback(ProgressCallback)
         trainer.remove_callback(PrinterCallback)
-        if self._stale_checkpoints is not None:
+        if self._stale_checkpoints:
             self.reporter.warning(f"{self.run_dir} already has checkpoints; starting over (pass --resume to "
                                   f"continue)")
-            shutil.rmtree(self._stale_checkpoints)
+            for folder in self._stale_checkpoints:
+                shutil.rmtree(folder)
+        if self.checkpoint is not None and checkpoint_step(self.checkpoint) >= planned_steps:
+            load_checkpoint_weights(trainer, self.checkpoint)
+            self.speedups.undo(model)
+            self.reporter.info(f"the run had already finished: {self.checkpoint.name} is step "
+                               f"{checkpoint_step(self.checkpoint)} of {planned_steps}; nothing to train, its "
+                               f"weights are the run's")
+            return {}, {"resumed_finished": self.checkpoint.name}
         output = trainer.train(resume_from_checkpoint=str(self.checkpoint) if self.checkpoint else None)
         self.speedups.undo(model)
         extra: dict = {}
         if self.diagnostics is not None:
             extra["diagnostics"] = [f.to_dict() for f in self.diagnostics.findings]
-            if self.diagnostics.diverged:  # the last good checkpoint becomes the run's weights
-                restored = restore_last_good(trainer, self.run_dir, self.diagnostics.diverged, self.reporter)
+            self.stopped = self.diagnostics.diverged
+            if self.stopped:  # the best sound checkpoint becomes the run's weights
+                restored = restore_last_good(trainer, self.run_dir, self.stopped, self.reporter)
                 extra["restored_from"] = restored.name
         return dict(output.metrics), extra
 
@@ -191,6 +204,29 @@ class TrainingRun:
             if plots is not None:
                 plots(staging)
             write_card(staging / "README.md", meta, (staging / "loss.png").exists())
+        if self.stopped is not None:  # saved the best sound weights; the run itself failed
+            raise TrainingDiverged(f"training stopped at step {self.stopped.step}: {self.stopped.message}",
+                                   where=str(self.run_dir),
+                                   hint=f"{self.stopped.advice}. The run folder holds the weights of "
+                                        f"{meta.get('restored_from')}, the best sound checkpoint before it")
+
+
+def check_output_dir(run_dir: Path, *, overwrite: bool) -> None:
+    """A run writes into its output folder; one that holds files tunesmith did not write is refused, so that no
+    file of the user's is overwritten, unless `overwrite` (training.overwrite_output_dir, `--overwrite`)."""
+    if overwrite or not run_dir.exists():
+        return
+    if not run_dir.is_dir():
+        raise ConfigError(f"{run_dir} is a file, but a run needs a folder", where="training.output_dir",
+                          hint="choose a folder path (it is created when missing)")
+    others = sorted(p.name for p in run_dir.iterdir() if not p.name.startswith("."))
+    if not others or any((run_dir / marker).exists() for marker in RUN_MARKERS):
+        return
+    shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+    raise ConfigError(f"{run_dir} is not a tunesmith run folder and is not empty ({shown}); a run would overwrite "
+                      f"files there", where="training.output_dir",
+                      hint="choose a new or empty folder, or pass --overwrite (training.overwrite_output_dir: true): "
+                           "tunesmith then writes its own files there and deletes nothing else")
 
 
 def finite_metrics(metrics: dict) -> dict:
