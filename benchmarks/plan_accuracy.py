@@ -93,7 +93,8 @@ def worker_train(spec: dict) -> dict:
     from tunesmith.speed.frozen_base import hold_for_training
     from tunesmith.speed.plan import resolve_speed_plan
     from tunesmith.training.arguments import build_training_arguments
-    from tunesmith.training.trainer import TunesmithTrainer, supports_supervised_logits
+    from tunesmith.speed.logits import supports_supervised_logits
+    from tunesmith.training.trainer import TunesmithTrainer
 
     out = tempfile.mkdtemp(prefix="plan-bench-")
     cfg = RunConfig.model_validate({

@@ -14,8 +14,8 @@ from tunesmith.runtime import Runtime
 from tunesmith.speed.apply import configure_process
 from tunesmith.speed.plan import resolve_speed_plan
 from tunesmith.training.arguments import build_training_arguments
-from tunesmith.training.trainer import (TunesmithTrainer, next_token_mask, supervised_loss,
-                                        supports_supervised_logits)
+from tunesmith.speed.logits import supports_supervised_logits
+from tunesmith.training.trainer import TunesmithTrainer, next_token_mask, supervised_loss
 
 
 def _config(tmp_path, **speed):

@@ -10,7 +10,6 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from ..compat import load_checkpoint_weights
 from ..errors import TunesmithError
 from ..io import atomic_write_json
 from ..reporting import Reporter, reporter_or_default
@@ -127,31 +126,6 @@ def weights_sound(model) -> bool:
     """Every trainable weight finite and below MAX_SOUND_WEIGHT in magnitude."""
     return all(bool(torch.isfinite(p).all()) and float(p.detach().abs().max()) < MAX_SOUND_WEIGHT
                for p in model.parameters() if p.requires_grad and p.numel())
-
-
-def restore_last_good(trainer, run_dir: Path, stopped: Finding, reporter: Reporter) -> Path:
-    """After a divergence or collapse stopped training: of the complete checkpoints written before it, load the one
-    with the lowest logged training loss whose weights are sound, so the run folder gets the best sound weights.
-    Without one nothing sound exists: raise, with nothing saved."""
-    from ..training.callbacks import read_metrics
-    from ..training.checkpoints import complete_checkpoints
-
-    losses = {r["step"]: r["loss"] for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r}
-
-    def logged_loss(step: int) -> float:
-        before = [s for s in losses if s <= step]
-        return losses[max(before)] if before else math.inf
-
-    candidates = [(logged_loss(step), -step, folder) for step, folder in complete_checkpoints(run_dir)
-                  if step < (stopped.step or math.inf)]
-    for loss, _, checkpoint in sorted(candidates):
-        load_checkpoint_weights(trainer, checkpoint)
-        if weights_sound(trainer.model):
-            reporter.warning(f"restored the best sound weights from {checkpoint} (training loss {loss:.4g})")
-            return checkpoint
-    raise TrainingDiverged(f"training stopped at step {stopped.step} ({stopped.code}) and no sound checkpoint was "
-                           f"written before it; no model was saved", where=str(run_dir),
-                           hint=stopped.advice + f"; the curves are in {run_dir}/metrics.jsonl")
 
 
 def card_section(findings: list[dict] | None, restored_from: str | None = None) -> list[str]:

@@ -164,7 +164,7 @@ LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
 
 
 def _chunked_loss_applies(model, request: PlanRequest) -> bool:
-    from ..training.trainer import plain_head, supports_supervised_logits
+    from ..speed.logits import plain_head, supports_supervised_logits
 
     transforms = any(getattr(model.config, name, None) not in (None, 1, 1.0) for name in LOGIT_TRANSFORMS)
     return request.chunked_loss and not transforms and plain_head(model) is not None and \

@@ -23,7 +23,8 @@ from ..reporting import Reporter
 from ..training.arguments import build_training_arguments
 from ..training.model_card import write_model_card
 from ..training.run import TrainingRun, TrainResult, base_model_meta, finite_metrics, total_steps
-from ..training.trainer import TunesmithTrainer, has_virtual_tokens, supports_supervised_logits
+from ..speed.logits import has_virtual_tokens, supports_supervised_logits
+from ..training.trainer import TunesmithTrainer
 from ..compat import base_config
 
 log = logging.getLogger(__name__)

@@ -29,7 +29,7 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from .. import __version__
 from ..config.schema import RunConfig
 from ..compat import load_checkpoint_weights
-from ..diagnostics.callback import DiagnosticsCallback, TrainingDiverged, restore_last_good
+from ..diagnostics.callback import DiagnosticsCallback, TrainingDiverged
 from ..errors import ConfigError
 from ..hardware import physical_cores
 from ..io import atomic_write_json, atomic_write_text, staged_dir
@@ -41,8 +41,8 @@ from ..speed.apply import ModelSpeedups, apply_to_model, configure_allocator, co
 from ..speed.cpu.allocator import release_free_memory
 from ..speed.plan import resolve_speed_plan
 from .callbacks import MetricsFileCallback, read_metrics
-from .checkpoints import CHECKPOINT_DIR, checkpoint_step, is_complete, latest_checkpoint
-from .plots import plot_loss_curves
+from .checkpoints import CHECKPOINT_DIR, checkpoint_step, is_complete, latest_checkpoint, restore_last_good
+from ..plots import plot_loss_curves
 
 log = logging.getLogger(__name__)
 RUN_LOG = "train.log"

@@ -19,15 +19,14 @@ runs causal-only (`padding_mask.py`, which says why that is exact and when it ap
 
 from __future__ import annotations
 
-import inspect
 import logging
 
 import torch
 import torch.nn.functional as F
 from transformers import Trainer
 
-from ..compat import logits_mask_supported
 from ..data.encoding import IGNORE_INDEX
+from ..speed.logits import plain_head
 from ..speed.chunked_loss import FrozenCast, head_compute_dtype, chunked_linear_cross_entropy
 from ..speed.padding_mask import eligible_config, mask_is_redundant, right_padded
 from ..speed.probe_forward import probe_forward
@@ -65,26 +64,6 @@ def supervised_loss(outputs, labels: torch.Tensor, num_items_in_batch=None) -> t
     return per_item(loss, targets.numel(), num_items_in_batch)
 
 
-def has_virtual_tokens(model) -> bool:
-    """Whether a PEFT prompt-learning method (prefix, prompt, P-tuning) prepends virtual tokens to every sequence."""
-    peft_config = getattr(model, "active_peft_config", None)
-    return peft_config is not None and getattr(peft_config, "is_prompt_learning", False)
-
-
-def supports_supervised_logits(model) -> bool:
-    """Whether `model` can take a boolean `logits_to_keep` mask whose shape is that of its labels.
-
-    Not for PEFT prompt-learning methods (their virtual tokens lengthen the sequence the mask would index) and
-    not for models whose forward has no `logits_to_keep`.
-    """
-    if not logits_mask_supported():
-        return False
-    if has_virtual_tokens(model):
-        return False
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
-
-
 class _HeadInput:
     """Within it, the output head's input is kept in `hidden` and the head runs on none of its rows, outside
     autocast: autocast would still cast the whole (frozen, fp32) head weight for that empty matmul, ~30 ms a step
@@ -114,13 +93,6 @@ class _HeadInput:
     def __exit__(self, *exc):
         for handle in self._handles:
             handle.remove()
-
-
-def plain_head(model) -> torch.nn.Linear | None:
-    """The model's output head when it is a plain nn.Linear (not an adapter layer), else None."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
-    return head if type(head) is torch.nn.Linear else None
 
 
 class TunesmithTrainer(Trainer):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ...config.schema import RunConfig
 from ...io import atomic_write_text
-from ...training.plots import plt  # matplotlib, already switched to the headless backend
+from ...plots import plt  # matplotlib, already switched to the headless backend
 
 
 def plot_confusion_matrix(matrix: list[list[int]], label_names: list[str], path: Path, title: str) -> Path:
