@@ -200,8 +200,10 @@ def test_nan_stops_training_and_the_run_keeps_the_last_good_checkpoint(tiny_mode
     from .test_training import make_config
 
     run = tmp_path / "run"
-    train(make_config(tiny_model_factory("llama"), run, max_steps=10, save_steps=2, save_total_limit=5),
-          extra_callbacks=[Poison(at=5)])
+    with pytest.raises(TrainingDiverged, match="stopped at step") as info:  # saved the sound weights, yet failed
+        train(make_config(tiny_model_factory("llama"), run, max_steps=10, save_steps=2, save_total_limit=5),
+              extra_callbacks=[Poison(at=5)])
+    assert info.value.exit_code == 3 and "checkpoint-4" in info.value.hint
     checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert checkpoints == ["checkpoint-2", "checkpoint-4"]  # nothing saved after the weights broke
     saved = load_file(run / "adapter_model.safetensors")
@@ -211,7 +213,7 @@ def test_nan_stops_training_and_the_run_keeps_the_last_good_checkpoint(tiny_mode
     meta = json.loads((run / "tunesmith_run.json").read_text())
     assert meta["restored_from"] == "checkpoint-4" and meta["diagnostics"][0]["code"] == "nonfinite"
     card = (run / "README.md").read_text()
-    assert "the last checkpoint before it" in card and "nonfinite" in card
+    assert "the best sound checkpoint before it" in card and "nonfinite" in card
     assert json.loads((run / DIAGNOSTICS_FILE).read_text())["diverged"] is True
 
 
@@ -220,7 +222,7 @@ def test_nan_before_any_checkpoint_is_a_clear_error(tiny_model_factory, tmp_path
 
     from .test_training import make_config
 
-    with pytest.raises(TrainingDiverged, match="before the first checkpoint") as info:
+    with pytest.raises(TrainingDiverged, match="no sound checkpoint was written before it") as info:
         train(make_config(tiny_model_factory("llama"), tmp_path / "run", max_steps=6, save_steps=100),
               extra_callbacks=[Poison(at=1)])
     assert "lower the learning rate" in str(info.value)

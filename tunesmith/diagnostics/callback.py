@@ -134,8 +134,8 @@ def card_section(findings: list[dict] | None, restored_from: str | None = None) 
         return []
     lines = ["## Training diagnostics", ""]
     if restored_from:
-        lines += [f"**Training diverged; the saved weights are those of `{restored_from}`, the last checkpoint "
-                  f"before it.**", ""]
+        lines += [f"**Training diverged or collapsed; the saved weights are those of `{restored_from}`, the best "
+                  f"sound checkpoint before it (lowest training loss).**", ""]
     if not findings:
         return lines + ["No problems found in the loss and gradient curves.", ""]
     return lines + [f"- **{f['code']}** ({f['severity']}{', step ' + str(f['step']) if f['step'] is not None else ''})"
