@@ -110,6 +110,31 @@ def test_export_without_merge_copies_the_adapter(trained_run, tmp_path):
     assert all(torch.equal(copied[k], original[k]) for k in original)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["houlsby", "hybrid"])
+def test_tunesmith_adapters_export_as_they_are_and_reload(stories_dir, tmp_path, name):
+    """Bottleneck and hybrid runs cannot be folded into the base; without --merge they are copied (a hybrid with its
+    part folders) and the copy loads like the run."""
+    from tunesmith.errors import TunesmithError
+    from tunesmith.inference.export import export_run
+    from tunesmith.models.loading import load_for_inference
+
+    from .test_methods import METHOD_OPTIONS
+    from .test_training import batch, make_config
+
+    run = tmp_path / "run"
+    train(make_config(stories_dir, run, {"name": name, **METHOD_OPTIONS[name]}, max_steps=2))
+    with pytest.raises(TunesmithError, match="cannot be merged") as error:
+        export_run(str(run), str(tmp_path / "merged"), merge=True)
+    assert "without --merge" in error.value.hint
+    out = export_run(str(run), str(tmp_path / "copy"), merge=False)
+    assert not (out / "checkpoints").exists()
+    with torch.no_grad():
+        ours = load_for_inference(str(run)).model(**batch(stories_dir)).logits
+        copied = load_for_inference(str(out)).model(**batch(stories_dir)).logits
+    assert torch.equal(ours, copied)
+
+
 def test_a_run_trained_from_relative_paths_loads_from_any_folder(stories_dir, tmp_path, monkeypatch):
     """The base model and data paths are recorded absolute: a relative one would be read against whatever folder a
     later command (chat, generate, PeftModel users) runs in."""

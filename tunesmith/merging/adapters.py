@@ -20,11 +20,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import ConfigError, ModelError
-from ..io import atomic_write_json, publish_dir_contents
+from ..io import atomic_write_json, staged_dir
 from ..reporting import Reporter, reporter_or_default
 from .checkpoint import Checkpoint, PlannedTensor, ShardedWriter, parse_size
 from .config import LoraCombineConfig, LoraToBaseConfig
-from .engine import copy_side_files, output_dtype, prepare_output, write_model_config
+from .engine import check_output, copy_side_files, output_dtype, write_model_config
 
 PREFIX = "base_model.model."
 _FACTOR = re.compile(r"^(?P<module>.+)\.(?:lora_(?P<ab>[AB])\.weight|lora_embedding_(?P<eab>[AB]))$")
@@ -161,18 +161,18 @@ def lora_to_base(config: LoraToBaseConfig, output=None, *, overwrite: bool = Fal
         names = list(model.tensors)
         plan = [PlannedTensor(n, dtype if model.tensors[n].dtype.is_floating_point else model.tensors[n].dtype,
                               model.tensors[n].shape) for n in names]
-        staging = prepare_output(out, overwrite)
-        writer = ShardedWriter(staging, plan, parse_size(config.max_shard_size))
-        with reporter_or_default(reporter).progress("folding adapter", len(names)) as advance:
-            for item in plan:
-                writer.write(item.name, model.read(item.name).to(item.dtype))
-                advance(detail=item.name)
-        writer.close()
-        write_model_config(staging, model.base, dtype)
-        copy_side_files(model.base.folder, staging)
-        copy_side_files(model.folder, staging)  # the run's tokenizer (and chat template) win
-        atomic_write_json(staging / "tunesmith_merge.json", {"tunesmith_merge": config.model_dump(mode="json")})
-        publish_dir_contents(staging, out)
+        check_output(out, overwrite)
+        with staged_dir(out) as staging:
+            writer = ShardedWriter(staging, plan, parse_size(config.max_shard_size))
+            with reporter_or_default(reporter).progress("folding adapter", len(names)) as advance:
+                for item in plan:
+                    writer.write(item.name, model.read(item.name).to(item.dtype))
+                    advance(detail=item.name)
+            writer.close()
+            write_model_config(staging, model.base, dtype)
+            copy_side_files(model.base.folder, staging)
+            copy_side_files(model.folder, staging)  # the run's tokenizer (and chat template) win
+            atomic_write_json(staging / "tunesmith_merge.json", {"tunesmith_merge": config.model_dump(mode="json")})
     finally:
         model.close()
     return out
@@ -206,17 +206,17 @@ def combine_loras(config: LoraCombineConfig, output=None, *, overwrite: bool = F
             tensors[f"{PREFIX}{module}.{a_key}"] = A.to(dtype).contiguous()
             tensors[f"{PREFIX}{module}.{b_key}"] = B.to(dtype).contiguous()
             advance(detail=module)
-    staging = prepare_output(out, overwrite)
-    save_file(tensors, staging / "adapter_model.safetensors", metadata={"format": "pt"})
-    # α = r makes every module's scale exactly 1: the adapters' own scales and weights live in B now.
-    adapter_config = {**first.config, "r": rank, "lora_alpha": rank, "use_rslora": False, "rank_pattern": {},
-                      "alpha_pattern": {}}
-    atomic_write_json(staging / "adapter_config.json", adapter_config)
-    copy_side_files(first.folder, staging)
-    atomic_write_json(staging / "tunesmith_merge.json", {
-        "tunesmith_merge": config.model_dump(mode="json"),
-        "svd_energy_retained_min": min(retained.values()) if retained else 1.0})
-    publish_dir_contents(staging, out)
+    check_output(out, overwrite)
+    with staged_dir(out) as staging:
+        save_file(tensors, staging / "adapter_model.safetensors", metadata={"format": "pt"})
+        # α = r makes every module's scale exactly 1: the adapters' own scales and weights live in B now.
+        adapter_config = {**first.config, "r": rank, "lora_alpha": rank, "use_rslora": False, "rank_pattern": {},
+                          "alpha_pattern": {}}
+        atomic_write_json(staging / "adapter_config.json", adapter_config)
+        copy_side_files(first.folder, staging)
+        atomic_write_json(staging / "tunesmith_merge.json", {
+            "tunesmith_merge": config.model_dump(mode="json"),
+            "svd_energy_retained_min": min(retained.values()) if retained else 1.0})
     return out
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError, ModelError
-from ..io import atomic_write_json, publish_dir_contents
+from ..io import atomic_write_json, staged_dir
 from ..reporting import Reporter, reporter_or_default
 from .checkpoint import Checkpoint, PlannedTensor, ShardedWriter, parse_size
 from .config import MergeConfig
@@ -55,36 +55,36 @@ def merge(config: MergeConfig, output: str | Path | None = None, *, overwrite: b
         params = _resolve_params(config, method, names)
         plan = [PlannedTensor(n, out_dtype if reference.tensors[n].dtype.is_floating_point
                               else reference.tensors[n].dtype, reference.tensors[n].shape) for n in names]
-        staging = prepare_output(out, overwrite)
-        writer = ShardedWriter(staging, plan, parse_size(config.max_shard_size))
-        with ThreadPoolExecutor(max_workers=1) as reader, ThreadPoolExecutor(max_workers=1) as saver, \
-                reporter_or_default(reporter).progress("merging", len(names)) as advance:
-            # Reading, combining and writing overlap: tensor i + 1 is read and tensor i - 1 written in background
-            # threads (file I/O releases the GIL) while tensor i is combined. Two sets of read buffers are
-            # reused: tensor i + 1 goes into the set of tensor i - 1, whose result (which may live in its
-            # buffers) is on disk first. Fresh buffers per tensor would make the kernel fault in and zero
-            # their pages every time.
-            pools: list[dict[int, torch.Tensor]] = [{}, {}]
+        check_output(out, overwrite)
+        with staged_dir(out) as staging:
+            writer = ShardedWriter(staging, plan, parse_size(config.max_shard_size))
+            with ThreadPoolExecutor(max_workers=1) as reader, ThreadPoolExecutor(max_workers=1) as saver, \
+                    reporter_or_default(reporter).progress("merging", len(names)) as advance:
+                # Reading, combining and writing overlap: tensor i + 1 is read and tensor i - 1 written in background
+                # threads (file I/O releases the GIL) while tensor i is combined. Two sets of read buffers are
+                # reused: tensor i + 1 goes into the set of tensor i - 1, whose result (which may live in its
+                # buffers) is on disk first. Fresh buffers per tensor would make the kernel fault in and zero
+                # their pages every time.
+                pools: list[dict[int, torch.Tensor]] = [{}, {}]
 
-            def read(i: int):
-                pool = pools[i % 2]
-                tensors = [c.read(names[i], _buffer(pool, k, c.nbytes(names[i]))) for k, c in enumerate(sources)]
-                return tensors, base.read(names[i], _buffer(pool, -1, base.nbytes(names[i]))) if base else None
+                def read(i: int):
+                    pool = pools[i % 2]
+                    tensors = [c.read(names[i], _buffer(pool, k, c.nbytes(names[i]))) for k, c in enumerate(sources)]
+                    return tensors, base.read(names[i], _buffer(pool, -1, base.nbytes(names[i]))) if base else None
 
-            pending, written = (reader.submit(read, 0) if names else None), None
-            for i, name in enumerate(names):
-                tensors, base_tensor = pending.result()
+                pending, written = (reader.submit(read, 0) if names else None), None
+                for i, name in enumerate(names):
+                    tensors, base_tensor = pending.result()
+                    if written is not None:
+                        written.result()
+                    pending = reader.submit(read, i + 1) if i + 1 < len(names) else None
+                    merged = _merge_one(method, tensors, base_tensor, params[name], plan[i].dtype)
+                    written = saver.submit(writer.write, name, merged)
+                    advance(detail=name)
                 if written is not None:
                     written.result()
-                pending = reader.submit(read, i + 1) if i + 1 < len(names) else None
-                merged = _merge_one(method, tensors, base_tensor, params[name], plan[i].dtype)
-                written = saver.submit(writer.write, name, merged)
-                advance(detail=name)
-            if written is not None:
-                written.result()
-        shards = writer.close()
-        _write_side_files(staging, config, reference, out_dtype)
-        publish_dir_contents(staging, out)
+            shards = writer.close()
+            _write_side_files(staging, config, reference, out_dtype)
     finally:
         for checkpoint in everyone:
             checkpoint.close()
@@ -150,7 +150,9 @@ def _resolve_params(config: MergeConfig, method: MergeMethod, names: list[str]) 
     return resolved
 
 
-def prepare_output(out: Path, overwrite: bool) -> Path:
+def check_output(out: Path, overwrite: bool) -> None:
+    """Refuse an output that is a file, or a non-empty folder unless `overwrite`; then drop the stale shards of an
+    earlier merge there (they must not mix with the new ones). The result is staged inside it (`io.staged_dir`)."""
     if out.exists() and not out.is_dir():
         raise ConfigError("output exists and is not a folder", where=str(out))
     if out.is_dir() and any(out.iterdir()):
@@ -158,11 +160,7 @@ def prepare_output(out: Path, overwrite: bool) -> Path:
             raise ConfigError("output folder is not empty", where=str(out),
                               hint="choose a new folder or pass --overwrite")
         for old in list(out.glob("*.safetensors")) + list(out.glob("*.safetensors.index.json")):
-            old.unlink()  # stale shards from an earlier merge must not mix with the new ones
-    staging = out.parent / f".{out.name}.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    return staging
+            old.unlink()
 
 
 def _write_side_files(staging: Path, config: MergeConfig, reference: Checkpoint, dtype: torch.dtype) -> None:

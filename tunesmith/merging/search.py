@@ -15,7 +15,7 @@ from pathlib import Path
 from ..errors import ConfigError
 from .config import MergeConfig
 from ..io import publish_dir_contents
-from .engine import merge, prepare_output
+from .engine import check_output, merge
 from ..reporting import Reporter
 from .evaluate import EvalSuite, Report, evaluate_merge
 
@@ -59,7 +59,7 @@ def search_merge(config: MergeConfig, suite: EvalSuite, sources: dict[str, str],
     if not any(task.source for task in suite.tasks):
         raise ConfigError("a weight search maximises the worst task relative to its source, but no task names "
                           "a `source`", where="tasks[].source")
-    prepare_output(output, overwrite).rmdir()  # refuse a non-empty output before spending time on trials
+    check_output(output, overwrite)  # refuse a non-empty output before spending time on trials
     scratch = output.parent / f".{output.name}.search"
     shutil.rmtree(scratch, ignore_errors=True)
     trials, best, cache = [], None, {}

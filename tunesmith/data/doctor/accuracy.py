@@ -28,7 +28,7 @@ REFUSAL = re.compile(r"as an ai( language)? model|i'?m sorry,? but i (can(not|'t
                      r"(您|你)(没有|并没有|未)提供", re.I)
 TEMPLATE_TOKEN = re.compile(r"<\|(im_start|im_end|endoftext|eot_id|start_header_id|end_header_id|begin_of_text|"
                             r"user|assistant|system|end)\|>|</?s>|\[/?INST\]|<<SYS>>|<start_of_turn>|<end_of_turn>|"
-                            r"^### (Instruction|Response|Input|指令|回答|输入)[:：]", re.M)
+                            r"^### (Instruction|Response|Input|指令|回复|回答|输入)[:：]", re.M)
 # "a given year" / "any given day" is generic, not a pointer at an input
 REFERS_TO_INPUT = re.compile(r"以下|下面|下列|给定|这段|这篇|这句|该文|所给|上述|the following|(?<!\ba )(?<!\bany )given|"
                              r"below|this (text|passage|article|sentence|paragraph|code|poem|story)|provided", re.I)
