@@ -135,6 +135,8 @@ class _DropMessage(logging.Filter):
 def quiet_library_chatter() -> None:
     """Messages from the libraries underneath that a tunesmith user cannot act on."""
     warnings.filterwarnings("ignore", category=FutureWarning)  # deprecations inside the libraries
+    # datasets draws a bar for every cache write and map; tunesmith's own "preparing data" line covers that step.
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     # bitsandbytes logs this when imported on an AVX512-BF16 CPU without the `kernels` package, which fetches kernels
     # from the Hugging Face hub. PEFT imports bitsandbytes, so every LoRA command printed it, quantised or not. The
     # kernel it names serves one-row 4-bit inference (gemv); bitsandbytes' built-in path is used instead.

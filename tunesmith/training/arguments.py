@@ -17,9 +17,8 @@ _OPTIMIZERS = {"adamw": "adamw_torch", "adamw_8bit": "adamw_bnb_8bit", "paged_ad
                "paged_adamw_32bit": "paged_adamw_32bit", "sgd": "sgd"}
 
 
-def choose_optimizer(cfg: RunConfig) -> str:
+def choose_optimizer(cfg: RunConfig, cuda: bool) -> str:
     name = cfg.training.optimizer
-    cuda = torch.cuda.is_available()
     if name == "auto":
         # Paged optimizers move state to CPU under memory pressure: the QLoRA recipe, but only meaningful on CUDA.
         return "paged_adamw_32bit" if cfg.method.name == "qlora" and cuda else "adamw_torch"
@@ -46,7 +45,7 @@ def build_training_arguments(cfg: RunConfig, *, runtime: Runtime, speed: SpeedPl
         num_train_epochs=t.num_epochs, max_steps=t.max_steps or -1,
         per_device_train_batch_size=t.batch_size, per_device_eval_batch_size=t.batch_size,
         gradient_accumulation_steps=t.grad_accum, max_grad_norm=t.max_grad_norm, weight_decay=t.weight_decay,
-        optim=choose_optimizer(cfg), seed=t.seed, data_seed=t.seed,
+        optim=choose_optimizer(cfg, cuda), seed=t.seed, data_seed=t.seed,
         activation_checkpointing=t.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
         # On CPU, bf16 autocast runs matmuls on AMX / AVX512-BF16 units where the CPU has them.
