@@ -97,8 +97,10 @@ def test_resuming_a_run_killed_in_its_final_save_trains_nothing_and_saves_the_sa
 
 def test_a_collapsed_run_stops_keeps_the_best_sound_checkpoint_and_fails(stories_dir, tmp_path):
     run = tmp_path / "run"
-    cfg = make_config(stories_dir, run, max_steps=8, learning_rate=0.3, save_steps=1, warmup_ratio=0.5,
-                      save_total_limit=3)
+    # LoRA at a learning rate of 1 without clipping: the loss leaves its healthy 3.1 for the uniform level (ln 512 =
+    # 6.24) or above and stays there.
+    cfg = make_config(stories_dir, run, max_steps=12, learning_rate=1.0, max_grad_norm=0.0, save_steps=1,
+                      save_total_limit=2)
     with pytest.raises(TrainingDiverged, match="collapsed") as error:
         train(cfg)
     assert error.value.exit_code == 3 and "lower it" in error.value.hint
@@ -109,16 +111,20 @@ def test_a_collapsed_run_stops_keeps_the_best_sound_checkpoint_and_fails(stories
     assert all(torch.equal(saved[k], checkpoint[k]) for k in saved)
     codes = [f["code"] for f in json.loads((run / "diagnostics.json").read_text())["findings"]]
     assert "collapse" in codes and "plateau" not in codes and "grad_vanishing" not in codes
-    assert max(json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()) < 8
+    assert max(json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()) < 12
+    # no checkpoint of a suspect step was written, so rotation (save_total_limit 2) kept the healthy one
+    assert restored == "checkpoint-1" and sorted(p.name for p in (run / "checkpoints").iterdir()) == ["checkpoint-1"]
 
 
 def test_collapse_is_told_from_a_plateau():
     uniform = math.log(512)
-    healthy_then_uniform = [(1, 3.0), (2, 2.5), (3, uniform), (4, uniform)]
-    assert detect_collapse(healthy_then_uniform, [], 512)[0].step == 3
-    assert detect_collapse([(1, uniform), (2, uniform)], [], 512) == []  # never healthy: a random model's start
-    dead = [(1, 2.0), (2, 1.5), (3, 0.0), (4, 0.0)]
-    assert detect_collapse([(1, 3.0), (2, 2.9), (3, 2.9), (4, 2.9)], dead, 512)[0].step == 3
+    healthy_then_uniform = [(1, 3.0), (2, 2.5)] + [(s, uniform + s % 2) for s in range(3, 10)]
+    assert detect_collapse(healthy_then_uniform, [], 512)[0].step == 7  # the fifth logged step at that level
+    assert detect_collapse([(s, uniform) for s in range(1, 12)], [], 512) == []  # never healthy: a random start
+    recovering = [(1, 3.0), (2, 2.5), (3, 7.5), (4, 6.9), (5, 7.4), (6, 5.0), (7, 4.3), (8, 7.0), (9, 2.3)]
+    assert detect_collapse(recovering, [], 512) == []  # a few steps above it, then back: unstable, not collapsed
+    dead = [(1, 2.0), (2, 1.5)] + [(s, 0.0) for s in range(3, 8)]
+    assert detect_collapse([(s, 2.9) for s in range(1, 8)], dead, 512)[0].step == 7
     records = [{"step": s, "loss": v, "grad_norm": g} for (s, v), (_, g) in
                zip([(s, uniform) for s in range(1, 30)], [(s, 0.0) for s in range(1, 30)])]
     records[0]["loss"], records[0]["grad_norm"] = 2.0, 1.0

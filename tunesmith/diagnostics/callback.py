@@ -13,7 +13,7 @@ from transformers import TrainerCallback
 from ..errors import TunesmithError
 from ..io import atomic_write_json
 from ..reporting import Reporter, reporter_or_default
-from .curves import detect_collapse, detect_grad_health, detect_spikes, diagnose
+from .curves import HEALTHY_SHARE, UNIFORM_MARGIN, detect_collapse, relative_to_uniform, detect_grad_health, detect_spikes, diagnose
 from .findings import Finding, sort_findings
 
 DIAGNOSTICS_FILE = "diagnostics.json"
@@ -39,6 +39,10 @@ class DiagnosticsCallback(TrainerCallback):
         self.max_grad_norm = max_grad_norm
         self.records: list[dict] = []
         self.vocab_size: int | None = None
+        # The last logged loss was back at or above the uniform-guess level after being healthy: no checkpoint is
+        # written then, so that checkpoint rotation never drops a sound checkpoint for one of a model that may be
+        # collapsing.
+        self.healthy = self.suspect = False
         self.diverged: Finding | None = None  # the finding that stopped training (nonfinite or collapse)
         self.findings: list[Finding] = []
         self._told: set[tuple[str, int | None]] = set()
@@ -64,6 +68,7 @@ class DiagnosticsCallback(TrainerCallback):
         # happened between two logged steps).
         if control.should_save and model is not None and self.diverged is None and not weights_sound(model):
             self._stop(control, state.global_step, f"weights contain NaN/Inf or values above {MAX_SOUND_WEIGHT:g}")
+        control.should_save = control.should_save and not self.suspect
         return control
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -75,6 +80,10 @@ class DiagnosticsCallback(TrainerCallback):
             if isinstance(value, (int, float)) and not math.isfinite(value) and self.diverged is None:
                 self._stop(control, state.global_step, f"{key} became {value}")
         if "loss" in logs:
+            share = relative_to_uniform(logs["loss"], self.vocab_size)
+            self.healthy = self.healthy or (share is not None and share < HEALTHY_SHARE)
+            self.suspect = self.healthy and share is not None and share >= UNIFORM_MARGIN
+            control.should_save = control.should_save and not self.suspect
             losses = [(r["step"], r["loss"]) for r in self.records if "loss" in r]
             grads = [(r["step"], r["grad_norm"]) for r in self.records if "grad_norm" in r]
             collapse = detect_collapse(losses, grads, self.vocab_size)

@@ -178,37 +178,55 @@ UNIFORM_MARGIN = 0.98
 HEALTHY_SHARE = 0.9
 # Gradients this small after having been healthy: nothing flows back any more.
 DEAD_GRADIENT = 1e-8
+# Logged steps in a row that make it a collapse. Tiny models at high learning rates pass above the uniform level for
+# three logged steps and recover (OLoRA on stories260K at 5e-3); a collapsed one stays there.
+COLLAPSE_LASTING = 5
 
 
-def detect_collapse(loss: Series, grad_norms: Series, vocab_size: int | None) -> list[Finding]:
-    """Collapse: after the loss was clearly below ln(vocabulary) (a uniform guess over the tokens), it rose back to
-    it, or the gradients died (≈0 after being healthy). Typical of a learning rate far too high: the weights blow
-    up, the outputs saturate, and no gradient flows back; the loss then stays flat, and a plateau detector would
-    wrongly advise a higher learning rate."""
+def relative_to_uniform(loss: float, vocab_size: int | None) -> float | None:
+    """A loss as a share of ln(vocabulary), the loss of a uniform guess over the tokens (None: unknown vocabulary)."""
+    return loss / math.log(vocab_size) if vocab_size and vocab_size > 1 else None
+
+
+def detect_collapse(loss: Series, grad_norms: Series, vocab_size: int | None, *, lasting: int = COLLAPSE_LASTING
+                    ) -> list[Finding]:
+    """Collapse: after the loss was clearly below ln(vocabulary) (a uniform guess over the tokens), it stayed at or
+    above it for `lasting` logged steps in a row, or the gradients died (≈0 for `lasting` logged steps after being
+    healthy). Typical of a learning rate far too high: the weights blow up, the outputs saturate, and no gradient
+    flows back; the loss then stays flat, and a plateau detector would wrongly advise a higher learning rate. A
+    single value above it that recovers is a spike (`detect_spikes`), not a collapse."""
     advice = ("the learning rate is far too high for this method: lower it ÷10 to ÷100 (LoRA usually trains at 1e-4 "
               "to 5e-4, full fine-tuning at 1e-5 to 5e-5), keep max_grad_norm at 1.0 or lower, and add warmup")
     if vocab_size and vocab_size > 1:
         uniform = math.log(vocab_size)
-        healthy = False
-        for step, value in loss:
-            if not math.isfinite(value):
-                return []  # the nonfinite detector speaks for it
-            healthy = healthy or value < HEALTHY_SHARE * uniform
-            if healthy and value >= UNIFORM_MARGIN * uniform:
-                return [Finding("collapse", "error", step,
-                                f"the loss rose to {value:.4g}, the level of a uniform guess over the "
-                                f"{vocab_size:,}-token vocabulary (ln {vocab_size:,} = {uniform:.4g}): the model "
-                                f"collapsed", advice)]
-    alive = False
-    for step, value in grad_norms:
-        if not math.isfinite(value):
-            return []
-        alive = alive or value > 1e3 * DEAD_GRADIENT
-        if alive and value < DEAD_GRADIENT:
-            return [Finding("collapse", "error", step, f"the gradient norm fell to {value:.2g} after being "
-                                                       f"healthy: nothing flows back any more (the model "
-                                                       f"collapsed)", advice)]
+        step = _lasting_after(loss, lambda v: v < HEALTHY_SHARE * uniform, lambda v: v >= UNIFORM_MARGIN * uniform,
+                              lasting)
+        if step is not None:
+            value = dict(loss)[step]
+            return [Finding("collapse", "error", step,
+                            f"the loss stayed at or above the level of a uniform guess over the {vocab_size:,}-token "
+                            f"vocabulary (ln {vocab_size:,} = {uniform:.4g}) for {lasting} logged steps (last "
+                            f"{value:.4g}): the model collapsed", advice)]
+    step = _lasting_after(grad_norms, lambda v: v > 1e3 * DEAD_GRADIENT, lambda v: v < DEAD_GRADIENT, lasting)
+    if step is not None:
+        return [Finding("collapse", "error", step, f"the gradient norm stayed below {DEAD_GRADIENT:g} for {lasting} "
+                                                   f"logged steps after being healthy: nothing flows back any more "
+                                                   f"(the model collapsed)", advice)]
     return []
+
+
+def _lasting_after(series: Series, healthy, bad, lasting: int) -> int | None:
+    """The step at which `bad` values have lasted `lasting` points in a row after a `healthy` one; None if never
+    (or if a value is not finite: the nonfinite detector speaks for it)."""
+    seen_healthy, run = False, 0
+    for step, value in series:
+        if not math.isfinite(value):
+            return None
+        run = run + 1 if seen_healthy and bad(value) else 0
+        if run >= lasting:
+            return step
+        seen_healthy = seen_healthy or healthy(value)
+    return None
 
 
 def series_from_records(records: list[dict], key: str) -> list[tuple[int, float]]:
