@@ -60,12 +60,12 @@ class TrainingProgress(TrainerCallback):
         self.task = None
         self._t0 = 0.0
         self._tokens0 = 0
-        self._fields = {"loss": "-", "lr": "-", "tps": "-"}
+        self._fields = {"loss": "-", "lr": "-", "tps": "-", "extra": ""}
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.progress = Progress(
             TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}  {task.fields[tps]} tok/s"),
+            TextColumn("loss {task.fields[loss]}{task.fields[extra]}  lr {task.fields[lr]}  {task.fields[tps]} tok/s"),
             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
             console=self.console, transient=False, refresh_per_second=4,
         )
@@ -88,6 +88,11 @@ class TrainingProgress(TrainerCallback):
             self._fields["loss"] = f"{logs['loss']:.4f}"
         if "learning_rate" in logs:
             self._fields["lr"] = f"{logs['learning_rate']:.2e}"
+        # Preference runs (TRL): pair accuracy and reward margin (the reward model's: accuracy and margin).
+        accuracy, margin = logs.get("rewards/accuracies", logs.get("accuracy")), logs.get("rewards/margins",
+                                                                                          logs.get("margin"))
+        if accuracy is not None and margin is not None:
+            self._fields["extra"] = f"  acc {accuracy:.2f}  margin {margin:+.3f}"
         if "eval_loss" in logs and self.progress is not None:
             self.progress.console.print(f"  step {state.global_step}: eval_loss {logs['eval_loss']:.4f}")
 

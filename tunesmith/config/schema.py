@@ -193,9 +193,55 @@ class ClassificationConfig(StrictModel):
     metric_for_best: Literal["accuracy", "macro_f1", "loss"] = "macro_f1"
 
 
+# DPO's loss variants in TRL's DPOConfig (trl>=1.0); several may be combined with loss_weights.
+DPO_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+              "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
+PREFERENCE_TASKS = ("dpo", "orpo", "simpo", "kto", "reward")
+# Which preference options each task reads; setting another task's option is an error, not silently ignored.
+PREFERENCE_OPTIONS = {
+    "dpo": {"beta", "loss_type", "loss_weights", "label_smoothing", "max_prompt_length", "precompute_ref_log_probs"},
+    "orpo": {"beta", "max_prompt_length"},
+    "simpo": {"beta", "simpo_gamma", "cpo_alpha", "label_smoothing", "max_prompt_length"},
+    "kto": {"beta", "desirable_weight", "undesirable_weight", "max_prompt_length", "precompute_ref_log_probs"},
+    "reward": {"center_rewards_coefficient", "max_prompt_length"},
+}
+
+
+class PreferenceConfig(StrictModel):
+    """Loss options of the preference tasks (docs/alignment.md); TRL computes the losses."""
+
+    beta: float | None = Field(None, gt=0, description="strength of the pull towards the reference (dpo, kto: KL "
+                                                       "weight; orpo: odds-ratio weight; simpo: reward scale); "
+                                                       "default TRL's: 0.1, simpo 2.0")
+    loss_type: str | list[str] = Field("sigmoid", description=f"dpo: one of {', '.join(DPO_LOSSES)}, or a list "
+                                                                "combined by loss_weights")
+    loss_weights: list[float] | None = None
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="dpo robust/cDPO, simpo: assumed label noise")
+    simpo_gamma: float = Field(0.5, ge=0, description="simpo: the target reward margin")
+    cpo_alpha: float = Field(0.0, ge=0, description="simpo: weight of an NLL term on the chosen reply (0: pure "
+                                                    "SimPO; 1: CPO-SimPO)")
+    desirable_weight: float = Field(1.0, gt=0, description="kto: loss weight of desirable examples")
+    undesirable_weight: float = Field(1.0, gt=0, description="kto: loss weight of undesirable examples")
+    max_prompt_length: int | None = Field(None, gt=0, description="drop examples whose rendered prompt has more "
+                                                                  "tokens (default: keep all; data.max_length "
+                                                                  "cuts each sequence's end)")
+    precompute_ref_log_probs: bool = Field(False, description="dpo, kto: reference log-probs computed once before "
+                                                              "training (full method: no second model in memory)")
+    center_rewards_coefficient: float | None = Field(None, ge=0, description="reward: pulls rewards towards 0")
+
+    @field_validator("loss_type")
+    @classmethod
+    def _known_losses(cls, value: str | list[str]) -> str | list[str]:
+        unknown = [name for name in ([value] if isinstance(value, str) else value) if name not in DPO_LOSSES]
+        if unknown:
+            raise ValueError(f"unknown DPO loss {', '.join(unknown)}; known: {', '.join(DPO_LOSSES)}")
+        return value
+
+
 class RunConfig(StrictModel):
-    task: Literal["sft", "classification"] = "sft"
+    task: Literal["sft", "classification", *PREFERENCE_TASKS] = "sft"
     classification: ClassificationConfig = Field(default_factory=ClassificationConfig)
+    preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
     model: ModelConfig
     method: Any = Field(default_factory=lambda: {"name": "lora"}, validate_default=True)
     data: DataConfig
@@ -231,5 +277,9 @@ class RunConfig(StrictModel):
         if self.training.early_stopping_patience and not (self.data.validation or self.data.val_size):
             raise ConfigError("early stopping needs validation data", where="training.early_stopping_patience",
                               hint="set data.val_size (e.g. 0.05) or data.validation")
+        for option in sorted(self.preference.model_fields_set - PREFERENCE_OPTIONS.get(self.task, set())):
+            readers = [task for task, options in PREFERENCE_OPTIONS.items() if option in options]
+            raise ConfigError(f"preference.{option} does not apply to task: {self.task}",
+                              where=f"preference.{option}", hint=f"it is read by task: {' | '.join(readers)}")
         get_method(self.method.name).validate(self.method, self)
         return self

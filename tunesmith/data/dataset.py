@@ -69,8 +69,8 @@ def _build(data_cfg: DataConfig, tokenizer, template: ChatTemplate) -> BuiltData
             warnings.warn("data.val_size is ignored because data.validation lists datasets", stacklevel=2)
         held_out = [s for index, spec in enumerate(data_cfg.validation) for s in load_samples(spec, index)]
     else:
-        pools, held_out = _hold_out(pools, data_cfg.val_size, rng)
-    train = mix(pools, _shares(data_cfg.train, pools), data_cfg.num_samples, rng)
+        pools, held_out = hold_out(pools, data_cfg.val_size, rng)
+    train = mix(pools, mix_shares(data_cfg.train, pools), data_cfg.num_samples, rng)
 
     encode = _Encoder(tokenizer, template, data_cfg)
     train_rows = encode(train, "train")
@@ -98,7 +98,7 @@ def _dataset_stats(index: int, spec: DatasetSpec, records: int, pool: int, train
             "repeated": drawn > pool, "dropped_no_label": dropped.get(index, 0)}
 
 
-def _shares(specs: list[DatasetSpec], pools: list[list[Sample]]) -> list[float]:
+def mix_shares(specs: list[DatasetSpec], pools: list[list[Sample]]) -> list[float]:
     """Target fraction of the mix per dataset: the weights when any is given, else natural sizes."""
     if any("weight" in spec.model_fields_set for spec in specs):
         values = [spec.weight for spec in specs]
@@ -107,7 +107,7 @@ def _shares(specs: list[DatasetSpec], pools: list[list[Sample]]) -> list[float]:
     return [value / sum(values) for value in values]
 
 
-def _hold_out(pools: list[list[Sample]], val_size: float, rng: random.Random):
+def hold_out(pools: list[list[Sample]], val_size: float, rng: random.Random):
     """Validation drawn from each dataset in proportion to its size, before any oversampling, so that
     a repeated training sample can never also be a validation sample."""
     total = sum(len(pool) for pool in pools)

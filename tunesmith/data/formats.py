@@ -33,16 +33,17 @@ def detect_format(data: dict[str, Any]) -> str | None:
     return None
 
 
-def normalize_record(record: Record, spec: DatasetSpec) -> list[Message]:
-    """The record as a validated conversation, after renaming columns and filling placeholders."""
-    data = _rename_columns(record, spec.columns)
+def normalize_record(record: Record, spec: DatasetSpec, *, reply: str = "chosen") -> list[Message]:
+    """The record as a validated conversation, after renaming columns and filling placeholders. `reply`: the field
+    that completes a prompt-only record (preference data: `chosen` for SFT, `rejected` for the other side)."""
+    data = rename_columns(record, spec.columns)
     data = fill_placeholders(data, spec.placeholders)
     fmt = detect_format(data) if spec.format == "auto" else spec.format
     if fmt is None:
         raise record.error(f"cannot tell the format from the fields {sorted(data)}",
                            hint="expected Alpaca (instruction/input/output), ShareGPT (conversations) or "
                                 "OpenAI (messages); rename fields with `columns`, e.g. {instruction: question}")
-    turns = _alpaca_turns(data, record) if fmt == "alpaca" else _chat_turns(data, fmt, record)
+    turns = _alpaca_turns(data, record, reply) if fmt == "alpaca" else _chat_turns(data, fmt, record, reply)
     if spec.system and not (turns and turns[0][0]["role"] == "system"):
         turns.insert(0, ({"role": "system", "content": fill_placeholders(spec.system, spec.placeholders)},
                          "system"))
@@ -87,7 +88,7 @@ def find_placeholders(messages: list[Message]) -> set[str]:
             for name in _PLACEHOLDER.findall(text)}
 
 
-def _rename_columns(record: Record, columns: dict[str, str]) -> dict[str, Any]:
+def rename_columns(record: Record, columns: dict[str, str]) -> dict[str, Any]:
     data = dict(record.data)
     for canonical, source in columns.items():
         if source not in data:
@@ -97,9 +98,11 @@ def _rename_columns(record: Record, columns: dict[str, str]) -> dict[str, Any]:
     return data
 
 
-def _alpaca_turns(data: dict[str, Any], record: Record) -> list[tuple[Message, str]]:
-    """(message, field it came from) pairs; the field names the culprit in validation errors."""
-    for required in ("instruction", "output"):
+def _alpaca_turns(data: dict[str, Any], record: Record, reply: str) -> list[tuple[Message, str]]:
+    """(message, field it came from) pairs; the field names the culprit in validation errors. Preference records
+    (instruction + chosen/rejected) answer with their `reply` field."""
+    answer = "output" if "output" in data or reply not in data else reply
+    for required in ("instruction", answer):
         if required not in data:
             raise record.error(f"missing field '{required}'", field=required,
                                hint="Alpaca records need instruction and output (input, system, history optional)")
@@ -120,11 +123,11 @@ def _alpaca_turns(data: dict[str, Any], record: Record) -> list[tuple[Message, s
         raise record.error(f"must be a string, got {type_name(extra)}", field="input")
     if extra and extra.strip():
         user["input"] = extra
-    turns += [(user, "instruction"), ({"role": "assistant", "content": data["output"]}, "output")]
+    turns += [(user, "instruction"), ({"role": "assistant", "content": data[answer]}, answer)]
     return turns
 
 
-def _chat_turns(data: dict[str, Any], fmt: str, record: Record) -> list[tuple[Message, str]]:
+def _chat_turns(data: dict[str, Any], fmt: str, record: Record, reply: str) -> list[tuple[Message, str]]:
     """ShareGPT `conversations` ({from, value}) or OpenAI `messages` ({role, content}); either key style works."""
     key = "messages" if fmt == "openai" else "conversations"
     items = data.get(key)
@@ -136,9 +139,9 @@ def _chat_turns(data: dict[str, Any], fmt: str, record: Record) -> list[tuple[Me
         turns.append(({"role": "system", "content": data["system"]}, "system"))
     for index, item in enumerate(items):
         turns.append((_chat_message(item, f"{key}[{index}]", record), f"{key}[{index}]"))
-    if turns and turns[-1][0]["role"] == "user" and "chosen" in data:
+    if turns and turns[-1][0]["role"] == "user" and reply in data:
         # Preference data (prompt + chosen/rejected): supervised training learns the chosen reply.
-        turns.append((_chat_message(data["chosen"], "chosen", record, default_role="assistant"), "chosen"))
+        turns.append((_chat_message(data[reply], reply, record, default_role="assistant"), reply))
     return turns
 
 

@@ -28,8 +28,11 @@ def choose_optimizer(cfg: RunConfig, cuda: bool) -> str:
     return _OPTIMIZERS[name]
 
 
-def build_training_arguments(cfg: RunConfig, *, runtime: Runtime, speed: SpeedPlan,
-                             has_validation: bool) -> TrainingArguments:
+def build_training_arguments(cfg: RunConfig, *, runtime: Runtime, speed: SpeedPlan, has_validation: bool,
+                             args_class: type[TrainingArguments] = TrainingArguments,
+                             **task_options) -> TrainingArguments:
+    """The run's TrainingArguments; a recipe whose trainer has its own subclass (TRL's DPOConfig, ...) passes it as
+    `args_class`, with that trainer's options (`task_options`, which win over the shared settings)."""
     t = cfg.training
     cuda, compute_dtype = runtime.cuda, runtime.compute_dtype
     if compute_dtype == torch.float16 and not cuda:
@@ -39,7 +42,7 @@ def build_training_arguments(cfg: RunConfig, *, runtime: Runtime, speed: SpeedPl
     if early and t.save_steps % eval_steps:
         raise ConfigError("with early stopping, save_steps must be a multiple of eval_steps",
                           where="training.eval_steps", hint=f"e.g. eval_steps: {t.save_steps}")
-    return TrainingArguments(
+    return args_class(**{**dict(
         output_dir=str(Path(t.output_dir) / CHECKPOINT_DIR),
         learning_rate=t.learning_rate, lr_scheduler_type=t.lr_scheduler, warmup_steps=t.warmup_ratio,
         num_train_epochs=t.num_epochs, max_steps=t.max_steps or -1,
@@ -62,4 +65,4 @@ def build_training_arguments(cfg: RunConfig, *, runtime: Runtime, speed: SpeedPl
         length_column_name="length", include_num_input_tokens_seen="all" if cfg.data.packing is True else "non_padding",
         remove_unused_columns=False, disable_tqdm=True, report_to="none", dataloader_num_workers=0,
         dataloader_pin_memory=cuda, use_liger_kernel=speed.liger, torch_compile=speed.torch_compile,
-    )
+    ), **task_options})

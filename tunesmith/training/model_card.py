@@ -12,14 +12,15 @@ from ..io import atomic_write_text
 
 def write_model_card(path: Path, cfg: RunConfig, meta: dict, *, has_plot: bool) -> None:
     m = meta["method"]
+    task = meta.get("task", "sft")
     lines = [
         "---",
         f"base_model: {cfg.model.name_or_path}",
         "library_name: peft" if meta["artifact"] == "adapter" else "library_name: transformers",
-        "tags: [tunesmith, sft, " + m["name"] + "]",
+        f"tags: [tunesmith, {task}, {m['name']}]",
         "---",
         "",
-        f"# Fine-tuned {cfg.model.name_or_path} ({m['name']})",
+        f"# Fine-tuned {cfg.model.name_or_path} ({m['name']}, task {task})",
         "",
         f"Trained with tunesmith {meta['tunesmith_version']}.",
         "",
@@ -34,7 +35,9 @@ def write_model_card(path: Path, cfg: RunConfig, meta: dict, *, has_plot: bool) 
         "## Data",
         "",
         *[f"- `{d.path}` (format {d.format}, weight {d.weight})" for d in cfg.data.train],
-        f"- template: `{meta['template']}`, max length {cfg.data.max_length}, loss on assistant tokens only",
+        f"- template: `{meta['template']}`, max length {cfg.data.max_length}"
+        + (", loss on assistant tokens only" if task == "sft" else ""),
+        *[f"- preference.{k}: {v}" for k, v in (meta.get("preference") or {}).items()],
         *[f"- {k}: {v}" for k, v in meta["data"].items() if not isinstance(v, (dict, list))],
         "",
         "## Training",
@@ -48,6 +51,21 @@ def write_model_card(path: Path, cfg: RunConfig, meta: dict, *, has_plot: bool) 
         lines += ["![loss curves](loss.png)", ""]
     lines += diagnostics_section(meta.get("diagnostics"), meta.get("restored_from"))
     lines += forgetting_section(meta.get("forgetting"))
+    if task == "reward":
+        lines += [
+            "## Use",
+            "",
+            "A reward model: one score per rendered prompt + reply (higher is preferred).",
+            "",
+            "```python",
+            "from transformers import AutoModelForSequenceClassification",
+            f"base = AutoModelForSequenceClassification.from_pretrained({cfg.model.name_or_path!r}, num_labels=1)",
+            "model = PeftModel.from_pretrained(base, 'path/to/this/folder')  # adapter runs; full runs load directly",
+            "```",
+            "",
+        ]
+        atomic_write_text(path, "\n".join(lines))
+        return
     lines += [
         "## Use",
         "",
