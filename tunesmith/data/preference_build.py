@@ -4,7 +4,6 @@ mixed and held out as SFT data is (`dataset.mix`, `dataset.hold_out`)."""
 from __future__ import annotations
 
 import random
-import warnings
 from dataclasses import dataclass
 
 import datasets
@@ -85,11 +84,16 @@ class _PromptFilter:
             raise DataError(f"all {len(rows)} {split} examples are too long: prompts over {self.limit} tokens"
                             + (f" or sequences over {self.max_length}" if self.whole else ""), field="data.max_length",
                             hint="raise data.max_length (or preference.max_prompt_length)")
-        if dropped:
-            warnings.warn(f"{dropped} of {len(rows)} {split} examples dropped: prompt over {self.limit} tokens"
-                          + (f" or sequence over {self.max_length}" if self.whole else "")
-                          + " (data.max_length, preference.max_prompt_length)", stacklevel=3)
         return kept
 
     def _count(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def dropped_note(stats: dict) -> str | None:
+    """What a run tells the user about examples left out for length (None: none were)."""
+    dropped = stats.get("dropped_long_prompt", 0)
+    if not dropped:
+        return None
+    return (f"left out {dropped} examples whose prompt is too long or whose reply does not fit in data.max_length "
+            f"(raise data.max_length or preference.max_prompt_length to keep them)")

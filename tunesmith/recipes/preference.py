@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ..compat import base_config
 from ..config.schema import PREFERENCE_OPTIONS, RunConfig
-from ..data.preference_build import build_preference_data
+from ..data.preference_build import build_preference_data, dropped_note
 from ..data.templates.registry import get_template
 from ..errors import ConfigError
 from ..models.loading import load_tokenizer
@@ -43,6 +43,8 @@ def train_preference(cfg: RunConfig, *, resume: bool = False, reporter: Reporter
                                          max_prompt_length=cfg.preference.max_prompt_length)
         report.info(f"data: {data.stats['train_samples']} training and {data.stats['validation_samples']} validation "
                     f"{'examples' if cfg.task == 'kto' else 'pairs'}")
+        if dropped_note(data.stats):
+            report.warning(dropped_note(data.stats))
         run.preflight()
         steps = total_steps(cfg, len(data.train))
 

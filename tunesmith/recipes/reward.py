@@ -9,7 +9,7 @@ the trainer, the held-out pair accuracy, the result. What every run shares is `t
 from __future__ import annotations
 
 from ..config.schema import PREFERENCE_OPTIONS, RunConfig
-from ..data.preference_build import build_preference_data
+from ..data.preference_build import build_preference_data, dropped_note
 from ..data.templates.registry import get_template
 from ..models.loading import load_tokenizer
 from ..models.targets import count_parameters
@@ -34,6 +34,8 @@ def train_reward(cfg: RunConfig, *, resume: bool = False, reporter: Reporter | N
                                          max_prompt_length=cfg.preference.max_prompt_length, whole=True)
         report.info(f"data: {data.stats['train_samples']} training and {data.stats['validation_samples']} "
                     f"validation pairs")
+        if dropped_note(data.stats):
+            report.warning(dropped_note(data.stats))
         run.preflight()
         steps = total_steps(cfg, len(data.train))
 

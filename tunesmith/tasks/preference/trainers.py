@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 
 from ...config.schema import RunConfig
+from ...errors import ConfigError
 
 # task -> (module, trainer, config). SimPO is TRL's CPO trainer with loss_type "simpo"; ORPO and CPO live in
 # trl.experimental since trl 1.0.
@@ -21,7 +22,11 @@ SIMPO_BETA = 2.0  # the SimPO paper's default reward scale; CPOConfig's own defa
 
 def trl_classes(task: str) -> tuple[type, type]:
     module, trainer, config = TRAINERS[task]
-    loaded = importlib.import_module(module)
+    try:
+        loaded = importlib.import_module(module)
+    except ImportError as exc:
+        raise ConfigError(f"task {task} trains with TRL, which is not installed or too old ({exc})", where="task",
+                          hint="pip install 'tunesmith[trl]' (trl >= 1.16)") from None
     return getattr(loaded, trainer), getattr(loaded, config)
 
 
