@@ -277,7 +277,10 @@ class RunConfig(StrictModel):
         if self.training.early_stopping_patience and not (self.data.validation or self.data.val_size):
             raise ConfigError("early stopping needs validation data", where="training.early_stopping_patience",
                               hint="set data.val_size (e.g. 0.05) or data.validation")
-        for option in sorted(self.preference.model_fields_set - PREFERENCE_OPTIONS.get(self.task, set())):
+        # Only values changed from their defaults: a saved config.yaml (every field written out) trains again.
+        changed = {option for option in self.preference.model_fields_set
+                   if getattr(self.preference, option) != PreferenceConfig.model_fields[option].default}
+        for option in sorted(changed - PREFERENCE_OPTIONS.get(self.task, set())):
             readers = [task for task, options in PREFERENCE_OPTIONS.items() if option in options]
             raise ConfigError(f"preference.{option} does not apply to task: {self.task}",
                               where=f"preference.{option}", hint=f"it is read by task: {' | '.join(readers)}")
