@@ -189,7 +189,8 @@ def _preference(loaded: LoadedModel, task: PreferenceTask, progress) -> dict:
             scored = preference_accuracy(loaded.model, loaded.tokenizer, rows, max_length=task.max_length,
                                          normalize=task.normalize, advance=advance)
     scorer = "reward score" if reward else "mean log-prob per token" if task.normalize else "summed log-prob"
-    samples = [{"prompt": user_text(pair.prompt[-1]), "reference": f"chosen: {pair.chosen}\n\nrejected: {pair.rejected}",
+    samples = [{"prompt": user_text(pair.prompt[-1]),
+                "reference": f"chosen: {pair.chosen}\n\nrejected: {pair.rejected}",
                 "reply": f"chosen {chosen:.4g} · rejected {rejected:.4g} {'✓' if chosen > rejected else '✗'}",
                 "chosen_score": chosen, "rejected_score": rejected}
                for pair, (chosen, rejected) in zip(pairs, scored["scores"])]
