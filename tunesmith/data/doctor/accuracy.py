@@ -170,6 +170,8 @@ def _reply_field(sample: Sample, position: int, last: int) -> str:
         return "output" if position == last else "history"
     if position == last and "chosen" in sample.raw:  # preference records: the reply checked is the chosen one
         return "chosen"
+    if position == last and "completion" in sample.raw:  # KTO in TRL's prompt / completion / label shape
+        return "completion"
     key = "messages" if sample.fmt == "openai" else "conversations"
     offset = 1 if sample.messages[0]["role"] == "system" and "system" not in sample.raw else 0
     return f"{key}[{position - offset}]" if key in sample.raw else "chosen"
