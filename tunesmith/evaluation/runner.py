@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from ..data.formats import user_text
 from ..data.preference import render
@@ -30,8 +31,6 @@ def load_evaluated(ref: str, *, dtype: str = "auto", template: str | None = None
                    trust_remote_code: bool = False) -> LoadedModel:
     """The model a suite runs on: `load_for_inference`'s, or for a `task: reward` run its sequence classifier
     with the score head (which a causal LM loader would leave out)."""
-    from pathlib import Path
-
     meta = read_run_meta(ref) if Path(ref).is_dir() else None
     if meta is None or meta.get("task") != "reward":
         return load_for_inference(ref, dtype=dtype, template=template, trust_remote_code=trust_remote_code)
