@@ -129,6 +129,11 @@ def test_eval_a_reward_run_scores_with_its_head(stories_dir, tmp_path, capsys):
     torch.testing.assert_close(torch.tensor([[s["chosen_score"], s["rejected_score"]] for s in result["samples"]]),
                                torch.tensor(hand), rtol=1e-4, atol=1e-5)
     assert result["metrics"]["accuracy"] == sum(c > r for c, r in hand) / 4
+    # --compare base: the base has no score head, so it is scored by its log-probs
+    assert main(["eval", str(run), "--suite", str(suite), "--compare", "base", "--out", str(tmp_path / "cmp")]) == 0
+    both = json.loads((tmp_path / "cmp" / "results.json").read_text())
+    assert (both["base"]["tasks"]["rm"]["scorer"], both["tuned"]["tasks"]["rm"]["scorer"]) == (
+        "summed log-prob", "reward score")
     # a reward model generates nothing: other task types are refused before any model loads
     other = write_suite(tmp_path, {"tasks": [{"name": "g", "type": "generation", "data": str(data), "metrics": []}]})
     assert main(["eval", str(run), "--suite", str(other)]) == 2
