@@ -329,11 +329,15 @@ class RunConfig(StrictModel):
         if self.training.early_stopping_patience and not (self.data.validation or self.data.val_size):
             raise ConfigError("early stopping needs validation data", where="training.early_stopping_patience",
                               hint="set data.val_size (e.g. 0.05) or data.validation")
-        for option in sorted(self.preference.model_fields_set - PREFERENCE_OPTIONS.get(self.task, set())):
+        # An option at its default is not counted as set: a run's config.yaml holds every section in full, and
+        # `tunesmith train RUN/config.yaml` must read it back.
+        changed = {name for name in self.preference.model_fields_set
+                   if getattr(self.preference, name) != PreferenceConfig.model_fields[name].default}
+        for option in sorted(changed - PREFERENCE_OPTIONS.get(self.task, set())):
             readers = [task for task, options in PREFERENCE_OPTIONS.items() if option in options]
             raise ConfigError(f"preference.{option} does not apply to task: {self.task}",
                               where=f"preference.{option}", hint=f"it is read by task: {' | '.join(readers)}")
-        if self.grpo.model_fields_set and self.task != "grpo":
+        if self.grpo != GrpoConfig() and self.task != "grpo":
             raise ConfigError(f"the grpo section does not apply to task: {self.task}", where="grpo",
                               hint="set task: grpo, or remove the section")
         if self.task == "grpo":
