@@ -403,6 +403,10 @@ def test_kto_label_balance_and_swapped_labels(tmp_path):
         ("preference.swapped", "warning", 5), ("preference.kto_balance", "info", None)}
     # 5 / (3 w) = 7/6, the middle of the KTO paper's range [1, 4/3]
     assert "undesirable_weight: 1.43" in next(f.message for f in pref.findings if f.check == "preference.kto_balance")
+    # undesirable replies are bad on purpose: the accuracy heuristics leave them alone
+    bad = [reply("TODO", False), reply("TODO", True)]
+    flagged = check_accuracy(load_samples(write_jsonl(tmp_path / "bad.jsonl", bad))[0]).findings
+    assert [(f.check, f.line) for f in flagged] == [("accuracy.placeholder", 2)]
     one = run_check(write_jsonl(tmp_path / "one.jsonl", records[:1] + records[2:3])).sections["preference"]
     assert [(f.check, f.severity) for f in one.findings] == [("preference.kto_one_label", "error")]
 

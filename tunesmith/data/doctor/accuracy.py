@@ -127,8 +127,10 @@ def _language_mismatch(prompt: str, input_text: str, reply: str) -> str | None:
 def _sample_findings(sample: Sample, min_units: int, trunc_chars: int) -> list[Finding]:
     findings = []
     last = len(sample.messages) - 1
+    # A KTO reply labelled undesirable is meant to be bad: the heuristics would only restate its label.
+    undesirable = getattr(sample.preference, "label", True) is False
     for position, message in enumerate(sample.messages):
-        if message["role"] != "assistant":
+        if message["role"] != "assistant" or (undesirable and position == last):
             continue
         prompt_msg = sample.messages[position - 1]
         prompt = prompt_msg["content"] + ("\n\n" + prompt_msg["input"] if prompt_msg.get("input") else "")
