@@ -75,6 +75,7 @@ def test_two_grpo_steps_on_stories260k(stories_dir, tmp_path):
                for row in steps)
     meta = json.loads((out / "tunesmith_run.json").read_text())
     assert meta["task"] == "grpo" and meta["data"]["columns"] == ["answer"]
+    assert (meta["data"]["train_samples"], meta["data"]["dropped_long_prompt"]) == (8, 0)
     assert (out / "adapter_model.safetensors").is_file()
 
 
@@ -94,6 +95,31 @@ def test_a_reward_function_that_raises_names_itself(stories_dir, tmp_path, capsy
     assert main(["train", str(tmp_path / "bad.yaml")]) == 2
     err = capsys.readouterr().err
     assert "grpo.rewards[0]" in err and "raised ValueError: cannot parse" in err and "Traceback" not in err
+
+
+def test_long_prompts_are_left_out_and_counted(stories_dir):
+    from transformers import AutoTokenizer
+
+    from tunesmith.config.schema import DataConfig
+    from tunesmith.data.templates.registry import get_template
+    from tunesmith.errors import DataError
+    from tunesmith.tasks.grpo.data import build_prompt_data
+
+    tokenizer = AutoTokenizer.from_pretrained(stories_dir)
+    template = get_template("alpaca_en", tokenizer)
+    def length(a: int) -> int:
+        prompt = template.render_prompt([{"role": "user", "content": f"What is {a} + 1? Answer with the number only."}])
+        return len(tokenizer(prompt)["input_ids"])
+
+    # one-digit sums fit, longer ones do not
+    assert length(1) < length(12)
+    data = DataConfig(train=[{"path": ARITHMETIC, "max_samples": 20}], max_length=length(1) + 8)
+    rows, stats = build_prompt_data(data, template, tokenizer, completion_tokens=8)
+    dropped = stats["dropped_long_prompt"]
+    assert 0 < dropped < 20 and len(rows) == stats["train_samples"] == 20 - dropped
+    assert set(rows.column_names) == {"prompt", "answer"}
+    with pytest.raises(DataError, match="every prompt is longer"):
+        build_prompt_data(data, template, tokenizer, completion_tokens=length(1) + 8)
 
 
 def test_grpo_example_is_valid(monkeypatch):

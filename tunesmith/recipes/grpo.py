@@ -38,9 +38,12 @@ def train_grpo(cfg: RunConfig, *, resume: bool = False, reporter: Reporter | Non
         tokenizer = load_tokenizer(cfg.model)
         template = get_template(cfg.data.template, tokenizer)
         with report.status("preparing data"):
-            train_data, stats = build_prompt_data(cfg.data, template)
+            train_data, stats = build_prompt_data(cfg.data, template, tokenizer, cfg.grpo.max_completion_length)
         report.info(f"data: {stats['train_samples']} prompts; columns for the rewards: "
                     f"{', '.join(stats['columns']) or 'none'}")
+        if stats["dropped_long_prompt"]:
+            report.warning(f"left out {stats['dropped_long_prompt']} prompts longer than data.max_length - "
+                           f"grpo.max_completion_length tokens (raise data.max_length to keep them)")
         run.preflight()
         # Each optimizer step takes batch_size x grad_accum completions: that many / num_generations prompts.
         steps = total_steps(cfg, len(train_data) * cfg.grpo.num_generations)

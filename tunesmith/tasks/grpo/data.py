@@ -38,8 +38,11 @@ def columns_of(data: dict) -> dict:
     return {k: v for k, v in data.items() if k not in PROMPT_FIELDS and isinstance(v, (str, int, float, bool))}
 
 
-def build_prompt_data(data_cfg: DataConfig, template: ChatTemplate) -> tuple[datasets.Dataset, dict]:
-    """The training prompts (mixed as SFT data is) as rows of `prompt` text and the records' other fields."""
+def build_prompt_data(data_cfg: DataConfig, template: ChatTemplate, tokenizer,
+                      completion_tokens: int) -> tuple[datasets.Dataset, dict]:
+    """The training prompts (mixed as SFT data is) as rows of `prompt` text and the records' other fields. TRL 1.16
+    does not cut GRPO prompts, so a prompt that leaves fewer than `completion_tokens` of data.max_length is left out
+    and counted (`dropped_long_prompt`)."""
     if data_cfg.validation or data_cfg.val_size:
         raise ConfigError("task: grpo has no validation pass yet", where="data.val_size",
                           hint="remove data.val_size / data.validation; measure with tunesmith eval afterwards")
@@ -52,8 +55,13 @@ def build_prompt_data(data_cfg: DataConfig, template: ChatTemplate) -> tuple[dat
         pools.append([(prompt_messages(r, spec), columns_of(r.data), r) for r in records])
     items = mix(pools, mix_shares(data_cfg.train, pools), data_cfg.num_samples, rng)
     keys = sorted({key for _, columns, _ in items for key in columns})
+    limit = data_cfg.max_length - completion_tokens
     rows = [{"prompt": template.render_prompt(messages), **{key: columns.get(key) for key in keys}}
             for messages, columns, _ in items]
-    stats = {"train_samples": len(rows), "columns": keys,
+    kept = [row for row in rows if len(tokenizer(row["prompt"])["input_ids"]) <= limit]
+    if not kept:
+        raise DataError(f"every prompt is longer than data.max_length - grpo.max_completion_length = {limit} tokens",
+                        field="data.max_length", hint="raise data.max_length or lower grpo.max_completion_length")
+    stats = {"train_samples": len(kept), "dropped_long_prompt": len(rows) - len(kept), "columns": keys,
              "datasets": [{"path": spec.path, "records": len(pool)} for spec, pool in zip(data_cfg.train, pools)]}
-    return datasets.Dataset.from_list(rows), stats
+    return datasets.Dataset.from_list(kept), stats
