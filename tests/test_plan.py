@@ -401,3 +401,36 @@ def test_preflight_plans_a_dpo_config_as_dpo(folders, tmp_path):
            "preference": {"precompute_ref_log_probs": True}}
     request = request_from_config(validate_config(raw), "cpu")
     assert (request.task, request.precomputed_reference) == ("dpo", True)
+
+
+def test_dpo_plan_activations_match_what_trls_forward_saves(stories_dir):
+    """The policy forward TRL's DPOTrainer runs (chosen and rejected concatenated, its fused LM head) keeps for
+    backward what the DPO plan counts as activations: measured with saved_tensors_hooks on stories260K. The
+    fused head's own saved tensors (its input) are counted under logits & loss, which is the small difference."""
+    from torch.multiprocessing.reductions import StorageWeakRef
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.utils import add_fused_lm_head
+
+    lora = {"r": 8, "alpha": 16, "dropout": 0.0}
+    model = AutoModelForCausalLM.from_pretrained(stories_dir, dtype=torch.float32)
+    add_fused_lm_head(model)
+    model = get_method("lora").prepare(model, method_options("lora", lora), gradient_checkpointing=False).train()
+    batch, seq = 2, 128
+    ids = torch.randint(3, 500, (2 * batch, seq))
+    labels = ids.masked_fill(torch.arange(seq) < 64, -100)  # the completions: the second half
+    params = {StorageWeakRef(p.untyped_storage()) for p in model.parameters()}
+    saved = {}
+
+    def pack(tensor):
+        ref = StorageWeakRef(tensor.untyped_storage())
+        if ref not in params:
+            saved[ref] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels, fused_lm_head=True)
+    real = sum(nbytes for ref, nbytes in saved.items() if not ref.expired())
+    del out
+    plan = plan_memory(load_model_config(str(stories_dir)), PlanRequest(
+        method="lora", method_options=lora, task="dpo", batch=batch, seq=seq, precision="fp32", device="cpu"))
+    assert plan.activations <= real <= 1.03 * plan.activations
