@@ -127,4 +127,7 @@ def test_grpo_example_is_valid(monkeypatch):
     cfg = load_config(EXAMPLES / "grpo.yaml")
     assert [r.name for r in cfg.grpo.rewards] == ["exact_answer", "format"]
     functions, _ = build_rewards(cfg.grpo.rewards)
-    assert functions[0](["p"], ["25"], answer=[25]) == [1.0] and functions[1](["p"], ["25."]) == [1.0]
+    # what SmolLM2-135M-Instruct answered to the first four prompts (greedy, tunesmith generate)
+    replies = ["12 + 13 = 25", "16 - 8 = 12", "12 - 9 = 1", "11 + 18 = 22"]
+    assert functions[0](["p"] * 4, replies, answer=[25, 8, 3, 29]) == [1.0, 0.0, 0.0, 0.0]
+    assert functions[1](["p"] * 3, ["25.", " 25 ", "12 + 13 = 25"]) == [1.0, 1.0, 0.0]
