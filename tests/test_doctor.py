@@ -343,3 +343,95 @@ def test_cli_check_gate_reports_and_errors(tmp_path, clean_file, capsys):
     assert main(["data", "check", str(tmp_path / "missing.json")]) == 2
     assert main(["data", "check", clean_file, "--fail-if", "bogus>1"]) == 2
     assert "Traceback" not in capsys.readouterr().err
+
+
+def _pair(prompt, chosen, rejected):
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+
+def test_preference_pairs_identical_swapped_duplicate_empty_and_length_bias(tmp_path):
+    records = [
+        _pair("Name a fruit.", "An apple is a sweet, crunchy fruit that grows on trees.", "Apple."),
+        _pair("Name a colour.", "Blue, the colour of a clear sky.", "Blue, the colour of a clear sky."),
+        {"conversations": [{"from": "human", "value": "Name a fruit."}],  # LLaMA-Factory shape of the pair above
+         "chosen": {"from": "gpt", "value": "Apple."},  # ... preferred the other way
+         "rejected": {"from": "gpt", "value": "An apple is a sweet, crunchy fruit that grows on trees."}},
+        _pair("Name a fruit.", "An apple is a sweet, crunchy fruit that grows on trees.", "Apple."),  # duplicate
+        _pair("Say hi.", "Hello there, it is very nice to meet you today!", "   "),  # empty side
+        _pair("Count to three.", "One, two and then three, in that order.", "1 2 3"),
+        {"instruction": "Translate 'gato'.", "chosen": "It means 'cat' in Spanish.", "rejected": "Dog."},
+    ]
+    report = run_check(write_jsonl(tmp_path / "p.jsonl", records))
+    pref = report.sections["preference"]
+    by = {(f.check, f.line, f.field) for f in report.findings if f.check.startswith("preference.")}
+    assert by == {("preference.identical", 2, "rejected"), ("preference.swapped", 3, "chosen"),
+                  ("preference.swapped", 4, "chosen"),  # line 4 repeats line 1, so it contradicts line 3 too
+                  ("preference.empty_side", 5, "rejected"), ("preference.length_bias", None, None)}
+    assert ("duplicates.exact", 4) in {(f.check, f.line) for f in report.findings}
+    assert not [f for f in report.findings if f.check == "duplicates.conflicting"]  # many pairs per prompt is normal
+    # 6 pairs read (the empty one is invalid): chosen longer in 4, shorter in 1 (the swapped one), equal in 1
+    assert (pref.metrics["pairs"], pref.metrics["chosen_longer"], pref.metrics["chosen_shorter"]) == (6, 4, 1)
+    assert pref.metrics["empty_sides"] == 1 and report.summary["invalid"] == 1
+    assert report.summary["chosen_longer_share"] == round(4 / 6, 4) and report.summary["identical_pairs"] == 1
+    # the mean length ratio fires (4/6 < 80%): units are words, 11+7+1+11+8+5 vs 1+7+11+1+3+1
+    assert pref.metrics["length_ratio"] == round(43 / 24, 3)
+    bias = next(f for f in pref.findings if f.check == "preference.length_bias")
+    assert "in 4 of 6 pairs (67%)" in bias.message and "ratio 1.792" in bias.message
+
+
+def test_preference_balanced_lengths_are_quiet_and_chinese_counts_characters(tmp_path):
+    records = [_pair("你好", "你好，很高兴认识你。", "你好。"), _pair("天气", "晴。", "今天是晴天，很暖和。"),
+               _pair("Hi", "Hello to you all.", "Hi there, friend."), _pair("Bye", "Bye.", "Goodbye, see you.")]
+    pref = run_check(write_jsonl(tmp_path / "p.jsonl", records)).sections["preference"]
+    assert pref.findings == [] and pref.metrics["chosen_longer"] == 2 and pref.metrics["chosen_shorter"] == 2
+    # CJK characters and Latin words: 8 + 1 + 4 + 1 against 2 + 8 + 3 + 3
+    assert (pref.metrics["mean_chosen_units"], pref.metrics["mean_rejected_units"]) == (3.5, 4.0)
+
+
+def test_kto_label_balance_and_swapped_labels(tmp_path):
+    reply = lambda text, label: {"messages": [{"role": "user", "content": "Tell me a fact."},  # noqa: E731
+                                              {"role": "assistant", "content": text}], "label": label}
+    trl = {"prompt": "Tell me a fact.", "completion": "Water boils at 100 C at sea level.", "label": False}
+    records = [reply("Water boils at 100 C at sea level.", True), reply("The moon is cheese.", False),
+               reply("Owls can turn their heads far.", True), reply("Cats are dogs.", False), trl,
+               reply("Honey never spoils.", True), reply("Sharks are older than trees.", True),
+               reply("Venus spins backwards.", True)]
+    report = run_check(write_jsonl(tmp_path / "k.jsonl", records))
+    pref = report.sections["preference"]
+    assert (pref.metrics["desirable"], pref.metrics["undesirable"], pref.metrics["swapped_labels"]) == (5, 3, 1)
+    assert {(f.check, f.severity, f.line) for f in pref.findings} == {
+        ("preference.swapped", "warning", 5), ("preference.kto_balance", "info", None)}
+    # 5 / (3 w) = 7/6, the middle of the KTO paper's range [1, 4/3]
+    assert "undesirable_weight: 1.43" in next(f.message for f in pref.findings if f.check == "preference.kto_balance")
+    # undesirable replies are bad on purpose: the accuracy heuristics leave them alone
+    bad = [reply("TODO", False), reply("TODO", True)]
+    flagged = check_accuracy(load_samples(write_jsonl(tmp_path / "bad.jsonl", bad))[0]).findings
+    assert [(f.check, f.line) for f in flagged] == [("accuracy.placeholder", 2)]
+    one = run_check(write_jsonl(tmp_path / "one.jsonl", records[:1] + records[2:3])).sections["preference"]
+    assert [(f.check, f.severity) for f in one.findings] == [("preference.kto_one_label", "error")]
+
+
+def test_shared_dpo_en_demo_preference_numbers():
+    require_shared()
+    report = run_check(str(SHARED / "data" / "preference" / "dpo_en_demo.json"))
+    m = report.sections["preference"].metrics
+    # measured on the file (lengths in words): no length bias, rejected is slightly longer on average
+    assert (m["pairs"], m["identical"], m["swapped"], m["empty_sides"]) == (250, 0, 0, 0)
+    assert (m["chosen_longer"], m["chosen_shorter"], m["same_length"]) == (114, 133, 3)
+    assert (m["mean_chosen_units"], m["mean_rejected_units"], m["length_ratio"]) == (232.6, 248.5, 0.936)
+    assert report.summary["exact_duplicates"] == 5  # five pairs appear twice, all three fields equal (checked by hand)
+    assert not [f for f in report.findings if f.check.startswith("preference.")]
+
+
+def test_cli_check_shows_preference_section_in_every_report(tmp_path, capsys):
+    records = [_pair("Name a fruit.", "An apple is a sweet, crunchy fruit that grows on trees.", "Apple."),
+               _pair("Name a tree.", "An oak is a large tree with hard wood and acorns.", "Oak.")]
+    out_json, out_html = tmp_path / "r.json", tmp_path / "r.html"
+    assert main(["data", "check", write_jsonl(tmp_path / "p.jsonl", records), "--json", str(out_json),
+                 "--html", str(out_html), "--fail-if", "chosen_longer_share>=0.8"]) == 1
+    assert "preference.length_bias" in capsys.readouterr().out
+    report = json.loads(out_json.read_text(encoding="utf-8"))
+    assert report["sections"]["preference"]["metrics"]["chosen_longer"] == 2
+    assert report["gate"]["reasons"] == ["chosen_longer_share = 1.0 (>= 0.8)"]
+    page = out_html.read_text(encoding="utf-8")
+    assert "preference.length_bias" in page and "chosen minus rejected length" in page

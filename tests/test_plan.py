@@ -355,3 +355,82 @@ def test_held_frozen_base_plan_drops_the_copies_and_half_the_bytes(folders):
     on_gpu = plan_memory(config, PlanRequest(**{**request, "device": "cuda"}))
     assert on_gpu.weights == plan_memory(config, PlanRequest(**{**request, "device": "cuda"},
                                                               half_frozen_base=False)).weights
+
+
+def test_preference_plans_count_both_sequences_of_a_pair_and_the_reference(folders):
+    """A DPO batch of pairs runs 2 x batch sequences (TRL concatenates chosen and rejected), so what the policy
+    keeps for backward is twice SFT's at the same batch; the reference forward adds a transient, and a second,
+    frozen model only where the method is not PEFT (planning/preference.py)."""
+    from tunesmith.planning.preference import FUSED_CHUNK_TOKENS
+
+    config = load_model_config(str(folders["llama"]))
+    same = dict(batch=2, seq=128, device="cpu", precision="fp32")
+    sft = plan_memory(config, PlanRequest(method="lora", **same))
+    dpo = plan_memory(config, PlanRequest(method="lora", task="dpo", **same))
+    assert dpo.activation_trace.tokens == 2 * sft.activation_trace.tokens
+    # both drop the LM head's saved input (SFT's chunked loss, TRL's fused head); the rest is linear in the batch
+    # but for what every sequence shares (rotary tables, the causal mask)
+    assert 1.9 < dpo.activations / sft.activations <= 2.0
+    trace = dpo.activation_trace
+    assert dpo.reference_weights == 0  # LoRA: the reference is the base through the same weights
+    assert dpo.reference_pass == max(trace.per_block) + trace.block_input + \
+        min(FUSED_CHUNK_TOKENS, trace.tokens) * trace.vocab_size * 4
+    assert dpo.peak > sft.peak and "reference forward (transient)" in dpo.components()
+    assert dpo.peak_at_batch(2) == (dpo.peak, dpo.peak_phase)
+    full = plan_memory(config, PlanRequest(method="full", task="dpo", **same))
+    assert full.reference_weights == full.counts.total * 4  # a second fp32 copy of the model
+    pre = plan_memory(config, PlanRequest(method="full", task="dpo", precomputed_reference=True, **same))
+    assert pre.reference_weights == pre.reference_pass == 0
+    assert full.peak - pre.peak >= full.reference_weights
+    kto = plan_memory(config, PlanRequest(method="lora", task="kto", **same))
+    assert kto.activations == sft.activations and kto.reference_pass > 0  # one sequence per example
+    orpo = plan_memory(config, PlanRequest(method="lora", task="orpo", **same))
+    plain = plan_memory(config, PlanRequest(method="lora", chunked_loss=False, **{**same, "batch": 4}))
+    assert (orpo.activations, orpo.logits) == (plain.activations, plain.logits)  # full logits, 2 x batch
+    assert orpo.reference_pass == 0
+    reward = plan_memory(config, PlanRequest(method="lora", task="reward", **same))
+    assert reward.logits == 0 and reward.activations == dpo.activations
+
+
+def test_preflight_plans_a_dpo_config_as_dpo(folders, tmp_path):
+    from tunesmith.config.loading import validate_config
+    from tunesmith.planning.preflight import request_from_config
+
+    raw = {"task": "dpo", "model": {"name_or_path": str(folders["llama"])}, "method": "full",
+           "data": {"train": [{"path": "x.jsonl"}], "max_length": 64}, "training": {"output_dir": str(tmp_path)},
+           "preference": {"precompute_ref_log_probs": True}}
+    request = request_from_config(validate_config(raw), "cpu")
+    assert (request.task, request.precomputed_reference) == ("dpo", True)
+
+
+def test_dpo_plan_activations_match_what_trls_forward_saves(stories_dir):
+    """The policy forward TRL's DPOTrainer runs (chosen and rejected concatenated, its fused LM head) keeps for
+    backward what the DPO plan counts as activations: measured with saved_tensors_hooks on stories260K. The
+    fused head's own saved tensors (its input) are counted under logits & loss, which is the small difference."""
+    from torch.multiprocessing.reductions import StorageWeakRef
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.utils import add_fused_lm_head
+
+    lora = {"r": 8, "alpha": 16, "dropout": 0.0}
+    model = AutoModelForCausalLM.from_pretrained(stories_dir, dtype=torch.float32)
+    add_fused_lm_head(model)
+    model = get_method("lora").prepare(model, method_options("lora", lora), gradient_checkpointing=False).train()
+    batch, seq = 2, 128
+    ids = torch.randint(3, 500, (2 * batch, seq))
+    labels = ids.masked_fill(torch.arange(seq) < 64, -100)  # the completions: the second half
+    params = {StorageWeakRef(p.untyped_storage()) for p in model.parameters()}
+    saved = {}
+
+    def pack(tensor):
+        ref = StorageWeakRef(tensor.untyped_storage())
+        if ref not in params:
+            saved[ref] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels, fused_lm_head=True)
+    real = sum(nbytes for ref, nbytes in saved.items() if not ref.expired())
+    del out
+    plan = plan_memory(load_model_config(str(stories_dir)), PlanRequest(
+        method="lora", method_options=lora, task="dpo", batch=batch, seq=seq, precision="fp32", device="cpu"))
+    assert plan.activations <= real <= 1.03 * plan.activations

@@ -214,3 +214,14 @@ def test_each_example_trains_and_its_artifact_reloads(stories_dir, tmp_path, mon
     else:
         model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(stories_dir), out)
         assert model(torch.tensor([[1, 2, 3]])).logits.shape[-1] == model.config.vocab_size
+
+
+@pytest.mark.parametrize("task, extra", [
+    ("sft", {}), ("dpo", {"preference": {"beta": 0.2}}), ("reward", {}),
+    ("grpo", {"grpo": {"rewards": ["exact_answer"]}, "training": {"batch_size": 4}})])
+def test_a_runs_written_config_reads_back(task, extra):
+    """A run's config.yaml holds every section in full (other tasks' options at their defaults); `tunesmith train
+    RUN/config.yaml` must accept it."""
+    cfg = validate_config({"task": task, "model": {"name_or_path": "m"}, "data": {"train": [{"path": "d.json"}]},
+                           **extra})
+    assert validate_config(yaml.safe_load(yaml.safe_dump(cfg.model_dump(mode="json")))) == cfg

@@ -12,7 +12,8 @@ OUT_FORMATS = ["alpaca", "sharegpt", "openai"]
 
 
 def register_data(sub) -> None:
-    p = sub.add_parser("check", help="data doctor: schema, lengths, diversity, accuracy, consistency, duplicates",
+    p = sub.add_parser("check", help="data doctor: schema, lengths, diversity, accuracy, consistency, duplicates, "
+                                           "preference pairs",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="examples:\n  tunesmith data check train.json --html report.html\n"
                               "  tunesmith data check train.json --tokenizer smollm2-135m-instruct --max-len 1024\n"
@@ -158,7 +159,7 @@ def check(args) -> int:
     options = CheckOptions(format=args.format, tokenizer=args.tokenizer, template=args.template,
                            max_len=args.max_len, against=args.against,
                            near_duplicate_threshold=args.near_threshold, max_task_share=args.max_task_share)
-    stages = ["schema", "statistics", "diversity", "accuracy", "consistency", "duplicates"] + \
+    stages = ["schema", "statistics", "diversity", "accuracy", "consistency", "duplicates", "preference"] + \
         (["contamination"] if args.against else [])
     with _progress("checking") as progress:
         task = progress.add_task("checking", total=len(stages))

@@ -19,7 +19,7 @@ def register(subparsers) -> None:
         "eval", help="evaluate a run or model with a suite; --compare for a before/after report",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
         description="Run the tasks of SUITE.yaml (perplexity, generation metrics and instruction checks, "
-                    "classification, LLM judge; see docs/evaluation.md) and write results.json, report.md and "
+                    "classification, LLM judge, preference accuracy; see docs/evaluation.md) and write results.json, report.md and "
                     "report.html with plots.")
     p.add_argument("model", help="run folder, HF folder, GGUF file, hub id, or smollm2-135m-instruct")
     p.add_argument("--suite", required=True, help="SUITE.yaml")
@@ -44,9 +44,12 @@ def run_eval(args) -> int:
     console = Console(stderr=True)
     from ..evaluation.data import check_task_data
 
+    from ..evaluation.runner import check_suite_for
+
     suite = load_suite(args.suite)  # the suite and all its data are validated before any model loads
     check_task_data(suite)
     meta = read_run_meta(args.model) if Path(args.model).is_dir() else None
+    check_suite_for(meta, suite)
     base_ref = args.compare
     if base_ref == "base":
         if meta is None:
@@ -85,13 +88,11 @@ def _label(ref: str, role: str | None) -> str:
 
 
 def _evaluate(args, ref: str, suite, label: str, template: str | None, console: Console):
-    from ..evaluation.runner import evaluate_suite
-    from ..models.loading import load_for_inference
+    from ..evaluation.runner import evaluate_suite, load_evaluated
     from .render import ConsoleReporter
 
     with console.status(f"loading {ref}"):
-        loaded = load_for_inference(ref, dtype=args.dtype, template=template,
-                                    trust_remote_code=args.trust_remote_code)
+        loaded = load_evaluated(ref, dtype=args.dtype, template=template, trust_remote_code=args.trust_remote_code)
     result = evaluate_suite(loaded, suite, label=label, reporter=ConsoleReporter(console))
     return result, loaded.template_name
 

@@ -238,10 +238,62 @@ class PreferenceConfig(StrictModel):
         return value
 
 
+REWARD_BUILTINS = ("format", "exact_answer", "length")
+
+
+class RewardSpec(StrictModel):
+    """One GRPO reward function: a built-in, or a function by import path (`module:function`, `file.py:function`)
+    called as TRL calls it: `f(prompts, completions, **columns) -> list[float]`."""
+
+    name: str = Field(description=f"built-in ({', '.join(REWARD_BUILTINS)}) or module:function / file.py:function")
+    weight: float = 1.0
+    pattern: str | None = Field(None, description="format: a regex the completion must contain (re.search); "
+                                                  "exact_answer: a regex whose first group (or match) is the answer")
+    field: str = Field("answer", description="exact_answer: the record field holding the right answer")
+    target: int | None = Field(None, gt=0, description="length: the target length of a completion")
+    unit: Literal["words", "characters"] = "words"
+
+    @model_validator(mode="after")
+    def _builtin_options(self):
+        import re
+
+        if self.name == "format" and not self.pattern:
+            raise ValueError("reward format needs `pattern` (a regex the completion must contain)")
+        if self.name == "length" and not self.target:
+            raise ValueError("reward length needs `target` (its length in `unit`)")
+        if self.name not in REWARD_BUILTINS and ":" not in self.name:
+            raise ValueError(f"unknown reward '{self.name}': use a built-in ({', '.join(REWARD_BUILTINS)}) or "
+                             f"an import path module:function / file.py:function")
+        if self.pattern:
+            try:
+                re.compile(self.pattern)
+            except re.error as exc:
+                raise ValueError(f"pattern {self.pattern!r} is not a regex: {exc}") from None
+        return self
+
+
+class GrpoConfig(StrictModel):
+    """`task: grpo` (TRL's GRPOTrainer): completions sampled per prompt, scored by reward functions, and the policy
+    moved towards the better ones of each group."""
+
+    rewards: list[RewardSpec] = Field(default_factory=list, description="reward functions, summed by weight")
+    num_generations: int = Field(4, ge=2, description="completions sampled per prompt (the group)")
+    max_completion_length: int = Field(64, gt=0, description="tokens generated per completion")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature of the completions")
+    beta: float = Field(0.0, ge=0, description="KL weight towards the reference (0, TRL's default: no reference)")
+
+    @field_validator("rewards", mode="before")
+    @classmethod
+    def _names(cls, value):
+        return [{"name": item} if isinstance(item, str) else item for item in value] if isinstance(value, list) \
+            else value
+
+
 class RunConfig(StrictModel):
-    task: Literal["sft", "classification", *PREFERENCE_TASKS] = "sft"
+    task: Literal["sft", "classification", *PREFERENCE_TASKS, "grpo"] = "sft"
     classification: ClassificationConfig = Field(default_factory=ClassificationConfig)
     preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
+    grpo: GrpoConfig = Field(default_factory=GrpoConfig)
     model: ModelConfig
     method: Any = Field(default_factory=lambda: {"name": "lora"}, validate_default=True)
     data: DataConfig
@@ -277,12 +329,33 @@ class RunConfig(StrictModel):
         if self.training.early_stopping_patience and not (self.data.validation or self.data.val_size):
             raise ConfigError("early stopping needs validation data", where="training.early_stopping_patience",
                               hint="set data.val_size (e.g. 0.05) or data.validation")
-        # Only values changed from their defaults: a saved config.yaml (every field written out) trains again.
-        changed = {option for option in self.preference.model_fields_set
-                   if getattr(self.preference, option) != PreferenceConfig.model_fields[option].default}
+        # An option at its default is not counted as set: a run's config.yaml holds every section in full, and
+        # `tunesmith train RUN/config.yaml` must read it back.
+        changed = {name for name in self.preference.model_fields_set
+                   if getattr(self.preference, name) != PreferenceConfig.model_fields[name].default}
         for option in sorted(changed - PREFERENCE_OPTIONS.get(self.task, set())):
             readers = [task for task, options in PREFERENCE_OPTIONS.items() if option in options]
             raise ConfigError(f"preference.{option} does not apply to task: {self.task}",
                               where=f"preference.{option}", hint=f"it is read by task: {' | '.join(readers)}")
+        if self.grpo != GrpoConfig() and self.task != "grpo":
+            raise ConfigError(f"the grpo section does not apply to task: {self.task}", where="grpo",
+                              hint="set task: grpo, or remove the section")
+        if self.task == "grpo":
+            _check_grpo(self)
         get_method(self.method.name).validate(self.method, self)
         return self
+
+
+def _check_grpo(cfg: RunConfig) -> None:
+    from ..errors import ConfigError
+
+    if not cfg.grpo.rewards:
+        raise ConfigError("task: grpo needs at least one reward function", where="grpo.rewards",
+                          hint="e.g. rewards: [{name: exact_answer, pattern: '(-?\\d+)'}] (docs/alignment.md)")
+    batch, group = cfg.training.batch_size * cfg.training.grad_accum, cfg.grpo.num_generations
+    if batch % group:
+        # TRL samples each prompt's group within one generation batch (batch_size x grad_accum completions).
+        raise ConfigError(f"training.batch_size x grad_accum ({batch}) must be a multiple of grpo.num_generations "
+                          f"({group})", where="grpo.num_generations",
+                          hint=f"e.g. training.batch_size: {group} (each step then samples {group} completions "
+                               f"of one prompt)")

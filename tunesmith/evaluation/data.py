@@ -9,10 +9,11 @@ from pathlib import Path
 from ..config.schema import DatasetSpec
 from ..data.dataset import load_samples
 from ..data.formats import Message, to_conversation
+from ..data.preference import Pair, load_preference
 from ..data.readers import Record, read_records
 from ..errors import DataError, TunesmithError
 from .metrics.instruction import validate_check
-from .suite import ClassificationTask, GenerationTask, PerplexityTask
+from .suite import ClassificationTask, GenerationTask, PerplexityTask, PreferenceTask
 
 
 @dataclass
@@ -129,6 +130,11 @@ def load_classification(task: ClassificationTask) -> tuple[list[list[Message]], 
     return conversations, gold
 
 
+def load_pairs(task: PreferenceTask) -> list[Pair]:
+    """The task's preference pairs, in any shape the preference trainers read (`data/preference.py`)."""
+    return load_preference(DatasetSpec(path=task.data, max_samples=task.max_samples), unpaired=False)
+
+
 def check_task_data(suite) -> None:
     """Read every task's data once, so that a bad file or record is reported before any model loads."""
     for task in suite.tasks:
@@ -139,5 +145,7 @@ def check_task_data(suite) -> None:
                 load_conversations(task.data, task.max_samples)
         elif isinstance(task, GenerationTask):
             load_generation_items(task)
+        elif isinstance(task, PreferenceTask):
+            load_pairs(task)
         else:
             load_classification(task)

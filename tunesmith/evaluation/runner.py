@@ -3,23 +3,50 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from ..data.formats import user_text
+from ..data.preference import render
 from ..data.templates.registry import get_template
 from ..inference.generation import Generator, SamplingOptions
-from ..models.loading import LoadedModel
+from ..errors import ConfigError
+from ..models.loading import LoadedModel, load_for_inference, read_run_meta
 from ..reporting import Reporter, reporter_or_default
-from .data import load_classification, load_conversations, load_generation_items, load_texts, perplexity_kind
+from ..tasks.preference.accuracy import preference_accuracy, reward_accuracy
+from .data import (load_classification, load_conversations, load_generation_items, load_pairs, load_texts,
+                   perplexity_kind)
 from .metrics.classification import classification_scores, parse_label
 from .metrics.generation import generation_scores
 from .metrics.instruction import check_name, run_check
 from .metrics.judge import DEFAULT_RUBRIC, JudgeSettings, judge_replies
 from .metrics.perplexity import conversation_examples, score_examples, text_examples
-from .suite import ClassificationTask, GenerationTask, PerplexityTask, Suite
+from .suite import ClassificationTask, GenerationTask, PerplexityTask, PreferenceTask, Suite
 
 # Which direction is better, for reports and the forgetting rate.
 LOWER_IS_BETTER = {"loss", "perplexity", "unparsed_rate", "judge_unparsed"}
-HEADLINE = {"perplexity": "perplexity", "generation": None, "classification": "accuracy"}
+HEADLINE = {"perplexity": "perplexity", "generation": None, "classification": "accuracy", "preference": "accuracy"}
+
+
+def load_evaluated(ref: str, *, dtype: str = "auto", template: str | None = None,
+                   trust_remote_code: bool = False) -> LoadedModel:
+    """The model a suite runs on: `load_for_inference`'s, or for a `task: reward` run its sequence classifier
+    with the score head (which a causal LM loader would leave out)."""
+    meta = read_run_meta(ref) if Path(ref).is_dir() else None
+    if meta is None or meta.get("task") != "reward":
+        return load_for_inference(ref, dtype=dtype, template=template, trust_remote_code=trust_remote_code)
+    from ..tasks.classification.inference import load_classifier
+
+    classifier = load_classifier(ref, dtype=dtype, trust_remote_code=trust_remote_code, task="reward")
+    return LoadedModel(classifier.model, classifier.tokenizer, template or meta["template"], meta)
+
+
+def check_suite_for(meta: dict | None, suite: Suite) -> None:
+    """A reward model scores text and generates none: only preference tasks run on it."""
+    if meta and meta.get("task") == "reward":
+        other = [t.name for t in suite.tasks if not isinstance(t, PreferenceTask)]
+        if other:
+            raise ConfigError(f"a reward model runs only `type: preference` tasks; the suite also has {other}",
+                              where="--suite", hint="use a suite of preference tasks (examples/eval_preference.yaml)")
 
 
 def headline_metric(task_result: dict) -> str | None:
@@ -48,6 +75,8 @@ def evaluate_suite(loaded: LoadedModel, suite: Suite, *, label: str = "model",
 
         if isinstance(task, PerplexityTask):
             result = _perplexity(loaded, task, progress)
+        elif isinstance(task, PreferenceTask):
+            result = _preference(loaded, task, progress)
         elif isinstance(task, GenerationTask):
             result = _generation(generator, suite, task, progress, reporter)
         else:
@@ -144,3 +173,25 @@ def _classification(generator: Generator, suite: Suite, task: ClassificationTask
     return {"metrics": {k: scores[k] for k in ("accuracy", "macro_f1", "unparsed_rate")},
             "confusion_matrix": scores["confusion_matrix"], "matrix_columns": scores["matrix_columns"],
             "per_class": scores["per_class"], "samples": samples}
+
+
+def _preference(loaded: LoadedModel, task: PreferenceTask, progress) -> dict:
+    template = get_template(loaded.template_name, loaded.tokenizer)
+    pairs = load_pairs(task)
+    rows = [render(template, pair) for pair in pairs]
+    reward = loaded.meta.get("task") == "reward"
+    with progress(len(rows)) as advance:
+        if reward:
+            scored = reward_accuracy(loaded.model, loaded.tokenizer, rows, max_length=task.max_length,
+                                     advance=advance)
+        else:
+            scored = preference_accuracy(loaded.model, loaded.tokenizer, rows, max_length=task.max_length,
+                                         normalize=task.normalize, advance=advance)
+    scorer = "reward score" if reward else "mean log-prob per token" if task.normalize else "summed log-prob"
+    samples = [{"prompt": user_text(pair.prompt[-1]),
+                "reference": f"chosen: {pair.chosen}\n\nrejected: {pair.rejected}",
+                "reply": f"chosen {chosen:.4g} · rejected {rejected:.4g} {'✓' if chosen > rejected else '✗'}",
+                "chosen_score": chosen, "rejected_score": rejected}
+               for pair, (chosen, rejected) in zip(pairs, scored["scores"])]
+    return {"scorer": scorer, "pairs": scored["pairs"],
+            "metrics": {"accuracy": scored["accuracy"], "mean_margin": scored["mean_margin"]}, "samples": samples}

@@ -10,6 +10,7 @@ the suite file.
       - {name: sentiment, type: classification, data: sst2.tsv, text_column: sentence,
          labels: [negative, positive], label_map: {"0": negative, "1": positive},
          prompt: "Review: {sentence}\\nSentiment (positive or negative):"}
+      - {name: prefs, type: preference, data: dpo_heldout.json, normalize: false}
 """
 
 from __future__ import annotations
@@ -100,7 +101,18 @@ class ClassificationTask(_Task):
         return self
 
 
-Task = Annotated[Union[PerplexityTask, GenerationTask, ClassificationTask], Field(discriminator="type")]
+class PreferenceTask(_Task):
+    """Held-out preference accuracy on pairs (any shape `task: dpo` reads): a causal LM prefers the reply with the
+    higher log-prob given the prompt, a reward run's score head the higher score."""
+
+    type: Literal["preference"]
+    normalize: bool = Field(False, description="compare the log-prob per reply token instead of the sum (the sum "
+                                               "favours short replies); not used for a reward model's score")
+    max_length: int = Field(1024, gt=8, description="tokens per sequence (prompt + one reply); longer ones are cut")
+
+
+Task = Annotated[Union[PerplexityTask, GenerationTask, ClassificationTask, PreferenceTask],
+                 Field(discriminator="type")]
 
 
 class Suite(StrictModel):

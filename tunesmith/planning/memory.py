@@ -17,6 +17,8 @@ from ..speed.cpu.dropout import use_fast_dropout
 from .activations import ActivationTrace, trace_activations
 from .optimizers import OPTIMIZERS, optimizer_state_bytes, resolve_optimizer
 from .params import ParamCounts, exact_counts, method_options
+from .preference import (FUSED_CHUNK_TOKENS, FUSED_HEAD, PREFERENCE_TASKS, has_reference, reference_pass,
+                         reference_weights, sequences_per_example)
 
 # Measured, not tuned: the peak RSS of a CPU process that has imported the training stack (torch, transformers,
 # peft, bitsandbytes, datasets, tunesmith.training): 547 MiB in one run on the development machine (the "runtime
@@ -62,6 +64,10 @@ class PlanRequest:
     # bf16 (training/frozen_base.py); exact_counts applies the same rule to the meta model.
     half_frozen_base: bool = True
     runtime_overhead: int | None = None
+    # `task:` of the run: a preference task runs two sequences per pair and/or a reference pass
+    # (planning/preference.py); `batch` is then in pairs (or KTO examples), as training.batch_size is.
+    task: str = "sft"
+    precomputed_reference: bool = False  # preference.precompute_ref_log_probs: no reference model or pass in training
 
     def compute_dtype(self) -> torch.dtype:
         if self.precision == "auto":
@@ -93,6 +99,8 @@ class MemoryPlan:
     activation_trace: ActivationTrace | None = None
     notes: list[str] = field(default_factory=list)
     checkpoint_pages: float = 0.0
+    reference_weights: float = 0.0  # dpo/kto with a non-PEFT method: the frozen reference copy
+    reference_pass: float = 0.0     # dpo/kto: the no_grad reference forward's transient, beside the saved activations
 
     def components(self) -> dict[str, float]:
         parts = {"weights": self.weights, "gradients": self.gradients, "optimizer state": self.optimizer_state,
@@ -100,19 +108,24 @@ class MemoryPlan:
                  "optimizer-step temporaries": self.step_temporaries, "runtime overhead": self.overhead}
         if self.checkpoint_pages:
             parts["checkpoint pages read to quantise"] = self.checkpoint_pages
+        if self.reference_weights:
+            parts["reference model (frozen copy)"] = self.reference_weights
+        if self.reference_pass:
+            parts["reference forward (transient)"] = self.reference_pass
         return parts
 
     def peak_at_batch(self, batch: int) -> tuple[float, str]:
         """(peak, phase) at another batch size: activations and logits grow linearly with it, nothing else does.
         The peak is reached when backward starts (every saved activation alive, plus the loss gradients) or at the
         optimizer step (every gradient plus the update's temporaries); with gradient accumulation the previous
-        micro-batches' gradients stay alive through the next backward."""
+        micro-batches' gradients stay alive through the next backward. A reference forward (dpo, kto) runs after the
+        policy's, its transient beside the saved activations, and is gone before the loss's buffers exist."""
         scale = batch / self.request.batch
-        backward_start = (self.activations + self.logits) * scale + \
+        backward_start = (self.activations + max(self.logits, self.reference_pass)) * scale + \
             (self.gradients if self.request.grad_accum > 1 else 0)
         optimizer_step = self.gradients + self.step_temporaries
         phase = "start of backward" if backward_start >= optimizer_step else "optimizer step"
-        base = self.overhead + self.checkpoint_pages + self.weights + self.optimizer_state
+        base = self.overhead + self.checkpoint_pages + self.weights + self.optimizer_state + self.reference_weights
         return base + max(backward_start, optimizer_step), phase
 
 
@@ -144,7 +157,8 @@ def logits_memory(trace: ActivationTrace, request: PlanRequest) -> float:
     return request.supervised_share * (trace.vocab + 2 * trace.tokens * trace.vocab_size * 4)
 
 
-def chunked_loss_memory(trace: ActivationTrace, request: PlanRequest, head_weight: torch.Tensor) -> float:
+def chunked_loss_memory(trace: ActivationTrace, request: PlanRequest, head_weight: torch.Tensor,
+                        chunk_size: int | None = None) -> float:
     """training/chunked_loss.py at its peak, the last chunk: the chunk's fp32 logits (turned into their gradient in
     place) beside the half-precision logits or logit gradient, the head weight's copy for autocast (kept from step
     to step, and alive here either way), the gradient of every head input (kept for backward) and, when the head
@@ -152,7 +166,7 @@ def chunked_loss_memory(trace: ActivationTrace, request: PlanRequest, head_weigh
     tokens = request.supervised_share * trace.tokens
     half = request.compute_dtype() != torch.float32
     vocab, hidden = head_weight.shape
-    chunk = min(chunk_tokens(vocab, request.device), tokens)
+    chunk = min(chunk_size or chunk_tokens(vocab, request.device), tokens)
     cast = 2 * head_weight.numel() if half and head_weight.dtype == torch.float32 else 0
     trained = 4 * head_weight.numel() if head_weight.requires_grad else 0
     return chunk * vocab * (6 if half else 4) + cast + 4 * tokens * hidden + trained
@@ -169,6 +183,18 @@ def _chunked_loss_applies(model, request: PlanRequest) -> bool:
     transforms = any(getattr(model.config, name, None) not in (None, 1, 1.0) for name in LOGIT_TRANSFORMS)
     return request.chunked_loss and not transforms and plain_head(model) is not None and \
         supports_supervised_logits(model)
+
+
+def _preference_loss(trace: ActivationTrace, request: PlanRequest, head_weight: torch.Tensor) -> tuple[float, float]:
+    """(activations, logits & loss) of a preference task: how its TRL trainer gets the log-probs (the speed plan's
+    loss choice does not apply). Reward: a one-output score head, no vocabulary buffers; dpo, kto: TRL's fused LM
+    head, chunked like speed.loss: chunked; orpo, simpo: the full logits."""
+    if request.task == "reward":
+        return activation_memory(trace, request, chunked=True), 0.0
+    if request.task in FUSED_HEAD:
+        return (activation_memory(trace, request, chunked=True),
+                chunked_loss_memory(trace, request, head_weight, FUSED_CHUNK_TOKENS))
+    return activation_memory(trace, request), logits_memory(trace, request)
 
 
 def step_temporaries(counts: ParamCounts, optimizer: str, request: PlanRequest) -> float:
@@ -214,15 +240,19 @@ def plan_memory(config, request: PlanRequest) -> MemoryPlan:
         use_fast_dropout(model)
     # Training autocasts whenever it computes in half precision (TrainingArguments bf16/fp16), over fp32 weights or
     # a half-precision base with fp32 adapters alike; the trace does the same (meta_autocast.py).
-    trace = trace_activations(model, request.batch, request.seq, device_type=request.device,
-                              autocast_dtype=request.compute_dtype())
+    # A pair's chosen and rejected sequences run in one batch (TRL concatenates them).
+    trace = trace_activations(model, request.batch * sequences_per_example(request.task), request.seq,
+                              device_type=request.device, autocast_dtype=request.compute_dtype())
     weights = weight_memory(counts, request)
     gradients = gradient_memory(counts, request)
     state = optimizer_memory(counts, optimizer, request)
-    chunked = _chunked_loss_applies(model, request)
-    activations = activation_memory(trace, request, chunked)
-    logits = chunked_loss_memory(trace, request, model.get_output_embeddings().weight) if chunked \
-        else logits_memory(trace, request)
+    if request.task in PREFERENCE_TASKS:
+        activations, logits = _preference_loss(trace, request, model.get_output_embeddings().weight)
+    else:
+        chunked = _chunked_loss_applies(model, request)
+        activations = activation_memory(trace, request, chunked)
+        logits = chunked_loss_memory(trace, request, model.get_output_embeddings().weight) if chunked \
+            else logits_memory(trace, request)
     temporaries = step_temporaries(counts, optimizer, request)
     overhead = runtime_overhead(request)
     pages = checkpoint_pages(config, counts, request)
@@ -239,7 +269,21 @@ def plan_memory(config, request: PlanRequest) -> MemoryPlan:
                      "(docs/planning.md)")
     if request.zero_stage and request.devices > 1:
         notes.append(f"ZeRO-{request.zero_stage} over {request.devices} devices: figures are per device")
+    ref_weights = ref_pass = 0.0
+    if has_reference(request.task, request.precomputed_reference):
+        from ..methods.registry import get_method
+        from ..models.loading import training_load_dtype
+
+        peft = get_method(request.method).is_peft
+        load_dtype = training_load_dtype(peft, request.compute_dtype(), cuda=request.device == "cuda")
+        ref_weights = _shard(reference_weights(counts.total, load_dtype, peft), request, 3)
+        ref_pass = reference_pass(trace, request.compute_dtype() != torch.float32)
+    if request.task in PREFERENCE_TASKS:
+        unit = "pairs, two sequences each" if sequences_per_example(request.task) > 1 else "examples"
+        notes.append(f"{request.task}: batch in {unit}" + ("; reference pass counted" if ref_pass else "")
+                     + ("; the LM head stands in for the one-output score head" if request.task == "reward" else "")
+                     + " (docs/planning.md: preference runs)")
     plan = MemoryPlan(request, counts, optimizer, weights, gradients, state, activations, logits, temporaries,
-                      overhead, 0.0, "", trace, notes, pages)
+                      overhead, 0.0, "", trace, notes, pages, ref_weights, ref_pass)
     plan.peak, plan.peak_phase = plan.peak_at_batch(request.batch)
     return plan

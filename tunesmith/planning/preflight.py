@@ -43,7 +43,8 @@ def request_from_config(cfg, device: str, speed=None):
                        fast_dropout=speed.fast_dropout, fast_rms_norm=speed.fast_rms_norm,
                        cpu_causal_attention=speed.cpu_causal_attention, half_frozen_base=speed.half_frozen_base,
                        # Liger's fused linear cross-entropy keeps no full logits either: counted alike.
-                       chunked_loss=speed.loss in ("chunked", "liger"))
+                       chunked_loss=speed.loss in ("chunked", "liger"),
+                       task=cfg.task, precomputed_reference=cfg.preference.precompute_ref_log_probs)
 
 
 def preflight(cfg, model_config=None, memory: int | None = None, *, reporter: Reporter | None = None, speed=None):

@@ -1,5 +1,5 @@
 """Training recipes, one module each, read top to bottom: `sft.py` (instruction and chat data), `classification.py`
-(labelled texts), `preference.py` (DPO, ORPO, SimPO, KTO), `reward.py` (reward models). Each runs inside the shared skeleton `tunesmith.training.run.TrainingRun`.
+(labelled texts), `preference.py` (DPO, ORPO, SimPO, KTO), `reward.py` (reward models), `grpo.py` (GRPO). Each runs inside the shared skeleton `tunesmith.training.run.TrainingRun`.
 
 `train(cfg)` runs the recipe of `cfg.task`; a new task adds a module here and an entry in `RECIPES`.
 """
@@ -14,7 +14,7 @@ from ..reporting import Reporter
 # task -> "module:function", imported on use (a recipe pulls in the Trainer).
 RECIPES = {"sft": "sft:train_sft", "classification": "classification:train_classification",
            **{task: "preference:train_preference" for task in ("dpo", "orpo", "simpo", "kto")},
-           "reward": "reward:train_reward"}
+           "reward": "reward:train_reward", "grpo": "grpo:train_grpo"}
 
 
 def train(cfg: RunConfig, *, resume: bool = False, reporter: Reporter | None = None,

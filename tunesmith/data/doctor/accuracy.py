@@ -127,8 +127,10 @@ def _language_mismatch(prompt: str, input_text: str, reply: str) -> str | None:
 def _sample_findings(sample: Sample, min_units: int, trunc_chars: int) -> list[Finding]:
     findings = []
     last = len(sample.messages) - 1
+    # A KTO reply labelled undesirable is meant to be bad: the heuristics would only restate its label.
+    undesirable = getattr(sample.preference, "label", True) is False
     for position, message in enumerate(sample.messages):
-        if message["role"] != "assistant":
+        if message["role"] != "assistant" or (undesirable and position == last):
             continue
         prompt_msg = sample.messages[position - 1]
         prompt = prompt_msg["content"] + ("\n\n" + prompt_msg["input"] if prompt_msg.get("input") else "")
@@ -170,6 +172,8 @@ def _reply_field(sample: Sample, position: int, last: int) -> str:
         return "output" if position == last else "history"
     if position == last and "chosen" in sample.raw:  # preference records: the reply checked is the chosen one
         return "chosen"
+    if position == last and "completion" in sample.raw:  # KTO in TRL's prompt / completion / label shape
+        return "completion"
     key = "messages" if sample.fmt == "openai" else "conversations"
     offset = 1 if sample.messages[0]["role"] == "system" and "system" not in sample.raw else 0
     return f"{key}[{position - offset}]" if key in sample.raw else "chosen"

@@ -20,6 +20,7 @@ class Sample:
     messages: list[Message]
     raw: dict[str, Any]
     fmt: str
+    preference: Any = None  # the `data.preference` Pair or Unpaired of a preference record (messages: its chosen side)
 
     @property
     def instruction(self) -> str:

@@ -76,21 +76,32 @@ def conversation_text(messages: list[dict]) -> str:
     return "\n".join(m["content"] + ("\n" + m["input"] if m.get("input") else "") for m in messages)
 
 
+def sample_text(sample: Sample) -> str:
+    """What duplicates are judged on: the conversation, and for a preference pair its rejected reply too (two pairs
+    sharing prompt and chosen but not rejected are different pairs), for a KTO reply its label."""
+    text = conversation_text(sample.messages)
+    if hasattr(sample.preference, "rejected"):
+        return f"{text}\n{sample.preference.rejected}"
+    return f"{text}\n{sample.preference.label}" if sample.preference is not None else text
+
+
 def check_duplicates(samples: list[Sample], *, threshold: float = 0.8) -> Section:
     section = Section("duplicates")
     seen: dict[str, Sample] = {}
     exact = 0
     for sample in samples:
-        key = normalize(conversation_text(sample.messages))
+        key = normalize(sample_text(sample))
         if key in seen:
             exact += 1
             first = seen[key]
-            section.findings.append(Finding.at(sample, "duplicates.exact", "warning",
-                                               f"exact duplicate of line {first.line}"))
+            what = "exact duplicate pair" if hasattr(sample.preference, "rejected") else "exact duplicate"
+            section.findings.append(Finding.at(sample, "duplicates.exact", "warning", f"{what} of line {first.line}"))
         else:
             seen[key] = sample
     by_prompt: dict[str, list[Sample]] = defaultdict(list)
-    for sample in samples:
+    # Several pairs (or KTO replies) per prompt are how preference data is made, not a conflict; the preference
+    # section reports the ones that contradict each other.
+    for sample in (s for s in samples if s.preference is None):
         by_prompt[normalize(sample.prompt)].append(sample)
     conflicts = 0
     for group in by_prompt.values():
@@ -100,7 +111,7 @@ def check_duplicates(samples: list[Sample], *, threshold: float = 0.8) -> Sectio
                 conflicts += 1
                 section.findings.append(Finding.at(sample, "duplicates.conflicting", "warning",
                                                    f"same prompt as line {group[0].line} with a different reply"))
-    texts = [conversation_text(s.messages) for s in samples]
+    texts = [sample_text(s) for s in samples]
     exact_keys = {f.sample for f in section.findings if f.check == "duplicates.exact"}
     near = 0
     for members in groups(len(samples), near_duplicate_pairs(texts, threshold)):

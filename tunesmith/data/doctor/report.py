@@ -18,6 +18,8 @@ _HEADLINES = {
     "accuracy": ["flagged", "flagged_rate", "by_check"],
     "consistency": ["address", "punctuation_width", "numbered_list", "flagged"],
     "duplicates": ["exact", "near", "conflicting"],
+    "preference": ["pairs", "identical", "swapped", "chosen_longer_share", "mean_chosen_units", "mean_rejected_units",
+                   "length_ratio", "kto_examples", "desirable", "undesirable", "empty_sides"],
     "contamination": ["eval_prompts", "contaminated", "contaminated_rate"],
 }
 

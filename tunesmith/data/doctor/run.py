@@ -11,6 +11,7 @@ from .consistency import check_consistency
 from .contamination import check_contamination
 from .diversity import check_diversity
 from .duplicates import check_duplicates
+from .preference import check_preference
 from .schema import load_samples
 from .stats import check_stats
 
@@ -27,6 +28,8 @@ class CheckOptions:
     max_task_share: float = 0.6
     min_distinct_2: float = 0.3
     min_output_units: int = 5
+    length_bias_share: float = 0.8  # preference pairs: chosen longer (or shorter) in this share of pairs
+    length_bias_ratio: float = 1.5  # ... or mean chosen / rejected length beyond this ratio (either way)
 
 
 @dataclass
@@ -63,6 +66,11 @@ def run_check(path: str, options: CheckOptions | None = None, progress=None) -> 
     sections["consistency"] = check_consistency(samples, schema.metrics["formats"])
     step("duplicates")
     sections["duplicates"] = check_duplicates(samples, threshold=options.near_duplicate_threshold)
+    step("preference")
+    empty = sum(f.check == "preference.empty_side" for f in schema.findings)
+    if preference := check_preference(samples, empty, bias_share=options.length_bias_share,
+                                       bias_ratio=options.length_bias_ratio):
+        sections["preference"] = preference
     if options.against:
         step("contamination")
         sections["contamination"] = check_contamination(samples, options.against,
@@ -104,6 +112,12 @@ def summarize(sections: dict[str, Section]) -> dict[str, Any]:
         "exact_duplicates": get("duplicates", "exact"), "exact_duplicate_rate": get("duplicates", "exact_rate", 0.0),
         "near_duplicates": get("duplicates", "near"), "near_duplicate_rate": get("duplicates", "near_rate", 0.0),
         "conflicting": get("duplicates", "conflicting"),
+        "preference_pairs": get("preference", "pairs"), "identical_pairs": get("preference", "identical"),
+        "swapped_pairs": get("preference", "swapped"),
+        "chosen_longer_share": get("preference", "chosen_longer_share", 0.0),
+        "length_ratio": get("preference", "length_ratio", 0.0),
+        "kto_examples": get("preference", "kto_examples"), "kto_desirable": get("preference", "desirable"),
+        "kto_undesirable": get("preference", "undesirable"),
         "contaminated": get("contamination", "contaminated"),
         "contaminated_rate": get("contamination", "contaminated_rate", 0.0),
     }

@@ -17,6 +17,7 @@ from .. import readers
 from ..formats import detect_format, normalize_record
 from ..readers import Record, type_name
 from .base import Finding, Sample, Section
+from .preference import is_empty_side, is_preference, read_preference
 
 
 def load_samples(path: str, fmt: str = "auto") -> tuple[list[Sample], Section]:
@@ -30,14 +31,19 @@ def load_samples(path: str, fmt: str = "auto") -> tuple[list[Sample], Section]:
             findings.append(_finding(record.error(f"expected a JSON object per record, got {type_name(record.data)}"),
                                      index))
             continue
+        item = None
         try:
-            messages = normalize_record(record, spec)
+            if is_preference(record.data):  # any shape the preference trainers read, TRL's included
+                messages, item = read_preference(record, fmt)
+            else:
+                messages = normalize_record(record, spec)
         except DataError as exc:
-            findings.append(_finding(exc, index))
+            empty = is_empty_side(record, exc.message)
+            findings.append(_finding(exc, index, "preference.empty_side" if empty else "schema.invalid"))
             continue
-        record_fmt = detect_format(record.data) if fmt == "auto" else fmt
+        record_fmt = (detect_format(record.data) or ("trl" if item else None)) if fmt == "auto" else fmt
         formats[record_fmt] += 1
-        samples.append(Sample(index, record.file, record.line, messages, record.data, record_fmt or "?"))
+        samples.append(Sample(index, record.file, record.line, messages, record.data, record_fmt or "?", item))
     total = len(records) + sum(1 for f in findings if f.check == "schema.unparsable")
     section = Section("schema", metrics={
         "records": total, "valid": len(samples), "invalid": total - len(samples),

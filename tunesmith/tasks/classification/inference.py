@@ -46,9 +46,11 @@ class Classifier:
         return results
 
 
-def load_classifier(run_dir: str | Path, *, dtype: str = "auto", trust_remote_code: bool = False) -> Classifier:
+def load_classifier(run_dir: str | Path, *, dtype: str = "auto", trust_remote_code: bool = False,
+                    task: str = "classification") -> Classifier:
     """The trained classifier of a run folder, its tokenizer and label names, ready for inference (eval mode). Code
-    from the folder runs only with `trust_remote_code` (the user's flag), never because the run says so."""
+    from the folder runs only with `trust_remote_code` (the user's flag), never because the run says so. `task:
+    "reward"` loads a reward run: a classifier with one output, saved the same way."""
     from transformers import AutoModelForSequenceClassification
 
     from ...methods.registry import get_method
@@ -57,9 +59,9 @@ def load_classifier(run_dir: str | Path, *, dtype: str = "auto", trust_remote_co
 
     run_dir = Path(run_dir)
     meta = read_run_meta(run_dir) if run_dir.is_dir() else None
-    if meta is None or meta.get("task") != "classification":
-        raise ModelError(f"{run_dir} is not a tunesmith classification run (no tunesmith_run.json with "
-                         f"task: classification)", hint="pass the output_dir of a `task: classification` run")
+    if meta is None or meta.get("task") != task:
+        raise ModelError(f"{run_dir} is not a tunesmith {task} run (no tunesmith_run.json with "
+                         f"task: {task})", hint=f"pass the output_dir of a `task: {task}` run")
     label_names = list(meta["label_names"])
     base_cfg = run_base_config(meta, run_dir, dtype=dtype, trust_remote_code=trust_remote_code)
     tokenizer = load_run_tokenizer(run_dir, trust_remote_code=trust_remote_code)
