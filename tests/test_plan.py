@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
+from torch.multiprocessing.reductions import StorageWeakRef
 
 from tunesmith.cli.main import main
 from tunesmith.errors import ConfigError
@@ -15,6 +18,23 @@ from tunesmith.planning.params import count_params, method_options, nf4_bytes
 # Every family the issue names: full, LoRA-family (lora, dora, rslora, qlora), bottleneck adapters, prompt methods.
 METHODS = ["full", "lora", "dora", "rslora", "qlora", "houlsby", "pfeiffer", "prefix", "ptuning_v2", "prompt"]
 ARCHS = ["llama", "qwen2", "gpt2", "mistral", "gemma"]
+
+
+@contextlib.contextmanager
+def saved_for_backward(model):
+    """Yields {storage: bytes} of every tensor autograd saves for backward inside the block, the model's own
+    parameters left out (`ref.expired()` afterwards: freed before backward)."""
+    params = {StorageWeakRef(p.untyped_storage()) for p in model.parameters()}
+    saved = {}
+
+    def pack(tensor):
+        ref = StorageWeakRef(tensor.untyped_storage())
+        if ref not in params:
+            saved[ref] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        yield saved
 
 
 def _saved_folder(tmp_path_factory, config):
@@ -159,7 +179,6 @@ def test_activation_trace_equals_what_real_autograd_saves(folders, method, preci
 
     held_dtype = frozen_linear_dtype(get_method(method), precision, cuda=False, enabled=held)
     assert (held_dtype is not None) == held
-    from torch.multiprocessing.reductions import StorageWeakRef
     from transformers import AutoModelForCausalLM
 
     from tunesmith.planning.activations import trace_activations
@@ -179,17 +198,8 @@ def test_activation_trace_equals_what_real_autograd_saves(folders, method, preci
     if held_dtype is not None:
         assert hold_frozen_linears(real, held_dtype)
     real.train()
-    params = {StorageWeakRef(p.untyped_storage()) for p in real.parameters()}
-    saved = {}
-
-    def pack(tensor):
-        ref = StorageWeakRef(tensor.untyped_storage())
-        if ref not in params:
-            saved[ref] = tensor.untyped_storage().nbytes()
-        return tensor
-
     ids = torch.randint(3, config.vocab_size, (2, 48))
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+    with saved_for_backward(real) as saved, \
             torch.autocast("cpu", dtype=precision, enabled=precision != torch.float32):
         output = real(input_ids=ids, labels=ids)
     # What is still saved when backward starts (DoRA's side graph for its detached weight norm is gone by then).
@@ -407,7 +417,6 @@ def test_dpo_plan_activations_match_what_trls_forward_saves(stories_dir):
     """The policy forward TRL's DPOTrainer runs (chosen and rejected concatenated, its fused LM head) keeps for
     backward what the DPO plan counts as activations: measured with saved_tensors_hooks on stories260K. The
     fused head's own saved tensors (its input) are counted under logits & loss, which is the small difference."""
-    from torch.multiprocessing.reductions import StorageWeakRef
     from transformers import AutoModelForCausalLM
     from trl.trainer.utils import add_fused_lm_head
 
@@ -418,16 +427,7 @@ def test_dpo_plan_activations_match_what_trls_forward_saves(stories_dir):
     batch, seq = 2, 128
     ids = torch.randint(3, 500, (2 * batch, seq))
     labels = ids.masked_fill(torch.arange(seq) < 64, -100)  # the completions: the second half
-    params = {StorageWeakRef(p.untyped_storage()) for p in model.parameters()}
-    saved = {}
-
-    def pack(tensor):
-        ref = StorageWeakRef(tensor.untyped_storage())
-        if ref not in params:
-            saved[ref] = tensor.untyped_storage().nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with saved_for_backward(model) as saved:
         out = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels, fused_lm_head=True)
     real = sum(nbytes for ref, nbytes in saved.items() if not ref.expired())
     del out

@@ -23,12 +23,12 @@ class MetricsFileCallback(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         record = {"step": state.global_step, "epoch": state.epoch, "tokens": state.num_input_tokens_seen}
-        record.update({k: v for k, v in (logs or {}).items() if _finite_number(v)})
+        record.update({k: v for k, v in (logs or {}).items() if finite_number(v)})
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
 
 
-def _finite_number(value) -> bool:
+def finite_number(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 

@@ -40,7 +40,7 @@ from ..runtime import resolve_runtime
 from ..speed.apply import ModelSpeedups, apply_to_model, configure_allocator, configure_process
 from ..speed.cpu.allocator import release_free_memory
 from ..speed.plan import resolve_speed_plan
-from .callbacks import MetricsFileCallback, read_metrics
+from .callbacks import MetricsFileCallback, finite_number, read_metrics
 from .checkpoints import CHECKPOINT_DIR, checkpoint_step, is_complete, latest_checkpoint, restore_last_good
 from ..plots import plot_loss_curves
 
@@ -231,7 +231,7 @@ def check_output_dir(run_dir: Path, *, overwrite: bool) -> None:
 
 def finite_metrics(metrics: dict) -> dict:
     """The numbers of a metrics dict that JSON and a model card can hold."""
-    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+    return {k: v for k, v in metrics.items() if finite_number(v)}
 
 
 def base_model_meta(cfg: RunConfig) -> dict:
