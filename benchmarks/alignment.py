@@ -1,61 +1,125 @@
-"""DPO efficacy: held-out preference accuracy of SmolLM2-135M-Instruct before and after a short DPO (LoRA) run on
-LLaMA-Factory's dpo_en_demo.json. Accuracy: the share of held-out pairs whose chosen reply gets the higher summed
-log-prob (tunesmith.tasks.preference.accuracy), rendered with the model's chat template.
+"""Preference-tuning efficacy: held-out preference accuracy of SmolLM2-135M-Instruct before and after a short LoRA
+run of each preference task on LLaMA-Factory's dpo_en_demo.json, and a reward model's held-out pair accuracy.
 
-    python benchmarks/alignment.py --steps 30 --held-out 40 --out runs/bench-dpo
+    python benchmarks/alignment.py --steps 16 --held-out 40 --out runs/bench-alignment
 
-The held-out pairs are the run's own validation split (data.val_size), so training never sees them.
+The file is split once (seeded) into a training file and a held-out file that no run reads for training; every
+task trains on the same training file (KTO on its pairs split into desirable / undesirable replies, twice the
+steps so it sees as many sequences). Accuracy: the share of held-out pairs whose chosen reply gets the higher summed
+log-prob under the policy (`tasks.preference.accuracy.preference_accuracy`), rendered with the model's chat
+template; for the reward model, the share whose chosen side its head scores higher (`reward_accuracy`). Pairs
+that do not fit in --max-length are left out of both files, as the runs leave them out.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import time
+from pathlib import Path
 
-from tunesmith.config.loading import validate_config
-from tunesmith.data.preference_build import build_preference_data
-from tunesmith.data.templates.registry import get_template
-from tunesmith.models.loading import load_model, load_tokenizer
-from tunesmith.recipes import train
-from tunesmith.tasks.preference.accuracy import preference_accuracy
+TASKS = ("dpo", "simpo", "orpo", "kto", "reward")
+
+
+def split_file(source: str, held_out: int, seed: int, folder: Path) -> tuple[Path, Path]:
+    records = json.loads(Path(source).read_text(encoding="utf-8"))
+    random.Random(seed).shuffle(records)
+    folder.mkdir(parents=True, exist_ok=True)
+    train, held = folder / "train.json", folder / "held_out.json"
+    train.write_text(json.dumps(records[held_out:], ensure_ascii=False), encoding="utf-8")
+    held.write_text(json.dumps(records[:held_out], ensure_ascii=False), encoding="utf-8")
+    return train, held
+
+
+def run_config(task: str, args, train: Path, held: Path, out: Path):
+    from tunesmith.config.loading import validate_config
+
+    steps = args.steps * 2 if task == "kto" else args.steps
+    preference = {"beta": args.beta} if task in ("dpo", "kto", "orpo") else {}
+    return validate_config({
+        "task": task, "model": {"name_or_path": args.model},
+        "method": {"name": "lora", "r": 16, "alpha": 32, "dropout": 0.0},
+        "preference": preference,
+        "data": {"train": [{"path": str(train)}], "validation": [{"path": str(held)}], "template": "model",
+                 "max_length": args.max_length},
+        "training": {"output_dir": str(out / task), "max_steps": steps, "batch_size": args.batch_size,
+                     "learning_rate": args.lr, "warmup_ratio": 0.1, "logging_steps": 4, "save_steps": 10_000,
+                     "eval_steps": 10_000, "tensorboard": False, "overwrite_output_dir": True}})
+
+
+def held_rows(cfg) -> list[dict]:
+    from tunesmith.data.preference_build import build_preference_data
+    from tunesmith.data.templates.registry import get_template
+    from tunesmith.models.loading import load_tokenizer
+
+    tokenizer = load_tokenizer(cfg.model)
+    data = build_preference_data(cfg.data, tokenizer, get_template("model", tokenizer),
+                                 whole=cfg.task == "reward")
+    return list(data.validation)
+
+
+def score(task: str, cfg, rows: list[dict], *, trained: bool, max_length: int) -> dict:
+    """The policy's (or the reward model's) held-out accuracy; `trained`: the run's saved result, as a user loads it."""
+    from tunesmith.models.loading import load_for_inference, load_model, load_tokenizer
+    from tunesmith.tasks.preference.accuracy import preference_accuracy, reward_accuracy
+
+    if not trained:
+        return preference_accuracy(load_model(cfg.model), load_tokenizer(cfg.model), rows, max_length=max_length)
+    loaded = load_for_inference(cfg.training.output_dir)
+    scorer = reward_accuracy if task == "reward" else preference_accuracy
+    return scorer(loaded.model, loaded.tokenizer, rows, max_length=max_length)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--data", default="../shared/data/preference/dpo_en_demo.json")
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--held-out", type=int, default=40)
+    parser.add_argument("--tasks", default=",".join(TASKS))
+    parser.add_argument("--steps", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--held-out", type=int, default=60, help="records set aside before the length filter")
     parser.add_argument("--max-length", type=int, default=512)
-    parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--beta", type=float, default=0.1)
-    parser.add_argument("--out", default="runs/bench-dpo")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="runs/bench-alignment")
     args = parser.parse_args()
-    cfg = validate_config({
-        "task": "dpo", "model": {"name_or_path": args.model, "dtype": "float32"},
-        "method": {"name": "lora", "r": 16, "alpha": 32, "dropout": 0.0},
-        "preference": {"beta": args.beta},
-        "data": {"train": [{"path": args.data}], "val_size": args.held_out, "template": "model",
-                 "max_length": args.max_length},
-        "training": {"output_dir": args.out, "max_steps": args.steps, "batch_size": 2, "grad_accum": 2,
-                     "learning_rate": args.lr, "warmup_ratio": 0.1, "logging_steps": 5, "save_steps": 10_000,
-                     "tensorboard": False, "overwrite_output_dir": True}})
-    tokenizer = load_tokenizer(cfg.model)
-    data = build_preference_data(cfg.data, tokenizer, get_template("model", tokenizer))
-    held = list(data.validation)
-    before = preference_accuracy(load_model(cfg.model), tokenizer, held, max_length=args.max_length)
-    start = time.perf_counter()
-    train(cfg)
-    seconds = time.perf_counter() - start
-    from peft import PeftModel
 
-    after = preference_accuracy(PeftModel.from_pretrained(load_model(cfg.model), args.out), tokenizer, held,
-                                max_length=args.max_length)
-    print(json.dumps({"model": args.model, "steps": args.steps, "pairs_seen": args.steps * 4,
-                      "train_pairs": data.stats["train_samples"], "held_out": len(held), "lr": args.lr,
-                      "beta": args.beta, "max_length": args.max_length, "train_seconds": round(seconds),
-                      "before": before, "after": after}, indent=1))
+    from tunesmith.recipes import train as train_run
+
+    out = Path(args.out)
+    train_file, held_file = split_file(args.data, args.held_out, args.seed, out / "data")
+    results_file = out / "results.jsonl"
+    done = {json.loads(line)["task"] for line in results_file.read_text().splitlines()} if results_file.exists() else set()
+    before = None
+    for task in args.tasks.split(","):
+        cfg = run_config(task, args, train_file, held_file, out)
+        rows = held_rows(cfg)
+        if task in done:
+            continue
+        if before is None and task != "reward":
+            before = score(task, cfg, rows, trained=False, max_length=args.max_length)
+        start = time.perf_counter()
+        result = train_run(cfg)
+        seconds = time.perf_counter() - start
+        after = score(task, cfg, rows, trained=True, max_length=args.max_length)
+        row = {"task": task, "steps": cfg.training.max_steps, "batch_size": args.batch_size, "lr": args.lr,
+               "train_examples": result.data_stats["train_samples"], "held_out_pairs": len(rows),
+               "before": None if task == "reward" else before["accuracy"], "after": after["accuracy"],
+               "mean_margin_after": after.get("mean_margin"), "train_seconds": round(seconds)}
+        with results_file.open("a") as handle:
+            handle.write(json.dumps(row) + "\n")
+        print(json.dumps(row), flush=True)
+    print(f"\n{args.model}, LoRA r16, lr {args.lr}, batch {args.batch_size}, max_length {args.max_length}, "
+          f"{args.data} split with seed {args.seed}\n")
+    print("| task | steps | examples seen | held-out pairs | accuracy before | after | train s |")
+    print("|---|---|---|---|---|---|---|")
+    for line in results_file.read_text().splitlines():
+        r = json.loads(line)
+        before_text = "(untrained head)" if r["before"] is None else f"{r['before']:.3f}"
+        print(f"| {r['task']} | {r['steps']} | {r['steps'] * r['batch_size']} | {r['held_out_pairs']} | "
+              f"{before_text} | {r['after']:.3f} | {r['train_seconds']} |")
 
 
 if __name__ == "__main__":

@@ -143,6 +143,8 @@ def test_dpo_run_logs_preference_metrics_and_saves_only_the_trained_adapter(stor
     meta = json.loads((out / "tunesmith_run.json").read_text())
     assert meta["task"] == "dpo" and meta["preference"]["beta"] is None
     assert "tags: [tunesmith, dpo, lora]" in (out / "README.md").read_text()
+    # The speed plan's model-level pieces apply to preference runs too.
+    assert "CPU RMSNorm:" in (out / "train.log").read_text()
 
 
 def test_a_dpo_run_starts_from_an_sft_runs_adapter(stories_dir, tmp_path):
