@@ -85,6 +85,8 @@ class Merge(StrictModel):
     parameters: dict[str, Any] = Field(default_factory=dict, description="the merge method's parameters, e.g. "
                                                                          "{density: 0.5}")
     weight: float = Field(1.0, description="every stage's weight in the merge")
+    density: float | None = Field(None, gt=0, le=1, description="ties / dare: the share of each stage's task vector "
+                                                                "kept (default: the method's)")
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
         "float32", description="of the merged model; float32 keeps all of each stage's (small) update")
 
@@ -199,6 +201,14 @@ def check_base(cfg: PipelineConfig) -> None:
     if name == "merge" and method not in (*PLAIN_LORA, "full"):
         raise ConfigError(f"the merge strategy merges LoRA adapters or full models, not {method}",
                           where="base.method", hint=f"use one of {', '.join(PLAIN_LORA)} or full")
+    if name == "merge":
+        from .models import merge_config
+
+        try:  # the merge method's own checks, before any stage trains
+            merge_config([Path(stage.name) for stage in cfg.stages], "base", cfg.strategy)
+        except TunesmithError as exc:
+            exc.where = f"strategy.{exc.where}" if exc.where else "strategy"
+            raise
     if name in RETAIN_STRATEGIES and "retain" not in RunConfig.model_fields:
         raise ConfigError(f"strategy {name} needs the run config's `retain:` section, which this tunesmith does not "
                           f"have", where="strategy.name", hint="use sequential, replay, progressive_lora or merge")

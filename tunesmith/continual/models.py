@@ -84,8 +84,12 @@ def stack_adapters(run_dirs: list[Path], copies: Path, out: Path, reporter: Repo
 
 def merge_stages(run_dirs: list[Path], base_model: str, strategy, out: Path, reporter: Reporter) -> Path:
     """The stages so far merged over `base_model` (each a LoRA run, read as base + its update, or a full run)."""
-    config = MergeConfig(method=strategy.method, base_model=None if strategy.method == "linear" else base_model,
-                         models=[{"model": str(d), "weight": strategy.weight} for d in run_dirs],
-                         parameters=strategy.parameters, dtype=strategy.dtype, max_shard_size="20GB",
-                         tokenizer_source=str(run_dirs[-1]))
-    return merge(config, out, overwrite=True, reporter=reporter).output
+    return merge(merge_config(run_dirs, base_model, strategy), out, overwrite=True, reporter=reporter).output
+
+
+def merge_config(run_dirs: list[Path], base_model: str, strategy) -> MergeConfig:
+    density = {"density": strategy.density} if strategy.density is not None else {}
+    return MergeConfig(method=strategy.method, base_model=None if strategy.method == "linear" else base_model,
+                       models=[{"model": str(d), "weight": strategy.weight, **density} for d in run_dirs],
+                       parameters=strategy.parameters, dtype=strategy.dtype, max_shard_size="20GB",
+                       tokenizer_source=str(run_dirs[-1]))
