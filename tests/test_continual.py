@@ -78,7 +78,9 @@ def pipeline_raw(model_dir, data_dir, out, strategy="sequential", **training):
                  "data": {"template": "alpaca_en", "max_length": 128},
                  "training": {"max_steps": 3, "batch_size": 8, "learning_rate": 5e-3, "logging_steps": 1,
                               "save_steps": 2, "warmup_ratio": 0.0, "tensorboard": False,
-                              "lr_scheduler": "constant", **training}},
+                              "lr_scheduler": "constant", **training},
+                 # one thread: on a busy two-core machine two threads made a 3-step stage 10x slower
+                 "speed": {"cpu_threads": 1}},
         "strategy": strategy,
         "stages": [{"name": "saw", "data": [{"path": str(saw)}], "heldout": 4},
                    {"name": "ate", "data": [{"path": str(ate)}], "heldout": 4}],
