@@ -282,7 +282,7 @@ def test_progressive_lora_keeps_earlier_adapters_and_its_stack_loads_with_plain_
     from transformers import AutoModelForCausalLM
 
     cfg = validate_pipeline(pipeline_raw(stories_dir, tmp_path / "data", tmp_path / "out",
-                                         strategy="progressive_lora"))
+                                         strategy={"name": "progressive_lora", "fold": True}))
     out = tmp_path / "out"
     watch = WatchStage2(out / "stages" / "1-saw")
     result = run_pipeline(cfg, extra_callbacks=[watch])
@@ -306,8 +306,10 @@ def test_progressive_lora_keeps_earlier_adapters_and_its_stack_loads_with_plain_
     from tunesmith.models.loading import load_for_inference
 
     trained = load_for_inference(str(stage2), dtype="float32").model
+    folded = AutoModelForCausalLM.from_pretrained(out / "progressive" / "folded").eval()  # fold: true
     with torch.no_grad():
         assert torch.allclose(model(ids).logits, trained(ids).logits, atol=1e-4)
+        assert torch.allclose(folded(ids).logits, trained(ids).logits, atol=1e-4)
     assert result.matrix[2][0] == pytest.approx(independent_score(final, out / "data" / "saw" / "eval.jsonl"),
                                                 rel=1e-5)
 
@@ -337,3 +339,10 @@ def test_the_merge_strategy_trains_each_stage_from_the_base_and_merges_them(stor
     assert any("q_proj" in n for n in changed)
     saved = json.loads((out / "retention.json").read_text())
     assert saved["final_model"] == str(merged) and all(math.isfinite(v) for v in saved["matrix"][2])
+
+
+def test_the_example_pipeline_validates():
+    from pathlib import Path
+
+    cfg = load_pipeline(Path(__file__).parent.parent / "examples" / "continual.yaml")
+    assert [stage.name for stage in cfg.stages] == ["english", "chinese", "persona"]

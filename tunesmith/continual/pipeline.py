@@ -96,6 +96,8 @@ def run_pipeline(cfg: PipelineConfig, *, resume: bool = False, reporter: Reporte
             atomic_write_json(folder / STATE, state)
         result = _result(cfg, folder, state, tasks, evaluated)
         write_results(result, cfg)
+    if getattr(cfg.strategy, "fold", False):  # progressive_lora: the stack as a standalone model too
+        fold(Path(evaluated), folder / "progressive" / "folded", reporter)
     return result
 
 
