@@ -346,3 +346,25 @@ def test_the_example_pipeline_validates():
 
     cfg = load_pipeline(Path(__file__).parent.parent / "examples" / "continual.yaml")
     assert [stage.name for stage in cfg.stages] == ["english", "chinese", "persona"]
+
+
+def test_the_command_reports_a_bad_pipeline_file_and_exits_2(stories_dir, tmp_path, capsys):
+    import yaml
+
+    from tunesmith.cli.main import main
+
+    raw = pipeline_raw(stories_dir, tmp_path / "data", tmp_path / "out", strategy={"name": "replay", "ratio": 2})
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["continual", str(path)]) == 2
+    assert "strategy.replay.ratio" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_replay_trains_stage_two_on_all_its_data_and_a_share_of_stage_ones(stories_dir, tmp_path):
+    result = run_pipeline(validate_pipeline(pipeline_raw(stories_dir, tmp_path / "data", tmp_path / "out",
+                                                         strategy={"name": "replay", "ratio": 0.2})))
+    meta = json.loads((result.folder / "stages" / "2-ate" / "tunesmith_run.json").read_text())
+    drawn = {d["path"].split("/data/")[-1]: d["train"] for d in meta["data"]["datasets"]}
+    assert drawn == {"ate/train-0.jsonl": 16, "saw/train-0.jsonl": 4} and meta["data"]["train_samples"] == 20
+    assert all(v is not None for v in result.matrix[2])

@@ -35,8 +35,9 @@ def plot_heatmap(result: PipelineResult, metric: str, path, title: str) -> None:
     image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis_r", aspect="auto")  # reversed: lower is better
     for i, row in enumerate(values):
         for j, value in enumerate(row):
-            if math.isfinite(value):
-                ax.text(j, i, f"{value:.3g}", ha="center", va="center", color="white", fontsize=9)
+            if math.isfinite(value):  # dark text on the light (low, good) end of the reversed viridis
+                color = "black" if image.norm(value) < 0.5 else "white"
+                ax.text(j, i, f"{value:.4g}", ha="center", va="center", color=color, fontsize=9)
     ax.set_xticks(range(len(result.tasks)), result.tasks)
     ax.set_yticks(range(len(result.matrix)), row_labels(result))
     ax.set_xlabel(f"task ({metric} on its held-out data, lower is better)")
