@@ -368,3 +368,11 @@ def test_replay_trains_stage_two_on_all_its_data_and_a_share_of_stage_ones(stori
     drawn = {d["path"].split("/data/")[-1]: d["train"] for d in meta["data"]["datasets"]}
     assert drawn == {"ate/train-0.jsonl": 16, "saw/train-0.jsonl": 4} and meta["data"]["train_samples"] == 20
     assert all(v is not None for v in result.matrix[2])
+
+
+def test_a_folder_that_is_not_a_pipeline_is_refused(stories_dir, tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "README.md").write_text("mine")
+    with pytest.raises(ConfigError, match="not a pipeline folder"):
+        run_pipeline(validate_pipeline(pipeline_raw(stories_dir, tmp_path / "data", tmp_path / "out")))
+    assert (tmp_path / "out" / "README.md").read_text() == "mine"

@@ -51,6 +51,7 @@ def run_pipeline(cfg: PipelineConfig, *, resume: bool = False, reporter: Reporte
 
     reporter = reporter_or_default(reporter)
     folder = Path(cfg.output_dir)
+    check_pipeline_folder(folder, source)
     folder.mkdir(parents=True, exist_ok=True)
     state = _read_state(folder) if resume else _start_over(folder)
     state.setdefault("version", STATE_VERSION)
@@ -99,6 +100,17 @@ def run_pipeline(cfg: PipelineConfig, *, resume: bool = False, reporter: Reporte
     if getattr(cfg.strategy, "fold", False):  # progressive_lora: the stack as a standalone model too
         fold(Path(evaluated), folder / "progressive" / "folded", reporter)
     return result
+
+
+def check_pipeline_folder(folder: Path, source: str) -> None:
+    """A pipeline writes README.md, data/, stages/ ... into its folder: one that holds other files is refused, so
+    that no file of the user's is overwritten."""
+    if not folder.is_dir():
+        return
+    others = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+    if others and not any((folder / marker).exists() for marker in (STATE, "stages", "data")):
+        raise ConfigError(f"{folder} is not a pipeline folder and is not empty ({', '.join(others[:5])})",
+                          where=f"{source}: output_dir", hint="choose a new or empty folder")
 
 
 def _evaluated_model(cfg: PipelineConfig, run_dirs: list[Path], folder: Path, base_model: str,
