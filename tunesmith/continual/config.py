@@ -175,6 +175,9 @@ def check_base(cfg: PipelineConfig) -> None:
     """What the stages cannot run with: keys the pipeline sets, a task other than sft, a method whose result cannot
     start the next stage, a strategy this tunesmith cannot express."""
     base = cfg.base
+    for name in ("model", "data", "training"):
+        if not isinstance(base.get(name) or {}, dict):
+            raise ConfigError(f"base.{name} must be a mapping of its fields", where=f"base.{name}")
     if base.get("task", "sft") != "sft":
         raise ConfigError(f"a pipeline trains task: sft, not {base['task']}", where="base.task")
     for section, keys in PIPELINE_OWNED.items():

@@ -12,6 +12,7 @@ import copy
 import json
 import math
 import random
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,20 +68,30 @@ def stage_run_config(cfg: PipelineConfig, index: int, data: list[StageData], *, 
     up to this one."""
     stage, strategy = cfg.stages[index], cfg.strategy
     raw = copy.deepcopy(cfg.base)
-    raw["model"] = {**(raw.get("model") or {}), "name_or_path": start_model}
-    raw["training"] = {**(raw.get("training") or {}), **stage.training, "output_dir": str(output_dir)}
+    raw["model"] = {**section(raw, "model"), "name_or_path": start_model}
+    raw["training"] = {**section(raw, "training"), **stage.training, "output_dir": str(output_dir)}
     own, earlier = data[index], data[:index]
     ratio = getattr(strategy, "ratio", None) if strategy.name == "replay" else None
     if strategy.name == "kd" and strategy.on != "train":
         ratio = None  # replayed through retain.replay below: the distillation reads it from there
     train = replay_mix(own, earlier, ratio) if ratio and earlier else plain_specs(own)
-    raw["data"] = {**(raw.get("data") or {}), "train": train[0]}
+    raw["data"] = {**section(raw, "data"), "train": train[0]}
     if train[1]:
         raw["data"]["num_samples"] = train[1]
     retain = retain_section(cfg, earlier)
     if retain:
         raw["retain"] = retain
     return validate_config(raw, source=f"{source}: stages[{index}] ({stage.name})")
+
+
+def section(raw: dict, name: str) -> dict:
+    """A section of `base` to extend; one that is not a mapping is the run config's error to report."""
+    value = raw.get(name) or {}
+    if not isinstance(value, dict):
+        from ..errors import ConfigError
+
+        raise ConfigError(f"base.{name} must be a mapping of its fields", where=f"base.{name}")
+    return value
 
 
 def plain_specs(own: StageData) -> tuple[list[dict], None]:
@@ -124,10 +135,15 @@ def retain_section(cfg: PipelineConfig, earlier: list[StageData]) -> dict | None
 
 
 def check_stage_configs(cfg: PipelineConfig, source: str) -> None:
-    """Validate every stage's run config before anything runs (placeholder data files: only the config is
-    checked)."""
-    placeholder = [StageData([(Path(f"{stage.name}-train-{k}.jsonl"), 1, None) for k in range(len(stage.data))],
-                             Path(f"{stage.name}-eval.jsonl")) for stage in cfg.stages]
-    for i in range(len(cfg.stages)):
-        stage_run_config(cfg, i, placeholder, start_model=cfg.base.get("model", {}).get("name_or_path", ""),
-                         output_dir=Path(cfg.output_dir) / "stages" / f"{i + 1}-{cfg.stages[i].name}", source=source)
+    """Validate every stage's run config before anything runs, with empty placeholder files for the splits (the run
+    config checks that `retain:` data files exist)."""
+    with tempfile.TemporaryDirectory(prefix="tunesmith-pipeline-check-") as tmp:
+        placeholder = []
+        for stage in cfg.stages:
+            files = [Path(tmp) / f"{stage.name}-train-{k}.jsonl" for k in range(len(stage.data))]
+            for file in files:
+                file.touch()
+            placeholder.append(StageData([(file, 1, None) for file in files], Path(tmp) / f"{stage.name}-eval.jsonl"))
+        for i, stage in enumerate(cfg.stages):
+            stage_run_config(cfg, i, placeholder, start_model=section(cfg.base, "model").get("name_or_path", ""),
+                             output_dir=Path(cfg.output_dir) / "stages" / f"{i + 1}-{stage.name}", source=source)
