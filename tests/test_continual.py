@@ -376,3 +376,27 @@ def test_a_folder_that_is_not_a_pipeline_is_refused(stories_dir, tmp_path):
     with pytest.raises(ConfigError, match="not a pipeline folder"):
         run_pipeline(validate_pipeline(pipeline_raw(stories_dir, tmp_path / "data", tmp_path / "out")))
     assert (tmp_path / "out" / "README.md").read_text() == "mine"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_RETAIN, reason=NO_RETAIN)
+@pytest.mark.parametrize("strategy", [{"name": "l2sp", "weight": 0.5}, {"name": "ewc", "weight": 10.0, "samples": 8},
+                                      {"name": "kd", "weight": 0.5, "on": "both"}])
+def test_retain_strategies_pull_stage_two_toward_stage_one(stories_dir, tmp_path, strategy):
+    import yaml
+
+    result = run_pipeline(validate_pipeline(pipeline_raw(stories_dir, tmp_path / "data", tmp_path / "out",
+                                                         strategy=strategy)))
+    stages = result.folder / "stages"
+
+    def terms(stage):
+        return {key for line in (stages / stage / "metrics.jsonl").read_text().splitlines()
+                for key in json.loads(line)}
+
+    term = f"loss_{strategy['name']}"
+    assert term not in terms("1-saw") and term in terms("2-ate")  # the first stage has nothing earlier to keep
+    second = yaml.safe_load((stages / "2-ate" / "config.yaml").read_text())
+    # θ₀ / the teacher / the Fisher's model is the model the run starts from: stage 1 folded into the weights
+    assert second["model"]["name_or_path"] == str(result.folder / "models" / "start-2")
+    assert second["retain"][strategy["name"]]["weight"] == strategy["weight"]
+    assert all(v is not None for v in result.matrix[2])
