@@ -230,6 +230,14 @@ def test_the_retention_matrix_comes_from_real_evaluations_of_the_saved_models(se
     assert (out / "retention.png").stat().st_size > 1000 and "| after ate |" in (out / "README.md").read_text()
 
 
+@pytest.mark.slow
+def test_resuming_a_stage_whose_config_changed_is_refused(sequential_run, stories_dir):
+    tmp, result = sequential_run
+    changed = pipeline_raw(stories_dir, tmp / "data", tmp / "out", learning_rate=1e-3)
+    with pytest.raises(ConfigError, match="stage saw was trained with another config"):
+        run_pipeline(validate_pipeline(changed), resume=True)
+
+
 class KillInStage(TrainerCallback):
     """The process dies at `step` of the stage whose run folder ends with `stage`."""
 
