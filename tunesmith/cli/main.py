@@ -17,7 +17,7 @@ from . import commands
 
 # Further command groups live in their own modules under tunesmith/cli/, each exposing `register(subparsers)`;
 # `data` subcommands likewise expose `register_data(data_subparsers)`.
-COMMAND_MODULES: list[str] = ["serve", "classify", "merge", "eval", "plan", "analyze"]
+COMMAND_MODULES: list[str] = ["serve", "classify", "merge", "eval", "plan", "analyze", "continual"]
 DATA_COMMAND_MODULES: list[str] = ["data_tools"]
 
 EPILOG = """examples:
