@@ -24,7 +24,9 @@ from ..speed.logits import HeadInput, HeadRows, plain_head
 class Teacher:
     """The starting model's next-token scores for a batch; see the module docstring."""
 
-    def __init__(self, model, *, adapters_off_is_start: bool):
+    def __init__(self, model, *, adapters_off_is_start: bool, compute_dtype: torch.dtype | None = None):
+        # The student runs under the Trainer's autocast (accelerate wraps its forward); a copy must run as it does.
+        self.autocast = compute_dtype if compute_dtype not in (None, torch.float32) else None
         self.copy = None
         if not (hasattr(model, "disable_adapter") and adapters_off_is_start):
             self.copy = copy.deepcopy(model).eval().requires_grad_(False)
@@ -38,7 +40,8 @@ class Teacher:
         device = next(model.parameters()).device
         if next(self.copy.parameters()).device != device:  # the Trainer moved the student after the copy was made
             self.copy.to(device)
-        yield self.copy
+        with torch.autocast(device.type, dtype=self.autocast, enabled=self.autocast is not None):
+            yield self.copy
 
     @torch.no_grad()
     def rows(self, model, inputs: dict) -> HeadRows:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from ..config.schema import RunConfig
 from ..reporting import Reporter
 from .anchors import TrainableAnchor
@@ -20,13 +22,15 @@ RETAIN_DIR = "retain"
 
 
 def prepare_terms(cfg: RunConfig, model, method, tokenizer, template, *, run_dir: Path, resume: bool,
-                  reporter: Reporter) -> RetainTerms | None:
-    """The loss terms of `cfg.retain` for `model` (None when no term has a weight)."""
+                  reporter: Reporter, compute_dtype: torch.dtype | None = None) -> RetainTerms | None:
+    """The loss terms of `cfg.retain` for `model` (None when no term has a weight); `compute_dtype`: the training
+    autocast's."""
     retain = cfg.retain
     if retain is None or not {"l2sp", "ewc", "kd"} & set(retain.active()):
         return None
     distance = method.retain_distance
-    teacher = Teacher(model, adapters_off_is_start=method.adapters_off_is_start) if retain.kd.weight > 0 else None
+    teacher = Teacher(model, adapters_off_is_start=method.adapters_off_is_start, compute_dtype=compute_dtype) \
+        if retain.kd.weight > 0 else None
     anchor = None
     if distance == "trainable" and (retain.l2sp.weight > 0 or retain.ewc.weight > 0):
         anchor = TrainableAnchor(model, source=teacher.copy if teacher is not None else None)

@@ -54,7 +54,7 @@ class RetainTerms:
         which = None
         if self.kd_on != "both":
             replay = extras.get(REPLAY_MASK)
-            replay = torch.zeros_like(keep) if replay is None else replay.to(keep.device)[keep]
+            replay = (torch.zeros_like(keep) if replay is None else replay.to(keep.device))[keep]
             which = replay if self.kd_on == "replay" else ~replay
             if not which.any():
                 return torch.zeros((), device=keep.device)
