@@ -67,7 +67,7 @@ def train_sft(cfg: RunConfig, *, resume: bool = False, reporter: Reporter | None
         # θ₀, the Fisher and the teacher are of the model the run starts from: taken before the speed pieces go in
         # and before the Trainer loads a checkpoint to resume.
         retain_terms = prepare_terms(cfg, model, method, tokenizer, template, run_dir=run.run_dir, resume=resume,
-                                     reporter=report, compute_dtype=runtime.compute_dtype)
+                                     reporter=report, compute_dtype=runtime.compute_dtype, device=runtime.device)
         run.speed_up(model)
         cfg = _resolve_packing(cfg, model, run.speedups.causal_kernel)
         trainable, total = count_parameters(model)

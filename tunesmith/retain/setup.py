@@ -12,7 +12,7 @@ import torch
 from ..config.schema import RunConfig
 from ..reporting import Reporter
 from .anchors import TrainableAnchor
-from .ewc import empirical_fisher, fisher_rows, load_or_compute_fisher
+from .ewc import FISHER_FILE, empirical_fisher, fisher_rows, load_or_compute_fisher
 from .kd import Teacher
 from .replay import REPLAY_COLUMN, ReplayMaskCollator, encode_retain_data
 from .terms import RetainTerms
@@ -22,7 +22,8 @@ RETAIN_DIR = "retain"
 
 
 def prepare_terms(cfg: RunConfig, model, method, tokenizer, template, *, run_dir: Path, resume: bool,
-                  reporter: Reporter, compute_dtype: torch.dtype | None = None) -> RetainTerms | None:
+                  reporter: Reporter, compute_dtype: torch.dtype | None = None,
+                  device: str = "cpu") -> RetainTerms | None:
     """The loss terms of `cfg.retain` for `model` (None when no term has a weight); `compute_dtype`: the training
     autocast's."""
     retain = cfg.retain
@@ -37,13 +38,21 @@ def prepare_terms(cfg: RunConfig, model, method, tokenizer, template, *, run_dir
     fisher = None
     if retain.ewc.weight > 0:
         def compute():
+            model.to(device)  # where the Trainer would put it anyway: the Fisher's backward passes run there
             rows = encode_retain_data(retain.ewc_data(), tokenizer, template, cfg.data)
-            return empirical_fisher(model, fisher_rows(rows, retain.ewc.samples, cfg.data.seed), distance, reporter)
+            rows = fisher_rows(rows, retain.ewc.samples, cfg.data.seed)
+            computed.append(len(rows))
+            return empirical_fisher(model, rows, distance, reporter)
+
+        computed: list[int] = []
 
         fingerprint = {"model": cfg.model.name_or_path, "method": cfg.method.model_dump(mode="json"),
                        "data": [spec.model_dump(mode="json") for spec in retain.ewc_data()],
                        "samples": retain.ewc.samples, "seed": cfg.data.seed, "max_length": cfg.data.max_length}
         fisher = load_or_compute_fisher(run_dir / RETAIN_DIR, fingerprint, reuse=resume, compute=compute)
+        where = run_dir / RETAIN_DIR / FISHER_FILE
+        reporter.info(f"EWC: Fisher of the starting model on {computed[0]} samples, saved to {where}" if computed
+                      else f"EWC: Fisher read back from {where}")
     terms = RetainTerms(distance=distance, l2sp=retain.l2sp.weight, ewc=retain.ewc.weight, kd=retain.kd.weight,
                         temperature=retain.kd.temperature, kd_on=retain.kd.on, anchor=anchor, fisher=fisher,
                         teacher=teacher)

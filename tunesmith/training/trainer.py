@@ -199,6 +199,8 @@ class TunesmithTrainer(Trainer):
             terms = {name: total / self._term_batches for name, total in self._term_sums.items()}
             logs = {**logs, "loss_task": logs["loss"] - sum(terms.values()), **terms}
             self._term_sums, self._term_batches = {}, 0
+            log.info("step %d: loss %.4f = task %.4f + %s", self.state.global_step, logs["loss"], logs["loss_task"],
+                     " + ".join(f"{name.removeprefix('loss_')} {value:.4g}" for name, value in terms.items()))
         super().log(logs, *args, **kwargs)
 
     def _task_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
