@@ -318,3 +318,15 @@ def test_full_tuning_with_l2sp_and_kd_pulls_towards_the_start(stories_dir, tmp_p
         return sum(((weights[k].float() - start[k].float()) ** 2).sum().item() for k in start if k in weights)
 
     assert distance(held) < distance(plain)
+
+
+def test_the_example_validates_and_yaml_reads_the_key_on(monkeypatch):
+    require_shared(WIKI)
+    from tunesmith.config.loading import load_config
+
+    from .conftest import ROOT
+
+    monkeypatch.chdir(ROOT)
+    cfg = load_config(str(ROOT / "examples" / "retain.yaml"))  # PyYAML reads `on:` as the boolean True
+    assert cfg.retain.kd.on == "replay" and cfg.retain.active() == ["replay", "l2sp", "ewc", "kd"]
+    assert cfg.retain.ewc_data() == cfg.retain.replay.data

@@ -321,6 +321,14 @@ class KdConfig(StrictModel):
     temperature: float = Field(2.0, gt=0, le=100, allow_inf_nan=False)
     on: Literal["replay", "train", "both"] = Field("replay", description="which samples' trained tokens distil")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_on(cls, values: Any):
+        """YAML 1.1 (PyYAML) reads the key `on` as the boolean True."""
+        if isinstance(values, dict) and True in values:
+            values = {("on" if key is True else key): value for key, value in values.items()}
+        return values
+
 
 class RetainConfig(StrictModel):
     """Training options that protect the starting model's abilities (docs/forgetting.md). θ₀, the teacher and the

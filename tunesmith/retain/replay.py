@@ -2,7 +2,8 @@
 
 Plain text (a `.txt` file, one passage per non-empty line, or records holding only `text`) trains with the plain LM
 loss on every token, as it was pre-trained; instruction records are encoded as SFT encodes them (replies only). The
-draw is the training mix's own (`data.dataset.mix`): a source repeats only when its share exceeds its size.
+draw is the training mix's own (`data.dataset.mix`, `mix_shares`): sources share the replay by `weight` when any is
+given, else by size, and a source repeats only when its share exceeds its size.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import datasets
 import torch
 
 from ..config.schema import DataConfig, ReplayConfig, RetainData
-from ..data.dataset import BuiltData, load_samples, mix
+from ..data.dataset import BuiltData, load_samples, mix, mix_shares
 from ..data.encoding import encode_conversation, needs_special_tokens
 from ..data.readers import read_records
 from ..errors import DataError
@@ -43,24 +44,28 @@ def encode_text(tokenizer, text: str, max_length: int) -> dict:
     return {"input_ids": ids, "labels": list(ids), "length": len(ids)}
 
 
-def encode_retain_data(specs: list[RetainData], tokenizer, template, data_cfg: DataConfig) -> list[dict]:
-    """Every sample of `specs` tokenised (rows of input_ids, labels, length), in file order."""
+def encode_spec(spec: RetainData, tokenizer, template, data_cfg: DataConfig) -> list[dict]:
+    """Every sample of `spec` tokenised (rows of input_ids, labels, length), in file order."""
     rows = []
-    for spec in specs:
-        if is_plain_text(spec):
-            texts = load_texts(spec.path, "text", spec.max_samples)
-            rows += [encode_text(tokenizer, text, data_cfg.max_length) for text in texts if text.strip()]
-        else:
-            for sample in load_samples(spec):
-                encoded = encode_conversation(tokenizer, template, sample.messages, data_cfg.max_length,
-                                              data_cfg.train_on)
-                if encoded is not None:
-                    rows.append({k: encoded[k] for k in ("input_ids", "labels", "length")})
+    if is_plain_text(spec):
+        texts = load_texts(spec.path, "text", spec.max_samples)
+        rows = [encode_text(tokenizer, text, data_cfg.max_length) for text in texts if text.strip()]
+    else:
+        for sample in load_samples(spec):
+            encoded = encode_conversation(tokenizer, template, sample.messages, data_cfg.max_length,
+                                          data_cfg.train_on)
+            if encoded is not None:
+                rows.append({k: encoded[k] for k in ("input_ids", "labels", "length")})
     rows = [row for row in rows if row["length"] > 1]
     if not rows:
-        raise DataError("no usable replay samples", file=specs[0].path, field="retain",
-                        hint="the files hold no text, or nothing fits data.max_length")
+        raise DataError("no usable retain samples", file=spec.path, field="retain",
+                        hint="the file holds no text, or nothing fits data.max_length")
     return rows
+
+
+def encode_retain_data(specs: list[RetainData], tokenizer, template, data_cfg: DataConfig) -> list[dict]:
+    """Every sample of `specs` tokenised, file after file."""
+    return [row for spec in specs for row in encode_spec(spec, tokenizer, template, data_cfg)]
 
 
 def replay_count(task_samples: int, ratio: float) -> int:
@@ -72,13 +77,15 @@ def add_replay(data: BuiltData, replay: ReplayConfig, tokenizer, template, data_
     """`data` with replay rows drawn into its training split (column `replay` = 1, task rows 0), shuffled with the
     data seed; stats gain `replay_samples` and `replay_ratio`."""
     rng = random.Random(data_cfg.seed)
-    pool = encode_retain_data(replay.data, tokenizer, template, data_cfg)
+    pools = [[{**row, REPLAY_COLUMN: 1} for row in encode_spec(spec, tokenizer, template, data_cfg)]
+             for spec in replay.data]
     task = [{**row, REPLAY_COLUMN: 0} for row in data.train.to_list()]
-    drawn = mix([[{**row, REPLAY_COLUMN: 1} for row in pool]], [1.0], replay_count(len(task), replay.ratio), rng)
+    # Between replay sources as between training datasets: by `weight` when any is given, else by size.
+    drawn = mix(pools, mix_shares(replay.data, pools), replay_count(len(task), replay.ratio), rng)
     rows = task + drawn
     rng.shuffle(rows)
     stats = {**data.stats, "train_samples": len(rows), "replay_samples": len(drawn),
-             "replay_ratio": len(drawn) / len(rows), "replay_pool": len(pool),
+             "replay_ratio": len(drawn) / len(rows), "replay_pool": sum(map(len, pools)),
              "train_tokens": data.stats.get("train_tokens", 0) + sum(r["length"] for r in drawn)}
     return BuiltData(datasets.Dataset.from_list(rows), data.validation, stats)
 
