@@ -48,6 +48,10 @@ class TrainableAnchor:
             start = self.start.get(name)
             if start is not None:
                 out.append((name, param.float() - start.to(param.device, torch.float32)))
+        if len(out) != len(self.start):  # a penalty over part of the model would pass silently
+            missing = sorted(set(self.start) - {name for name, _ in out})
+            raise RuntimeError(f"retain: {len(missing)} trained tensors of the starting model are gone from the "
+                               f"model in training (e.g. {missing[0]})")
         return out
 
     def nbytes(self) -> int:

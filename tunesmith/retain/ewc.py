@@ -111,8 +111,10 @@ def _masked_update(a, b, fisher, scaling):
 
 def ewc_low_rank(model, fisher: dict[str, torch.Tensor]) -> torch.Tensor:
     """Σ over LoRA layers of Σ F ⊙ (s·B·A)² (without the λ/2)."""
-    terms = []
-    for name, layer in lora_layers(model):
+    terms, layers = [], dict(lora_layers(model))
+    if set(fisher) - set(layers):  # a penalty over part of the layers would pass silently
+        raise RuntimeError(f"retain.ewc: the Fisher has layers the model does not: {sorted(set(fisher) - set(layers))}")
+    for name, layer in layers.items():
         f = fisher.get(name)
         for a, b, scaling in lora_factors(layer):
             if f is not None:
