@@ -251,6 +251,12 @@ def test_the_planner_counts_theta0_fisher_and_the_teacher(stories_dir):
     assert "retain: θ₀ of the trained tensors" not in with_kd.retain_parts  # the teacher copy serves as θ₀
     assert with_kd.retain_parts["retain: teacher (frozen copy)"] == weights and with_kd.retain_pass > 0
 
+    from tunesmith.planning.preflight import request_from_config
+
+    cfg = retain_config(stories_dir, "unused", {"l2sp": {"weight": 1.0}, "ewc": {"weight": 1.0, "data": [
+        {"path": str(require_shared(WIKI))}]}, "kd": {"weight": 0.0}})
+    assert request_from_config(cfg, "cpu").retain == ("l2sp", "ewc")  # the pre-flight asks for what is on
+
     lora = plan_memory(config, PlanRequest(method="lora", seq=32))
     lora_ewc = plan_memory(config, PlanRequest(method="lora", seq=32, retain=("l2sp", "ewc", "kd")))
     assert set(lora_ewc.retain_parts) == {"retain: EWC Fisher (fp32)"}  # no copies: adapters off is the teacher
@@ -259,8 +265,8 @@ def test_the_planner_counts_theta0_fisher_and_the_teacher(stories_dir):
 
 # --- runs ---------------------------------------------------------------------------------------------------------------
 
-def retain_config(model_dir, out, retain, method="lora", **training):
-    raw = make_config(model_dir, out, method, **training).model_dump(mode="json")
+def retain_config(model_dir, out, retain, method="lora", data=None, **training):
+    raw = make_config(model_dir, out, method, data, **training).model_dump(mode="json")
     return validate_config({**raw, "retain": retain})
 
 
@@ -272,6 +278,21 @@ def test_zero_weights_train_exactly_as_without_retain(stories_dir, tmp_path):
     a = load_file(tmp_path / "plain" / "adapter_model.safetensors")
     b = load_file(tmp_path / "zero" / "adapter_model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_penalties_count_once_per_step_under_gradient_accumulation(stories_dir, tmp_path):
+    """The task loss is divided over the accumulated batch; each micro-batch adds its share of a penalty, so two
+    micro-batches of 4 train as one batch of 8 (a penalty added per micro-batch in full would count twice)."""
+    retain = {"l2sp": {"weight": 20.0}}
+    opts = dict(max_steps=3, data={"packing": False}, group_by_length=False)
+    train(retain_config(stories_dir, tmp_path / "one", retain, batch_size=8, **opts))
+    train(retain_config(stories_dir, tmp_path / "two", retain, batch_size=4, grad_accum=2, **opts))
+    a = load_file(tmp_path / "one" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "two" / "adapter_model.safetensors")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=2e-5, rtol=1e-3)
+    logged = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert [row["loss_l2sp"] > 0 for row in logged if "loss" in row][1:] == [True, True]
 
 
 @pytest.mark.slow
