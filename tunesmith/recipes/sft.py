@@ -103,6 +103,8 @@ def train_sft(cfg: RunConfig, *, resume: bool = False, reporter: Reporter | None
                 "base_model": base_model_meta(cfg), "template": template.name, "max_length": cfg.data.max_length,
                 "trainable_params": trainable, "total_params": total, "data": data.stats,
                 "metrics": finite_metrics(metrics), **facts}
+        if cfg.retain is not None:
+            meta["retain"] = cfg.retain.model_dump(mode="json")
         run.save(save_weights=lambda folder: method.save(trainer.model, cfg.method, folder), tokenizer=tokenizer,
                  meta=meta, title=f"{cfg.method.name} on {cfg.model.name_or_path}",
                  write_card=lambda path, meta, plot: write_model_card(path, cfg, meta, has_plot=plot))
