@@ -351,3 +351,20 @@ def test_the_example_validates_and_yaml_reads_the_key_on(monkeypatch):
     cfg = load_config(str(ROOT / "examples" / "retain.yaml"))  # PyYAML reads `on:` as the boolean True
     assert cfg.retain.kd.on == "replay" and cfg.retain.active() == ["replay", "l2sp", "ewc", "kd"]
     assert cfg.retain.ewc_data() == cfg.retain.replay.data
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_the_replay_mask_marks_the_replay_samples_tokens(packing):
+    from tunesmith.data.collator import make_collator
+    from tunesmith.retain.replay import REPLAY_MASK, ReplayMaskCollator
+
+    class Tok:
+        pad_token_id, eos_token_id = 0, 2
+
+    features = [{"input_ids": [5, 6, 7], "labels": [5, 6, 7], "length": 3, REPLAY_COLUMN: 1},
+                {"input_ids": [8, 9], "labels": [-100, 9], "length": 2, REPLAY_COLUMN: 0}]
+    batch = ReplayMaskCollator(make_collator(Tok(), packing=packing), packing)(features)
+    expected = [[True, True, True, False, False]] if packing else [[True, True, True], [False, False, False]]
+    assert batch[REPLAY_MASK].tolist() == expected and batch[REPLAY_MASK].shape == batch["input_ids"].shape
+    plain = ReplayMaskCollator(make_collator(Tok(), packing=packing), packing, mark=False)(features)
+    assert REPLAY_MASK not in plain and REPLAY_COLUMN not in plain

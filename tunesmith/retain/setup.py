@@ -37,14 +37,14 @@ def prepare_terms(cfg: RunConfig, model, method, tokenizer, template, *, run_dir
         anchor = TrainableAnchor(model, source=teacher.copy if teacher is not None else None)
     fisher = None
     if retain.ewc.weight > 0:
+        computed: list[int] = []  # the samples, when computed here rather than read back
+
         def compute():
             model.to(device)  # where the Trainer would put it anyway: the Fisher's backward passes run there
             rows = encode_retain_data(retain.ewc_data(), tokenizer, template, cfg.data)
             rows = fisher_rows(rows, retain.ewc.samples, cfg.data.seed)
             computed.append(len(rows))
             return empirical_fisher(model, rows, distance, reporter)
-
-        computed: list[int] = []
 
         fingerprint = {"model": cfg.model.name_or_path, "method": cfg.method.model_dump(mode="json"),
                        "data": [spec.model_dump(mode="json") for spec in retain.ewc_data()],
