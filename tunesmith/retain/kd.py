@@ -65,30 +65,20 @@ def select(rows: HeadRows, which: torch.Tensor) -> HeadRows:
     return HeadRows(hidden=rows.hidden[which], head=rows.head)
 
 
-def _kl_sum(student_rows, teacher_rows, student_fn, teacher_fn, temperature):
-    log_s = F.log_softmax(student_fn(student_rows) / temperature, dim=-1)
-    log_t = F.log_softmax(teacher_fn(teacher_rows) / temperature, dim=-1)
+def _kl_sum(student_rows, teacher_rows, student: HeadRows, teacher: HeadRows, temperature: float):
+    log_s = F.log_softmax(student.logits_of(student_rows) / temperature, dim=-1)
+    log_t = F.log_softmax(teacher.logits_of(teacher_rows) / temperature, dim=-1)
     return (log_t.exp() * (log_t - log_s)).sum()
-
-
-def _scores(rows: HeadRows):
-    """(tensor of rows, function: rows -> fp32 logits)."""
-    if rows.logits is not None:
-        return rows.logits, lambda x: x.float()
-    head = rows.head
-    bias = head.bias
-    return rows.hidden, lambda x: F.linear(x.float(), head.weight.float(), bias.float() if bias is not None else None)
 
 
 def kd_sum(student: HeadRows, teacher: HeadRows, temperature: float, chunk: int | None = None) -> torch.Tensor:
     """Σ over rows of KL(softmax(t/T) ‖ softmax(s/T)) (without α·T²), chunk by chunk."""
-    s_rows, s_fn = _scores(student)
-    t_rows, t_fn = _scores(teacher)
-    vocab = (student.logits.shape[-1] if student.logits is not None else student.head.weight.shape[0])
+    s_rows, t_rows = student.raw, teacher.raw.detach()
+    vocab = student.logits.shape[-1] if student.logits is not None else student.head.weight.shape[0]
     chunk = chunk or chunk_tokens(vocab, s_rows.device.type)
     total = s_rows.new_zeros((), dtype=torch.float32)
     for start in range(0, s_rows.shape[0], chunk):
         stop = start + chunk
-        total = total + checkpoint(_kl_sum, s_rows[start:stop], t_rows[start:stop].detach(), s_fn, t_fn,
-                                   temperature, use_reentrant=False)
+        total = total + checkpoint(_kl_sum, s_rows[start:stop], t_rows[start:stop], student, teacher, temperature,
+                                   use_reentrant=False)
     return total

@@ -49,8 +49,8 @@ def plain_head(model) -> torch.nn.Linear | None:
 
 class HeadInput:
     """Within it (a context), the output head's input is kept in `hidden` and the head runs on none of its rows,
-    outside autocast (training's chunked loss and the retain options' teacher pass read it): autocast would still cast the whole (frozen, fp32) head weight for that empty matmul, ~30 ms a step
-    for SmolLM2 on CPU."""
+    outside autocast (training's chunked loss and the retain options' teacher pass read it): autocast would still
+    cast the whole (frozen, fp32) head weight for that empty matmul, ~30 ms a step for SmolLM2 on CPU."""
 
     def __init__(self, head: torch.nn.Module):
         self.head, self.hidden, self._handles, self._no_autocast = head, None, [], None
@@ -96,12 +96,21 @@ class HeadRows:
             return HeadRows(hidden=self.hidden[keep], head=self.head)
         return self
 
+    @property
+    def raw(self) -> torch.Tensor:
+        """The rows as held: logits, or the head's input."""
+        return self.logits if self.logits is not None else self.hidden
+
     def rows(self) -> int:
-        return (self.logits if self.logits is not None else self.hidden).shape[0]
+        return self.raw.shape[0]
+
+    def logits_of(self, raw: torch.Tensor) -> torch.Tensor:
+        """The fp32 logits of some of `raw`'s rows (through the head when they are its input)."""
+        if self.logits is not None:
+            return raw.float()
+        bias = self.head.bias.float() if self.head.bias is not None else None
+        return torch.nn.functional.linear(raw.float(), self.head.weight.float(), bias)
 
     def scores(self, start: int, stop: int) -> torch.Tensor:
-        """The fp32 logits of rows start:stop (computed here from the head input when there are no logits)."""
-        if self.logits is not None:
-            return self.logits[start:stop].float()
-        bias = self.head.bias.float() if self.head.bias is not None else None
-        return torch.nn.functional.linear(self.hidden[start:stop].float(), self.head.weight.float(), bias)
+        """The fp32 logits of rows start:stop."""
+        return self.logits_of(self.raw[start:stop])
