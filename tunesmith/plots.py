@@ -20,6 +20,11 @@ def plot_loss_curves(metrics: list[dict], path: Path, title: str = "training") -
         ax.plot(*zip(*train), label="train loss", color="#1f77b4")
     if evals:
         ax.plot(*zip(*evals), label="validation loss", color="#d62728", marker="o")
+    # The retain options' terms (tunesmith/retain/): the task's loss and each penalty on its own.
+    for key in sorted({k for m in metrics for k in m if k.startswith("loss_")}):
+        curve = [(m["step"], m[key]) for m in metrics if key in m]
+        ax.plot(*zip(*curve), label=key.removeprefix("loss_") if key != "loss_task" else "task loss",
+                linestyle="--", linewidth=1)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss (response tokens)")
     ax.set_title(title)

@@ -93,6 +93,10 @@ class TrainingProgress(TrainerCallback):
                                                                                           logs.get("margin"))
         if accuracy is not None and margin is not None:
             self._fields["extra"] = f"  acc {accuracy:.2f}  margin {margin:+.3f}"
+        # Retain runs: the task's loss and each penalty (loss_task, loss_l2sp, ...).
+        terms = [(key.removeprefix("loss_"), value) for key, value in logs.items() if key.startswith("loss_")]
+        if terms:
+            self._fields["extra"] = " (" + "  ".join(f"{name} {value:.4f}" for name, value in terms) + ")"
         if "eval_loss" in logs and self.progress is not None:
             self.progress.console.print(f"  step {state.global_step}: eval_loss {logs['eval_loss']:.4f}")
 

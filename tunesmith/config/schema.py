@@ -289,6 +289,65 @@ class GrpoConfig(StrictModel):
             else value
 
 
+class RetainData(DatasetSpec):
+    """Old-ability data: a DatasetSpec, or a plain-text `.txt` file (one passage per non-empty line). Plain text
+    (`.txt`, or records with only `text`) trains with the LM loss on every token; instruction records as SFT."""
+
+    max_samples: int | None = Field(None, gt=0)
+
+
+class ReplayConfig(StrictModel):
+    data: list[RetainData] = Field(min_length=1, description="old-ability data mixed into the training stream")
+    ratio: float = Field(0.2, gt=0, lt=1, allow_inf_nan=False,
+                         description="share of the training stream that is replay")
+
+
+class L2spConfig(StrictModel):
+    weight: float = Field(0.0, ge=0, le=1e6, allow_inf_nan=False,
+                          description="λ of λ·Σ‖θ−θ₀‖² (LoRA family: the update ‖(α/r)·BA‖²); 0 = off")
+
+
+class EwcConfig(StrictModel):
+    weight: float = Field(0.0, ge=0, le=1e9, allow_inf_nan=False,
+                          description="λ of λ/2·Σ F·(θ−θ₀)² (LoRA family: over the update of each adapted weight); "
+                                      "0 = off")
+    data: list[RetainData] = Field(default_factory=list,
+                                   description="data the Fisher is computed on (default: retain.replay.data)")
+    samples: int = Field(128, gt=0, le=1_000_000, description="samples the Fisher averages over")
+
+
+class KdConfig(StrictModel):
+    weight: float = Field(0.0, ge=0, le=1e6, allow_inf_nan=False, description="α of α·T²·KL(teacher‖student); 0 = off")
+    temperature: float = Field(2.0, gt=0, le=100, allow_inf_nan=False)
+    on: Literal["replay", "train", "both"] = Field("replay", description="which samples' trained tokens distil")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_on(cls, values: Any):
+        """YAML 1.1 (PyYAML) reads the key `on` as the boolean True."""
+        if isinstance(values, dict) and True in values:
+            values = {("on" if key is True else key): value for key, value in values.items()}
+        return values
+
+
+class RetainConfig(StrictModel):
+    """Training options that protect the starting model's abilities (docs/forgetting.md). θ₀, the teacher and the
+    Fisher's model are always the model the run starts from."""
+
+    replay: ReplayConfig | None = None
+    l2sp: L2spConfig = Field(default_factory=L2spConfig)
+    ewc: EwcConfig = Field(default_factory=EwcConfig)
+    kd: KdConfig = Field(default_factory=KdConfig)
+
+    def active(self) -> list[str]:
+        """The options that change training, in a fixed order."""
+        return [name for name, on in (("replay", self.replay is not None), ("l2sp", self.l2sp.weight > 0),
+                                      ("ewc", self.ewc.weight > 0), ("kd", self.kd.weight > 0)) if on]
+
+    def ewc_data(self) -> list[RetainData]:
+        return self.ewc.data or (self.replay.data if self.replay else [])
+
+
 class RunConfig(StrictModel):
     task: Literal["sft", "classification", *PREFERENCE_TASKS, "grpo"] = "sft"
     classification: ClassificationConfig = Field(default_factory=ClassificationConfig)
@@ -300,6 +359,8 @@ class RunConfig(StrictModel):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     speed: SpeedConfig = Field(default_factory=SpeedConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    retain: RetainConfig | None = Field(None, description="replay, L2-SP, EWC, distillation from the base "
+                                                          "(docs/forgetting.md)")
 
     @field_validator("method", mode="before")
     @classmethod
@@ -342,6 +403,8 @@ class RunConfig(StrictModel):
                               hint="set task: grpo, or remove the section")
         if self.task == "grpo":
             _check_grpo(self)
+        if self.retain is not None:
+            _check_retain(self)
         get_method(self.method.name).validate(self.method, self)
         return self
 
@@ -359,3 +422,45 @@ def _check_grpo(cfg: RunConfig) -> None:
                           f"({group})", where="grpo.num_generations",
                           hint=f"e.g. training.batch_size: {group} (each step then samples {group} completions "
                                f"of one prompt)")
+
+
+def _check_retain(cfg: RunConfig) -> None:
+    """Each retain option where it means something for this task and method, and its data where it can be read."""
+    from ..errors import ConfigError
+    from ..methods.registry import get_method
+
+    retain = cfg.retain
+    if retain.active() and cfg.task != "sft":
+        raise ConfigError(f"retain options train with task: sft only, not task: {cfg.task}", where="retain",
+                          hint="remove the retain section, or use task: sft")
+    method = get_method(cfg.method.name)
+    for name in ("l2sp", "ewc"):
+        if getattr(retain, name).weight > 0 and method.retain_distance is None:
+            raise ConfigError(f"retain.{name} is not defined for method {method.name}: its trained tensors have no "
+                              f"pre-trained value to stay near (or, for DoRA, PiSSA, OLoRA, AdaLoRA, VeRA, the "
+                              f"update is not the low-rank product B·A)", where=f"retain.{name}",
+                              hint="use lora, rslora, loraplus, qlora, full, freeze or ia3; or retain.kd / "
+                                   "retain.replay, which work with every method")
+    if retain.kd.weight > 0 and not method.retain_kd:
+        raise ConfigError(f"retain.kd is not defined for method {method.name}: its virtual tokens shift the "
+                          f"student's positions against the teacher's", where="retain.kd",
+                          hint="use retain.replay with this method, or a LoRA-family method")
+    if retain.ewc.weight > 0:
+        if cfg.model.quantization != "none":
+            raise ConfigError("retain.ewc needs gradients of the base weights for its Fisher; a 4-bit base has "
+                              "none", where="retain.ewc", hint="use retain.l2sp or retain.kd with qlora")
+        if not retain.ewc_data():
+            raise ConfigError("retain.ewc needs old-ability data for its Fisher", where="retain.ewc.data",
+                              hint="set retain.ewc.data (e.g. [{path: ../shared/data/general/wiki_demo.txt}]) or "
+                                   "retain.replay.data")
+    if retain.kd.weight > 0 and retain.kd.on == "replay" and retain.replay is None:
+        raise ConfigError("retain.kd.on: replay distils on replay samples, but retain.replay is not set",
+                          where="retain.kd.on", hint="set retain.replay, or retain.kd.on: train")
+    sections = [("retain.replay.data", retain.replay.data if retain.replay else []),
+                ("retain.ewc.data", retain.ewc.data)]
+    for where, specs in sections:
+        for index, spec in enumerate(specs):
+            if not Path(spec.path).is_file():
+                raise ConfigError(f"data file not found: {spec.path}", where=f"{where}[{index}].path",
+                                  hint="retain data is a local file (.txt, .json, .jsonl, .csv, .parquet); "
+                                       "relative paths are read from the working directory")

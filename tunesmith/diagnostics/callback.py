@@ -80,11 +80,13 @@ class DiagnosticsCallback(TrainerCallback):
             if isinstance(value, (int, float)) and not math.isfinite(value) and self.diverged is None:
                 self._stop(control, state.global_step, f"{key} became {value}")
         if "loss" in logs:
-            share = relative_to_uniform(logs["loss"], self.vocab_size)
+            # Against a uniform guess goes the cross-entropy alone: with retain penalties (loss_task beside them)
+            # the total is not one.
+            share = relative_to_uniform(logs.get("loss_task", logs["loss"]), self.vocab_size)
             self.healthy = self.healthy or (share is not None and share < HEALTHY_SHARE)
             self.suspect = self.healthy and share is not None and share >= UNIFORM_MARGIN
             control.should_save = control.should_save and not self.suspect
-            losses = [(r["step"], r["loss"]) for r in self.records if "loss" in r]
+            losses = [(r["step"], r.get("loss_task", r["loss"])) for r in self.records if "loss" in r]
             grads = [(r["step"], r["grad_norm"]) for r in self.records if "grad_norm" in r]
             collapse = detect_collapse(losses, grads, self.vocab_size)
             if collapse and self.diverged is None:

@@ -239,7 +239,9 @@ def diagnose(records: list[dict], *, max_grad_norm: float | None = None,
     """Every detector over the metrics of a run (the lines of metrics.jsonl). After a collapse the flat loss and
     dead gradients are its symptoms, not a plateau or a too-low learning rate: those findings are left out."""
     loss = series_from_records(records, "loss")
-    collapse = detect_collapse(loss, series_from_records(records, "grad_norm"), vocab_size)
+    # A collapse is the cross-entropy at a uniform guess: the task's part of the loss where retain adds penalties.
+    collapse = detect_collapse(series_from_records(records, "loss_task") or loss,
+                               series_from_records(records, "grad_norm"), vocab_size)
     findings = detect_nonfinite(loss) + detect_nonfinite(series_from_records(records, "eval_loss"), "eval_loss")
     findings += collapse + detect_spikes(loss) + detect_oscillation(loss)
     findings += [] if collapse else detect_plateau(loss)

@@ -23,6 +23,16 @@ class Method:
     Options: ClassVar[type[MethodOptions]]
     #: True when the run saves a PEFT adapter rather than the full model.
     is_peft: ClassVar[bool] = True
+    #: What retain.l2sp / retain.ewc measure the distance from the starting model on (tunesmith/retain/):
+    #: "trainable" (each trained tensor against its value at the start: full, freeze, IA3's scales, which start at
+    #: 1, the identity), "low_rank" (the LoRA update (α/r)·B·A, zero at the start), or None where neither is the
+    #: model's change (virtual tokens, randomly initialised bottlenecks, DoRA's normalised weight, PiSSA's moved base).
+    retain_distance: ClassVar[str | None] = None
+    #: Whether the model with its adapters disabled is the model the run starts from (retain.kd's teacher then
+    #: costs no copy); not where the method moves the base weights at the start (PiSSA, OLoRA).
+    adapters_off_is_start: ClassVar[bool] = True
+    #: False where the student's logits do not line up with the teacher's token by token (virtual tokens).
+    retain_kd: ClassVar[bool] = True
     #: What the run folder holds: "adapter" (PEFT), "full" (a whole model) or "bottleneck" (tunesmith adapters).
     artifact: ClassVar[str] = "adapter"
     #: False when the method reads frozen base weights outside their layer's matmul (DoRA's weight norm), so they

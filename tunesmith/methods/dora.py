@@ -13,6 +13,7 @@ class DoraOptions(LoraOptions):
 @register
 class DoraMethod(LoraMethod):
     name = "dora"
+    retain_distance = None  # the weight is re-normalised: its change is not (α/r)·B·A
     description = "Weight-decomposed LoRA: magnitude + low-rank direction (PEFT use_dora)"
     Options = DoraOptions
     use_dora = True

@@ -64,6 +64,7 @@ def all_parameters_optimizer(model: torch.nn.Module, args) -> torch.optim.Optimi
 @register
 class FreezeMethod(Method):
     name = "freeze"
+    retain_distance = "trainable"
     description = "Train only the last N blocks / named modules; the rest stays frozen"
     Options = FreezeOptions
     is_peft = False

@@ -20,6 +20,7 @@ class FullMethod(Method):
     description = "Train every parameter; saves a full model"
     Options = FullOptions
     is_peft = False
+    retain_distance = "trainable"
     artifact = "full"
 
     def validate(self, opts, full_config):

@@ -27,6 +27,7 @@ class Ia3Options(MethodOptions):
 @register
 class Ia3Method(PeftMethod):
     name = "ia3"
+    retain_distance = "trainable"
     description = "Learned rescaling vectors for keys, values and FFN activations (PEFT IA3)"
     Options = Ia3Options
 

@@ -32,6 +32,7 @@ class LoraOptions(MethodOptions):
 @register
 class LoraMethod(PeftMethod):
     name = "lora"
+    retain_distance = "low_rank"
     description = "Low-rank adapters on frozen weights (PEFT LoRA)"
     Options = LoraOptions
     use_dora = False

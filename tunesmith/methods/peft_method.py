@@ -22,6 +22,8 @@ class PeftMethod(Method):
 class PromptLearningMethod(PeftMethod):
     """Virtual tokens prepended to every sequence (prefix, prompt and P-tuning)."""
 
+    retain_kd = False  # virtual tokens lengthen the student's sequence; retain.kd compares token by token
+
     def validate(self, opts, full_config):
         super().validate(opts, full_config)
         if full_config.task == "classification":

@@ -40,6 +40,9 @@ class OloraOptions(LoraOptions):
 
 
 class _WeightInitialisedLora(LoraMethod):
+    retain_distance = None  # the base weight itself is moved at the start: B·A is not the change
+    adapters_off_is_start = False
+
     def prepare(self, model, opts, *, gradient_checkpointing, total_steps=None):
         model = super().prepare(model, opts, gradient_checkpointing=gradient_checkpointing, total_steps=total_steps)
         initial = Path(tempfile.mkdtemp(prefix="tunesmith-init-adapter-"))

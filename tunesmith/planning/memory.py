@@ -68,6 +68,8 @@ class PlanRequest:
     # (planning/preference.py); `batch` is then in pairs (or KTO examples), as training.batch_size is.
     task: str = "sft"
     precomputed_reference: bool = False  # preference.precompute_ref_log_probs: no reference model or pass in training
+    # retain: which penalties have a weight (l2sp, ewc, kd): their θ₀ copies, Fisher, teacher (tunesmith/retain/).
+    retain: tuple[str, ...] = ()
 
     def compute_dtype(self) -> torch.dtype:
         if self.precision == "auto":
@@ -101,6 +103,12 @@ class MemoryPlan:
     checkpoint_pages: float = 0.0
     reference_weights: float = 0.0  # dpo/kto with a non-PEFT method: the frozen reference copy
     reference_pass: float = 0.0     # dpo/kto: the no_grad reference forward's transient, beside the saved activations
+    retain_parts: dict[str, float] = field(default_factory=dict)  # retain: θ₀, Fisher, teacher copy (held throughout)
+    retain_pass: float = 0.0        # retain.kd: the teacher's no_grad forward and one chunk of the KL's logits
+
+    @property
+    def retain_weights(self) -> float:
+        return sum(self.retain_parts.values())
 
     def components(self) -> dict[str, float]:
         parts = {"weights": self.weights, "gradients": self.gradients, "optimizer state": self.optimizer_state,
@@ -112,6 +120,9 @@ class MemoryPlan:
             parts["reference model (frozen copy)"] = self.reference_weights
         if self.reference_pass:
             parts["reference forward (transient)"] = self.reference_pass
+        parts.update(self.retain_parts)
+        if self.retain_pass:
+            parts["retain: KD teacher forward (transient)"] = self.retain_pass
         return parts
 
     def peak_at_batch(self, batch: int) -> tuple[float, str]:
@@ -121,11 +132,12 @@ class MemoryPlan:
         micro-batches' gradients stay alive through the next backward. A reference forward (dpo, kto) runs after the
         policy's, its transient beside the saved activations, and is gone before the loss's buffers exist."""
         scale = batch / self.request.batch
-        backward_start = (self.activations + max(self.logits, self.reference_pass)) * scale + \
+        backward_start = (self.activations + max(self.logits, self.reference_pass, self.retain_pass)) * scale + \
             (self.gradients if self.request.grad_accum > 1 else 0)
         optimizer_step = self.gradients + self.step_temporaries
         phase = "start of backward" if backward_start >= optimizer_step else "optimizer step"
-        base = self.overhead + self.checkpoint_pages + self.weights + self.optimizer_state + self.reference_weights
+        base = self.overhead + self.checkpoint_pages + self.weights + self.optimizer_state + self.reference_weights + \
+            self.retain_weights
         return base + max(backward_start, optimizer_step), phase
 
 
@@ -283,7 +295,24 @@ def plan_memory(config, request: PlanRequest) -> MemoryPlan:
         notes.append(f"{request.task}: batch in {unit}" + ("; reference pass counted" if ref_pass else "")
                      + ("; the LM head stands in for the one-output score head" if request.task == "reward" else "")
                      + " (docs/planning.md: preference runs)")
+    retain_parts, retain_pass = _retain(model, trace, request)
     plan = MemoryPlan(request, counts, optimizer, weights, gradients, state, activations, logits, temporaries,
-                      overhead, 0.0, "", trace, notes, pages, ref_weights, ref_pass)
+                      overhead, 0.0, "", trace, notes, pages, ref_weights, ref_pass, retain_parts, retain_pass)
     plan.peak, plan.peak_phase = plan.peak_at_batch(request.batch)
     return plan
+
+
+def _retain(model, trace: ActivationTrace, request: PlanRequest) -> tuple[dict[str, float], float]:
+    """(what the retain options hold through training, KD's transient teacher pass)."""
+    if not request.retain:
+        return {}, 0.0
+    from ..methods.registry import get_method
+    from ..retain.memory import retain_weights, teacher_pass
+
+    on = set(request.retain)
+    parts = retain_weights(model, get_method(request.method), l2sp="l2sp" in on, ewc="ewc" in on, kd="kd" in on)
+    parts = {name: _shard(value, request, 3) for name, value in parts.items()}
+    if "kd" not in on:
+        return parts, 0.0
+    rows = min(chunk_tokens(trace.vocab_size, request.device), trace.tokens)
+    return parts, teacher_pass(max(trace.per_block, default=0), trace.block_input, rows, trace.vocab_size)

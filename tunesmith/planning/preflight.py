@@ -44,7 +44,9 @@ def request_from_config(cfg, device: str, speed=None):
                        cpu_causal_attention=speed.cpu_causal_attention, half_frozen_base=speed.half_frozen_base,
                        # Liger's fused linear cross-entropy keeps no full logits either: counted alike.
                        chunked_loss=speed.loss in ("chunked", "liger"),
-                       task=cfg.task, precomputed_reference=cfg.preference.precompute_ref_log_probs)
+                       task=cfg.task, precomputed_reference=cfg.preference.precompute_ref_log_probs,
+                       retain=tuple(name for name in (cfg.retain.active() if cfg.retain else ())
+                                    if name != "replay"))
 
 
 def preflight(cfg, model_config=None, memory: int | None = None, *, reporter: Reporter | None = None, speed=None):

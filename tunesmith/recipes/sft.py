@@ -20,6 +20,8 @@ from ..models.loading import load_model, load_tokenizer
 from ..models.pypi_models import default_cache_root
 from ..models.targets import count_parameters
 from ..reporting import Reporter
+from ..retain.replay import add_replay
+from ..retain.setup import prepare_terms, with_replay_mask
 from ..training.arguments import build_training_arguments
 from ..training.model_card import write_model_card
 from ..training.run import TrainingRun, TrainResult, base_model_meta, finite_metrics, total_steps
@@ -43,6 +45,9 @@ def train_sft(cfg: RunConfig, *, resume: bool = False, reporter: Reporter | None
         with report.status("preparing data"):
             data = build_datasets(cfg.data, tokenizer, template,
                                   cache_root=default_cache_root() if cfg.data.cache else None)
+        if cfg.retain is not None and cfg.retain.replay is not None:
+            with report.status("adding replay data"):
+                data = add_replay(data, cfg.retain.replay, tokenizer, template, cfg.data)
         _report_data(report, data.stats)
         run.preflight()
 
@@ -59,6 +64,10 @@ def train_sft(cfg: RunConfig, *, resume: bool = False, reporter: Reporter | None
             model = method.prepare(model, cfg.method, gradient_checkpointing=cfg.training.gradient_checkpointing,
                                    total_steps=total_steps(cfg, len(data.train)))
             method.initialise(model, cfg.method, tokenizer)
+        # θ₀, the Fisher and the teacher are of the model the run starts from: taken before the speed pieces go in
+        # and before the Trainer loads a checkpoint to resume.
+        retain_terms = prepare_terms(cfg, model, method, tokenizer, template, run_dir=run.run_dir, resume=resume,
+                                     reporter=report, compute_dtype=runtime.compute_dtype, device=runtime.device)
         run.speed_up(model)
         cfg = _resolve_packing(cfg, model, run.speedups.causal_kernel)
         trainable, total = count_parameters(model)
@@ -69,7 +78,9 @@ def train_sft(cfg: RunConfig, *, resume: bool = False, reporter: Reporter | None
         run.write_config(cfg)
         trainer = TunesmithTrainer(
             model=model, args=args, train_dataset=data.train, eval_dataset=data.validation,
-            data_collator=make_collator(tokenizer, packing=cfg.data.packing), processing_class=tokenizer,
+            data_collator=with_replay_mask(make_collator(tokenizer, packing=cfg.data.packing), data.train,
+                                           packing=cfg.data.packing, terms=retain_terms),
+            processing_class=tokenizer, loss_terms=retain_terms,
             callbacks=run.callbacks(early_stopping=data.validation is not None,
                                     method_callbacks=method.callbacks(model, cfg.method)),
             optimizers=(method.optimizer(model, cfg.method, args), None),
@@ -92,6 +103,8 @@ def train_sft(cfg: RunConfig, *, resume: bool = False, reporter: Reporter | None
                 "base_model": base_model_meta(cfg), "template": template.name, "max_length": cfg.data.max_length,
                 "trainable_params": trainable, "total_params": total, "data": data.stats,
                 "metrics": finite_metrics(metrics), **facts}
+        if cfg.retain is not None:
+            meta["retain"] = cfg.retain.model_dump(mode="json")
         run.save(save_weights=lambda folder: method.save(trainer.model, cfg.method, folder), tokenizer=tokenizer,
                  meta=meta, title=f"{cfg.method.name} on {cfg.model.name_or_path}",
                  write_card=lambda path, meta, plot: write_model_card(path, cfg, meta, has_plot=plot))
@@ -122,7 +135,8 @@ def _report_precision(cfg: RunConfig, method, runtime, report: Reporter) -> None
 
 def _report_data(report: Reporter, stats: dict) -> None:
     report.info(f"data: {stats.get('train_samples', '?')} training samples, "
-                f"{stats.get('validation_samples', 0)} validation samples")
+                f"{stats.get('validation_samples', 0)} validation samples"
+                + (f" ({stats['replay_samples']} of them replay)" if stats.get("replay_samples") else ""))
     dropped = stats.get("dropped_no_label", 0)
     if dropped:
         report.warning(f"dropped {dropped} samples with no supervised token left (prompt too long for "

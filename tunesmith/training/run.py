@@ -36,6 +36,7 @@ from ..io import atomic_write_json, atomic_write_text, staged_dir
 from ..methods.registry import get_method
 from ..models.loading import RUN_META
 from ..reporting import Reporter, RunLog, reporter_or_default
+from ..retain.setup import RETAIN_DIR
 from ..runtime import resolve_runtime
 from ..speed.apply import ModelSpeedups, apply_to_model, configure_allocator, configure_process
 from ..speed.cpu.allocator import release_free_memory
@@ -47,7 +48,7 @@ from ..plots import plot_loss_curves
 log = logging.getLogger(__name__)
 RUN_LOG = "train.log"
 # What only a tunesmith run folder holds (one of them is written before any other file of a run).
-RUN_MARKERS = (RUN_META, RUN_LOG, CHECKPOINT_DIR)
+RUN_MARKERS = (RUN_META, RUN_LOG, CHECKPOINT_DIR, RETAIN_DIR)
 
 
 @dataclass

@@ -13,6 +13,10 @@ itself then runs on no rows) and the loss goes through `chunked_loss.chunked_lin
 the vocabulary at all. Models that change their logits after the head (soft-capping, scaling) are detected on the
 first batch, by comparing the model's own logits with the head's, and keep the plain path.
 
+With `loss_terms` (the retain options, `tunesmith/retain/`) a hook adds terms to each training step's loss from the
+model, the batch as the model got it and the student's scores at the trained positions (`HeadRows`: the head input
+or the logits, as the loss path had them); each term is logged on its own (`loss_<name>`) beside `loss_task`.
+
 With `skip_padding_mask` a right-padded training batch reaches the model without its attention mask, so attention
 runs causal-only (`padding_mask.py`, which says why that is exact and when it applies).
 """
@@ -26,19 +30,12 @@ import torch.nn.functional as F
 from transformers import Trainer
 
 from ..data.encoding import IGNORE_INDEX
-from ..speed.logits import plain_head
+from ..speed.logits import HeadInput, HeadRows, next_token_mask, plain_head
 from ..speed.chunked_loss import FrozenCast, head_compute_dtype, chunked_linear_cross_entropy
 from ..speed.padding_mask import eligible_config, mask_is_redundant, right_padded
 from ..speed.probe_forward import probe_forward
 
 log = logging.getLogger(__name__)
-
-
-def next_token_mask(labels: torch.Tensor) -> torch.Tensor:
-    """True at the positions whose next token is supervised: the only logits the loss reads."""
-    keep = torch.zeros_like(labels, dtype=torch.bool)
-    keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
-    return keep
 
 
 def supervised_targets(labels: torch.Tensor) -> torch.Tensor:
@@ -64,46 +61,15 @@ def supervised_loss(outputs, labels: torch.Tensor, num_items_in_batch=None) -> t
     return per_item(loss, targets.numel(), num_items_in_batch)
 
 
-class _HeadInput:
-    """Within it, the output head's input is kept in `hidden` and the head runs on none of its rows, outside
-    autocast: autocast would still cast the whole (frozen, fp32) head weight for that empty matmul, ~30 ms a step
-    for SmolLM2 on CPU."""
-
-    def __init__(self, head: torch.nn.Module):
-        self.head, self.hidden, self._handles, self._no_autocast = head, None, [], None
-
-    def _take(self, module, args):
-        self.hidden = args[0]
-        self._no_autocast = torch.autocast(args[0].device.type, enabled=False)
-        self._no_autocast.__enter__()
-        # Detached, so the empty call keeps nothing for backward; in the weight's dtype, as autocast would have
-        # matched them.
-        return (args[0][:0].detach().to(module.weight.dtype), *args[1:])
-
-    def _done(self, module, args, output):
-        if self._no_autocast is not None:
-            self._no_autocast.__exit__(None, None, None)
-            self._no_autocast = None
-
-    def __enter__(self):
-        self._handles = [self.head.register_forward_pre_hook(self._take),
-                         self.head.register_forward_hook(self._done, always_call=True)]
-        return self
-
-    def __exit__(self, *exc):
-        for handle in self._handles:
-            handle.remove()
-
-
 class TunesmithTrainer(Trainer):
     """`Trainer` with `supervised_logits=True`: logits only where the loss reads them, and with `chunked_loss`
     not even those (see the module docstring)."""
 
     def __init__(self, *args, supervised_logits: bool = False, chunked_loss: bool = False,
-                 activation_offload: bool = False, skip_padding_mask: bool = False, **kwargs):
+                 activation_offload: bool = False, skip_padding_mask: bool = False, loss_terms=None, **kwargs):
         if supervised_logits and kwargs.get("compute_loss_func") is None:
             kwargs["compute_loss_func"] = self._loss
-        self._taken: _HeadInput | None = None
+        self._taken: HeadInput | None = None
         super().__init__(*args, **kwargs)
         self.supervised_logits = supervised_logits
         self.chunked_loss = supervised_logits and chunked_loss
@@ -113,6 +79,13 @@ class TunesmithTrainer(Trainer):
         self._checked = False
         self._chunked_checked = False
         self._head_cast = FrozenCast()
+        # loss_terms(model, inputs, student: HeadRows, extras) -> {name: weighted term}; its `batch_keys` are batch
+        # entries for it, not for the model.
+        self.loss_terms = loss_terms
+        self._student: HeadRows | None = None
+        self._sent: dict | None = None
+        self._term_sums: dict[str, float] = {}
+        self._term_batches = 0
 
     def train(self, *args, **kwargs):
         try:
@@ -161,8 +134,10 @@ class TunesmithTrainer(Trainer):
     def _loss(self, outputs, labels, num_items_in_batch=None):
         """`compute_loss_func`: the chunked loss over the head input taken in this forward, else the plain one."""
         if self._taken is None:
+            self._student = HeadRows(logits=outputs.logits)
             return supervised_loss(outputs, labels, num_items_in_batch)
         hidden, head = self._taken.hidden, self._taken.head
+        self._student = HeadRows(hidden=hidden, head=head)
         targets = supervised_targets(labels).to(hidden.device)
         total = chunked_linear_cross_entropy(hidden, head.weight, head.bias, targets, dtype=self._head_dtype(),
                                              frozen_cast=self._head_cast)
@@ -196,14 +171,50 @@ class TunesmithTrainer(Trainer):
         return self.skip_padding_mask
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.loss_terms is None:
+            return self._task_loss(model, inputs, return_outputs, num_items_in_batch)
+        inputs = dict(inputs)
+        extras = {key: inputs.pop(key) for key in self.loss_terms.batch_keys if key in inputs}
+        if not model.training or "labels" not in inputs:
+            return self._task_loss(model, inputs, return_outputs, num_items_in_batch)
+        self._student = None
+        loss, outputs = self._task_loss(model, inputs, True, num_items_in_batch)
+        student = self._student or HeadRows(logits=outputs.logits)  # transformers' own loss: all the logits
+        terms = self.loss_terms(model, self._sent, student, extras)
+        # Terms are per step: where the task loss is already divided over the accumulated batch
+        # (num_items_in_batch), each micro-batch adds its share; otherwise the Trainer divides the sum itself.
+        scaled = self.compute_loss_func is not None or (self.model_accepts_loss_kwargs and
+                                                        num_items_in_batch is not None)
+        share = 1 / self.current_gradient_accumulation_steps if scaled else 1
+        for name, term in terms.items():
+            loss = loss + share * term.to(loss.device)
+            self._term_sums[name] = self._term_sums.get(name, 0.0) + term.detach().float().item()
+        self._term_batches += 1
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict, *args, **kwargs) -> None:
+        """Training logs gain each retain term (mean per step since the last log) and `loss_task`, the loss
+        without them."""
+        if "loss" in logs and self._term_batches:
+            terms = {name: total / self._term_batches for name, total in self._term_sums.items()}
+            logs = {**logs, "loss_task": logs["loss"] - sum(terms.values()), **terms}
+            self._term_sums, self._term_batches = {}, 0
+            log.info("step %d: loss %.4f = task %.4f + %s", self.state.global_step, logs["loss"], logs["loss_task"],
+                     " + ".join(f"{name.removeprefix('loss_')} {value:.4g}" for name, value in terms.items()))
+        super().log(logs, *args, **kwargs)
+
+    def _task_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The loss the task trains on (the speed plan's loss path); `_sent` is the batch as the model got it."""
+        self._sent = dict(inputs)
         if not self.supervised_logits or "labels" not in inputs:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         masked = {**inputs, "logits_to_keep": next_token_mask(inputs["labels"])}
         if self._without_padding_mask(model, inputs):
             del masked["attention_mask"]
+        self._sent = dict(masked)  # before the Trainer pops the labels from it
         head = self._chunked_head(model, masked) if self.chunked_loss and model.training else None
         if head is not None:
-            with _HeadInput(head) as self._taken:
+            with HeadInput(head) as self._taken:
                 try:
                     return super().compute_loss(model, masked, return_outputs, num_items_in_batch)
                 finally:
@@ -220,6 +231,7 @@ class TunesmithTrainer(Trainer):
             log.warning("logits only at supervised positions is not possible with %s (%s); computing all of them",
                         type(model).__name__, exc)
             self.supervised_logits, self.compute_loss_func = False, None
+            self._sent, self._student = dict(inputs), None
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         self._checked = True
         return (loss, outputs) if return_outputs else loss
