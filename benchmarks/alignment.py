@@ -9,6 +9,9 @@ steps so it sees as many sequences). Accuracy: the share of held-out pairs whose
 log-prob under the policy (`tasks.preference.accuracy.preference_accuracy`), rendered with the model's chat
 template; for the reward model, the share whose chosen side its head scores higher (`reward_accuracy`). Pairs
 that do not fit in --max-length are left out of both files, as the runs leave them out.
+
+Each run trains in its own process, which reports its wall time and peak resident memory (VmHWM) beside the
+pre-flight's predicted peak from the run's train.log.
 """
 
 from __future__ import annotations
@@ -16,6 +19,9 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -40,7 +46,7 @@ def run_config(task: str, args, train: Path, held: Path, out: Path):
     return validate_config({
         "task": task, "model": {"name_or_path": args.model},
         "method": {"name": "lora", "r": 16, "alpha": 32, "dropout": 0.0},
-        "preference": preference,
+        "preference": preference, "speed": {"cpu_threads": args.threads} if args.threads else {},
         "data": {"train": [{"path": str(train)}], "validation": [{"path": str(held)}], "template": "model",
                  "max_length": args.max_length},
         "training": {"output_dir": str(out / task), "max_steps": steps, "batch_size": args.batch_size,
@@ -71,6 +77,22 @@ def score(task: str, cfg, rows: list[dict], *, trained: bool, max_length: int) -
     return scorer(loaded.model, loaded.tokenizer, rows, max_length=max_length)
 
 
+def worker(task: str, config_file: str) -> None:
+    """Train one task in this process; print seconds, the peak RSS and the pre-flight's prediction."""
+    from tunesmith.config.loading import validate_config
+    from tunesmith.recipes import train
+
+    cfg = validate_config(json.loads(Path(config_file).read_text()))
+    start = time.perf_counter()
+    result = train(cfg)
+    seconds = time.perf_counter() - start
+    peak_kib = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
+                    if line.startswith("VmHWM"))
+    predicted = re.search(r"pre-flight: predicted peak ([0-9.]+) GiB", (result.run_dir / "train.log").read_text())
+    print(json.dumps({"seconds": seconds, "peak_gib": peak_kib / 2**20, "train_examples":
+                      result.data_stats["train_samples"], "predicted_gib": float(predicted[1]) if predicted else None}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="smollm2-135m-instruct")
@@ -84,42 +106,54 @@ def main() -> None:
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/bench-alignment")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads (default: one per physical core); 1 on a machine that other jobs share")
+    parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker:
+        return worker(*args.worker)
 
-    from tunesmith.recipes import train as train_run
+    if args.threads:
+        import torch
 
+        torch.set_num_threads(args.threads)
     out = Path(args.out)
     train_file, held_file = split_file(args.data, args.held_out, args.seed, out / "data")
-    results_file = out / "results.jsonl"
+    results_file, before_file = out / "results.jsonl", out / "before.json"
     done = {json.loads(line)["task"] for line in results_file.read_text().splitlines()} if results_file.exists() else set()
-    before = None
     for task in args.tasks.split(","):
-        cfg = run_config(task, args, train_file, held_file, out)
-        rows = held_rows(cfg)
         if task in done:
             continue
-        if before is None and task != "reward":
-            before = score(task, cfg, rows, trained=False, max_length=args.max_length)
-        start = time.perf_counter()
-        result = train_run(cfg)
-        seconds = time.perf_counter() - start
+        cfg = run_config(task, args, train_file, held_file, out)
+        rows = held_rows(cfg)
+        if task != "reward" and not before_file.exists():
+            before_file.write_text(json.dumps(score(task, cfg, rows, trained=False, max_length=args.max_length)))
+        before = json.loads(before_file.read_text()) if task != "reward" else None
+        config_file = out / f"{task}.json"
+        config_file.write_text(json.dumps(cfg.model_dump(mode="json")))
+        proc = subprocess.run([sys.executable, __file__, "--worker", task, str(config_file)], capture_output=True,
+                              text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"{task} failed:\n{proc.stderr[-4000:]}")
+        trained = json.loads(proc.stdout.strip().splitlines()[-1])
         after = score(task, cfg, rows, trained=True, max_length=args.max_length)
         row = {"task": task, "steps": cfg.training.max_steps, "batch_size": args.batch_size, "lr": args.lr,
-               "train_examples": result.data_stats["train_samples"], "held_out_pairs": len(rows),
-               "before": None if task == "reward" else before["accuracy"], "after": after["accuracy"],
-               "mean_margin_after": after.get("mean_margin"), "train_seconds": round(seconds)}
+               "held_out_pairs": len(rows), "before": before and before["accuracy"], "after": after["accuracy"],
+               "mean_margin_after": after.get("mean_margin"), **trained}
         with results_file.open("a") as handle:
             handle.write(json.dumps(row) + "\n")
         print(json.dumps(row), flush=True)
     print(f"\n{args.model}, LoRA r16, lr {args.lr}, batch {args.batch_size}, max_length {args.max_length}, "
-          f"{args.data} split with seed {args.seed}\n")
-    print("| task | steps | examples seen | held-out pairs | accuracy before | after | train s |")
-    print("|---|---|---|---|---|---|---|")
+          f"{args.data} split with seed {args.seed} ({args.held_out} records held out)\n")
+    print("| task | steps | sequences seen | held-out pairs | accuracy before | after | train s | peak RSS GiB | "
+          "pre-flight GiB |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for line in results_file.read_text().splitlines():
         r = json.loads(line)
         before_text = "(untrained head)" if r["before"] is None else f"{r['before']:.3f}"
-        print(f"| {r['task']} | {r['steps']} | {r['steps'] * r['batch_size']} | {r['held_out_pairs']} | "
-              f"{before_text} | {r['after']:.3f} | {r['train_seconds']} |")
+        sequences = r["steps"] * r["batch_size"] * (1 if r["task"] == "kto" else 2)
+        print(f"| {r['task']} | {r['steps']} | {sequences} | {r['held_out_pairs']} | {before_text} | {r['after']:.3f} "
+              f"| {r['seconds']:.0f} | {r['peak_gib']:.2f} | {r['predicted_gib']} |")
 
 
 if __name__ == "__main__":

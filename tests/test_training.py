@@ -305,3 +305,17 @@ def test_long_prompts_are_truncated_and_unlearnable_samples_dropped(stories_dir,
     result = train(cfg)
     assert result.data_stats["truncated"] == 1 and result.data_stats["dropped_no_label"] == 0
     assert result.data_stats["train_samples"] == 2
+
+
+def test_the_held_out_set_is_evaluated_once_at_the_end(stories_dir, tmp_path):
+    """transformers evaluates at the last step; the recipe reuses those numbers instead of a second pass."""
+    passes = []
+
+    class Count(TrainerCallback):
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            passes.append((state.global_step, metrics["eval_loss"]))
+
+    result = train(make_config(stories_dir, tmp_path / "run", data={"val_size": 0.2}, max_steps=3, eval_steps=2),
+                   extra_callbacks=[Count()])
+    assert [step for step, _ in passes] == [2, 3]
+    assert result.metrics["eval_loss"] == passes[-1][1]

@@ -72,7 +72,7 @@ def train_preference(cfg: RunConfig, *, resume: bool = False, reporter: Reporter
             optimizers=(method.optimizer(model, cfg.method, args), None), **extra)
         metrics, facts = run.fit(trainer, model, planned_steps=steps)
         if data.validation is not None:
-            metrics.update(trainer.evaluate())
+            metrics.update(run.held_out_metrics(trainer))
 
         drop_reference_adapter(trainer.model)
         base_config(trainer.model).use_cache = True  # the saved model is for inference

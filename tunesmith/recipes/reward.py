@@ -63,7 +63,7 @@ def train_reward(cfg: RunConfig, *, resume: bool = False, reporter: Reporter | N
             optimizers=(method.optimizer(model, opts, args), None))
         metrics, facts = run.fit(trainer, model, planned_steps=steps)
         if data.validation is not None:  # eval_accuracy: held-out pairs whose chosen reply scores higher
-            metrics.update(trainer.evaluate())
+            metrics.update(run.held_out_metrics(trainer))
             report.info(f"validation: pair accuracy {metrics.get('eval_accuracy', float('nan')):.4f} on "
                         f"{data.stats['validation_samples']} pairs")
 

@@ -92,7 +92,7 @@ def train_sft(cfg: RunConfig, *, resume: bool = False, reporter: Reporter | None
         metrics, facts = run.fit(trainer, model, planned_steps=total_steps(cfg, len(data.train)))
 
         if data.validation is not None:
-            metrics.update(trainer.evaluate())
+            metrics.update(run.held_out_metrics(trainer))
         if cfg.eval.general:
             from ..evaluation.forgetting import measure_forgetting
 

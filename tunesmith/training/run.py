@@ -189,6 +189,16 @@ class TrainingRun:
                 extra["restored_from"] = restored.name
         return dict(output.metrics), extra
 
+    def held_out_metrics(self, trainer) -> dict:
+        """The held-out (`eval_*`) metrics of the weights the run saves. transformers already evaluates at the last
+        step of training; those numbers are reused unless the weights changed after it (the best checkpoint loaded
+        at the end, the last good one restored), so the held-out set is not run twice."""
+        last = next((entry for entry in reversed(trainer.state.log_history) if "eval_loss" in entry), None)
+        unchanged = not self.stopped and not trainer.args.load_best_model_at_end
+        if last is not None and unchanged and last.get("step") == trainer.state.global_step:
+            return {key: value for key, value in last.items() if key.startswith("eval_")}
+        return trainer.evaluate()
+
     # --- the result --------------------------------------------------------------------------------------------
 
     def save(self, *, save_weights: Callable[[Path], None], tokenizer, meta: dict, title: str,
