@@ -119,7 +119,7 @@ class TrainingConfig(StrictModel):
                 and self.tensorboard != ("tensorboard" in self.report_to):
             from ..errors import ConfigError
 
-            raise ConfigError(f"tensorboard: {str(self.tensorboard).lower()} contradicts report_to: "
+            raise ConfigError(f"{str(self.tensorboard).lower()} contradicts report_to: "
                               f"{self.report_to}", where="training.tensorboard",
                               hint="drop training.tensorboard; report_to alone says which trackers run")
         return self
