@@ -88,7 +88,7 @@ class Tracking:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         # WANDB_MODE=offline (or `wandb offline`) keeps the run in RUN/wandb/ with no network.
         self._wandb = wandb.init(project=tracking.experiment, name=self.run_name, dir=str(self.run_dir),
-                                 config=self.cfg.model_dump(mode="json"), reinit="create_new")
+                                 config=self.cfg.model_dump(mode="json"), reinit="finish_previous")
         log.info("wandb: run %s in project %s (%s)", self._wandb.id, tracking.experiment, self._wandb.dir)
 
     def finish(self, ok: bool) -> None:
