@@ -37,6 +37,9 @@ def test_trackers_default_to_tensorboard_and_the_old_key_still_works(stories_dir
     assert tunesmith.load_config(raw, {"training.tensorboard": False}).training.trackers() == []
     assert tunesmith.load_config(raw, {"training.report_to": []}).training.trackers() == []
     assert tunesmith.load_config(raw, {"training.report_to": ["mlflow"]}).training.trackers() == ["mlflow"]
+    resolved = tunesmith.load_config(raw, {"training.report_to": ["mlflow"]})
+    assert tunesmith.load_config(resolved.model_dump(mode="json")) == resolved  # a run's config.yaml reads back
+    assert tunesmith.load_config(resolved, {"training.max_steps": 5}).training.trackers() == ["mlflow"]
     with pytest.raises(ConfigError, match=r"training\.tensorboard.*contradicts"):
         tunesmith.load_config(raw, {"training.report_to": ["mlflow"], "training.tensorboard": True})
     with pytest.raises(ConfigError, match=r"training\.report_to\.0"):

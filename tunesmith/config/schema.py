@@ -115,13 +115,18 @@ class TrainingConfig(StrictModel):
 
     @model_validator(mode="after")
     def _tensorboard_agrees(self):
-        if self.report_to is not None and "tensorboard" in self.model_fields_set \
-                and self.tensorboard != ("tensorboard" in self.report_to):
+        if self.report_to is None:
+            return self
+        listed = "tensorboard" in self.report_to
+        if "tensorboard" in self.model_fields_set and self.tensorboard != listed:
             from ..errors import ConfigError
 
             raise ConfigError(f"{str(self.tensorboard).lower()} contradicts report_to: "
                               f"{self.report_to}", where="training.tensorboard",
                               hint="drop training.tensorboard; report_to alone says which trackers run")
+        # The old key mirrors report_to, so that the resolved config (the run's config.yaml) reads back the same.
+        # Set directly: an assignment would validate the model again.
+        self.__dict__["tensorboard"] = listed
         return self
 
     @model_validator(mode="before")

@@ -99,7 +99,12 @@ class TrainingRun:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.tracking.finish(ok=exc[0] is None)  # after `save`, or a run that failed on the way
+        try:
+            self.tracking.finish(ok=exc[0] is None)  # after `save`, or a run that failed on the way
+        except Exception:
+            if exc[0] is None:
+                raise
+            log.warning("could not close the tracker's run", exc_info=True)  # the run's own error matters more
         self._log.__exit__(*exc)
         release_free_memory()
 
