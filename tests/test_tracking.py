@@ -67,8 +67,9 @@ def test_mlflow_gets_params_every_metric_and_the_run_folder_artifacts(stories_di
     monkeypatch.chdir(tmp_path)  # MLflow keeps a sqlite store's artifacts under ./mlruns
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    result = tunesmith.train(tracked_config(stories_dir, tmp_path, ["mlflow"], experiment="stories",
+    result = tunesmith.train(tracked_config(stories_dir, tmp_path, ["mlflow", "tensorboard"], experiment="stories",
                                             run_name="lora-r4", mlflow_tracking_uri=uri))
+    assert list((result.run_dir / "tensorboard").glob("events.out.tfevents.*"))  # beside MLflow, as before
     assert mlflow.active_run() is None  # the run tunesmith started was ended
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name("stories")
