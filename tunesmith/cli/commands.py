@@ -20,19 +20,16 @@ def restart_with_tcmalloc(args: Namespace, allocator: str) -> None:
 
 
 def train(args: Namespace) -> int:
+    from .. import api
     from ..config.loading import load_config
-
-    from ..io import check_writable, clean_stale_staging
 
     overrides = [*args.overrides, *(["training.overwrite_output_dir=true"] if args.overwrite else [])]
     cfg = load_config(args.config, overrides)  # validate before the heavy imports
-    out = check_writable(cfg.training.output_dir, f"{args.config}: training.output_dir", folder=True)
-    clean_stale_staging(out)  # what a run killed during its final save left there
+    api.prepare_output(cfg, args.config)
     restart_with_tcmalloc(args, cfg.speed.cpu_allocator)
-    from ..recipes import train as run_training
     from .render import ConsoleReporter
 
-    run_training(cfg, resume=args.resume, reporter=ConsoleReporter(console))
+    api.train(cfg, resume=args.resume, reporter=ConsoleReporter(console))
     return 0
 
 
@@ -51,13 +48,12 @@ def data_preview(args: Namespace) -> int:
 
 
 def _generator(args: Namespace):
-    from ..inference.generation import Generator
-    from ..models.loading import load_for_inference
+    from .. import api
 
     with console.status(f"loading {args.model}"):
-        loaded = load_for_inference(args.model, dtype=args.dtype, template=args.template,
-                                    trust_remote_code=args.trust_remote_code)
-    return Generator(loaded)
+        model = api.load(args.model, dtype=args.dtype, template=args.template,
+                         trust_remote_code=args.trust_remote_code)
+    return model.generator()
 
 
 def _sampling(args: Namespace):

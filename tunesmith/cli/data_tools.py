@@ -144,9 +144,10 @@ def _progress(description: str):
 def check(args) -> int:
     from rich.console import Console as RichConsole
 
+    from .. import api
     from ..data.doctor.gate import evaluate, parse_condition
     from ..data.doctor.report import write_html, write_json
-    from ..data.doctor.run import CheckOptions, run_check
+    from .render import ConsoleReporter
     from .render_data import print_check_report
 
     from ..io import check_writable
@@ -156,17 +157,9 @@ def check(args) -> int:
     for flag, out in (("--json", args.json), ("--html", args.html)):
         if out:
             check_writable(out, flag)  # a missing folder or a read-only place fails before the work
-    options = CheckOptions(format=args.format, tokenizer=args.tokenizer, template=args.template,
-                           max_len=args.max_len, against=args.against,
-                           near_duplicate_threshold=args.near_threshold, max_task_share=args.max_task_share)
-    stages = ["schema", "statistics", "diversity", "accuracy", "consistency", "duplicates", "preference"] + \
-        (["contamination"] if args.against else [])
-    with _progress("checking") as progress:
-        task = progress.add_task("checking", total=len(stages))
-        report = run_check(args.file, options,
-                           progress=lambda name: progress.update(task, completed=stages.index(name),
-                                                                 description=name))
-        progress.update(task, completed=len(stages), description="done")
+    report = api.check_data(args.file, format=args.format, tokenizer=args.tokenizer, template=args.template,
+                            max_len=args.max_len, against=args.against, near_duplicate_threshold=args.near_threshold,
+                            max_task_share=args.max_task_share, reporter=ConsoleReporter(console))
     failures = evaluate(report.summary, args.fail_if, args.strict)
     gate = failures if (args.fail_if or args.strict) else None
     print_check_report(report, RichConsole(soft_wrap=True), show=args.show)

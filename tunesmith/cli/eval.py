@@ -33,68 +33,19 @@ def register(subparsers) -> None:
 
 
 def run_eval(args) -> int:
-    import gc
-    from pathlib import Path
-
-    from ..errors import ConfigError
-    from ..evaluation.suite import load_suite
-    from ..io import atomic_write_json
-    from ..models.loading import read_run_meta
-
-    console = Console(stderr=True)
-    from ..evaluation.data import check_task_data
-
-    from ..evaluation.runner import check_suite_for
-
-    suite = load_suite(args.suite)  # the suite and all its data are validated before any model loads
-    check_task_data(suite)
-    meta = read_run_meta(args.model) if Path(args.model).is_dir() else None
-    check_suite_for(meta, suite)
-    base_ref = args.compare
-    if base_ref == "base":
-        if meta is None:
-            raise ConfigError("--compare base needs a tunesmith run folder (it names its base model)",
-                              where="--compare", hint="pass the base model's path instead")
-        base_ref = meta["base_model"]["name_or_path"]
-    out = Path(args.out) if args.out else (Path(args.model) / "eval" if meta else Path("eval")) / suite.name
-
-    from ..evaluation.compare import compare_results
-    from ..evaluation.report import write_report
-
-    tuned_label = _label(args.model, "tuned" if base_ref else None)
-    tuned, template = _evaluate(args, args.model, suite, tuned_label, args.template, console)
-    out.mkdir(parents=True, exist_ok=True)
-    if not base_ref:
-        atomic_write_json(out / "results.json", tuned)
-        md, page = write_report([tuned], out)
-        _print_single(console, tuned)
-    else:
-        gc.collect()
-        # The base answers the same prompts, rendered with the fine-tuned model's template.
-        base, _ = _evaluate(args, base_ref, suite, _label(base_ref, "base"), template, console)
-        comparison = compare_results(base, tuned)
-        atomic_write_json(out / "results.json", {"base": base, "tuned": tuned, "comparison": comparison})
-        md, page = write_report([base, tuned], out, comparison)
-        _print_comparison(console, comparison)
-    console.print(f"[green]report[/] {md}  ·  {page}")
-    return 0
-
-
-def _label(ref: str, role: str | None) -> str:
-    from pathlib import Path
-
-    name = Path(ref.rstrip("/")).name or ref
-    return f"{role}: {name}" if role else name
-
-
-def _evaluate(args, ref: str, suite, label: str, template: str | None, console: Console):
-    from ..evaluation.runner import evaluate_suite, load_evaluated
+    from .. import api
     from .render import ConsoleReporter
 
-    with console.status(f"loading {ref}"):
-        loaded = load_evaluated(ref, dtype=args.dtype, template=template, trust_remote_code=args.trust_remote_code)
-    result = evaluate_suite(loaded, suite, label=label, reporter=ConsoleReporter(console))
-    return result, loaded.template_name
+    console = Console(stderr=True)
+    result = api.evaluate(args.model, args.suite, compare=args.compare, out=args.out, dtype=args.dtype,
+                          template=args.template, trust_remote_code=args.trust_remote_code,
+                          reporter=ConsoleReporter(console))
+    if result.comparison is None:
+        _print_single(console, result.tuned)
+    else:
+        _print_comparison(console, result.comparison)
+    console.print(f"[green]report[/] {result.report_md}  ·  {result.report_html}")
+    return 0
 
 
 def _print_single(console: Console, result: dict) -> None:

@@ -37,7 +37,8 @@ def merge_command(args) -> int:
 
     from ..errors import ConfigError
     from ..io import atomic_write_json
-    from ..merging import MergeConfig, available_methods, load_config, run
+    from .. import api
+    from ..merging import MergeConfig, available_methods, load_config
     from ..reporting import Reporter
     from .render import ConsoleReporter
 
@@ -66,7 +67,8 @@ def merge_command(args) -> int:
         load_task_data(suite)
     if args.search:
         return _search(args, config, suite, console, reporter)
-    out = run(config, args.out, overwrite=args.overwrite, reporter=Reporter() if args.no_progress else reporter)
+    out = api.merge(config, out=args.out, overwrite=args.overwrite,
+                    reporter=Reporter() if args.no_progress else reporter)
     console.print(f"[green]merged →[/] {out}")
     if suite is None:
         return 0

@@ -122,8 +122,9 @@ def build_request(args):
 def plan_command(args) -> int:
     from rich.console import Console
 
-    from ..planning import load_model_config, plan_memory
+    from ..api import plan_model
     from ..planning.units import human
+    from .render import ConsoleReporter
     from .render_plan import counts_table, memory_table
 
     if args.probe:  # time the steps under the allocator training uses
@@ -134,15 +135,7 @@ def plan_command(args) -> int:
     out, err = Console(), Console(stderr=True)
     model_ref, request, cfg = build_request(args)
     trust = bool(cfg and cfg.model.trust_remote_code)
-    with err.status(f"reading the config of {model_ref}"):
-        config = load_model_config(model_ref, trust_remote_code=trust)
-    context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-    if isinstance(context, int) and request.seq > context:
-        err.print(f"[yellow]warning:[/] sequence length {request.seq:,} is longer than {model_ref}'s context of "
-                  f"{context:,} positions: training could not run at this length (--seq / data.max_length)",
-                  highlight=False)
-    with err.status(f"building {request.method} on meta weights and tracing activations"):
-        plan = plan_memory(config, request)
+    plan, config = plan_model(model_ref, request, trust_remote_code=trust, reporter=ConsoleReporter(err))
     out.print(counts_table(plan, model_ref))
     out.print(memory_table(plan))
     for note in plan.notes:

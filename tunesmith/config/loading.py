@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import yaml
 from pydantic import ValidationError
@@ -51,27 +53,55 @@ def parse_yaml(text: str, path: str | Path):
         raise ConfigError(f"invalid YAML: {getattr(exc, 'problem', None) or exc}", where=where) from None
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+# Overrides: `key.sub=value` texts (the value read as YAML, as on the command line) or a {key.sub: value} mapping.
+Overrides = Union[list[str], tuple[str, ...], Mapping[str, Any], None]
+
+
+def load_config(path: str | Path, overrides: Overrides = None, *, overridden_on: str = "command line") -> RunConfig:
+    """`overridden_on`: where error messages say an overridden field was set."""
     path = Path(path)
     text = read_config_text(path)
     raw = parse_yaml(text, path) or {}
     if not isinstance(raw, dict):
         raise ConfigError("the config must be a mapping of sections (model, method, data, training)",
                           where=str(path))
-    for item in overrides or []:
-        apply_override(raw, item)
-    overridden = {item.partition("=")[0].strip() for item in overrides or []}
+    overridden = apply_overrides(raw, overrides)
     lines = _key_lines(text)
     return validate_config(raw, source=str(path),
-                           locate=lambda loc: "command line" if loc in overridden else lines.get(loc))
+                           locate=lambda loc: overridden_on if loc in overridden else lines.get(loc))
+
+
+def config_from_dict(raw: Mapping[str, Any], overrides: Overrides = None, *, source: str = "config") -> RunConfig:
+    """A RunConfig from a mapping shaped like the YAML file (not changed), with `overrides` applied."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError("the config must be a mapping of sections (model, method, data, training)", where=source)
+    raw = copy.deepcopy(dict(raw))
+    overridden = apply_overrides(raw, overrides)
+    return validate_config(raw, source=source, locate=lambda loc: "overrides" if loc in overridden else None)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Overrides) -> set[str]:
+    """Apply every override to `raw`; returns the dotted keys set."""
+    items = overrides.items() if isinstance(overrides, Mapping) else [_split(item) for item in overrides or []]
+    for key, value in items:
+        set_dotted(raw, str(key), value, f"{key}={value}")
+    return {str(key).strip() for key, _ in items}
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:
+    set_dotted(raw, *_split(item), item)
+
+
+def _split(item: str) -> tuple[str, Any]:
     if "=" not in item:
         raise ConfigError(f"override '{item}' is not of the form key.sub=value",
                           hint="e.g. training.learning_rate=1e-4 method.r=8")
     key, _, text = item.partition("=")
-    value = yaml.safe_load(text) if text.strip() else None
+    return key, yaml.safe_load(text) if text.strip() else None
+
+
+def set_dotted(raw: dict[str, Any], key: str, value: Any, item: str) -> None:
+    """Set `key` (dotted; list entries by index) to `value`; `item` names the override in errors."""
     node = raw
     parts = key.strip().split(".")
     for depth, part in enumerate(parts):

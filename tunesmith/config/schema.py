@@ -71,6 +71,15 @@ class DataConfig(StrictModel):
                                                        "gets 500+ samples; 1 = in the training process)")
 
 
+class TrackingConfig(StrictModel):
+    """Where `training.report_to`'s MLflow / W&B runs go (TensorBoard always writes RUN/tensorboard)."""
+
+    experiment: str = Field("tunesmith", min_length=1, description="MLflow experiment / W&B project")
+    run_name: str | None = Field(None, min_length=1, description="default: the run folder's name")
+    mlflow_tracking_uri: str | None = Field(None, min_length=1, description="e.g. file:./mlruns, sqlite:///mlflow.db "
+                                            "or http://host:5000; default: $MLFLOW_TRACKING_URI, else MLflow's own")
+
+
 class TrainingConfig(StrictModel):
     output_dir: str = "runs/run"
     overwrite_output_dir: bool = Field(False, description="write into an existing folder that is not a tunesmith "
@@ -93,7 +102,32 @@ class TrainingConfig(StrictModel):
     save_steps: int = Field(100, strict=True, gt=0)
     save_total_limit: int | None = Field(2, gt=0)
     early_stopping_patience: int | None = Field(None, gt=0)
-    tensorboard: bool = True
+    tensorboard: bool = Field(True, description="shorthand for report_to: [tensorboard] (when report_to is unset)")
+    report_to: list[Literal["tensorboard", "mlflow", "wandb"]] | None = Field(
+        None, description="experiment trackers, through transformers' integrations (default: [tensorboard] while "
+                          "`tensorboard` is true; [] turns every one off)")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    def trackers(self) -> list[str]:
+        """The trackers this run reports to, each once: `report_to`, else what `tensorboard` says."""
+        chosen = self.report_to if self.report_to is not None else (["tensorboard"] if self.tensorboard else [])
+        return list(dict.fromkeys(chosen))
+
+    @model_validator(mode="after")
+    def _tensorboard_agrees(self):
+        if self.report_to is None:
+            return self
+        listed = "tensorboard" in self.report_to
+        if "tensorboard" in self.model_fields_set and self.tensorboard != listed:
+            from ..errors import ConfigError
+
+            raise ConfigError(f"{str(self.tensorboard).lower()} contradicts report_to: "
+                              f"{self.report_to}", where="training.tensorboard",
+                              hint="drop training.tensorboard; report_to alone says which trackers run")
+        # The old key mirrors report_to, so that the resolved config (the run's config.yaml) reads back the same.
+        # Set directly: an assignment would validate the model again.
+        self.__dict__["tensorboard"] = listed
+        return self
 
     @model_validator(mode="before")
     @classmethod

@@ -2,11 +2,12 @@
 
 A recipe says what is trained: its data, its model, its Trainer. `TrainingRun` holds what every run shares, so that
 no recipe writes it again:
-- the run folder: `config.yaml`, the run log `train.log` (every choice the run made), `metrics.jsonl`, TensorBoard;
+- the run folder: `config.yaml`, the run log `train.log` (every choice the run made), `metrics.jsonl`;
+- experiment tracking (`training.report_to`: TensorBoard, MLflow, W&B; `tracking.py`);
 - resume: the newest complete checkpoint (incomplete ones are dropped), or a fresh start;
 - the runtime (device, precision) and the speed plan, each decided once (`tunesmith/runtime.py`, `speed/plan.py`);
 - the pre-flight memory prediction and the CPU allocator it implies;
-- the callbacks every run has: progress (the reporter's), the metrics file, TensorBoard, early stopping, the curve
+- the callbacks every run has: progress (the reporter's), the metrics file, the trackers, early stopping, the curve
   doctor (`diagnostics/`), which stops on NaN/Inf, after which the last good checkpoint becomes the run's weights;
 - the save: weights, tokenizer, `tunesmith_run.json`, the loss plot and the model card, staged in a hidden folder
   and published together, so the folder never holds half of a result.
@@ -42,6 +43,7 @@ from ..speed.apply import ModelSpeedups, apply_to_model, configure_allocator, co
 from ..speed.cpu.allocator import release_free_memory
 from ..speed.plan import resolve_speed_plan
 from .callbacks import MetricsFileCallback, finite_number, read_metrics
+from .tracking import Tracking, check_trackers
 from .checkpoints import CHECKPOINT_DIR, checkpoint_step, is_complete, latest_checkpoint, restore_last_good
 from ..plots import plot_loss_curves
 
@@ -83,6 +85,8 @@ class TrainingRun:
         self._stale_checkpoints: list[Path] = []
         self._log = RunLog()
         check_output_dir(self.run_dir, overwrite=cfg.training.overwrite_output_dir)
+        check_trackers(cfg)
+        self.tracking = Tracking(cfg, self.run_dir)
 
     def __enter__(self) -> TrainingRun:
         self._log.__enter__()
@@ -95,6 +99,12 @@ class TrainingRun:
         return self
 
     def __exit__(self, *exc) -> None:
+        try:
+            self.tracking.finish(ok=exc[0] is None)  # after `save`, or a run that failed on the way
+        except Exception:
+            if exc[0] is None:
+                raise
+            log.warning("could not close the tracker's run", exc_info=True)  # the run's own error matters more
         self._log.__exit__(*exc)
         release_free_memory()
 
@@ -151,8 +161,7 @@ class TrainingRun:
             self.diagnostics = DiagnosticsCallback(self.run_dir, self.reporter,
                                                    max_grad_norm=self.cfg.training.max_grad_norm)
             callbacks.append(self.diagnostics)
-        if self.cfg.training.tensorboard:
-            callbacks.append(_tensorboard(self.run_dir))
+        callbacks += self.tracking.callbacks()
         if self.cfg.training.early_stopping_patience and early_stopping:
             callbacks.append(EarlyStoppingCallback(early_stopping_patience=self.cfg.training.early_stopping_patience))
         return callbacks + list(method_callbacks or []) + self.extra_callbacks
@@ -258,10 +267,3 @@ def total_steps(cfg: RunConfig, train_samples: int) -> int:
         return t.max_steps
     per_epoch = max(math.ceil(math.ceil(train_samples / t.batch_size) / t.grad_accum), 1)
     return max(math.ceil(t.num_epochs * per_epoch), 1)
-
-
-def _tensorboard(run_dir: Path):
-    from torch.utils.tensorboard import SummaryWriter
-    from transformers.integrations import TensorBoardCallback
-
-    return TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run_dir / "tensorboard")))

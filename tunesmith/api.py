@@ -1,0 +1,280 @@
+"""The Python API: what the `tunesmith` commands do, for notebooks and scripts (docs/python.md).
+
+    import tunesmith
+    cfg = tunesmith.load_config("examples/lora.yaml", {"training.max_steps": 50})
+    result = tunesmith.train(cfg)                       # a TrainResult; the run folder is result.run_dir
+    print(tunesmith.load(result.run_dir).generate("Tell me a story."))
+
+The CLI is a thin layer over these functions: it parses arguments, calls them, and draws what they return. They
+print nothing: progress goes to `reporter` (default: only the log; the CLI's
+`tunesmith.cli.render.ConsoleReporter()` draws its lines and bars in a terminal or a notebook), and
+bad input raises tunesmith's own errors (`tunesmith.errors`), which the CLI turns into messages and exit codes.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Union
+
+from .errors import ConfigError
+from .reporting import Reporter, reporter_or_default
+
+if TYPE_CHECKING:
+    from .config.loading import Overrides
+    from .config.schema import RunConfig
+    from .data.doctor.run import Report
+    from .models.loading import LoadedModel
+    from .planning import MemoryPlan, PlanRequest
+    from .training.run import TrainResult
+
+ConfigSource = Union[str, Path, Mapping[str, Any], "RunConfig"]
+
+
+def load_config(config: ConfigSource, overrides: Overrides = None) -> RunConfig:
+    """A validated run config from a YAML file, a dict shaped like one, or a RunConfig, with `overrides` applied:
+    ["training.max_steps=50"] as on the command line, or {"training.max_steps": 50}. Raises ConfigError."""
+    from .config.loading import config_from_dict
+    from .config.loading import load_config as load_file
+    from .config.schema import RunConfig
+
+    if isinstance(config, RunConfig):
+        return config_from_dict(config.model_dump(mode="json"), overrides) if overrides else config
+    if isinstance(config, Mapping):
+        return config_from_dict(config, overrides)
+    if isinstance(config, (str, Path)):
+        return load_file(config, overrides, overridden_on="overrides")
+    raise ConfigError(f"a config is a YAML path, a dict or a RunConfig, got {type(config).__name__}")
+
+
+def prepare_output(cfg: RunConfig, source: str = "config") -> Path:
+    """Fail before any loading when the run folder cannot be written; clear what a killed run's save left there."""
+    from .io import check_writable, clean_stale_staging
+
+    out = check_writable(cfg.training.output_dir, f"{source}: training.output_dir", folder=True)
+    clean_stale_staging(out)
+    return out
+
+
+def train(config: ConfigSource, overrides: Overrides = None, *, resume: bool = False,
+          reporter: Reporter | None = None, callbacks: list | None = None) -> TrainResult:
+    """Train as the config says (`tunesmith train`); the result is saved in `training.output_dir`. `resume`:
+    continue from the latest complete checkpoint. `callbacks`: extra transformers TrainerCallbacks."""
+    cfg = load_config(config, overrides)
+    prepare_output(cfg)
+    from .recipes import train as run_recipe
+
+    return run_recipe(cfg, resume=resume, reporter=reporter, extra_callbacks=callbacks)
+
+
+@dataclass
+class Model:
+    """A run folder (or any model) loaded for generation and evaluation, with its training template."""
+
+    loaded: LoadedModel
+    ref: str
+
+    @property
+    def model(self):
+        return self.loaded.model
+
+    @property
+    def tokenizer(self):
+        return self.loaded.tokenizer
+
+    def generator(self):
+        from .inference.generation import Generator
+
+        return Generator(self.loaded)
+
+    def generate(self, prompts: str | list, *, max_new_tokens: int = 256, temperature: float = 0.0,
+                 top_p: float = 1.0, top_k: int = 0, repetition_penalty: float = 1.0, seed: int | None = None,
+                 batch_size: int = 8) -> str | list[str]:
+        """Replies to a prompt (a str gives a str) or a list of prompts / conversations ([{role, content}, ...]),
+        rendered with the run's template; temperature 0 is greedy. As `tunesmith generate` answers them."""
+        from .inference.generation import SamplingOptions
+
+        options = SamplingOptions(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+                                  repetition_penalty=repetition_penalty, seed=seed).check()
+        single = isinstance(prompts, str)
+        conversations = [[{"role": "user", "content": p}] if isinstance(p, str) else list(p)
+                         for p in ([prompts] if single else prompts)]
+        generator = self.generator()
+        replies = [reply for start in range(0, len(conversations), batch_size)
+                   for reply in generator.generate(conversations[start:start + batch_size], options)]
+        return replies[0] if single else replies
+
+    def evaluate(self, suite: str | Path, *, label: str | None = None, reporter: Reporter | None = None) -> dict:
+        """This model's metrics on each task of an evaluation suite (docs/evaluation.md); writes no report."""
+        from .evaluation.data import check_task_data
+        from .evaluation.runner import evaluate_suite
+        from .evaluation.suite import load_suite
+
+        loaded_suite = load_suite(suite)
+        check_task_data(loaded_suite)
+        return evaluate_suite(self.loaded, loaded_suite, label=label or _label(self.ref, None), reporter=reporter)
+
+
+def load(run_or_model: str | Path, *, dtype: str = "auto", template: str | None = None,
+         trust_remote_code: bool = False) -> Model:
+    """A run folder (adapter or full model, with its template), an HF folder, a GGUF file or a hub id, ready to
+    generate (`tunesmith chat` / `generate`) and evaluate. A reward run loads its scoring head."""
+    from .evaluation.runner import load_evaluated
+
+    ref = str(run_or_model)
+    return Model(load_evaluated(ref, dtype=dtype, template=template, trust_remote_code=trust_remote_code), ref)
+
+
+@dataclass
+class Evaluation:
+    """`evaluate`'s result: the model's metrics, the base model's and the comparison when compared, the report."""
+
+    tuned: dict
+    base: dict | None
+    comparison: dict | None
+    out: Path
+    report_md: Path
+    report_html: Path
+
+
+def evaluate(run_or_model: str | Path, suite: str | Path, *, compare: str | None = None,
+             out: str | Path | None = None, dtype: str = "auto", template: str | None = None,
+             trust_remote_code: bool = False, reporter: Reporter | None = None) -> Evaluation:
+    """`tunesmith eval`: run a suite's tasks, write results.json, report.md and report.html into `out` (default
+    RUN/eval/SUITE_NAME, or eval/SUITE_NAME). `compare`: a second model for a before/after report ("base": the
+    run's own base model), which answers the same prompts rendered with the run's template."""
+    from .evaluation.compare import compare_results
+    from .evaluation.data import check_task_data
+    from .evaluation.report import write_report
+    from .evaluation.runner import check_suite_for, evaluate_suite, load_evaluated
+    from .evaluation.suite import load_suite
+    from .io import atomic_write_json
+    from .models.loading import read_run_meta
+
+    reporter = reporter_or_default(reporter)
+    ref = str(run_or_model)
+    loaded_suite = load_suite(suite)  # the suite and all its data are validated before any model loads
+    check_task_data(loaded_suite)
+    meta = read_run_meta(ref) if Path(ref).is_dir() else None
+    check_suite_for(meta, loaded_suite)
+    if compare == "base":
+        if meta is None:
+            raise ConfigError("--compare base needs a tunesmith run folder (it names its base model)",
+                              where="--compare", hint="pass the base model's path instead")
+        compare = meta["base_model"]["name_or_path"]
+    folder = Path(out) if out else (Path(ref) / "eval" if meta else Path("eval")) / loaded_suite.name
+
+    def run_on(model_ref: str, label: str, model_template: str | None):
+        with reporter.status(f"loading {model_ref}"):
+            loaded = load_evaluated(model_ref, dtype=dtype, template=model_template,
+                                    trust_remote_code=trust_remote_code)
+        return evaluate_suite(loaded, loaded_suite, label=label, reporter=reporter), loaded.template_name
+
+    tuned, run_template = run_on(ref, _label(ref, "tuned" if compare else None), template)
+    folder.mkdir(parents=True, exist_ok=True)
+    base = comparison = None
+    if not compare:
+        atomic_write_json(folder / "results.json", tuned)
+        md, page = write_report([tuned], folder)
+    else:
+        gc.collect()
+        base, _ = run_on(compare, _label(compare, "base"), run_template)
+        comparison = compare_results(base, tuned)
+        atomic_write_json(folder / "results.json", {"base": base, "tuned": tuned, "comparison": comparison})
+        md, page = write_report([base, tuned], folder, comparison)
+    return Evaluation(tuned, base, comparison, folder, Path(md), Path(page))
+
+
+def _label(ref: str, role: str | None) -> str:
+    name = Path(ref.rstrip("/")).name or ref
+    return f"{role}: {name}" if role else name
+
+
+def merge(config: str | Path | Mapping[str, Any] | Any, *, out: str | Path | None = None, overwrite: bool = False,
+          reporter: Reporter | None = None) -> Path:
+    """`tunesmith merge`: a merge config (YAML path, dict, or parsed; docs/merging.md) written to `out` (default:
+    its `output:`) as a standalone model or adapter. Returns the output folder."""
+    from .merging import load_config as load_merge_config
+    from .merging import parse_config
+    from .merging import run as run_merge
+
+    if isinstance(config, (str, Path)):
+        config = load_merge_config(config)
+    elif isinstance(config, Mapping):
+        config = parse_config(dict(config))
+    return run_merge(config, out, overwrite=overwrite, reporter=reporter)
+
+
+def plan(config: ConfigSource | None = None, overrides: Overrides = None, *, model: str | None = None,
+         device: str | None = None, reporter: Reporter | None = None, **request: Any) -> MemoryPlan:
+    """`tunesmith plan`: parameter counts and the predicted peak memory of a training run, from the model's
+    config alone (no weights). Either a run config (as `train` takes it), or `model=` a model reference with
+    PlanRequest fields (method, method_options, batch, seq, grad_accum, gradient_checkpointing, ...). `device`:
+    cpu or cuda (default: this machine's). `plan.peak` is in bytes."""
+    import torch
+
+    from .planning import PlanRequest
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    trust = False
+    if config is not None:
+        from .planning.preflight import request_from_config
+
+        cfg = load_config(config, overrides)
+        plan_request = request_from_config(cfg, device)
+        model, trust = model or cfg.model.name_or_path, cfg.model.trust_remote_code
+    elif model is None:
+        raise ConfigError("give a run config or a model to plan for", where="model")
+    else:
+        plan_request = PlanRequest(device=device)
+    unknown = [name for name in request if not hasattr(plan_request, name)]
+    if unknown:
+        raise ConfigError(f"PlanRequest has no field {unknown[0]!r}", where=unknown[0])
+    for name, value in request.items():
+        setattr(plan_request, name, value)
+    return plan_model(model, plan_request, trust_remote_code=trust, reporter=reporter)[0]
+
+
+def plan_model(model: str, request: PlanRequest, *, trust_remote_code: bool = False,
+               reporter: Reporter | None = None):
+    """The plan of `request` on `model` and the model's config (what `plan` builds on). Warns through `reporter`
+    when the sequence is longer than the model's context."""
+    from .planning import load_model_config, plan_memory
+
+    reporter = reporter_or_default(reporter)
+    with reporter.status(f"reading the config of {model}"):
+        model_config = load_model_config(model, trust_remote_code=trust_remote_code)
+    context = getattr(model_config, "max_position_embeddings", None) or getattr(model_config, "n_positions", None)
+    if isinstance(context, int) and request.seq > context:
+        reporter.warning(f"sequence length {request.seq:,} is longer than {model}'s context of {context:,} "
+                         f"positions: training could not run at this length (--seq / data.max_length)")
+    with reporter.status(f"building {request.method} on meta weights and tracing activations"):
+        return plan_memory(model_config, request), model_config
+
+
+CHECK_STAGES = ("schema", "statistics", "diversity", "accuracy", "consistency", "duplicates", "preference")
+
+
+def check_data(path: str | Path, *, against: list[str] | tuple[str, ...] = (), tokenizer: str | None = None,
+               template: str | None = None, max_len: int | None = None, reporter: Reporter | None = None,
+               **options: Any) -> Report:
+    """`tunesmith data check`, the data doctor: schema, lengths, diversity, accuracy, consistency, duplicates,
+    preference pairs, and overlap with `against` (eval files). `options`: further CheckOptions fields
+    (format, near_duplicate_threshold, max_task_share, ...). `report.summary` holds the headline numbers,
+    `report.findings` what was found."""
+    from dataclasses import fields
+
+    from .data.doctor.run import CheckOptions, run_check
+
+    known = {f.name for f in fields(CheckOptions)}
+    if unknown := [name for name in options if name not in known]:
+        raise ConfigError(f"the data check has no option {unknown[0]!r}", where=unknown[0],
+                          hint=f"its options: {', '.join(sorted(known))}")
+    check_options = CheckOptions(tokenizer=tokenizer, template=template, max_len=max_len, against=list(against),
+                                 **options)
+    stages = [*CHECK_STAGES, *(["contamination"] if against else [])]
+    with reporter_or_default(reporter).progress("checking", len(stages)) as advance:
+        report = run_check(str(path), check_options, progress=lambda name: advance(1, detail=name))
+    return report
