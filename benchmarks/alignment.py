@@ -130,7 +130,9 @@ def main() -> None:
             before_file.write_text(json.dumps(score(task, cfg, rows, trained=False, max_length=args.max_length)))
         before = json.loads(before_file.read_text()) if task != "reward" else None
         config_file = out / f"{task}.json"
-        config_file.write_text(json.dumps(cfg.model_dump(mode="json")))
+        # The run itself evaluates nothing: the held-out pairs are scored here, before and after, the same way.
+        train_cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"validation": []})})
+        config_file.write_text(json.dumps(train_cfg.model_dump(mode="json")))
         proc = subprocess.run([sys.executable, __file__, "--worker", task, str(config_file)], capture_output=True,
                               text=True)
         if proc.returncode != 0:
