@@ -3,7 +3,7 @@ Chinese instructions) while its old abilities are measured on held-out data, for
 with a small weight sweep and combinations.
 
     python benchmarks/forgetting.py --out runs/bench-forgetting              # every row (minutes a row on 2 cores)
-    python benchmarks/forgetting.py --out runs/bench-forgetting --only plain,replay   # some rows; others kept
+    python benchmarks/forgetting.py --out runs/bench-forgetting --only 'plain LoRA,replay 0.25'   # some rows; others kept
     python benchmarks/forgetting.py --out runs/bench-forgetting --reuse      # re-print the table
 
 Data (split once, seeded; no training run reads a held-out file):
@@ -39,7 +39,10 @@ def rows(replay: list[dict]) -> dict[str, dict]:
     return {
         "plain LoRA": {},
         "replay 0.25": {"replay": {"data": replay, "ratio": 0.25}},
+        "L2-SP 0.1": {"l2sp": {"weight": 0.1}},
+        "L2-SP 1": {"l2sp": {"weight": 1.0}},
         "L2-SP 10": {"l2sp": {"weight": 10.0}},
+        "EWC 1e5": {"ewc": {"weight": 1e5, **ewc_data}},
         "EWC 1e6": {"ewc": {"weight": 1e6, **ewc_data}},
         "KD 0.5 (train data)": {"kd": {"weight": 0.5, "temperature": 2.0, "on": "train"}},
         "replay 0.25 + KD 1 (replay data)": {"replay": {"data": replay, "ratio": 0.25},
@@ -175,7 +178,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--only", default=None, help="comma-separated row names (prefixes)")
+    parser.add_argument("--only", default=None, help="comma-separated row names")
     parser.add_argument("--reuse", action="store_true")
     parser.add_argument("--out", default="runs/bench-forgetting")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (1 on a machine other jobs share)")
@@ -192,9 +195,9 @@ def main() -> None:
     if results_file.exists():
         done = {r["name"]: r for r in map(json.loads, results_file.read_text().splitlines())}
     wanted = rows(replay)
-    only = [prefix.strip() for prefix in args.only.split(",")] if args.only else None
+    only = [name.strip() for name in args.only.split(",")] if args.only else None
     for name, retain in wanted.items():
-        if args.reuse or (only and not any(name.startswith(p) for p in only)) or (name in done and not only):
+        if args.reuse or (only and name not in only) or (name in done and not only):
             continue
         print(f"training: {name}", file=sys.stderr, flush=True)
         done[name] = measure(args, name, run_config(args, name, retain, paths, out), out)
