@@ -26,7 +26,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from ..config.base import StrictModel
 from ..config.loading import explain_validation_error, read_yaml_file
-from ..config.schema import DatasetSpec, RunConfig
+from ..config.schema import DatasetSpec
 from ..errors import ConfigError, TunesmithError
 
 
@@ -92,7 +92,6 @@ class Merge(StrictModel):
 
 
 Strategy = Annotated[Union[Sequential, Replay, L2SP, EWC, KD, ProgressiveLora, Merge], Field(discriminator="name")]
-RETAIN_STRATEGIES = ("l2sp", "ewc", "kd")
 # Methods whose adapters tunesmith's merging code reads as plain LoRA factors (combine, fold, merge).
 PLAIN_LORA = ("lora", "rslora", "loraplus")
 # Keys of `base` the pipeline sets for every stage.
@@ -212,6 +211,3 @@ def check_base(cfg: PipelineConfig) -> None:
         except TunesmithError as exc:
             exc.where = f"strategy.{exc.where}" if exc.where else "strategy"
             raise
-    if name in RETAIN_STRATEGIES and "retain" not in RunConfig.model_fields:
-        raise ConfigError(f"strategy {name} needs the run config's `retain:` section, which this tunesmith does not "
-                          f"have", where="strategy.name", hint="use sequential, replay, progressive_lora or merge")
