@@ -79,6 +79,7 @@ def score(task: str, cfg, rows: list[dict], *, trained: bool, max_length: int) -
 
 def worker(task: str, config_file: str) -> None:
     """Train one task in this process; print seconds, the peak RSS and the pre-flight's prediction."""
+    from sft_throughput import peak_rss_mb  # this folder is on sys.path when a script here runs
     from tunesmith.config.loading import validate_config
     from tunesmith.recipes import train
 
@@ -86,10 +87,8 @@ def worker(task: str, config_file: str) -> None:
     start = time.perf_counter()
     result = train(cfg)
     seconds = time.perf_counter() - start
-    peak_kib = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
-                    if line.startswith("VmHWM"))
     predicted = re.search(r"pre-flight: predicted peak ([0-9.]+) GiB", (result.run_dir / "train.log").read_text())
-    print(json.dumps({"seconds": seconds, "peak_gib": peak_kib / 2**20, "train_examples":
+    print(json.dumps({"seconds": seconds, "peak_gib": peak_rss_mb() / 1024, "train_examples":
                       result.data_stats["train_samples"], "predicted_gib": float(predicted[1]) if predicted else None}))
 
 

@@ -105,6 +105,8 @@ def run_config(args, name: str, retain: dict, paths: dict[str, Path], out: Path)
 
 def worker(config_file: str) -> None:
     """Train one row; print its result as the last line."""
+    from sft_throughput import peak_rss_mb  # this folder is on sys.path when a script here runs
+
     from tunesmith.config.loading import validate_config
     from tunesmith.recipes import train
 
@@ -112,10 +114,8 @@ def worker(config_file: str) -> None:
     start = time.perf_counter()
     result = train(validate_config(config))
     seconds = time.perf_counter() - start
-    peak_kib = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
-                    if line.startswith("VmHWM"))
     forgetting = {Path(r["task"]).stem: r for r in result.extra_meta["forgetting"]}
-    print(json.dumps({"seconds": seconds, "peak_mib": peak_kib / 1024, "forgetting": forgetting,
+    print(json.dumps({"seconds": seconds, "peak_mib": peak_rss_mb(), "forgetting": forgetting,
                       "metrics": {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}}))
 
 
