@@ -317,4 +317,4 @@ def test_a_compiled_run_keeps_sdpa_and_does_not_pack(stories_dir, caplog):
         assert _causal_attention(speed_plan(torch_compile=True), model, torch.bfloat16, Reporter()) is None
     assert model.config._attn_implementation == "sdpa"
     assert "not under speed.torch_compile" in caplog.text
-    assert _resolve_packing(cfg, model, False).data.packing is False
+    assert _resolve_packing(cfg, model, None).data.packing is False

@@ -249,7 +249,8 @@ def test_packing_auto_packs_only_where_attention_computes_each_sample_alone(tmp_
                                   PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
     cfg = make_config("x/y", tmp_path)
     assert cfg.data.packing == "auto"
-    chosen = lambda model, kernel, config=cfg: _resolve_packing(config, model, kernel).data.packing
+    chosen = lambda model, kernel, config=cfg: _resolve_packing(
+        config, model, "the CPU causal kernel" if kernel else None).data.packing
     with caplog.at_level("INFO", logger="tunesmith"):
         assert chosen(llama, kernel=True) is True
     assert "packing: each batch's samples in one row" in caplog.text

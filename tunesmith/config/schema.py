@@ -158,7 +158,7 @@ RENAMED_SPEED_KEYS = {
 # Speed switches that benchmarks turn off one at a time (docs/speed.md). Each is on unless `speed.cpu_kernels: off`
 # (the CPU ones) or `speed.switches` says otherwise; each applies only where the module docstring of its piece says.
 CPU_KERNEL_SWITCHES = ("half_frozen_base", "sdpa_gqa", "fast_dropout", "cpu_causal_attention", "fast_rms_norm")
-SPEED_SWITCHES = (*CPU_KERNEL_SWITCHES, "skip_padding_mask")
+SPEED_SWITCHES = (*CPU_KERNEL_SWITCHES, "skip_padding_mask", "gpu_varlen_attention")
 
 
 class SpeedConfig(StrictModel):

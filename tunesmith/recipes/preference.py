@@ -52,8 +52,9 @@ def train_preference(cfg: RunConfig, *, resume: bool = False, reporter: Reporter
             model = load_policy(cfg, run, tokenizer, adapter=adapter, total_steps=steps)
             reference = reference_model(cfg, run, model)
         # The model-level pieces of the speed plan (CPU layers, the frozen base held for autocast) apply; TRL owns
-        # the batches and the head, so the padding-mask skip, packing and the causal kernel do not (docs/alignment.md).
-        run.speed_up(model)
+        # the batches and the head, so the padding-mask skip, packing and the causal kernel do not (docs/alignment.md);
+        # nor, on CUDA, the varlen attention, which has not run under TRL's trainers on a GPU.
+        run.speed_up(model, varlen_attention=False)
         trainable, total = count_parameters(model)
         report.info(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.4f}%); reference: "
                     + ("a second frozen model" if reference is not None else "precomputed log-probs"

@@ -69,7 +69,7 @@ def train_sft(cfg: RunConfig, *, resume: bool = False, reporter: Reporter | None
         retain_terms = prepare_terms(cfg, model, method, tokenizer, template, run_dir=run.run_dir, resume=resume,
                                      reporter=report, compute_dtype=runtime.compute_dtype, device=runtime.device)
         run.speed_up(model)
-        cfg = _resolve_packing(cfg, model, run.speedups.causal_kernel)
+        cfg = _resolve_packing(cfg, model, run.speedups.packed_attention)
         trainable, total = count_parameters(model)
         report.info(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.4f}%)")
 
@@ -159,16 +159,16 @@ def _takes_position_ids(model) -> bool:
     return "position_ids" in inspect.signature(base.forward).parameters
 
 
-def _resolve_packing(cfg: RunConfig, model, kernel: bool) -> RunConfig:
-    """`data.packing: auto` packs where attention computes each packed sample alone: tunesmith's CPU causal kernel
-    (`kernel`), which takes packed rows as segments: as fast as length-grouped padding there, with less memory
-    (docs/speed.md); and FlashAttention (2, 3 or a hub kernel of it), whose varlen path transformers takes for a
-    packed row's restarted position ids, so no token of padding or of another sample is computed. SDPA would
-    compute each packed row's whole square under a block-diagonal mask, so elsewhere batches are padded. Returns
-    the config with the choice made (the run's config.yaml records it)."""
+def _resolve_packing(cfg: RunConfig, model, packed_attention: str | None) -> RunConfig:
+    """`data.packing: auto` packs where attention computes each packed sample alone: the attention the speed plan
+    swapped in (`packed_attention`: tunesmith's CPU causal kernel, as fast as length-grouped padding there with less
+    memory; torch's varlen FlashAttention on CUDA, docs/speed.md), or FlashAttention (2, 3 or a hub kernel of it),
+    whose varlen path transformers takes for a packed row's restarted position ids, so no token of padding or of
+    another sample is computed. SDPA would compute each packed row's whole square under a block-diagonal mask, so
+    elsewhere batches are padded. Returns the config with the choice made (the run's config.yaml records it)."""
     if cfg.data.packing != "auto":
         return cfg
-    attention = "the CPU causal kernel" if kernel else "varlen FlashAttention" if _flash_attention(model) else None
+    attention = packed_attention or ("varlen FlashAttention" if _flash_attention(model) else None)
     packing = attention is not None and _takes_position_ids(model) and not has_virtual_tokens(model)
     if packing:
         log.info("packing: each batch's samples in one row, attending only within each sample on %s, no padding "

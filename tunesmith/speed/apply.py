@@ -22,6 +22,8 @@ from .cpu.layers import use_cpu_layers
 from .cpu.sdpa_gqa import grouped_query_sdpa
 from .frozen_base import hold_for_training, release
 from .plan import SpeedPlan
+from .varlen_attention import unavailable_reason as varlen_unavailable
+from .varlen_attention import use_varlen_attention
 
 log = logging.getLogger(__name__)
 
@@ -55,24 +57,25 @@ class ModelSpeedups:
     swaps: dict[str, int] = field(default_factory=dict)
     held: list = field(default_factory=list)
     attention_before: str | None = None
+    packed_attention: str | None = None  # the attention swapped in, which computes packed samples alone
 
-    @property
-    def causal_kernel(self) -> bool:
-        """Whether attention now runs on tunesmith's CPU causal kernel (which takes packed rows)."""
-        return self.attention_before is not None
 
     def undo(self, model) -> None:
         release(self.held)
         restore_attention(model, self.attention_before)
-        self.held, self.attention_before = [], None
+        self.held, self.attention_before, self.packed_attention = [], None, None
 
 
 def apply_to_model(plan: SpeedPlan, model, method, compute_dtype: torch.dtype, reporter: Reporter, *,
-                   causal_lm: bool = True) -> ModelSpeedups:
+                   causal_lm: bool = True, varlen_attention: bool = True) -> ModelSpeedups:
     """Swap the plan's pieces into `model` (a prepared training model). `causal_lm` False (a classifier): the CPU
-    layers only."""
+    layers only. `varlen_attention` False: not the CUDA varlen attention (a recipe whose trainer it was not measured
+    under)."""
     done = ModelSpeedups()
     if plan.device == "cuda":
+        if causal_lm and varlen_attention:
+            done.attention_before = _varlen_attention(plan, model)
+            done.packed_attention = "torch's varlen FlashAttention" if done.attention_before else None
         return done
     if plan.fast_dropout or plan.fast_rms_norm:
         with reporter.status("CPU layers (the dropout kernel is compiled on first use, about 25 s)"):
@@ -86,7 +89,23 @@ def apply_to_model(plan: SpeedPlan, model, method, compute_dtype: torch.dtype, r
         log.info("frozen base: %d linear weights held in %s for training, the values autocast multiplies with "
                  "(speed.switches.half_frozen_base)", len(done.held), str(done.held[0].weight.dtype)[6:])
     done.attention_before = _causal_attention(plan, model, compute_dtype, reporter)
+    done.packed_attention = "the CPU causal kernel" if done.attention_before else None
     return done
+
+
+def _varlen_attention(plan: SpeedPlan, model) -> str | None:
+    """CUDA runs attend through torch's varlen FlashAttention, which takes packed rows (`varlen_attention.py`);
+    returns the attention to restore after training (None: unchanged)."""
+    if not plan.gpu_varlen_attention or attention_implementation(model.config) != "sdpa":
+        return None
+    before = use_varlen_attention(model)
+    if before is None:
+        log.info("varlen FlashAttention: %s; attention runs on SDPA (speed.switches.gpu_varlen_attention)",
+                 varlen_unavailable())
+    else:
+        log.info("varlen FlashAttention: packed samples and padded rows attend on torch's FlashAttention varlen "
+                 "kernel (speed.switches.gpu_varlen_attention)")
+    return before
 
 
 def _log_layers(swaps: dict[str, int]) -> None:

@@ -31,6 +31,7 @@ class SpeedPlan:
     fast_dropout: bool
     fast_rms_norm: bool
     cpu_causal_attention: bool
+    gpu_varlen_attention: bool
 
     @property
     def supervised_logits(self) -> bool:
@@ -50,7 +51,8 @@ class SpeedPlan:
         cpu_only = ("cpu_threads", "cpu_allocator", "half_frozen_base", "sdpa_gqa", "fast_dropout", "fast_rms_norm",
                     "cpu_causal_attention")
         return [f"speed plan: {key} = {value}" for key, value in asdict(self).items()
-                if not (self.device == "cuda" and key in cpu_only)]
+                if not (self.device == "cuda" and key in cpu_only)
+                and not (self.device != "cuda" and key == "gpu_varlen_attention")]
 
 
 def resolve_speed_plan(cfg, device: str, *, cpu_threads: int | None = None) -> SpeedPlan:
@@ -65,7 +67,8 @@ def resolve_speed_plan(cfg, device: str, *, cpu_threads: int | None = None) -> S
         cpu_allocator=speed.cpu_allocator, torch_compile=speed.torch_compile,
         activation_offload=speed.activation_offload,
         **{name: speed.switch(name) for name in ("half_frozen_base", "skip_padding_mask", "sdpa_gqa", "fast_dropout",
-                                                 "fast_rms_norm", "cpu_causal_attention")})
+                                                 "fast_rms_norm", "cpu_causal_attention",
+                                                 "gpu_varlen_attention")})
 
 
 def _check(cfg, device: str) -> None:

@@ -137,10 +137,10 @@ class TrainingRun:
         configure_allocator(self.speed, plan.peak if plan else None, device_memory("cpu"))
         return plan
 
-    def speed_up(self, model, *, causal_lm: bool = True) -> None:
+    def speed_up(self, model, *, causal_lm: bool = True, varlen_attention: bool = True) -> None:
         """Swap the speed plan's pieces into the prepared model (undone after training)."""
         self.speedups = apply_to_model(self.speed, model, self.method, self.runtime.compute_dtype, self.reporter,
-                                       causal_lm=causal_lm)
+                                       causal_lm=causal_lm, varlen_attention=varlen_attention)
 
     def write_config(self, cfg: RunConfig | None = None) -> None:
         """Create the run folder, start its `train.log`, and write the resolved config (choices such as
