@@ -21,11 +21,14 @@ def choose_optimizer(cfg: RunConfig, cuda: bool) -> str:
     name = cfg.training.optimizer
     if name == "auto":
         # Paged optimizers move state to CPU under memory pressure: the QLoRA recipe, but only meaningful on CUDA.
-        return "paged_adamw_32bit" if cfg.method.name == "qlora" and cuda else "adamw_torch"
+        if cfg.method.name == "qlora" and cuda:
+            return "paged_adamw_32bit"
+        name = "adamw"
     if name.startswith("paged") and not cuda:
         raise ConfigError(f"optimizer '{name}' needs a CUDA GPU", where="training.optimizer",
                           hint="use adamw (or auto) on CPU")
-    return _OPTIMIZERS[name]
+    # On a GPU torch's fused AdamW updates every tensor in one kernel (transformers' own default there).
+    return "adamw_torch_fused" if name == "adamw" and cuda else _OPTIMIZERS[name]
 
 
 def build_training_arguments(cfg: RunConfig, *, runtime: Runtime, speed: SpeedPlan, has_validation: bool,
