@@ -1,30 +1,34 @@
 #!/usr/bin/env bash
 # The GPU check, prepared to fit the device tool in one call: installs the wheels from .whl/ (benchmarks/gpu_wheels.sh)
 # where they travelled, says what the machine has, checks that every import works before any run spends time, then
-# runs benchmarks/head_loss.py, then benchmarks/gpu_throughput.py for both shapes within a wall-clock budget.
-# Results go to $OUT as they come (head_loss.txt, gpu_throughput.txt, gpu_throughput.jsonl), so a call stopped
-# part way keeps what it measured.
+# runs benchmarks/gpu_varlen.py (the varlen attention: exact, and its cost against SDPA), a `tunesmith train` of
+# stories260K on the GPU defaults, and benchmarks/gpu_throughput.py (tunesmith against HF, TRL and Unsloth on real
+# data) within a wall-clock budget. Results go to $OUT as they come (gpu_varlen.txt, smoke.log, gpu_throughput.txt,
+# gpu_throughput.jsonl), so a call stopped part way keeps what it measured.
 #
-# The device tool gives a drawn session 15 minutes in all, start-up included, and 10 a call. So, with `.whl` in carry:
-#   run  command: bash benchmarks/gpu_check.sh     timeout_s: 560
-# BUDGET_S (default 420) is the runs' share; the rest is install, imports and slack. The install, and WHEELS and
-# SITE, are in benchmarks/gpu_env.sh. Extra arguments pass through to gpu_throughput.py (`--dry-run` checks this
-# script on a CPU; tests/test_benchmark_scripts.py does that in CI).
+# The device tool gives a drawn session 15 minutes in all, start-up included, and 10 a call. So, here first:
+#   bash benchmarks/gpu_wheels.sh
+#   mkdir -p .gpu-model && cp -r ../shared/models/stories260K ../shared/data/instruct/alpaca_en_demo.json .gpu-model/
+#   cp -r ~/.cache/tunesmith/models/smollm2-135m-instruct .gpu-model/smollm2   (its tokenizer; weights not needed)
+# then  run  command: bash benchmarks/gpu_check.sh   carry: [".whl", ".gpu-model"]   timeout_s: 580
+# BUDGET_S (default 420) is gpu_throughput.py's share; the rest is install, imports, the checks and slack. Extra
+# arguments pass through to gpu_throughput.py (`--dry-run` checks this script on a CPU; tests/test_benchmark_scripts.py
+# does that in CI).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BUDGET_S=${BUDGET_S:-420}
+MODELS=${MODELS:-.gpu-model}
 # shellcheck source=benchmarks/gpu_env.sh
 source benchmarks/gpu_env.sh
 command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-"$PYTHON" - <<'EOF' || { echo "gpu_check: an import failed (above); nothing was run" >&2; exit 1; }
+"$PYTHON" - <<'PY' || { echo "gpu_check: an import failed (above); nothing was run" >&2; exit 1; }
 import importlib.metadata as metadata, platform, sys
 
 import torch
 
 print(f"python {platform.python_version()}, torch {torch.__version__} (CUDA {torch.version.cuda}),",
       "GPU:", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none")
-names = ("transformers", "peft", "accelerate", "datasets", "pyarrow", "fsspec", "huggingface_hub", "tokenizers",
-         "bitsandbytes", "liger-kernel", "triton")
+names = ("transformers", "peft", "trl", "accelerate", "datasets", "pyarrow", "bitsandbytes", "liger-kernel", "triton")
 
 
 def version(name: str) -> str:
@@ -36,19 +40,26 @@ def version(name: str) -> str:
 
 print(", ".join(f"{name} {version(name)}" for name in names))
 sys.path.insert(0, ".")
-import bitsandbytes, datasets, peft  # noqa: F401,E401  (each worker needs them; fail here, once, not eight times)
+import bitsandbytes, datasets, peft, trl  # noqa: F401,E401  (each worker needs them; fail here, once)
 from tunesmith.training.trainer import TunesmithTrainer  # noqa: F401
-if torch.cuda.is_available():
-    import liger_kernel.transformers  # noqa: F401
-EOF
-# The head and loss alone first (a minute at most): HF's loss, Liger's and the chunked one at several chunk sizes, for
-# a LoRA (bf16) head and a QLoRA (fp32) one, and for a four times larger batch.
-head=(--shapes llama-3.2-1b,llama-3-8b)
-[[ " $* " == *" --dry-run "* ]] && head=(--shapes tiny --repeats 2 --warmup 1)
-for extra in "" "--tokens 8192" "--head-dtype fp32"; do
-  # shellcheck disable=SC2086  # $extra is two words or none
-  PYTHONUNBUFFERED=1 timeout 120 "$PYTHON" benchmarks/head_loss.py "${head[@]}" $extra 2>&1
-done | tee "$OUT/head_loss.txt"
+PY
+data=(); tokenizer=()
+[[ -f $MODELS/alpaca_en_demo.json ]] && data=(--data "$MODELS/alpaca_en_demo.json")
+[[ -d $MODELS/smollm2 ]] && tokenizer=(--tokenizer "$MODELS/smollm2")
+stories=$MODELS/stories260K
+[[ -d $stories ]] || stories=../shared/models/stories260K
+if [[ " $* " != *" --dry-run "* ]]; then
+  PYTHONUNBUFFERED=1 timeout 90 "$PYTHON" benchmarks/gpu_varlen.py --model "$stories" 2>&1 | tee "$OUT/gpu_varlen.txt"
+  # The CLI on the GPU defaults: packing on the varlen kernel must be what the run log says it chose.
+  runs=$(mktemp -d)
+  PYTHONUNBUFFERED=1 timeout 90 "$PYTHON" -m tunesmith.cli.main train examples/lora.yaml "model.name_or_path=$stories" \
+    "data.train.0.path=${data[1]:-../shared/data/instruct/alpaca_en_demo.json}" data.train.0.max_samples=200 \
+    data.max_length=256 training.max_steps=20 "training.output_dir=$runs/smoke" > "$OUT/smoke.log" 2>&1
+  echo "smoke: exit $?; $(grep -hE 'packing:|varlen FlashAttention|pre-flight' "$runs/smoke/train.log" | tr '\n' ' ')"
+  tail -3 "$OUT/smoke.log"
+fi
+unsloth=()
+[[ -n ${UNSLOTH_SITE:-} ]] && unsloth=(--unsloth-path "$UNSLOTH_SITE")
 PYTHONUNBUFFERED=1 "$PYTHON" benchmarks/gpu_throughput.py --budget-s "$BUDGET_S" --jsonl "$OUT/gpu_throughput.jsonl" \
-  "$@" 2>&1 | tee "$OUT/gpu_throughput.txt"
+  "${data[@]}" "${tokenizer[@]}" "${unsloth[@]}" "$@" 2>&1 | tee "$OUT/gpu_throughput.txt"
 exit "${PIPESTATUS[0]}"

@@ -71,8 +71,9 @@ def tunesmith_config(args, folder: Path, out: Path, *, gc: bool) -> dict:
                          "save_steps": 10_000, "optimizer": "adamw", "seed": SEED, "gradient_checkpointing": gc}}
 
 
-def tokenised(args, folder: Path):
-    """The training records as tunesmith tokenises them: a datasets.Dataset of input_ids and labels."""
+def tokenise(args, folder: Path) -> Path:
+    """The training records as tunesmith tokenises them (input_ids, labels), written once for every worker: the
+    unsloth run imports another transformers, under which tunesmith is not meant to run."""
     sys.path.insert(0, str(ROOT))
     from tunesmith.config.loading import validate_config
     from tunesmith.data.dataset import build_datasets
@@ -82,7 +83,18 @@ def tokenised(args, folder: Path):
     cfg = validate_config(tunesmith_config(args, folder, Path(args.out) / "unused", gc=False))
     tokenizer = load_tokenizer(cfg.model)
     data = build_datasets(cfg.data, tokenizer, get_template(cfg.data.template, tokenizer))
-    return data.train.select_columns(["input_ids", "labels"]), tokenizer
+    path = Path(args.out) / "tokens.json"
+    path.write_text(json.dumps({"input_ids": list(data.train["input_ids"]), "labels": list(data.train["labels"])}))
+    return path
+
+
+def tokenised(args, folder: Path):
+    """The records `tokenise` wrote, as a datasets.Dataset, and the tokenizer."""
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    return Dataset.from_dict(json.loads((Path(args.out) / "tokens.json").read_text())), \
+        AutoTokenizer.from_pretrained(folder)
 
 
 def random_weights(args) -> Path:
@@ -286,7 +298,7 @@ def planned_peak(args, name: str, variant: str, result: dict) -> float | None:
     request = PlanRequest(
         method=RUNS[name], method_options={"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": TARGETS},
         batch=batch, seq=seq, gradient_checkpointing=qlora or variant == "tunesmith+gc",
-        optimizer="paged_adamw_32bit" if qlora and tunesmith else "adamw", device="cuda",
+        optimizer="adamw", device="cuda",
         supervised_share=args.supervised_share if tunesmith else 1.0, chunked_loss=tunesmith)
     plan = plan_memory(LlamaConfig(**SHAPES[args.shape_of[name]], max_position_embeddings=4096), request)
     return (plan.peak - plan.overhead) / 2**30
@@ -299,15 +311,15 @@ def run_job(args, name, shape, variant, tmp, timeout) -> tuple[dict | None, str,
            "--data", str(args.data), "--tokenizer", str(args.tokenizer), "--batch", str(args.batch),
            "--steps", str(args.steps), "--warmup", str(args.warmup), "--max-length", str(args.max_length)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore", "TOKENIZERS_PARALLELISM": "false"}
-    if variant == "unsloth" and args.unsloth_path:  # its own transformers and trl, in front
-        env["PYTHONPATH"] = args.unsloth_path + (":" + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    if variant == "unsloth" and args.unsloth_path:  # its own packages, and the image's transformers
+        env["PYTHONPATH"] = args.unsloth_path
         env["UNSLOTH_DISABLE_STATISTICS"] = "1"
     log = Path(tmp) / f"{name}-{variant}.log"
     try:
         with open(log, "w") as out:
             proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, text=True, env=env, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return None, "stopped", f"timed out after {timeout:.0f} s (--budget-s)"
+        return None, "stopped", f"timed out after {timeout:.0f} s (--budget-s or --run-timeout)"
     if proc.returncode or not result.exists():
         lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
         errors = [line for line in lines if "Error" in line or "error" in line] or lines or ["no output"]
@@ -322,7 +334,7 @@ def prepare(args, names) -> None:
                         args.tmp, "--tokenizer", str(args.tokenizer)], check=True)
     shape = args.shape_of[names[0]]
     args.method, args.out = "lora", args.tmp
-    data, _ = tokenised(args, Path(args.tmp) / f"{shape}-weights")
+    data = json.loads(tokenise(args, Path(args.tmp) / f"{shape}-weights").read_text())
     lengths = [len(ids) for ids in data["input_ids"]]
     supervised = sum(sum(label != -100 for label in labels) for labels in data["labels"])
     args.mean_length = sum(lengths) / len(lengths)
@@ -342,11 +354,13 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=2048)
     parser.add_argument("--only", default=",".join(RUNS), help="shapes: " + ", ".join(RUNS))
     parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument("--unsloth-path", help="a folder put first on PYTHONPATH for the unsloth run (its "
-                        "transformers and trl versions)")
+    parser.add_argument("--unsloth-path", help="PYTHONPATH for the unsloth run (the packages at the versions it "
+                        "accepts), instead of this process's")
     parser.add_argument("--peak-tflops", type=float, help="dense bf16 peak of the GPU (default: from its name)")
     parser.add_argument("--budget-s", type=float, help="wall-clock seconds for all runs: a run that would start "
                         "after it is skipped, one still going when it ends is stopped")
+    parser.add_argument("--run-timeout", type=float, default=180, help="seconds one run may take (a run that hangs "
+                        "must not spend the whole budget)")
     parser.add_argument("--jsonl", help="append each run's result here as it finishes")
     for hidden in ("--worker", "--make-weights", "--shape", "--method", "--variant", "--result", "--out",
                    "--weights"):
@@ -389,24 +403,24 @@ def report(args) -> None:
         prepare(args, names)
         print(f"data: {args.data.name}, mean {args.mean_length:.0f} tokens per record, "
               f"{100 * args.supervised_share:.0f}% supervised ({time.monotonic() - started:.0f} s)", flush=True)
-        for variant in variants:  # variant-major: every shape gets tunesmith and the first baselines first
-            for name in names:
-                left = args.budget_s - (time.monotonic() - started) if args.budget_s is not None else None
-                if left is not None and left <= 0:
-                    results[name, variant] = None, "skipped", "--budget-s spent"
-                    continue
-                began = time.monotonic()
-                results[name, variant] = run_job(args, name, args.shape_of[name], variant, tmp, left)
-                r, state, error = results[name, variant]
-                wall = time.monotonic() - began
-                print(f"[{time.monotonic() - started:5.0f} s] {name} {variant}: " + (
-                    f"{r['tokens_per_s']:,.0f} tokens/s, peak {gib(r['peak_gib'])} GiB" if r else
-                    f"{state}: {error}") + f" ({wall:.0f} s with start-up)", flush=True)
-                if args.jsonl:
-                    with open(args.jsonl, "a") as f:
-                        f.write(json.dumps({"model": name, "method": RUNS[name], "variant": variant,
-                                            "device": device, "wall_s": round(wall, 1), "error": error,
-                                            **(r or {})}) + "\n")
+        for name, variant in ((name, variant) for name in names for variant in variants):  # in the order given
+            left = args.budget_s - (time.monotonic() - started) if args.budget_s is not None else None
+            if left is not None and left <= 0:
+                results[name, variant] = None, "skipped", "--budget-s spent"
+                continue
+            began = time.monotonic()
+            timeout = min(left, args.run_timeout) if left is not None else args.run_timeout
+            results[name, variant] = run_job(args, name, args.shape_of[name], variant, tmp, timeout)
+            r, state, error = results[name, variant]
+            wall = time.monotonic() - began
+            print(f"[{time.monotonic() - started:5.0f} s] {name} {variant}: " + (
+                f"{r['tokens_per_s']:,.0f} tokens/s, peak {gib(r['peak_gib'])} GiB" if r else
+                f"{state}: {error}") + f" ({wall:.0f} s with start-up)", flush=True)
+            if args.jsonl:
+                with open(args.jsonl, "a") as f:
+                    f.write(json.dumps({"model": name, "method": RUNS[name], "variant": variant,
+                                        "device": device, "wall_s": round(wall, 1), "error": error,
+                                        **(r or {})}) + "\n")
     table = Table(title=f"SFT on {args.data.name} (real lengths, max {args.max_length}), batch {args.batch}, "
                         f"{args.steps} steps ({args.warmup} warm-up), on {device}")
     for column in ("model", "method", "tool", "tokens/s", "s/step", "MFU", "peak GiB", "planned GiB",
@@ -421,7 +435,11 @@ def report(args) -> None:
                 continue
             flops = model_flops_per_token(SHAPES[args.shape_of[name]], args.square_over_mean)
             mfu = f"{100 * r['tokens_per_s'] * flops / (peak * 1e12):.1f}%" if peak else "-"
-            plan = planned_peak(args, name, variant, r)
+            try:
+                plan = planned_peak(args, name, variant, r)
+            except Exception as error:  # noqa: BLE001  (a planner problem must not lose the measured table)
+                print(f"planner: {name} {variant}: {error!r}"[:300], flush=True)
+                plan = None
             table.add_row(name, RUNS[name], variant, f"{r['tokens_per_s']:,.0f}", f"{r['s_per_step']:.3f}", mfu,
                           gib(r["peak_gib"]), gib(plan),
                           f"{ours['tokens_per_s'] / r['tokens_per_s']:.2f}x" if ours else "",
