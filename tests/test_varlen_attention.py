@@ -167,6 +167,9 @@ def test_the_speed_plan_switches_it_in_on_cuda_and_undo_restores_sdpa(cpu_kernel
     done = apply_to_model(speed_plan("cuda", gpu_varlen_attention=False), off, None, torch.bfloat16, Reporter())
     assert off.config._attn_implementation == "sdpa" and done.packed_attention is None
     assert _resolve_packing(make_config("x/y", "unused"), off, None).data.packing is False
+    compiled = tiny_llama()
+    apply_to_model(speed_plan("cuda", torch_compile=True), compiled, None, torch.bfloat16, Reporter())
+    assert compiled.config._attn_implementation == "sdpa"
     # A recipe that opts out (the preference recipes under TRL's trainers) keeps SDPA too.
     kept = tiny_llama()
     apply_to_model(speed_plan("cuda"), kept, None, torch.bfloat16, Reporter(), varlen_attention=False)

@@ -98,6 +98,9 @@ def _varlen_attention(plan: SpeedPlan, model) -> str | None:
     returns the attention to restore after training (None: unchanged)."""
     if not plan.gpu_varlen_attention or attention_implementation(model.config) != "sdpa":
         return None
+    if plan.torch_compile:  # compiled graphs attend through SDPA (the kernel's segments need a host sync)
+        log.info("varlen FlashAttention: not under speed.torch_compile; attention runs on SDPA")
+        return None
     before = use_varlen_attention(model)
     if before is None:
         log.info("varlen FlashAttention: %s; attention runs on SDPA (speed.switches.gpu_varlen_attention)",
