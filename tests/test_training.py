@@ -320,3 +320,18 @@ def test_the_held_out_set_is_evaluated_once_at_the_end(stories_dir, tmp_path):
                    extra_callbacks=[Count()])
     assert [step for step, _ in passes] == [2, 3]
     assert result.metrics["eval_loss"] == passes[-1][1]
+
+
+def test_the_optimizer_auto_picks_per_device():
+    """`training.optimizer: auto`: torch's fused AdamW on a GPU (one kernel for every tensor), plain AdamW on CPU,
+    the paged one for QLoRA on a GPU; an explicit adamw follows the same device rule."""
+    from tunesmith.training.arguments import choose_optimizer
+
+    lora, qlora = make_config("x/y", "unused"), make_config("x/y", "unused", method="qlora")
+    assert choose_optimizer(lora, cuda=True) == "adamw_torch_fused"
+    assert choose_optimizer(lora, cuda=False) == "adamw_torch"
+    assert choose_optimizer(qlora, cuda=True) == "paged_adamw_32bit"
+    assert choose_optimizer(qlora, cuda=False) == "adamw_torch"
+    explicit = make_config("x/y", "unused", optimizer="adamw")
+    assert choose_optimizer(explicit, cuda=True) == "adamw_torch_fused"
+    assert choose_optimizer(make_config("x/y", "unused", optimizer="sgd"), cuda=True) == "sgd"
