@@ -69,6 +69,27 @@ def train(config: ConfigSource, overrides: Overrides = None, *, resume: bool = F
     return run_recipe(cfg, resume=resume, reporter=reporter, extra_callbacks=callbacks)
 
 
+def train_processes(cfg: RunConfig, config: str, overrides: list[str], *, nproc: int, resume: bool = False,
+                    show_log: bool = False) -> None:
+    """`tunesmith train CONFIG --nproc N`: the run of `cfg` (loaded from `config` with `overrides`) in `nproc`
+    processes on this machine, each running `tunesmith train CONFIG OVERRIDES`; rank 0 prints and writes the run
+    folder. Raises `DistributedRunFailed` when a process fails (docs/distributed.md)."""
+    import os
+
+    import torch
+
+    from .training.distributed import check_nproc
+    from .training.launch import launch_local, worker_command
+
+    if "WORLD_SIZE" in os.environ:
+        raise ConfigError("--nproc starts the processes itself, but this command already runs under a launcher "
+                          f"(WORLD_SIZE={os.environ['WORLD_SIZE']})", where="--nproc",
+                          hint="drop --nproc: torchrun / accelerate launch already started the processes")
+    cuda = torch.cuda.is_available()
+    check_nproc(cfg, nproc, cuda=cuda)
+    launch_local(worker_command(config, overrides, resume=resume, show_log=show_log), nproc, cuda=cuda)
+
+
 @dataclass
 class Model:
     """A run folder (or any model) loaded for generation and evaluation, with its training template."""

@@ -27,6 +27,10 @@ def train(args: Namespace) -> int:
     cfg = load_config(args.config, overrides)  # validate before the heavy imports
     api.prepare_output(cfg, args.config)
     restart_with_tcmalloc(args, cfg.speed.cpu_allocator)
+    if getattr(args, "nproc", None) is not None:
+        api.train_processes(cfg, args.config, overrides, nproc=args.nproc, resume=args.resume,
+                            show_log=getattr(args, "show_log", False))
+        return 0
     from .render import ConsoleReporter
 
     api.train(cfg, resume=args.resume, reporter=ConsoleReporter(console))

@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint")
     p.add_argument("--overwrite", action="store_true",
                    help="write into an existing folder that is not a tunesmith run (training.overwrite_output_dir)")
+    p.add_argument("--nproc", type=int, default=None, metavar="N",
+                   help="train in N processes on this machine (one per GPU; on CPUs gloo), as distributed.strategy "
+                        "says; several machines: docs/distributed.md")
     p.add_argument("-v", "--verbose", action="store_true", dest="show_log", default=argparse.SUPPRESS,
                    help=VERBOSE_HELP)
     p.set_defaults(func=commands.train)
@@ -145,7 +148,9 @@ def quiet_library_chatter() -> None:
 
 
 def _report(console: Console, exc: TunesmithError) -> int:
-    console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+    rank = os.environ.get("RANK")  # one process of several (a launcher set RANK): say which one failed
+    where = f"[rank {rank}] " if rank not in (None, "0") else ""
+    console.print(f"{escape(where)}[bold red]error:[/] {escape(str(exc))}", highlight=False)
     return exc.exit_code
 
 

@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from .base import StrictModel
+from .distributed import DistributedConfig, check_distributed_config
 
 # Attention implementations whose masks honour restarted position ids, i.e. can train on packed
 # sequences without cross-sample attention (transformers' masking utilities / varlen kernels).
@@ -395,6 +396,8 @@ class RunConfig(StrictModel):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     retain: RetainConfig | None = Field(None, description="replay, L2-SP, EWC, distillation from the base "
                                                           "(docs/forgetting.md)")
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig,
+                                           description="several processes: ddp, fsdp, deepspeed (docs/distributed.md)")
 
     @field_validator("method", mode="before")
     @classmethod
@@ -440,6 +443,7 @@ class RunConfig(StrictModel):
         if self.retain is not None:
             _check_retain(self)
         get_method(self.method.name).validate(self.method, self)
+        check_distributed_config(self)
         return self
 
 

@@ -109,6 +109,8 @@ class DiagnosticsCallback(TrainerCallback):
             findings = sort_findings([self.diverged] + [f for f in findings if f.code != self.diverged.code])
         findings = sort_findings(findings + _precision_note(args, findings))
         self.findings = findings
+        if not state.is_world_process_zero:  # with several processes, rank 0 alone writes the run folder
+            return control
         self.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.run_dir / DIAGNOSTICS_FILE, {"findings": [f.to_dict() for f in findings],
                                                             "diverged": self.diverged is not None})

@@ -26,6 +26,7 @@ from ..training.arguments import build_training_arguments
 from ..training.model_card import write_model_card
 from ..training.run import TrainingRun, TrainResult, base_model_meta, finite_metrics, total_steps
 from ..speed.logits import has_virtual_tokens, supports_supervised_logits
+from ..training.distributed import main_process_first
 from ..training.trainer import TunesmithTrainer
 from ..compat import base_config
 
@@ -42,11 +43,11 @@ def train_sft(cfg: RunConfig, *, resume: bool = False, reporter: Reporter | None
         tokenizer = load_tokenizer(cfg.model)
         tokenizer.padding_side = "right"
         template = get_template(cfg.data.template, tokenizer)
-        with report.status("preparing data"):
+        # With several processes rank 0 tokenises (and caches) first; the others then read its cache.
+        with report.status("preparing data"), main_process_first(run.world):
             data = build_datasets(cfg.data, tokenizer, template,
                                   cache_root=default_cache_root() if cfg.data.cache else None)
-        if cfg.retain is not None and cfg.retain.replay is not None:
-            with report.status("adding replay data"):
+            if cfg.retain is not None and cfg.retain.replay is not None:
                 data = add_replay(data, cfg.retain.replay, tokenizer, template, cfg.data)
         _report_data(report, data.stats)
         run.preflight()
@@ -93,7 +94,7 @@ def train_sft(cfg: RunConfig, *, resume: bool = False, reporter: Reporter | None
 
         if data.validation is not None:
             metrics.update(run.held_out_metrics(trainer))
-        if cfg.eval.general:
+        if cfg.eval.general and run.world.is_main:  # scored once, by the rank that saves
             from ..evaluation.forgetting import measure_forgetting
 
             facts["forgetting"] = measure_forgetting(cfg, trainer.model, tokenizer, template.name, reporter=report)
@@ -105,7 +106,9 @@ def train_sft(cfg: RunConfig, *, resume: bool = False, reporter: Reporter | None
                 "metrics": finite_metrics(metrics), **facts}
         if cfg.retain is not None:
             meta["retain"] = cfg.retain.model_dump(mode="json")
-        run.save(save_weights=lambda folder: method.save(trainer.model, cfg.method, folder), tokenizer=tokenizer,
+        gathered = run.gathered_weights(trainer)  # FSDP / DeepSpeed: every rank joins; None for a whole model
+        run.save(save_weights=lambda folder: method.save(trainer.model, cfg.method, folder) if gathered is None
+                 else trainer.model.save_pretrained(folder, state_dict=gathered), tokenizer=tokenizer,
                  meta=meta, title=f"{cfg.method.name} on {cfg.model.name_or_path}",
                  write_card=lambda path, meta, plot: write_model_card(path, cfg, meta, has_plot=plot))
         report.info(f"saved {run.run_dir}  (chat: tunesmith chat {run.run_dir})")

@@ -12,6 +12,7 @@ from ..errors import ConfigError
 from ..runtime import Runtime
 from ..speed.plan import SpeedPlan
 from .checkpoints import CHECKPOINT_DIR
+from .distributed import current_world, trainer_arguments
 
 _OPTIMIZERS = {"adamw": "adamw_torch", "adamw_8bit": "adamw_bnb_8bit", "paged_adamw_8bit": "paged_adamw_8bit",
                "paged_adamw_32bit": "paged_adamw_32bit", "sgd": "sgd"}
@@ -68,4 +69,4 @@ def build_training_arguments(cfg: RunConfig, *, runtime: Runtime, speed: SpeedPl
         length_column_name="length", include_num_input_tokens_seen="all" if cfg.data.packing is True else "non_padding",
         remove_unused_columns=False, disable_tqdm=True, report_to="none", dataloader_num_workers=0,
         dataloader_pin_memory=cuda, use_liger_kernel=speed.liger, torch_compile=speed.torch_compile,
-    ), **task_options})
+    ), **trainer_arguments(cfg, current_world(), cuda=cuda), **task_options})

@@ -10,7 +10,9 @@ no recipe writes it again:
 - the callbacks every run has: progress (the reporter's), the metrics file, the trackers, early stopping, the curve
   doctor (`diagnostics/`), which stops on NaN/Inf, after which the last good checkpoint becomes the run's weights;
 - the save: weights, tokenizer, `tunesmith_run.json`, the loss plot and the model card, staged in a hidden folder
-  and published together, so the folder never holds half of a result.
+  and published together, so the folder never holds half of a result;
+- several processes (`distributed.py`): rank 0 alone writes the run folder and talks to the user; the Trainer
+  writes checkpoints (each rank its part) and reduces the logged metrics over the ranks.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from ..speed.cpu.allocator import release_free_memory
 from ..speed.plan import resolve_speed_plan
 from .callbacks import MetricsFileCallback, finite_number, read_metrics
 from .tracking import Tracking, check_trackers
+from .distributed import check_strategy, current_world, join_process_group
 from .checkpoints import CHECKPOINT_DIR, checkpoint_step, is_complete, latest_checkpoint, restore_last_good
 from ..plots import plot_loss_curves
 
@@ -71,13 +74,18 @@ class TrainingRun:
     def __init__(self, cfg: RunConfig, *, resume: bool = False, reporter: Reporter | None = None,
                  extra_callbacks: list | None = None):
         self.cfg = cfg
-        self.reporter = reporter_or_default(reporter)
+        self.world = current_world()
+        # Only rank 0 talks to the user; the other ranks' lines still go to the `tunesmith` log.
+        self.reporter = reporter_or_default(reporter if self.world.is_main else None)
         self.run_dir = Path(cfg.training.output_dir)
         self.resume = resume
         self.extra_callbacks = list(extra_callbacks or [])
         self.method = get_method(cfg.method.name)
         self.runtime = resolve_runtime(cfg, self.method)
-        self.speed = resolve_speed_plan(cfg, self.runtime.device, cpu_threads=physical_cores())
+        check_strategy(cfg, self.world, cuda=self.runtime.cuda)
+        # The processes on one machine share its cores.
+        self.speed = resolve_speed_plan(cfg, self.runtime.device,
+                                        cpu_threads=max(1, physical_cores() // self.world.local_size))
         self.checkpoint: Path | None = None
         self.speedups = ModelSpeedups()
         self.diagnostics: DiagnosticsCallback | None = None
@@ -91,6 +99,9 @@ class TrainingRun:
     def __enter__(self) -> TrainingRun:
         self._log.__enter__()
         log.info("tunesmith %s: %s", __version__, self.runtime.describe())
+        if self.world.launched:
+            join_process_group(self.cfg, self.world, cuda=self.runtime.cuda)
+            log.info("%s, strategy %s", self.world.describe(), self.cfg.distributed.strategy)
         for line in self.speed.describe():
             log.info(line)
         self.checkpoint = self._checkpoint_to_resume()
@@ -100,7 +111,8 @@ class TrainingRun:
 
     def __exit__(self, *exc) -> None:
         try:
-            self.tracking.finish(ok=exc[0] is None)  # after `save`, or a run that failed on the way
+            if self.world.is_main:
+                self.tracking.finish(ok=exc[0] is None)  # after `save`, or a run that failed on the way
         except Exception:
             if exc[0] is None:
                 raise
@@ -117,7 +129,7 @@ class TrainingRun:
             self._stale_checkpoints = [p for p in checkpoints.glob("checkpoint-*") if p.is_dir()]
             return None
         checkpoint = latest_checkpoint(self.run_dir)
-        for folder in checkpoints.glob("checkpoint-*"):
+        for folder in checkpoints.glob("checkpoint-*") if self.world.is_main else ():
             if not is_complete(folder):
                 self.reporter.warning(f"skipping incomplete checkpoint {folder} (the run stopped while saving)")
                 shutil.rmtree(folder)
@@ -147,6 +159,8 @@ class TrainingRun:
         `data.packing: auto` made), so `tunesmith train config.yaml` in the run folder trains the same run again.
         Recipes call it once data and model have loaded."""
         cfg = cfg or self.cfg
+        if not self.world.is_main:
+            return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._log.write_to(self.run_dir / RUN_LOG)
         atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False,
@@ -156,12 +170,15 @@ class TrainingRun:
                   method_callbacks: list | None = None) -> list:
         """The callbacks of every run, the method's (`method_callbacks`), then the caller's extra ones.
         `early_stopping`: the run has validation data to stop on."""
-        callbacks = [*self.reporter.training_callbacks(), MetricsFileCallback(self.run_dir / "metrics.jsonl")]
-        if diagnostics:
+        main = self.world.is_main
+        callbacks = [*self.reporter.training_callbacks(), *([MetricsFileCallback(self.run_dir / "metrics.jsonl")]
+                                                            if main else [])]
+        if diagnostics:  # on every rank: each must stop at the same step (the logged metrics are reduced already)
             self.diagnostics = DiagnosticsCallback(self.run_dir, self.reporter,
                                                    max_grad_norm=self.cfg.training.max_grad_norm)
             callbacks.append(self.diagnostics)
-        callbacks += self.tracking.callbacks()
+        if main:  # the trackers' writers open files as they are made
+            callbacks += self.tracking.callbacks()
         if self.cfg.training.early_stopping_patience and early_stopping:
             callbacks.append(EarlyStoppingCallback(early_stopping_patience=self.cfg.training.early_stopping_patience))
         return callbacks + list(method_callbacks or []) + self.extra_callbacks
@@ -175,7 +192,7 @@ class TrainingRun:
         for tunesmith_run.json)."""
         trainer.remove_callback(ProgressCallback)
         trainer.remove_callback(PrinterCallback)
-        if self._stale_checkpoints:
+        if self._stale_checkpoints and self.world.is_main:
             self.reporter.warning(f"{self.run_dir} already has checkpoints; starting over (pass --resume to "
                                   f"continue)")
             for folder in self._stale_checkpoints:
@@ -208,6 +225,14 @@ class TrainingRun:
             return {key: value for key, value in last.items() if key.startswith("eval_")}
         return trainer.evaluate()
 
+    def gathered_weights(self, trainer) -> dict | None:
+        """Under FSDP or DeepSpeed each rank holds a shard of the weights: the whole state dict, gathered for rank 0
+        (a collective every rank joins), for `save_pretrained(state_dict=...)`. None where the model is whole."""
+        if not self.world.launched or self.cfg.distributed.strategy == "ddp":
+            return None
+        engine = trainer.deepspeed if self.cfg.distributed.strategy == "deepspeed" else trainer.model
+        return trainer.accelerator.get_state_dict(engine)
+
     # --- the result --------------------------------------------------------------------------------------------
 
     def save(self, *, save_weights: Callable[[Path], None], tokenizer, meta: dict, title: str,
@@ -216,6 +241,8 @@ class TrainingRun:
         tokenizer, `tunesmith_run.json` (`meta` plus the version), the loss plot, the recipe's own `plots(folder)`,
         and the model card `write_card(path, meta, has_loss_plot)`."""
         meta = {"tunesmith_version": __version__, **meta}
+        if not self.world.is_main:
+            return  # rank 0 saves (the engines' weight gathering, a collective, happened in `gathered_weights`)
         with staged_dir(self.run_dir) as staging:
             save_weights(staging)
             tokenizer.save_pretrained(staging)
