@@ -147,10 +147,14 @@ def quiet_library_chatter() -> None:
         _DropMessage("Failed to load CPU gemm_4bit_forward from kernels-community"))
 
 
+def _rank() -> str:
+    """`[rank N] ` in a process of several but rank 0 (a launcher set RANK): which one failed."""
+    rank = os.environ.get("RANK")
+    return escape(f"[rank {rank}] ") if rank not in (None, "0") else ""
+
+
 def _report(console: Console, exc: TunesmithError) -> int:
-    rank = os.environ.get("RANK")  # one process of several (a launcher set RANK): say which one failed
-    where = f"[rank {rank}] " if rank not in (None, "0") else ""
-    console.print(f"{escape(where)}[bold red]error:[/] {escape(str(exc))}", highlight=False)
+    console.print(f"{_rank()}[bold red]error:[/] {escape(str(exc))}", highlight=False)
     return exc.exit_code
 
 
@@ -189,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if (machine := environment_error(exc)) is not None:  # disk full, read-only place: the machine's, not ours
             return _report(console, machine)
-        console.print(f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))}\n"
+        console.print(f"{_rank()}[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))}\n"
                       f"  rerun with TUNESMITH_DEBUG=1 for the full traceback, and please report it",
                       highlight=False)
         return 1

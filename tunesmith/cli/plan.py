@@ -43,7 +43,8 @@ def register(subparsers) -> None:
                           "there (speed.loss). Default 1: every token, an upper bound")
     run.add_argument("--device", default=None, choices=["cpu", "cuda"], help="target device (default: this one)")
     run.add_argument("--devices", type=int, default=1, help="data-parallel devices")
-    run.add_argument("--zero-stage", type=int, default=0, choices=[0, 1, 2, 3], help="ZeRO stage (3 = FSDP)")
+    run.add_argument("--zero-stage", type=int, default=None, choices=[0, 1, 2, 3],
+                     help="ZeRO stage (3 = FSDP; default: the config's distributed.strategy, else 0)")
     adv = p.add_argument_group("advice and time")
     adv.add_argument("--budget", default=None, help="memory budget, e.g. 16GB or 24GiB: propose configurations")
     adv.add_argument("--task", default="chat", choices=["classification", "chat", "reasoning", "translation",
@@ -115,7 +116,10 @@ def build_request(args):
         request.supervised_share = args.supervised_share
     if args.devices > 1 and request.device == "cpu":
         raise ConfigError("multi-device plans are for GPUs", where="--devices", hint="add --device cuda")
-    request.devices, request.zero_stage = args.devices, args.zero_stage
+    # A config's distributed.strategy gives the stage unless --zero-stage says otherwise.
+    request.devices = args.devices
+    if args.zero_stage is not None:
+        request.zero_stage = args.zero_stage
     return model_ref, request, cfg
 
 

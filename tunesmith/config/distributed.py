@@ -15,8 +15,9 @@ from .base import StrictModel
 
 # Methods whose trained weights are plain tensors of the model, which FSDP / ZeRO can shard and gather back into a
 # standard artifact (a PEFT adapter or a full model). Bottleneck adapters, the hybrid method and prompt methods keep
-# their own modules and files that the engines' state-dict gathering does not know.
-SHARDABLE_METHODS = ("full", "lora", "qlora", "dora", "rslora", "loraplus", "pissa", "olora", "ia3", "vera")
+# their own modules and files that the engines' state-dict gathering does not know; PiSSA and OLoRA convert their
+# saved adapter against the initial one, which a gathered state dict does not carry.
+SHARDABLE_METHODS = ("full", "lora", "qlora", "dora", "rslora", "loraplus", "ia3", "vera")
 
 
 class FsdpConfig(StrictModel):

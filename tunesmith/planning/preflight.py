@@ -27,9 +27,17 @@ def device_memory(device: str) -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
 
 
-def request_from_config(cfg, device: str, speed=None):
+def sharding_stage(cfg) -> int:
+    """`distributed.strategy` as the ZeRO stage the planner models (memory.py): what each rank holds a 1/N share
+    of. DDP keeps a whole copy per rank (0); FSDP full or hybrid shards weights, gradients and optimizer state (3,
+    over the shard group); DeepSpeed its stage. CPU offload is not modelled: the figures are then an upper bound."""
+    dist = cfg.distributed
+    return {"ddp": 0, "fsdp": 3, "deepspeed": dist.deepspeed.stage}[dist.strategy]
+
+
+def request_from_config(cfg, device: str, speed=None, *, devices: int = 1):
     """The planner's request for a training run of `cfg` on `device`, with its speed plan (`speed`; resolved from
-    `cfg.speed` when not given)."""
+    `cfg.speed` when not given); `devices`: the ranks the strategy shards over (the figures are then per rank)."""
     from ..speed.plan import resolve_speed_plan
     from .memory import PlanRequest
 
@@ -39,7 +47,8 @@ def request_from_config(cfg, device: str, speed=None):
     return PlanRequest(method=cfg.method.name, method_options=cfg.method.model_dump(exclude={"name"}),
                        batch=t.batch_size, seq=cfg.data.max_length, grad_accum=t.grad_accum,
                        gradient_checkpointing=t.gradient_checkpointing, optimizer=t.optimizer, precision=precision,
-                       device=device, attn_implementation=cfg.model.attn_implementation,
+                       device=device, devices=devices, zero_stage=sharding_stage(cfg),
+                       attn_implementation=cfg.model.attn_implementation,
                        fast_dropout=speed.fast_dropout, fast_rms_norm=speed.fast_rms_norm,
                        cpu_causal_attention=speed.cpu_causal_attention, half_frozen_base=speed.half_frozen_base,
                        # Liger's fused linear cross-entropy keeps no full logits either: counted alike.
@@ -49,9 +58,11 @@ def request_from_config(cfg, device: str, speed=None):
                                     if name != "replay"))
 
 
-def preflight(cfg, model_config=None, memory: int | None = None, *, reporter: Reporter | None = None, speed=None):
+def preflight(cfg, model_config=None, memory: int | None = None, *, reporter: Reporter | None = None, speed=None,
+              devices: int = 1):
     """Tell the user the predicted peak of this run and warn when it exceeds the device's memory. Never fails
-    training: a planning problem goes to the log and the run goes on. Returns the plan (or None)."""
+    training: a planning problem goes to the log and the run goes on. `devices`: the ranks the run's strategy
+    shards over; the prediction is then per rank. Returns the plan (or None)."""
     from .memory import plan_memory
     from .params import load_model_config
 
@@ -63,13 +74,15 @@ def preflight(cfg, model_config=None, memory: int | None = None, *, reporter: Re
 
             ref, _ = source_kwargs(cfg.model)
             model_config = load_model_config(ref, trust_remote_code=cfg.model.trust_remote_code)
-        plan = plan_memory(model_config, request_from_config(cfg, device, speed))
+        plan = plan_memory(model_config, request_from_config(cfg, device, speed, devices=devices))
     except Exception as exc:  # noqa: BLE001 - the pre-flight is advice, never a reason to stop
         log.info("pre-flight: no memory prediction (%s: %s)", type(exc).__name__, exc)
         return None
     available = memory if memory is not None else device_memory(device)
     what = "GPU memory" if device == "cuda" else "available RAM"
-    reporter.info(f"pre-flight: predicted peak {human(plan.peak)} ({plan.peak_phase}); {what} {human(available)}")
+    per_rank = f" per rank ({cfg.distributed.strategy} over {devices})" if devices > 1 else ""
+    reporter.info(f"pre-flight: predicted peak {human(plan.peak)}{per_rank} ({plan.peak_phase}); {what} "
+                  f"{human(available)}")
     if plan.peak > available:
         reporter.warning(f"the predicted peak exceeds {what}; expect an out-of-memory error. Try "
                          f"training.gradient_checkpointing: true, a smaller training.batch_size (with grad_accum), "

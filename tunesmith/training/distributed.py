@@ -40,6 +40,11 @@ class World:
     def nodes(self) -> int:
         return max(1, self.size // max(self.local_size, 1))
 
+    def shard_group(self, cfg) -> int:
+        """The ranks that share one copy of the model: all of them, but one machine's under hybrid FSDP."""
+        hybrid = cfg.distributed.strategy == "fsdp" and cfg.distributed.fsdp.sharding == "hybrid"
+        return self.local_size if hybrid else self.size
+
     def describe(self) -> str:
         return (f"process {self.rank} of {self.size} ({self.nodes} machine{'s' * (self.nodes > 1)}, "
                 f"{self.local_size} per machine)")
@@ -106,9 +111,11 @@ def check_strategy(cfg, world: World, *, cuda: bool) -> None:
                           f"group the launcher's rendezvous sets up)", where="distributed.strategy",
                           hint="tunesmith train CONFIG --nproc N (or torchrun / accelerate launch: "
                                "docs/distributed.md)")
-    if strategy == "fsdp" and cfg.distributed.fsdp.cpu_offload and not cuda:
-        raise ConfigError("FSDP's CPU offload moves GPU memory to the CPU; the weights are on the CPU already",
-                          where="distributed.fsdp.cpu_offload", hint="remove cpu_offload on a CPU-only machine")
+    if strategy == "fsdp" and not cuda:
+        # accelerate (1.16) turns on FSDP for accelerator processes only; CPU processes would silently train as DDP,
+        # with every rank holding the whole model (tried: tests/test_distributed.py, docs/distributed.md).
+        raise ConfigError("FSDP runs on GPUs: accelerate does not shard CPU processes (they would silently train "
+                          "as DDP)", where="distributed.strategy", hint="use strategy: ddp on CPUs")
 
 
 def deepspeed_config(cfg) -> dict | str:

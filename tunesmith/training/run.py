@@ -145,7 +145,8 @@ class TrainingRun:
         from ..planning.preflight import device_memory, preflight
 
         with self.reporter.status("pre-flight: predicting peak memory"), torch.random.fork_rng(devices=[]):
-            plan = preflight(self.cfg, reporter=self.reporter, speed=self.speed)
+            plan = preflight(self.cfg, reporter=self.reporter, speed=self.speed,
+                             devices=self.world.shard_group(self.cfg))
         configure_allocator(self.speed, plan.peak if plan else None, device_memory("cpu"))
         return plan
 
