@@ -199,9 +199,6 @@ def test_two_ddp_processes_train_as_one_with_the_same_global_batch(stories_dir, 
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(raises=DistributedRunFailed, strict=True,
-                   reason="resuming a 2-process DDP run on CPU aborts in gloo at the first forward (a collective "
-                          "mismatch, 284 vs 4 bytes, not yet found); the kill itself fails cleanly")
 def test_a_killed_rank_fails_the_run_cleanly_and_it_resumes(stories_dir, tmp_path, monkeypatch):
     """Rank 1 is killed (SIGKILL) at step 3: the run fails naming it, with checkpoint-2 complete and nothing saved;
     `--resume` finishes it."""

@@ -149,13 +149,20 @@ class TunesmithTrainer(Trainer):
         if not self._chunked_checked:
             self._chunked_checked = True
             why = "its output head is not a plain linear layer" if head is None else \
-                None if self._chunked_matches_model(model, masked, head) else "it changes its logits after the head"
+                None if self._chunked_matches_model(self._probe_model(model), masked, head) \
+                else "it changes its logits after the head"
             if why:
                 log.warning("chunked loss: not for %s (%s); computing the supervised logits in full",
                             type(model).__name__, why)
                 self.chunked_loss = False
                 return None
         return head
+
+    def _probe_model(self, model):
+        """The model a first-batch probe runs: unwrapped, because a DDP forward joins collectives (the buffers'
+        broadcast) and a probe runs only on the ranks whose batch calls for it, so the ranks' collectives would no
+        longer pair up (seen as a gloo size mismatch when a resumed run's ranks started on different batches)."""
+        return self.accelerator.unwrap_model(model)
 
     def _without_padding_mask(self, model, inputs) -> bool:
         """Whether this batch's attention mask can be left out (padding_mask.py); the model is checked once."""
@@ -164,7 +171,8 @@ class TunesmithTrainer(Trainer):
         if not self._padding_mask_checked:
             self._padding_mask_checked = True
             config = getattr(self.accelerator.unwrap_model(model), "config", None)
-            self.skip_padding_mask = eligible_config(config) and mask_is_redundant(model, inputs["input_ids"])
+            self.skip_padding_mask = eligible_config(config) and mask_is_redundant(self._probe_model(model),
+                                                                                   inputs["input_ids"])
             if not self.skip_padding_mask:
                 log.info("skip_padding_mask: not for %s; right-padded batches keep their attention mask",
                          type(model).__name__)
