@@ -155,6 +155,7 @@ def test_cli_bad_input_exits_2_without_traceback(tmp_path, capsys, argv, message
     code = main(["export", str(tmp_path / "no-such-run"), "--out", str(tmp_path / "out"), *argv])
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()  # refused before anything was written
 
 
 # -------------------------------------------------------- llama.cpp runs what was written (llama-cpp-python)
@@ -220,6 +221,51 @@ def test_llama_cpp_tokenises_like_the_hf_tokenizer(stories_dir, tmp_path):
     llm.close()
 
 
+def _byte_level_folder(tmp_path: Path, pre: str) -> Path:
+    """A tiny random Llama with a byte-level BPE tokenizer trained here, split as `pre` (llama.cpp's name) does."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    corpus = [line.strip() for line in (Path(__file__).parent / "test_gguf_export.py").read_text().splitlines()]
+    tok.train_from_iterator(corpus * 3 + ["12345 67890 I'LL we'd  you're\n\n\tx"] * 5, trainers.BpeTrainer(
+        vocab_size=700, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    split = {"gpt-2": None, "smollm": pre_tokenizers.Digits(individual_digits=True),
+             "llama-bpe": pre_tokenizers.Split(Regex(next(r for r, n in gguf_write._SPLIT_REGEXES.items()
+                                                          if n == "llama-bpe")), "isolated"),
+             "qwen2": pre_tokenizers.Split(Regex(next(r for r, n in gguf_write._SPLIT_REGEXES.items()
+                                                      if n == "qwen2")), "isolated")}[pre]
+    level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=pre in ("gpt-2", "smollm"))
+    tok.pre_tokenizer = level if split is None else pre_tokenizers.Sequence([split, level])
+    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", unk_token="<|endoftext|>")
+    folder = tmp_path / pre
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64,
+                                                 num_hidden_layers=1, num_attention_heads=2)).save_pretrained(folder)
+    hf_tok.save_pretrained(folder)
+    return folder
+
+
+@needs_llama_cpp
+@pytest.mark.parametrize("pre", ["gpt-2", "smollm", "llama-bpe", "qwen2"])
+def test_byte_level_pre_tokenizers_split_like_llama_cpp(tmp_path, pre):
+    from tunesmith.inference.gguf_check import load_llama
+
+    folder = _byte_level_folder(tmp_path, pre)
+    path = hf_folder_to_gguf(folder, tmp_path / "b.gguf", "f32")
+    assert _reader_field(gguf.GGUFReader(path), "tokenizer.ggml.pre") == pre
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    llm = load_llama(path, n_ctx=64, threads=2)
+    texts = ["In 2024 we paid 1234567 dollars.", "I'LL say you're right, they'd agree", "a  b   c\n\n\td",
+             "<|im_start|>user\nhello<|im_end|>\n", "naïve café — 東京 🙂 x=y+1;"]
+    for text in texts:
+        assert llm.tokenize(text.encode(), add_bos=False, special=True) == tokenizer(text).input_ids, (pre, text)
+    llm.close()
+
+
 # ------------------------------------------------------------------------ a trained run, end to end (slow)
 
 @pytest.fixture(scope="module")
@@ -250,8 +296,9 @@ def test_cli_exports_q8_0_with_modelfile(lora_run, tmp_path, capsys):
 @pytest.mark.slow
 @needs_llama_cpp
 def test_exported_run_in_llama_cpp_matches_transformers(lora_run, tmp_path):
-    from tunesmith.inference.export import export_gguf, export_run
-    from tunesmith.inference.gguf_check import compare
+    import tunesmith
+    from tunesmith.inference.export import export_run
+    from tunesmith.inference.gguf_check import compare, reference
 
     merged = export_run(str(lora_run), str(tmp_path / "merged"), merge=True)
     model = AutoModelForCausalLM.from_pretrained(merged).eval()
@@ -259,14 +306,83 @@ def test_exported_run_in_llama_cpp_matches_transformers(lora_run, tmp_path):
     template = get_template("chatml", tokenizer)
     prompts = ["Once upon a time", "Tom and Lily went to the park. They saw",
                template.render_prompt([{"role": "user", "content": "Tell me what Mia saw."}])]
+    refs = reference(model, tokenizer, prompts, new_tokens=24)
     results = {}
     for kind in ("f16", "q8_0", "q4_k_m"):
         reporter = RecordingReporter()
-        exported = export_gguf(lora_run, tmp_path / kind, kind, reporter=reporter)
-        results[kind] = compare(exported.gguf, model, tokenizer, prompts, new_tokens=24)
+        exported = tunesmith.export_gguf(lora_run, tmp_path / kind, kind, reporter=reporter)
+        assert exported.gguf.name == f"run-{kind}.gguf" and exported.modelfile.is_file()
+        assert "merging the run" in reporter.text() and ("quantising to q4_k_m" in reporter.text()) == (kind == "q4_k_m")
+        assert list(reporter.advanced.values()) == [47]  # one step per tensor of stories260K
+        results[kind] = compare(exported.gguf, refs, tokenizer)
         assert all(r.same_tokens for r in results[kind]), kind
     assert all(r.same_greedy for r in results["f16"]), [(r.hf_text, r.gguf_text) for r in results["f16"]]
     assert min(r.top1 for r in results["f16"]) == 1.0
     assert np.mean([r.top1 for r in results["q8_0"]]) >= 0.95
     assert np.mean([r.top1 for r in results["q4_k_m"]]) >= 0.7
     assert np.mean([r.kl for r in results["q4_k_m"]]) > np.mean([r.kl for r in results["q8_0"]])
+
+
+# ------------------------------------------------- the Modelfile's TEMPLATE, run by Go's text/template (as Ollama)
+
+GO_RENDER = r"""
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"strings"
+	"text/template"
+)
+
+type Message struct {
+	Role    string `json:"role"`
+	Content string `json:"content"`
+}
+
+type Case struct {
+	Template string    `json:"template"`
+	Messages []Message `json:"messages"`
+}
+
+func main() {
+	var cases []Case
+	if err := json.NewDecoder(os.Stdin).Decode(&cases); err != nil {
+		panic(err)
+	}
+	var out []string
+	for _, c := range cases {
+		t := template.Must(template.New("").Option("missingkey=zero").Parse(c.Template))
+		var b strings.Builder
+		if err := t.Execute(&b, map[string]any{"Messages": c.Messages}); err != nil {
+			panic(err)
+		}
+		out = append(out, b.String())
+	}
+	json.NewEncoder(os.Stdout).Encode(out)
+}
+"""
+
+
+@pytest.mark.skipif(__import__("shutil").which("go") is None, reason="Go is not installed (apt install golang-go)")
+def test_modelfile_template_in_go_renders_what_the_chat_template_does(stories_dir, tmp_path):
+    import subprocess
+
+    tokenizer = AutoTokenizer.from_pretrained(stories_dir)
+    conversations = [CONVERSATION, CONVERSATION[1:], CONVERSATION[1:2], CONVERSATION[:2],
+                     CONVERSATION[1:] + [{"role": "assistant", "content": "Tom saw a cat."},
+                                         {"role": "user", "content": "And then?"}]]
+    cases, expected = [], []
+    for name, jinja in [("chatml", None), ("alpaca_en", None), ("alpaca_zh", None), ("model", CHAT_TEMPLATE),
+                        ("model", SMOL_TEMPLATE)]:
+        tokenizer.chat_template = jinja
+        template = get_template(name, tokenizer)
+        go = go_template(derive_turn_pieces(template))
+        for messages in conversations:
+            cases.append({"template": go, "messages": messages})
+            expected.append(template.render_prompt(messages))
+    (tmp_path / "render.go").write_text(GO_RENDER)
+    proc = subprocess.run(["go", "run", str(tmp_path / "render.go")], input=json.dumps(cases), capture_output=True,
+                          text=True, timeout=300, env={**__import__("os").environ, "GOFLAGS": "-mod=mod"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout) == expected

@@ -21,6 +21,7 @@ Library code: nothing here prints. Errors the user can fix are `ConfigError` / `
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -335,10 +336,17 @@ def quantize_gguf(src: Path, dst: Path, kind: str, *, threads: int = 0) -> Path:
         raise ConfigError(f"--gguf {kind} needs llama.cpp's quantizer, from the llama-cpp-python package",
                           hint="pip install llama-cpp-python (it compiles llama.cpp, a few minutes), or choose "
                                "f16 / q8_0, which need nothing else") from None
+    from llama_cpp import _logger
+
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = K_QUANTS[kind]
     params.nthread = threads
-    code = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
+    level = _logger.logger.level
+    _logger.logger.setLevel(logging.ERROR)  # llama.cpp logs a line per tensor to stderr; library code stays quiet
+    try:
+        code = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
+    finally:
+        _logger.logger.setLevel(level)
     if code != 0:
         raise ModelError(f"llama.cpp could not quantise {src.name} to {kind} (code {code})")
     return dst
