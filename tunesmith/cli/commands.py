@@ -113,7 +113,7 @@ def _export_gguf(args: Namespace) -> int:
     result = api.export_gguf(args.run, args.out, args.gguf, trust_remote_code=args.trust_remote_code,
                          reporter=ConsoleReporter(console))
     size = result.gguf.stat().st_size / 2**20
-    console.print(f"[green]exported[/] {result.gguf}  ({size:.1f} MiB; llama.cpp: llama-cli -m {result.gguf})")
+    console.print(f"[green]exported[/] {result.gguf}  ({size:.1f} MiB)")
     console.print(f"[green]Modelfile[/] {result.modelfile}  (ollama create NAME -f {result.modelfile})")
     return 0
 

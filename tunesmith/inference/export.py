@@ -86,6 +86,7 @@ def export_gguf(run_dir: str | Path, out_dir: str | Path, kind: str = "f16", *, 
     if meta["artifact"] not in ("full", "adapter"):
         raise ConfigError(f"a {meta['method']['name']} run cannot be merged into the base weights, so it has no "
                           "GGUF form", where="--gguf", hint="export it without --gguf")
+    _check_architecture_early(run_dir, meta)
     out = _empty_out(out_dir)
     name = Path(run_dir).resolve().name
     gguf_name = f"{name}-{kind}.gguf"
@@ -99,10 +100,12 @@ def export_gguf(run_dir: str | Path, out_dir: str | Path, kind: str = "f16", *, 
         template = get_template(meta.get("template") or "auto", tokenizer)
         direct = "f16" if kind in K_QUANTS else kind
         first = staging / (f".{name}-f16.gguf" if kind in K_QUANTS else gguf_name)
-        total = _count_tensors(merged)
+        total, notes = _count_tensors(merged), []
         with reporter.progress(f"writing {first.name.lstrip('.')}", total) as advance:
             hf_folder_to_gguf(merged, first, direct, chat_template=template.jinja(), name=name,
-                              on_tensor=lambda tensor: advance(1, tensor))
+                              on_tensor=lambda tensor: advance(1, tensor), notes=notes)
+        for note in notes:
+            reporter.warning(note)
         if kind in K_QUANTS:
             with reporter.status(f"quantising to {kind} with llama.cpp"):
                 quantize_gguf(first, staging / gguf_name, kind)
@@ -113,6 +116,23 @@ def export_gguf(run_dir: str | Path, out_dir: str | Path, kind: str = "f16", *, 
     if note:
         reporter.warning(f"the Modelfile has no TEMPLATE: {note}; Ollama will use the GGUF's own chat template")
     return GGUFExport(out / gguf_name, out / "Modelfile", note)
+
+
+def _check_architecture_early(run_dir: str | Path, meta: dict) -> None:
+    """Refuse an architecture GGUF export does not write before the merge, from the model's config alone. A config
+    that cannot be read here (a GGUF base, a hub id not cached) is checked after the merge instead."""
+    from ..models.gguf_write import check_architecture
+    from ..models.loading import resolve_ref
+
+    source = run_dir if meta["artifact"] == "full" else (meta["base_model"] or {}).get("name_or_path")
+    try:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(resolve_ref(str(source))).to_dict()
+    except Exception as exc:  # only an early courtesy: the merged model is checked in any case
+        log.info("architecture not checked before merging (%s)", exc)
+        return
+    check_architecture(config)
 
 
 def _count_tensors(folder: Path) -> int:

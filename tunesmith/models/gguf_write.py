@@ -31,6 +31,8 @@ import numpy as np
 
 from ..errors import ConfigError, ModelError
 
+log = logging.getLogger(__name__)
+
 __all__ = ["GGUF_TYPES", "K_QUANTS", "SUPPORTED_ARCHITECTURES", "check_gguf_type", "hf_folder_to_gguf",
            "quantize_gguf", "check_architecture"]
 
@@ -99,10 +101,12 @@ def _rope_parameters(config: dict) -> dict:
 
 
 def hf_folder_to_gguf(folder: Path, out_file: Path, kind: str, *, chat_template: str | None = None,
-                      name: str | None = None, on_tensor: Callable[[str], None] | None = None) -> Path:
+                      name: str | None = None, on_tensor: Callable[[str], None] | None = None,
+                      notes: list[str] | None = None) -> Path:
     """Write the HF model folder `folder` (config.json, safetensors, tokenizer) as `out_file` in `kind`
     (f32, f16 or q8_0; k-quants go through `quantize_gguf` from an f16 file). `chat_template` replaces the
-    tokenizer's own; `on_tensor(name)` is called once per tensor written."""
+    tokenizer's own; `on_tensor(name)` is called once per tensor written; `notes` gets what the user should know
+    (a tokenizer rule llama.cpp does not apply)."""
     import gguf
 
     folder, out_file = Path(folder), Path(out_file)
@@ -115,7 +119,7 @@ def hf_folder_to_gguf(folder: Path, out_file: Path, kind: str, *, chat_template:
     writer = gguf.GGUFWriter(str(out_file), gguf.MODEL_ARCH_NAMES[model_arch])
     try:
         _write_hparams(writer, config, kind, name or folder.name)
-        _write_vocab(writer, folder, config, chat_template)
+        _write_vocab(writer, folder, config, chat_template, notes if notes is not None else [])
         _write_tensors(writer, folder, config, arch, model_arch, kind, on_tensor)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
@@ -224,7 +228,7 @@ def _write_tensors(writer, folder: Path, config: dict, arch: _Arch, model_arch, 
 
 # --------------------------------------------------------------------------------------------- tokenizer
 
-def _write_vocab(writer, folder: Path, config: dict, chat_template: str | None) -> None:
+def _write_vocab(writer, folder: Path, config: dict, chat_template: str | None, notes: list[str]) -> None:
     import gguf
 
     tok_file = folder / "tokenizer.json"
@@ -237,6 +241,9 @@ def _write_vocab(writer, folder: Path, config: dict, chat_template: str | None) 
                           hint="supported: byte-level BPE (GPT-2 style) and SentencePiece-style BPE with byte fallback")
     spm = bool(model.get("byte_fallback"))
     tokens, scores, types = _vocab(data, config["vocab_size"], spm)
+    if spm and (rules := _unapplied_normalizers(data)):
+        notes.append(f"llama.cpp does not apply the tokenizer's normalizer rules ({', '.join(rules)}): text they would "
+                     "change (e.g. runs of spaces) is tokenised differently there")
     if spm:
         writer.add_tokenizer_model("llama")
         writer.add_tokenizer_pre("default")
@@ -247,7 +254,13 @@ def _write_vocab(writer, folder: Path, config: dict, chat_template: str | None) 
     writer.add_token_list(tokens)
     writer.add_token_scores(scores)
     writer.add_token_types(types)
-    special = gguf.SpecialVocab(folder, load_merges=not spm, n_vocab=len(tokens))
+    vocab_log = logging.getLogger("gguf.vocab")
+    level = vocab_log.level
+    vocab_log.setLevel(logging.ERROR)  # its notes on pair templates (sentence pairs) do not concern a chat model
+    try:
+        special = gguf.SpecialVocab(folder, load_merges=not spm, n_vocab=len(tokens))
+    finally:
+        vocab_log.setLevel(level)
     if chat_template is not None:
         special.chat_template = chat_template
     special.add_to_gguf(writer, quiet=True)
@@ -291,19 +304,34 @@ def _vocab(data: dict, n_vocab: int, spm: bool) -> tuple[list[str], list[float],
     return tokens, scores, types
 
 
+def _walk(node, keys=("pretokenizers", "normalizers")):
+    if isinstance(node, dict):
+        yield node
+        for key in keys:
+            for child in node.get(key) or []:
+                yield from _walk(child, keys)
+
+
+def _unapplied_normalizers(data: dict) -> list[str]:
+    """Normalizer rules of a SentencePiece-style tokenizer beyond the '▁' handling that llama.cpp does itself."""
+    rules = []
+    for node in _walk(data.get("normalizer")):
+        kind = node.get("type")
+        if kind in (None, "Sequence", "Prepend"):
+            continue
+        if kind == "Replace" and node.get("pattern") == {"String": " "} and node.get("content") == "\u2581":
+            continue
+        pattern = (node.get("pattern") or {})
+        rules.append(f"{kind} {pattern.get('Regex') or pattern.get('String')!r}" if pattern else kind)
+    return rules
+
+
 def _adds_space_prefix(data: dict) -> bool:
     """Whether a SentencePiece-style tokenizer puts '▁' before the text (Metaspace or a Prepend normalizer)."""
-    def walk(node):
-        if isinstance(node, dict):
-            yield node
-            for key in ("pretokenizers", "normalizers"):
-                for child in node.get(key) or []:
-                    yield from walk(child)
-
-    for node in walk(data.get("pre_tokenizer")):
+    for node in _walk(data.get("pre_tokenizer")):
         if node.get("type") == "Metaspace":
             return node.get("prepend_scheme", "always") != "never" and node.get("add_prefix_space", True)
-    return any(node.get("type") == "Prepend" for node in walk(data.get("normalizer")))
+    return any(node.get("type") == "Prepend" for node in _walk(data.get("normalizer")))
 
 
 def _pre_tokenizer(data: dict) -> str:
@@ -336,17 +364,29 @@ def quantize_gguf(src: Path, dst: Path, kind: str, *, threads: int = 0) -> Path:
         raise ConfigError(f"--gguf {kind} needs llama.cpp's quantizer, from the llama-cpp-python package",
                           hint="pip install llama-cpp-python (it compiles llama.cpp, a few minutes), or choose "
                                "f16 / q8_0, which need nothing else") from None
+    import ctypes
+
     from llama_cpp import _logger
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = K_QUANTS[kind]
     params.nthread = threads
-    level = _logger.logger.level
-    _logger.logger.setLevel(logging.ERROR)  # llama.cpp logs a line per tensor to stderr; library code stays quiet
+    lines: list[str] = []
+
+    # llama.cpp logs a line per tensor to stderr, and llama-cpp-python's own filter lets warnings through (its level
+    # table predates ggml's current one), so the log is taken here for the call: library code does not print.
+    @llama_cpp.llama_log_callback
+    def keep(level, text, user_data):
+        lines.append(text.decode("utf-8", "replace"))
+
+    llama_cpp.llama_log_set(keep, ctypes.c_void_p(0))
     try:
         code = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
     finally:
-        _logger.logger.setLevel(level)
+        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+    for line in "".join(lines).splitlines():
+        if "fallback" in line:
+            log.info("llama.cpp quantize: %s", line.strip())
     if code != 0:
         raise ModelError(f"llama.cpp could not quantise {src.name} to {kind} (code {code})")
     return dst
