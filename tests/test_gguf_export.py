@@ -199,7 +199,7 @@ def _tiny(arch: str, tmp_path: Path, stories_dir: Path) -> Path:
                   "high_freq_factor": 4.0, "original_max_position_embeddings": 16}),
               "mistral": lambda: MistralConfig(**common, sliding_window=None),
               "qwen2": lambda: Qwen2Config(**common, tie_word_embeddings=True),
-              "gemma": lambda: GemmaConfig(**common, head_dim=16)}[arch]()
+              "gemma": lambda: GemmaConfig(**common, head_dim=32)}[arch]()  # head_dim != hidden / heads, as in Gemma 7B
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config).eval()
     with torch.no_grad():  # random biases too, so a dropped or misplaced bias shows
@@ -335,7 +335,7 @@ def test_exported_run_in_llama_cpp_matches_transformers(lora_run, tmp_path):
         results[kind] = compare(exported.gguf, refs, tokenizer)
         assert all(r.same_tokens for r in results[kind]), kind
     assert all(r.same_greedy for r in results["f16"]), [(r.hf_text, r.gguf_text) for r in results["f16"]]
-    assert min(r.top1 for r in results["f16"]) == 1.0
+    assert min(r.top1 for r in results["f16"]) >= 0.98  # f16 rounding may flip an exact near-tie somewhere
     assert np.mean([r.top1 for r in results["q8_0"]]) >= 0.95
     assert np.mean([r.top1 for r in results["q4_k_m"]]) >= 0.7
     assert np.mean([r.kl for r in results["q4_k_m"]]) > np.mean([r.kl for r in results["q8_0"]])
