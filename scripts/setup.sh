@@ -19,6 +19,9 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "[setup] installing (CPU PyTorch pinned first, so nothing pulls a CUDA build)"
   python -m pip install -q --upgrade pip
   python -m pip install -q "torch==2.13.0"
+  # llama-cpp-python (export --gguf's k-quants, and the GGUF tests) compiles llama.cpp: only the library, for any
+  # x86-64 CPU with AVX2 rather than for this one (GGML_NATIVE=OFF), so a built wheel also runs on another machine.
+  export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TOOLS=OFF}"
   python -m pip install -q -e ".[all]"
   echo "$want" > "$stamp"
 fi

@@ -159,6 +159,9 @@ def test_every_example_of_the_python_docs_runs(stories_dir, tmp_path, monkeypatc
     assert namespace["report"].summary["exact_duplicates"] == 1 and namespace["report"].summary["contaminated"] >= 1
     assert "stories" in namespace["scores"]["tasks"] and namespace["plan"].peak > 0
     AutoModelForCausalLM.from_pretrained(namespace["merged"])
+    AutoModelForCausalLM.from_pretrained(tmp_path / "exported")
+    assert namespace["exported"].gguf.resolve() == tmp_path / "gguf" / "nb-q8_0.gguf" and namespace["exported"].gguf.is_file()
+    assert "FROM ./nb-q8_0.gguf" in namespace["exported"].modelfile.read_text()
     tracking = yaml.safe_load(doc_blocks("yaml")[0])
     raw = stories_config(stories_dir, tmp_path / "run")
     del raw["training"]["tensorboard"]  # report_to says it now

@@ -6,7 +6,8 @@ first use, so that `import tunesmith` (and `tunesmith --help`) stays instant.
 
 __version__ = "0.1.0"
 
-API = ("load_config", "train", "load", "evaluate", "merge", "plan", "check_data", "Model", "Evaluation")
+API = ("load_config", "train", "load", "evaluate", "merge", "export", "export_gguf", "plan", "check_data", "Model",
+       "Evaluation")
 __all__ = ["__version__", *API]
 
 

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from .config.loading import Overrides
     from .config.schema import RunConfig
     from .data.doctor.run import Report
+    from .inference.export import GGUFExport
     from .models.loading import LoadedModel
     from .planning import MemoryPlan, PlanRequest
     from .training.run import TrainResult
@@ -226,6 +227,24 @@ def merge(config: str | Path | Mapping[str, Any] | Any, *, out: str | Path | Non
     elif isinstance(config, Mapping):
         config = parse_config(dict(config))
     return run_merge(config, out, overwrite=overwrite, reporter=reporter)
+
+
+def export(run: str | Path, out: str | Path, *, merge: bool = True, dtype: str = "float32",
+           trust_remote_code: bool = False) -> Path:
+    """`tunesmith export`: the run as a standalone Hugging Face model in `out` (the adapter merged into the base
+    weights; `merge=False` copies the adapter as it is). Returns the output folder."""
+    from .inference.export import export_run
+
+    return export_run(str(run), str(out), merge=merge, dtype=dtype, trust_remote_code=trust_remote_code)
+
+
+def export_gguf(run: str | Path, out: str | Path, kind: str = "f16", *, trust_remote_code: bool = False,
+                reporter: Reporter | None = None) -> GGUFExport:
+    """`tunesmith export --gguf KIND`: the run merged and written as one GGUF file (f16, q8_0, q4_k_m, ...; the
+    tokenizer and the run's chat template inside) plus an Ollama Modelfile, in `out` (docs/export.md)."""
+    from .inference.export import export_gguf as run_export_gguf
+
+    return run_export_gguf(run, out, kind, trust_remote_code=trust_remote_code, reporter=reporter)
 
 
 def plan(config: ConfigSource | None = None, overrides: Overrides = None, *, model: str | None = None,

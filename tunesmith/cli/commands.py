@@ -95,15 +95,30 @@ def generate(args: Namespace) -> int:
 
 
 def export(args: Namespace) -> int:
-    from ..inference.export import export_run
+    from .. import api
     from ..io import check_writable
 
+    if args.gguf is not None:  # checks the type, the run and --out, in that order, before any loading
+        return _export_gguf(args)
     check_writable(args.out, "--out", folder=True)  # a file, or a place that cannot be written: before any loading
     if not args.merge:
         console.print("[dim]--merge not given: copying the adapter as it is[/]")
-    out = export_run(args.run, args.out, merge=args.merge, dtype=args.dtype,
-                     trust_remote_code=args.trust_remote_code)
+    out = api.export(args.run, args.out, merge=args.merge, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
     console.print(f"[green]exported[/] {out}  (loads with AutoModelForCausalLM.from_pretrained)")
+    return 0
+
+
+def _export_gguf(args: Namespace) -> int:
+    from .. import api
+    from .render import ConsoleReporter
+
+    if args.dtype != "float32":
+        console.print("[dim]--dtype is not used with --gguf (the GGUF type sets the precision)[/]")
+    result = api.export_gguf(args.run, args.out, args.gguf, trust_remote_code=args.trust_remote_code,
+                         reporter=ConsoleReporter(console))
+    size = result.gguf.stat().st_size / 2**20
+    console.print(f"[green]exported[/] {result.gguf}  ({size:.1f} MiB)")
+    console.print(f"[green]Modelfile[/] {result.modelfile}  (ollama create NAME -f {result.modelfile})")
     return 0
 
 

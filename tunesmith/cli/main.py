@@ -29,6 +29,7 @@ EPILOG = """examples:
   tunesmith chat runs/lora                         talk to the result
   tunesmith generate runs/lora --prompts prompts.jsonl --out answers.jsonl
   tunesmith export runs/lora --merge --out merged  a standalone Hugging Face model
+  tunesmith export runs/lora --gguf q4_k_m --out gguf   a GGUF file and an Ollama Modelfile
 """
 
 
@@ -100,10 +101,16 @@ def build_parser() -> argparse.ArgumentParser:
     _sampling_args(p)
     p.set_defaults(func=commands.generate)
 
-    p = sub.add_parser("export", help="write a run as a standalone Hugging Face model")
+    p = sub.add_parser("export", help="write a run as a standalone Hugging Face model, or as GGUF for llama.cpp/Ollama",
+                       epilog="examples:\n  tunesmith export runs/lora --merge --out merged\n"
+                              "  tunesmith export runs/lora --gguf q4_k_m --out gguf   # GGUF + Ollama Modelfile",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", help="run folder")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--merge", action="store_true", help="merge the adapter into the base weights")
+    p.add_argument("--gguf", default=None, metavar="TYPE",
+                   help="write a GGUF file (merged; tokenizer and chat template inside) and an Ollama Modelfile: "
+                        "f16, q8_0, q4_k_m (also f32, q5_k_m, q6_k; k-quants need llama-cpp-python)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--trust-remote-code", action="store_true",
                    help="allow code from the model's folder or repository (never allowed by a run folder itself)")

@@ -17,6 +17,8 @@ instruction header is a second, belt-and-braces stop string.
 
 from __future__ import annotations
 
+import json
+
 from ..formats import Message
 from .base import ChatTemplate, Rendered, TextBuilder
 
@@ -38,6 +40,16 @@ class AlpacaTemplate(ChatTemplate):
     def stop_strings(self) -> list[str]:
         eos = [self.tokenizer.eos_token] if getattr(self.tokenizer, "eos_token", None) else []
         return eos + [self.instruction_header]
+
+    def jinja(self) -> str:
+        def literal(text: str) -> str:
+            return json.dumps(text, ensure_ascii=False)
+
+        return ("{% for message in messages %}{% if message['role'] == 'system' %}{{ message['content'] }}"
+                "{% elif message['role'] == 'user' %}{% if not loop.first %}{{ '\\n\\n' }}{% endif %}"
+                "{{ " + literal(self.instruction_header + "\n") + " + message['content'] + "
+                + literal(f"\n\n{self.response_header}\n") + " }}"
+                "{% else %}{{ message['content'] + (eos_token or '') }}{% endif %}{% endfor %}")
 
     def _build(self, messages: list[Message]) -> TextBuilder:
         out = TextBuilder()

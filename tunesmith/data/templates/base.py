@@ -44,6 +44,11 @@ class ChatTemplate(ABC):
     def stop_strings(self) -> list[str]:
         """Strings that end an assistant turn; generation can stop on them."""
 
+    def jinja(self) -> str | None:
+        """The same template as Jinja source, in the form Hugging Face and llama.cpp chat templates take
+        (`messages`, `add_generation_prompt`, `eos_token`); None when there is none."""
+        return None
+
     def __repr__(self) -> str:
         return f"<template {self.name}>"
 

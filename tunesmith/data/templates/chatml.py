@@ -26,6 +26,10 @@ class ChatMLTemplate(ChatTemplate):
     def stop_strings(self) -> list[str]:
         return [END]
 
+    def jinja(self) -> str:
+        return ("{% for message in messages %}{{ '" + START + "' + message['role'] + '\\n' + message['content'] + '"
+                + END + "\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '" + START + "assistant\\n' }}{% endif %}")
+
     def _build(self, messages: list[Message]) -> TextBuilder:
         out = TextBuilder()
         for message in messages:

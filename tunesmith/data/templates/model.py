@@ -50,6 +50,10 @@ class ModelTemplate(ChatTemplate):
             raise ValueError("render_prompt needs a conversation that ends with a user turn")
         return self._apply(plain_messages(messages), generation=True)
 
+    def jinja(self) -> str | None:
+        template = self.tokenizer.chat_template
+        return template if isinstance(template, str) else None
+
     @property
     def stop_strings(self) -> list[str]:
         if self._stops is None:
