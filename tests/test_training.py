@@ -366,3 +366,17 @@ def test_the_model_cards_python_snippet_runs_as_written(stories_dir, tmp_path, m
     assert proc.returncode == 0, proc.stderr[-2000:]
     name, lora_parameters = proc.stdout.split()[-2:]
     assert name == "PeftModelForCausalLM" and int(lora_parameters) > 0
+
+
+def test_the_card_snippet_keeps_a_hub_id_and_loads_a_full_run_directly(tmp_path):
+    """A hub id is what from_pretrained takes as is (with its revision); a full run is a whole model: no PEFT."""
+    from tunesmith.training.model_card import python_snippet
+
+    cfg = make_config("HuggingFaceTB/SmolLM2-135M-Instruct", tmp_path / "run")
+    cfg.model.revision = "main"
+    adapter = "\n".join(python_snippet(cfg, "adapter", "AutoModelForCausalLM"))
+    assert "from_pretrained('HuggingFaceTB/SmolLM2-135M-Instruct', revision='main')\n" in adapter
+    assert f"PeftModel.from_pretrained(base, {str((tmp_path / 'run').resolve())!r})" in adapter
+    full = "\n".join(python_snippet(cfg, "full", "AutoModelForCausalLM"))
+    assert "peft" not in full and f"AutoModelForCausalLM.from_pretrained({str((tmp_path / 'run').resolve())!r})" in full
+    assert python_snippet(cfg, "bottleneck", "AutoModelForCausalLM") == []  # only tunesmith loads those

@@ -22,9 +22,10 @@ runs causal-only (`padding_mask.py`, which says why that is exact and when it ap
 
 Evaluation (the validation set during training, `evaluate()` after it) takes the same paths as a training step's
 forward: logits only at supervised positions, the chunked loss (no logits over the vocabulary at all), no padding
-mask for right-padded batches; only the loss, never logits or generations, is kept. Without the chunked loss a batch
-of SmolLM2's 4 x 400 tokens held ~1,000 x 49,152 float32 logits and their log-softmax (~400 MB), and the head
-weight was cast to bf16 at every batch (benchmarks/eval_throughput.py). `eval_loss` is the summed cross-entropy
+mask for right-padded batches; only the loss, never logits or generations, is kept. Without the chunked loss an
+evaluation batch held its supervised rows' logits over the whole vocabulary (SmolLM2: ~0.5 GB per 1,000 response
+tokens, as bf16 logits, their float32 copy and its log-softmax) and cast the head to bf16 at every batch
+(benchmarks/eval_throughput.py, docs/evaluation.md). `eval_loss` is the summed cross-entropy
 over every supervised validation token divided by their number, so it does not depend on how the set is batched
 (transformers averages per-batch means, the last, shorter batch counted as a full one).
 """
