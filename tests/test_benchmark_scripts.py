@@ -47,6 +47,17 @@ def test_sft_throughput_trains_and_scores_every_contender(tmp_path, stories_dir)
     assert re.search(r"conditions: .+ \((amx_bf16|avx512_bf16|no native bf16)\)", output)  # the CPU is named
 
 
+@pytest.mark.slow
+def test_eval_throughput_prints_train_and_both_evaluations(tmp_path, stories_dir):
+    output = _run(str(BENCHMARKS / "eval_throughput.py"), "--models", str(stories_dir), "--steps", "3",
+                  "--samples", "16", "--val-samples", "6", "--max-length", "128", "--passes", "1", "--threads", "1",
+                  cwd=tmp_path)
+    row = next(line for line in output.splitlines() if line.startswith("stories260K |"))
+    cells = [cell.strip() for cell in row.split("|")]
+    assert all(re.fullmatch(r"\d+\.\d\d", cell) for cell in cells[1:4]), row  # train and both eval samples/s
+    assert re.fullmatch(r"\d+\.\d{4} / \d+\.\d{4}", cells[5]), row  # each path's eval loss
+
+
 def _device_script(script: Path, tmp_path: Path, *args: str, timeout: int = 900,
                    **env: str) -> subprocess.CompletedProcess:
     """A script prepared for the device tool, run here with this interpreter and the installed packages (no wheels),

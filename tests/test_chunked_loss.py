@@ -265,3 +265,78 @@ def test_bf16_training_steps_cast_the_frozen_head_only_once(tiny_model_factory, 
     assert head_casts() == 0
     trainer._head_cast.clear()
     assert head_casts() == 1  # after clearing (as train() does at its end), one cast again, not two
+
+
+def _eval_set(tokenizer, rows=5):
+    """Samples of different lengths, the first few tokens unsupervised (the prompt)."""
+    torch.manual_seed(2)
+    samples = []
+    for length in (9, 14, 6, 11, 13)[:rows]:
+        ids = torch.randint(3, 200, (length,)).tolist()
+        samples.append({"input_ids": ids, "labels": [-100] * 3 + ids[3:]})
+    return samples
+
+
+def _direct_eval_loss(model, samples) -> float:
+    """The summed next-token cross-entropy over every supervised token, over their number: each sample alone, in
+    float32, with the model's full logits."""
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for sample in samples:
+            logits = model(input_ids=torch.tensor([sample["input_ids"]])).logits[0, :-1].float()
+            targets = torch.tensor(sample["labels"][1:])
+            total += torch.nn.functional.cross_entropy(logits, targets, ignore_index=-100, reduction="sum").item()
+            count += int((targets != -100).sum())
+    return total / count
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_evaluation_takes_the_training_paths_and_gives_the_exact_loss(tiny_model_factory, tmp_path, monkeypatch,
+                                                                      method):
+    """Evaluation runs the head on no rows (no logits over the vocabulary), asks the chunked loss for no gradients
+    (a trained head's included), drops the padding mask, and its eval_loss is the direct per-token mean over the
+    whole set, whatever the batching (5 samples in batches of 2: the last one shorter). With fast_eval off (what
+    transformers' Trainer does) the head computes every supervised row, which shows the hook sees the slow path."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
+
+    import tunesmith.training.trainer as trainer_module
+    from tunesmith.data.collator import make_collator
+
+    folder = tiny_model_factory("llama")
+    model = _lora_model(folder) if method == "lora" else AutoModelForCausalLM.from_pretrained(folder).train()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    samples = _eval_set(tokenizer)
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True,
+                             per_device_eval_batch_size=2, remove_unused_columns=False)
+    trainer = TunesmithTrainer(model=model, args=args, eval_dataset=samples, data_collator=make_collator(tokenizer),
+                               supervised_logits=True, chunked_loss=True, skip_padding_mask=True)
+    head_rows, chunked_inputs, masks = [], [], []
+    model.get_output_embeddings().register_forward_hook(lambda m, a, out: head_rows.append(out.shape[0]))
+    original = trainer_module.chunked_linear_cross_entropy
+
+    def spy(hidden, weight, bias, *args, **kwargs):
+        chunked_inputs.append(hidden.requires_grad or weight.requires_grad)
+        return original(hidden, weight, bias, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "chunked_linear_cross_entropy", spy)
+    base_forward = model.forward
+
+    def forward(*args, **kwargs):
+        masks.append(kwargs.get("attention_mask") is not None)
+        return base_forward(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", forward)
+    metrics = trainer.evaluate()
+    assert len(chunked_inputs) == 3 and not any(chunked_inputs)  # each batch's chunked loss, with no gradient
+    assert all(rows == 0 for rows in head_rows[-3:])  # and the head ran on no rows: no vocabulary logits
+    # the two right-padded batches went without their mask; the last (one sample, no padding) keeps its all-ones one
+    assert masks[-3:] == [False, False, True]
+    direct = _direct_eval_loss(model.eval(), samples)
+    assert metrics["eval_loss"] == pytest.approx(direct, rel=1e-5)
+
+    head_rows.clear()
+    trainer.fast_eval = False
+    slow = trainer.evaluate()
+    assert len(head_rows) == 3 and all(rows > 0 for rows in head_rows)  # supervised rows x vocabulary, each batch
+    # transformers averages the three batch means (the last one counted twice): not the per-token mean
+    assert slow["eval_loss"] != pytest.approx(direct, rel=1e-5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -335,3 +336,47 @@ def test_the_optimizer_auto_picks_per_device():
     explicit = make_config("x/y", "unused", optimizer="adamw")
     assert choose_optimizer(explicit, cuda=True) == "adamw_torch_fused"
     assert choose_optimizer(make_config("x/y", "unused", optimizer="sgd"), cuda=True) == "sgd"
+
+
+def test_the_model_cards_python_snippet_runs_as_written(stories_dir, tmp_path, monkeypatch):
+    """A run from a tunesmith alias (a model shipped on PyPI: here one that resolves to stories260K) writes a card
+    whose snippet names the folder the base was loaded from, not the alias, and runs as is, in a fresh Python
+    without tunesmith, from another folder: the adapter loads onto that base."""
+    import re
+    import subprocess
+    import sys
+
+    import tunesmith.models.pypi_models as pypi_models
+
+    monkeypatch.setattr(pypi_models, "ensure_pypi_model", lambda name, **kwargs: stories_dir)
+    cfg = make_config("smollm2-135m-instruct", tmp_path / "run", max_steps=1)
+    assert cfg.model.name_or_path == "smollm2-135m-instruct"
+    train(cfg)
+    card = (tmp_path / "run" / "README.md").read_text()
+    snippets = re.findall(r"```python\n(.*?)```", card, flags=re.S)
+    assert len(snippets) == 1
+    snippet = snippets[0]
+    assert "'smollm2-135m-instruct'" not in snippet and repr(str(stories_dir.resolve())) in snippet
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    check = snippet + ("\nimport sys\nassert not any(name.startswith('tunesmith') for name in sys.modules)\n"
+                       "print(type(model).__name__, sum(p.numel() for n, p in model.named_parameters() if 'lora_' in n))")
+    proc = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, cwd=elsewhere, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    name, lora_parameters = proc.stdout.split()[-2:]
+    assert name == "PeftModelForCausalLM" and int(lora_parameters) > 0
+
+
+def test_the_card_snippet_keeps_a_hub_id_and_loads_a_full_run_directly(tmp_path):
+    """A hub id is what from_pretrained takes as is (with its revision); a full run is a whole model: no PEFT."""
+    from tunesmith.training.model_card import python_snippet
+
+    cfg = make_config("HuggingFaceTB/SmolLM2-135M-Instruct", tmp_path / "run")
+    cfg.model.revision = "main"
+    adapter = "\n".join(python_snippet(cfg, "adapter", "AutoModelForCausalLM"))
+    assert "from_pretrained('HuggingFaceTB/SmolLM2-135M-Instruct', revision='main')\n" in adapter
+    assert f"PeftModel.from_pretrained(base, {str((tmp_path / 'run').resolve())!r})" in adapter
+    full = "\n".join(python_snippet(cfg, "full", "AutoModelForCausalLM"))
+    assert "peft" not in full and f"AutoModelForCausalLM.from_pretrained({str((tmp_path / 'run').resolve())!r})" in full
+    assert python_snippet(cfg, "bottleneck", "AutoModelForCausalLM") == []  # only tunesmith loads those

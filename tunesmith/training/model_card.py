@@ -1,4 +1,9 @@
-"""A model card written into every run folder, so the artifact explains itself."""
+"""A model card written into every run folder, so the artifact explains itself.
+
+Its Python snippet runs as written, without tunesmith: the base is what `from_pretrained` loads (a hub id as given,
+a local folder by its absolute path, and a tunesmith alias such as `smollm2-135m-instruct` or a `.gguf` file as the
+Hugging Face folder tunesmith converted it into and trained on), the trained model is the run folder's path.
+"""
 
 from __future__ import annotations
 
@@ -57,12 +62,7 @@ def write_model_card(path: Path, cfg: RunConfig, meta: dict, *, has_plot: bool) 
             "",
             "A reward model: one score per rendered prompt + reply (higher is preferred).",
             "",
-            "```python",
-            "from transformers import AutoModelForSequenceClassification",
-            f"base = AutoModelForSequenceClassification.from_pretrained({cfg.model.name_or_path!r}, num_labels=1)",
-            "model = PeftModel.from_pretrained(base, 'path/to/this/folder')  # adapter runs; full runs load directly",
-            "```",
-            "",
+            *python_snippet(cfg, meta["artifact"], "AutoModelForSequenceClassification", ", num_labels=1"),
         ]
         atomic_write_text(path, "\n".join(lines))
         return
@@ -75,14 +75,36 @@ def write_model_card(path: Path, cfg: RunConfig, meta: dict, *, has_plot: bool) 
         "```",
         "",
     ]
-    if meta["artifact"] == "adapter":
-        lines += [
-            "```python",
-            "from peft import PeftModel",
-            "from transformers import AutoModelForCausalLM",
-            f"base = AutoModelForCausalLM.from_pretrained({cfg.model.name_or_path!r})",
-            "model = PeftModel.from_pretrained(base, 'path/to/this/folder')",
-            "```",
-            "",
-        ]
+    lines += python_snippet(cfg, meta["artifact"], "AutoModelForCausalLM")
     atomic_write_text(path, "\n".join(lines))
+
+
+def base_reference(cfg: RunConfig) -> str:
+    """What `from_pretrained` loads the run's base from (the module docstring); the run has resolved it already, so
+    nothing is downloaded or converted here."""
+    from ..models.loading import source_kwargs
+
+    ref, _ = source_kwargs(cfg.model)
+    path = Path(ref).expanduser()
+    return str(path.resolve()) if path.exists() else ref
+
+
+def python_snippet(cfg: RunConfig, artifact: str, auto_class: str, extra: str = "") -> list[str]:
+    """Loading the run with transformers (and PEFT for an adapter), as card lines; none for the artifacts only
+    tunesmith loads (bottleneck, hybrid)."""
+    folder = str(Path(cfg.training.output_dir).resolve())
+    if artifact == "full":
+        return ["```python", f"from transformers import {auto_class}",
+                f"model = {auto_class}.from_pretrained({folder!r}{extra})  # this folder", "```", ""]
+    if artifact != "adapter":
+        return []
+    options = extra
+    if cfg.model.revision:
+        options += f", revision={cfg.model.revision!r}"
+    if cfg.model.trust_remote_code:
+        options += ", trust_remote_code=True"
+    base = base_reference(cfg)
+    note = f"  # {cfg.model.name_or_path}, as tunesmith loaded it" if base != cfg.model.name_or_path else ""
+    return ["```python", "from peft import PeftModel", f"from transformers import {auto_class}",
+            f"base = {auto_class}.from_pretrained({base!r}{options}){note}",
+            f"model = PeftModel.from_pretrained(base, {folder!r})  # this folder", "```", ""]

@@ -19,6 +19,15 @@ or the logits, as the loss path had them); each term is logged on its own (`loss
 
 With `skip_padding_mask` a right-padded training batch reaches the model without its attention mask, so attention
 runs causal-only (`padding_mask.py`, which says why that is exact and when it applies).
+
+Evaluation (the validation set during training, `evaluate()` after it) takes the same paths as a training step's
+forward: logits only at supervised positions, the chunked loss (no logits over the vocabulary at all), no padding
+mask for right-padded batches; only the loss, never logits or generations, is kept. Without the chunked loss an
+evaluation batch held its supervised rows' logits over the whole vocabulary (SmolLM2: ~0.5 GB per 1,000 response
+tokens, as bf16 logits, their float32 copy and its log-softmax) and cast the head to bf16 at every batch
+(benchmarks/eval_throughput.py, docs/evaluation.md). `eval_loss` is the summed cross-entropy
+over every supervised validation token divided by their number, so it does not depend on how the set is batched
+(transformers averages per-batch means, the last, shorter batch counted as a full one).
 """
 
 from __future__ import annotations
@@ -66,7 +75,8 @@ class TunesmithTrainer(Trainer):
     not even those (see the module docstring)."""
 
     def __init__(self, *args, supervised_logits: bool = False, chunked_loss: bool = False,
-                 activation_offload: bool = False, skip_padding_mask: bool = False, loss_terms=None, **kwargs):
+                 activation_offload: bool = False, skip_padding_mask: bool = False, loss_terms=None,
+                 fast_eval: bool = True, **kwargs):
         if supervised_logits and kwargs.get("compute_loss_func") is None:
             kwargs["compute_loss_func"] = self._loss
         self._taken: HeadInput | None = None
@@ -86,6 +96,9 @@ class TunesmithTrainer(Trainer):
         self._sent: dict | None = None
         self._term_sums: dict[str, float] = {}
         self._term_batches = 0
+        # False: evaluation as transformers' Trainer does it (benchmarks/eval_throughput.py compares the two).
+        self.fast_eval = fast_eval
+        self._eval_sums: list | None = None  # (summed loss, tokens) per batch of the evaluation in progress
 
     def train(self, *args, **kwargs):
         try:
@@ -139,7 +152,14 @@ class TunesmithTrainer(Trainer):
         hidden, head = self._taken.hidden, self._taken.head
         self._student = HeadRows(hidden=hidden, head=head)
         targets = supervised_targets(labels).to(hidden.device)
-        total = chunked_linear_cross_entropy(hidden, head.weight, head.bias, targets, dtype=self._head_dtype(),
+        weight, bias = head.weight, head.bias
+        if not torch.is_grad_enabled():
+            # Evaluation: under no_grad a custom autograd Function still sees needs_input_grad True for a leaf that
+            # requires grad (full fine-tuning's head weight), and this one computes its gradients in the forward
+            # pass (a vocabulary x hidden fp32 buffer and two matmuls per chunk); detached, it computes the loss.
+            hidden, weight = hidden.detach(), weight.detach()
+            bias = bias.detach() if bias is not None else None
+        total = chunked_linear_cross_entropy(hidden, weight, bias, targets, dtype=self._head_dtype(),
                                              frozen_cast=self._head_cast)
         return per_item(total, targets.numel(), num_items_in_batch)
 
@@ -166,7 +186,7 @@ class TunesmithTrainer(Trainer):
 
     def _without_padding_mask(self, model, inputs) -> bool:
         """Whether this batch's attention mask can be left out (padding_mask.py); the model is checked once."""
-        if not (self.skip_padding_mask and model.training and right_padded(inputs.get("attention_mask"))):
+        if not (self.skip_padding_mask and self._fast(model) and right_padded(inputs.get("attention_mask"))):
             return False
         if not self._padding_mask_checked:
             self._padding_mask_checked = True
@@ -177,6 +197,42 @@ class TunesmithTrainer(Trainer):
                 log.info("skip_padding_mask: not for %s; right-padded batches keep their attention mask",
                          type(model).__name__)
         return self.skip_padding_mask
+
+    def _fast(self, model) -> bool:
+        """Whether this forward takes the training step's paths: training, or an evaluation with `fast_eval`."""
+        return model.training or self.fast_eval
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                        metric_key_prefix="eval"):
+        """transformers' loop, with `{prefix}_loss` over every supervised token of the set (module docstring)."""
+        self._eval_sums = [] if self.fast_eval else None
+        try:
+            output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
+                                             metric_key_prefix)
+        finally:
+            sums, self._eval_sums = self._eval_sums, None
+            if not self.is_in_train:
+                self._head_cast.clear()  # evaluate() after training: the head's copy is not kept beyond it
+        key = f"{metric_key_prefix}_loss"
+        if sums and key in output.metrics:
+            totals = torch.stack([total for total, _ in sums]).cpu()  # one device sync, at the end
+            counts = torch.stack([count for _, count in sums]).cpu().double()
+            finite = torch.isfinite(totals)
+            if self.args.logging_nan_inf_filter and finite.any():  # as transformers filters its batch losses
+                totals, counts = totals[finite], counts[finite]
+            if counts.sum() > 0:
+                output.metrics[key] = (totals.double().sum() / counts.sum()).item()
+        return output
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        labels = inputs.get("labels")
+        loss, logits, labels_out = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+        if self._eval_sums is not None and loss is not None and torch.is_tensor(labels) and labels.dim() == 2:
+            # The batch's loss is its summed cross-entropy over these next-token targets divided by their number
+            # (the count transformers passes as num_items_in_batch, or the model's own mean over them).
+            count = (labels[:, 1:] != IGNORE_INDEX).sum().to(loss.device)
+            self._eval_sums.append((loss.detach().float() * count, count))
+        return loss, logits, labels_out
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.loss_terms is None:
@@ -220,7 +276,7 @@ class TunesmithTrainer(Trainer):
         if self._without_padding_mask(model, inputs):
             del masked["attention_mask"]
         self._sent = dict(masked)  # before the Trainer pops the labels from it
-        head = self._chunked_head(model, masked) if self.chunked_loss and model.training else None
+        head = self._chunked_head(model, masked) if self.chunked_loss and self._fast(model) else None
         if head is not None:
             with HeadInput(head) as self._taken:
                 try:
