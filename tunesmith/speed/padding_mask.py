@@ -8,9 +8,9 @@ without it in a same-process A/B, identical loss), and on CUDA an arbitrary mask
 backend. transformers builds the mask whenever `attention_mask` has a zero and has no switch for this, so the trainer
 leaves `attention_mask` out of the model's inputs for such batches.
 
-When it applies: training, a batch whose every attention-mask row is ones then zeros (right padding), a model whose
-attention is "sdpa" or "eager" (FlashAttention-2 and other varlen paths skip padding outright, so they keep the
-mask), no router auxiliary loss (MoE models count the tokens the mask marks), and a model that passes the check
+When it applies: training and the evaluation during it, a batch whose every attention-mask row is ones then zeros
+(right padding), a model whose attention is "sdpa" or "eager" (FlashAttention-2 and other varlen paths skip padding
+outright, so they keep the mask), no router auxiliary loss (MoE models count the tokens the mask marks), and a model that passes the check
 below on its first batch. Anything else keeps the mask.
 """
 
