@@ -50,6 +50,12 @@ SAMPLE_BYTES = 1 << 16
 LORA_TYPES = {"LORA"}
 
 
+class NameTaken(ConfigError):
+    """An adapter name already in the set (the server answers it with 409 Conflict)."""
+
+    http_status = 409
+
+
 def is_adapter_set(ref: str | Path) -> bool:
     """Whether a model reference names an adapter-set manifest (a .yaml/.yml file) rather than a model or run."""
     return Path(ref).suffix.lower() in (".yaml", ".yml") and not Path(ref).is_dir()
@@ -141,7 +147,7 @@ def add_entry(manifest: Manifest, name: str, spec: Any, folder: Path) -> Adapter
     where = manifest.where("adapters", name)
     _check_name(name, where)
     if name == manifest.base_name or name in manifest.adapters:
-        raise ConfigError(f"the name '{name}' is taken (by the base or another adapter)", where=where)
+        raise NameTaken(f"the name '{name}' is taken (by the base or another adapter)", where=where)
     if isinstance(spec, str):
         spec = {"path": spec}
     if not isinstance(spec, dict):
