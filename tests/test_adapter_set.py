@@ -237,3 +237,64 @@ def test_server_without_admin_key_refuses_management(loaded_set, adapters):
     with ModelServer(Generator(loaded_set.loaded(), loaded_set), "tiny-set") as server:
         status, reply = _call(server.url + "/adapters", {"name": "x", "path": str(adapters["b"])}, key="anything")
         assert status == 403 and "admin" in reply["error"]["message"]
+
+
+# ---------------------------------------------------------------------------------------------------------- CLI
+
+def test_adapters_command_writes_checks_and_removes(adapters, tmp_path, capsys):
+    from tunesmith.cli.main import main
+    from tunesmith.inference.adapter_set import read_manifest
+
+    manifest = tmp_path / "tasks.yaml"
+    assert main(["adapters", "add", str(manifest), "alpha", str(adapters["a"])]) == 0
+    assert main(["adapters", "add", str(manifest), "beta", str(adapters["b"]), "--template", "chatml"]) == 0
+    read = read_manifest(manifest)
+    assert read.base == str(adapters["base"].resolve()) and list(read.adapters) == ["alpha", "beta"]
+    assert read.adapters["alpha"].template == "alpaca_en" and read.adapters["beta"].template == "chatml"
+    assert main(["adapters", "check", str(manifest)]) == 0
+    assert main(["adapters", "add", str(manifest), "alpha", str(adapters["b"])]) == 2  # the name is taken
+    assert main(["adapters", "remove", str(manifest), "gamma"]) == 2
+    assert main(["adapters", "remove", str(manifest), "beta"]) == 0
+    assert list(read_manifest(manifest).adapters) == ["alpha"]
+    assert "no adapter 'gamma'" in capsys.readouterr().err
+
+
+def test_generate_takes_a_per_record_adapter(adapters, loaded_set, tmp_path, capsys):
+    from tunesmith.cli.main import main
+    from tunesmith.inference.generation import Generator, SamplingOptions
+
+    records = [{"prompt": "Once upon a time", "adapter": "beta"}, {"prompt": "Lily saw a cat"},
+               {"prompt": "The sun", "adapter": "base"}]
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("\n".join(json.dumps(r) for r in records))
+    out = tmp_path / "out.jsonl"
+    assert main(["generate", str(adapters["manifest"]), "--prompts", str(prompts), "--out", str(out),
+                 "--max-new-tokens", "6", "--adapter", "alpha"]) == 0
+    got = [json.loads(line)["response"] for line in out.read_text().splitlines()]
+    generator = Generator(loaded_set.loaded(), loaded_set)
+    options = SamplingOptions(max_new_tokens=6)
+    expected = [generator.generate([[{"role": "user", "content": r["prompt"]}]], options,
+                                   adapters=[r.get("adapter", "alpha")])[0] for r in records]
+    assert got == expected
+    prompts.write_text(json.dumps({"prompt": "x", "adapter": "gamma"}))
+    assert main(["generate", str(adapters["manifest"]), "--prompts", str(prompts), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "prompts.jsonl" in err and "adapter" in err and "gamma" in err
+    assert main(["generate", str(adapters["base"]), "--prompts", str(prompts), "--out", str(out),
+                 "--adapter", "alpha"]) == 2
+    assert "--adapter" in capsys.readouterr().err
+
+
+def test_chat_switches_adapters(loaded_set):
+    from rich.console import Console
+
+    from tunesmith.cli.chat import chat_loop
+    from tunesmith.inference.generation import Generator, SamplingOptions
+
+    generator = Generator(loaded_set.loaded(), loaded_set)
+    lines = iter(["/adapter", "/adapter beta", "Once upon a time", "/adapter gamma", "/adapter base", "/exit"])
+    console = Console(record=True, width=200)
+    chat_loop(generator, SamplingOptions(max_new_tokens=4), console=console, read=lambda _: next(lines))
+    text = console.export_text()
+    assert "adapters: base, alpha, beta" in text and "(adapter beta)" in text and "no adapter 'gamma'" in text
+    assert generator.adapter == "base"

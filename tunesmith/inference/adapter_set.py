@@ -446,6 +446,8 @@ class AdapterSet:
             del self.manifest.adapters[name]
             if self.manifest.default == name:
                 self.manifest.default = next(iter(self.manifest.adapters))
+            if name in self.model.active_adapters:  # PEFT would warn and pick another itself
+                self.model.set_adapter(next(iter(self.manifest.adapters)))
         self.model.delete_adapter(name)
 
     @contextmanager
