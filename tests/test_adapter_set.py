@@ -298,3 +298,32 @@ def test_chat_switches_adapters(loaded_set):
     text = console.export_text()
     assert "adapters: base, alpha, beta" in text and "(adapter beta)" in text and "no adapter 'gamma'" in text
     assert generator.adapter == "base"
+
+
+def test_eval_scores_each_adapter_on_its_own_suite(adapters, tmp_path, capsys):
+    from tunesmith.cli.main import main
+
+    texts = {"alpha": "Once upon a time there was a cat.\nThe cat sat.\n",
+             "beta": "Lily went to the park.\nShe saw a dog.\n"}
+    spec = {}
+    for name, text in texts.items():
+        (tmp_path / f"{name}.txt").write_text(text)
+        _write(tmp_path / f"{name}_suite.yaml",
+               {"name": f"{name}-suite", "tasks": [{"name": f"{name}_text", "type": "perplexity",
+                                                     "data": f"{name}.txt", "max_length": 32}]})
+        spec[name] = {"path": str(adapters["a" if name == "alpha" else "b"]), "suite": f"{name}_suite.yaml",
+                      "template": "alpaca_en"}
+    manifest = _write(tmp_path / "tasks.yaml", {"base": str(adapters["base"]), "adapters": spec})
+    out = tmp_path / "report"
+    assert main(["eval", str(manifest), "--compare", "base", "--out", str(out)]) == 0
+    summary = json.loads((out / "results.json").read_text())["summary"]
+    assert [(r["adapter"], r["task"], r["metric"]) for r in summary] == [("alpha", "alpha_text", "perplexity"),
+                                                                        ("beta", "beta_text", "perplexity")]
+    assert all(r["value"] != r["base"] for r in summary)  # the adapter, not the base, was scored
+    report = (out / "report.md").read_text()
+    assert "| alpha | alpha-suite | alpha_text | perplexity |" in report
+    assert (out / "alpha" / "report.md").is_file() and (out / "beta" / "report.html").is_file()
+    del spec["beta"]["suite"]
+    _write(manifest, {"base": str(adapters["base"]), "adapters": spec})
+    assert main(["eval", str(manifest)]) == 2
+    assert "adapters.beta.suite" in capsys.readouterr().err

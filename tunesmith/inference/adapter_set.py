@@ -39,7 +39,7 @@ from ..errors import ConfigError, ModelError, TunesmithError
 from ..models.loading import LoadedModel, first_line, load_model, load_tokenizer, read_run_meta, source_kwargs
 
 MANIFEST_KEYS = {"base", "base_name", "template", "default", "adapters"}
-ADAPTER_KEYS = {"path", "template", "skip_base_check"}
+ADAPTER_KEYS = {"path", "template", "suite", "skip_base_check"}
 # PEFT keeps adapters in torch ModuleDicts, whose keys cannot hold "."; "__base__" is PEFT's name for "no adapter"
 # in a mixed batch. Names also travel as the OpenAI `model` field, so they stay plain.
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,63}$")
@@ -68,6 +68,7 @@ class AdapterEntry:
     template: str  # the template name the adapter's prompts are rendered with
     base_ref: str | None  # the base it was trained on, as recorded (None: not recorded)
     skip_base_check: bool = False
+    suite: Path | None = None  # its evaluation suite (`tunesmith eval SET.yaml`)
 
 
 @dataclass
@@ -158,8 +159,9 @@ def add_entry(manifest: Manifest, name: str, spec: Any, folder: Path) -> Adapter
                           hint=f"an adapter has: {', '.join(sorted(ADAPTER_KEYS))}")
     if not isinstance(spec.get("path"), str) or not spec["path"].strip():
         raise ConfigError("'path' must name the adapter's folder", where=f"{where}.path")
-    if spec.get("template") is not None and not isinstance(spec["template"], str):
-        raise ConfigError(f"must be a template name, got {spec['template']!r}", where=f"{where}.template")
+    for key in ("template", "suite"):
+        if spec.get(key) is not None and not isinstance(spec[key], str):
+            raise ConfigError(f"must be a string, got {spec[key]!r}", where=f"{where}.{key}")
     path = _resolve_path(spec["path"], folder)
     if not path.is_dir():
         raise ConfigError(f"adapter folder not found: {path}", where=f"{where}.path",
@@ -184,7 +186,8 @@ def add_entry(manifest: Manifest, name: str, spec: Any, folder: Path) -> Adapter
         base_ref = str(meta["base_model"].get("name_or_path") or "") or None
     base_ref = base_ref or adapter_config.get("base_model_name_or_path")
     template = spec.get("template") or (meta or {}).get("template") or "auto"
-    entry = AdapterEntry(name, path.resolve(), template, base_ref, bool(spec.get("skip_base_check", False)))
+    suite = _resolve_path(spec["suite"], folder).resolve() if spec.get("suite") else None
+    entry = AdapterEntry(name, path.resolve(), template, base_ref, bool(spec.get("skip_base_check", False)), suite)
     manifest.adapters[name] = entry
     return entry
 
@@ -217,6 +220,8 @@ def write_manifest(manifest: Manifest) -> None:
         meta = read_run_meta(entry.path) or {}
         if entry.template != (meta.get("template") or "auto"):
             spec["template"] = entry.template
+        if entry.suite is not None:
+            spec["suite"] = rel(entry.suite)
         if entry.skip_base_check:
             spec["skip_base_check"] = True
         adapters[entry.name] = spec["path"] if len(spec) == 1 else spec
