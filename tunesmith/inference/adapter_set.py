@@ -272,8 +272,8 @@ def remove_from_manifest(file: str | Path, name: str) -> Manifest:
     return manifest
 
 
-def unknown_adapter(file: Path | str, name: str, known: list[str]) -> ConfigError:
-    return ConfigError(f"no adapter '{name}' in the set {file}", where="adapter", hint=f"one of: {', '.join(known)}")
+def unknown_adapter(file: Path | str, name: str, known: list[str], where: str = "adapter") -> ConfigError:
+    return ConfigError(f"no adapter '{name}' in the set {file}", where=where, hint=f"one of: {', '.join(known)}")
 
 
 # ------------------------------------------------------------------------------------------------ same base checks
