@@ -214,6 +214,89 @@ def _label(ref: str, role: str | None) -> str:
     return f"{role}: {name}" if role else name
 
 
+@dataclass
+class SetEvaluation:
+    """`evaluate_set`'s result: per adapter its metrics (`tuned`), the base's on the same suite and their comparison
+    when compared, and the summary report over all of them."""
+
+    tuned: dict[str, dict]
+    base: dict[str, dict] | None
+    comparison: dict[str, dict] | None
+    out: Path
+    report_md: Path
+
+
+def evaluate_set(manifest: str | Path, *, suite: str | Path | None = None, compare_base: bool = False,
+                 out: str | Path | None = None, dtype: str = "auto", trust_remote_code: bool = False,
+                 reporter: Reporter | None = None) -> SetEvaluation:
+    """`tunesmith eval SET.yaml`: every adapter of an adapter set on its own suite (the manifest's
+    `adapters.NAME.suite`; `suite` for those without one), the base loaded once. `compare_base`: each suite also
+    through the base alone (PEFT's `disable_adapter()`), a before/after per adapter. Writes `out` (default
+    eval/SET_NAME): a folder per adapter with its full report, and report.md + results.json summing them up."""
+    from .evaluation.compare import compare_results
+    from .evaluation.data import check_task_data
+    from .evaluation.report import write_report
+    from .evaluation.runner import evaluate_suite, headline_metric
+    from .evaluation.suite import load_suite
+    from .inference.adapter_set import load_adapter_set, read_manifest
+    from .io import atomic_write_json, atomic_write_text
+    from .models.loading import LoadedModel
+
+    reporter = reporter_or_default(reporter)
+    read = read_manifest(manifest)
+    suites = {}
+    for name, entry in read.adapters.items():  # every suite and its data checked before the model loads
+        path = entry.suite or suite
+        if path is None:
+            raise ConfigError(f"adapter '{name}' has no evaluation suite", where=read.where("adapters", name, "suite"),
+                              hint="give it `suite: FILE.yaml` in the manifest, or pass --suite for every adapter "
+                                   "without one")
+        suites[name] = load_suite(path)
+        check_task_data(suites[name])
+    with reporter.status(f"loading {manifest}"):
+        adapter_set = load_adapter_set(read, dtype=dtype, trust_remote_code=trust_remote_code)
+    folder = Path(out) if out else Path("eval") / Path(manifest).stem
+    tuned: dict[str, dict] = {}
+    base: dict[str, dict] = {}
+    comparison: dict[str, dict] = {}
+    for name, adapter_suite in suites.items():
+        # The adapter's own template renders its suite's prompts, for the base too: the same prompts, before/after.
+        loaded = LoadedModel(adapter_set.model, adapter_set.tokenizer, adapter_set.template_name(name), {})
+        with adapter_set.using([name]):
+            tuned[name] = evaluate_suite(loaded, adapter_suite, label=name, reporter=reporter)
+        if compare_base:
+            with adapter_set.using([adapter_set.base_name]):
+                base[name] = evaluate_suite(loaded, adapter_suite, label=f"{adapter_set.base_name} ({name}'s suite)",
+                                            reporter=reporter)
+            comparison[name] = compare_results(base[name], tuned[name])
+            write_report([base[name], tuned[name]], folder / name, comparison[name])
+        else:
+            write_report([tuned[name]], folder / name)
+    rows = []
+    for name, result in tuned.items():
+        for task, task_result in result["tasks"].items():
+            metric = headline_metric(task_result)
+            if metric is None:
+                continue
+            value = task_result["metrics"][metric]
+            before = base[name]["tasks"][task]["metrics"].get(metric) if compare_base else None
+            rows.append({"adapter": name, "suite": suites[name].name, "task": task, "metric": metric,
+                         "value": value, "base": before})
+    atomic_write_json(folder / "results.json", {"tuned": tuned, "base": base or None,
+                                                "comparison": comparison or None, "summary": rows})
+    head = "| adapter | suite | task | metric | adapter's value |" + (" base alone |" if compare_base else "")
+    lines = [f"# Evaluation: adapter set {Path(manifest).name}", "",
+             "Each adapter on its own suite (headline metric per task); full reports in the folder of each "
+             "adapter.", "", head, "|" + " --- |" * (6 if compare_base else 5)]
+    for row in rows:
+        cells = [row["adapter"], row["suite"], row["task"], row["metric"], f"{row['value']:.4g}"]
+        if compare_base:
+            cells.append("" if row["base"] is None else f"{row['base']:.4g}")
+        lines.append("| " + " | ".join(cells) + " |")
+    atomic_write_text(folder / "report.md", "\n".join(lines) + "\n")
+    return SetEvaluation(tuned, base or None, comparison or None, folder, folder / "report.md")
+
+
 def merge(config: str | Path | Mapping[str, Any] | Any, *, out: str | Path | None = None, overwrite: bool = False,
           reporter: Reporter | None = None) -> Path:
     """`tunesmith merge`: a merge config (YAML path, dict, or parsed; docs/merging.md) written to `out` (default:

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 
 from ..inference.chat import StreamedReply
 from ..inference.generation import Generator, SamplingOptions
 
 HELP = "commands: /reset clears the conversation, /system TEXT sets the system prompt, /exit quits"
+SET_HELP = "; /adapter NAME switches the adapter (/adapter base: the base alone; /adapter lists them)"
 
 
 def chat_loop(generator: Generator, options: SamplingOptions, system: str | None = None,
               console: Console | None = None, read=input) -> None:
     console = console or Console()
     history: list[dict] = []
-    console.print(f"[dim]{HELP}[/]")
+    adapter_set = generator.adapter_set
+    help_text = HELP + (SET_HELP if adapter_set is not None else "")
+    console.print(f"[dim]{help_text}[/]")
+    if adapter_set is not None:
+        console.print(f"[dim](adapter {generator.adapter})[/]", highlight=False)
     while True:
         try:
             text = read("you> ").strip()
@@ -34,8 +40,18 @@ def chat_loop(generator: Generator, options: SamplingOptions, system: str | None
             history.clear()
             console.print(f"[dim](system prompt {'set' if system else 'cleared'}; conversation cleared)[/]")
             continue
+        if adapter_set is not None and (text == "/adapter" or text.startswith("/adapter ")):
+            name = text[len("/adapter"):].strip()
+            if not name or not adapter_set.has(name):
+                unknown = f"no adapter '{name}'. " if name else ""
+                console.print(f"[dim]{escape(unknown)}adapters: {escape(', '.join(adapter_set.names))} "
+                              f"(now: {escape(generator.adapter or '')})[/]", highlight=False)
+                continue
+            generator.use(name)  # the conversation goes on; the next reply is rendered with this adapter's template
+            console.print(f"[dim](adapter {escape(name)})[/]", highlight=False)
+            continue
         if text.startswith("/"):
-            console.print(f"[dim]unknown command. {HELP}[/]")
+            console.print(f"[dim]unknown command. {help_text}[/]")
             continue
         history.append({"role": "user", "content": text})
         messages = ([{"role": "system", "content": system}] if system else []) + history

@@ -53,11 +53,32 @@ def data_preview(args: Namespace) -> int:
 
 def _generator(args: Namespace):
     from .. import api
+    from ..errors import ConfigError
+    from ..inference.adapter_set import is_adapter_set, load_adapter_set, unknown_adapter
 
-    with console.status(f"loading {args.model}"):
-        model = api.load(args.model, dtype=args.dtype, template=args.template,
-                         trust_remote_code=args.trust_remote_code)
-    return model.generator()
+    adapter = getattr(args, "adapter", None)
+    if not is_adapter_set(args.model):
+        if adapter is not None:
+            raise ConfigError("--adapter chooses an adapter of a set: pass the set's manifest (.yaml)",
+                              where="--adapter")
+        with console.status(f"loading {args.model}"):
+            model = api.load(args.model, dtype=args.dtype, template=args.template,
+                             trust_remote_code=args.trust_remote_code)
+        return model.generator()
+    from ..inference.adapter_set import read_manifest
+    from ..inference.generation import Generator
+
+    if args.template is not None:
+        raise ConfigError("an adapter set keeps a template per adapter; set it in the manifest", where="--template")
+    manifest = read_manifest(args.model)  # a bad manifest or --adapter fails before the model loads
+    if adapter is not None and adapter != manifest.base_name and adapter not in manifest.adapters:
+        raise unknown_adapter(args.model, adapter, [manifest.base_name, *manifest.adapters], where="--adapter")
+    with console.status(f"loading {args.model} ({len(manifest.adapters)} adapters)"):
+        adapter_set = load_adapter_set(manifest, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
+    generator = Generator(adapter_set.loaded(), adapter_set)
+    if adapter is not None:
+        generator.use(adapter)
+    return generator
 
 
 def _sampling(args: Namespace):

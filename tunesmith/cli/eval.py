@@ -11,6 +11,7 @@ EPILOG = """examples:
   tunesmith eval runs/lora --suite examples/eval_suite.yaml            metrics of the fine-tuned run
   tunesmith eval runs/lora --suite examples/eval_suite.yaml --compare base   the same prompts through the base model
   tunesmith eval runs/lora --suite suite.yaml --compare other/model --out reports/lora
+  tunesmith eval tasks.yaml --compare base   every adapter of a set on its own suite, and the base alone
 """
 
 
@@ -21,8 +22,10 @@ def register(subparsers) -> None:
         description="Run the tasks of SUITE.yaml (perplexity, generation metrics and instruction checks, "
                     "classification, LLM judge, preference accuracy; see docs/evaluation.md) and write results.json, report.md and "
                     "report.html with plots.")
-    p.add_argument("model", help="run folder, HF folder, GGUF file, hub id, or smollm2-135m-instruct")
-    p.add_argument("--suite", required=True, help="SUITE.yaml")
+    p.add_argument("model", help="run folder, HF folder, GGUF file, hub id, smollm2-135m-instruct, or an adapter set "
+                                 "(.yaml: every adapter on its manifest `suite:`, one summary report)")
+    p.add_argument("--suite", default=None,
+                   help="SUITE.yaml (an adapter set: for the adapters without a suite of their own)")
     p.add_argument("--compare", default=None, metavar="BASE",
                    help="a second model to run the same prompts through; 'base' = the run's own base model")
     p.add_argument("--out", default=None, help="report folder (default: RUN/eval/SUITE_NAME, or eval/SUITE_NAME)")
@@ -34,9 +37,15 @@ def register(subparsers) -> None:
 
 def run_eval(args) -> int:
     from .. import api
+    from ..errors import ConfigError
+    from ..inference.adapter_set import is_adapter_set
     from .render import ConsoleReporter
 
     console = Console(stderr=True)
+    if is_adapter_set(args.model):
+        return _eval_set(args, console)
+    if args.suite is None:
+        raise ConfigError("name the evaluation suite", where="--suite", hint="--suite SUITE.yaml (docs/evaluation.md)")
     result = api.evaluate(args.model, args.suite, compare=args.compare, out=args.out, dtype=args.dtype,
                           template=args.template, trust_remote_code=args.trust_remote_code,
                           reporter=ConsoleReporter(console))
@@ -69,3 +78,24 @@ def _print_comparison(console: Console, comparison: dict) -> None:
     console.print(table)
     for r in comparison["forgetting"]:
         console.print(f"forgetting on {r['task']} ({r['metric']}): {100 * r['rate']:+.1f}%")
+
+
+def _eval_set(args, console: Console) -> int:
+    from .. import api
+    from ..errors import ConfigError
+    from .render import ConsoleReporter
+
+    if args.compare not in (None, "base"):
+        raise ConfigError("an adapter set compares with its own base only", where="--compare", hint="--compare base")
+    if args.template is not None:
+        raise ConfigError("an adapter set keeps a template per adapter; set it in the manifest", where="--template")
+    result = api.evaluate_set(args.model, suite=args.suite, compare_base=args.compare == "base", out=args.out,
+                              dtype=args.dtype, trust_remote_code=args.trust_remote_code,
+                              reporter=ConsoleReporter(console))
+    for comparison in (result.comparison or {}).values():
+        _print_comparison(console, comparison)
+    if result.comparison is None:
+        for tuned in result.tuned.values():
+            _print_single(console, tuned)
+    console.print(f"[green]report[/] {result.report_md}")
+    return 0

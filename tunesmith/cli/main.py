@@ -17,7 +17,7 @@ from . import commands
 
 # Further command groups live in their own modules under tunesmith/cli/, each exposing `register(subparsers)`;
 # `data` subcommands likewise expose `register_data(data_subparsers)`.
-COMMAND_MODULES: list[str] = ["serve", "classify", "merge", "eval", "plan", "analyze", "continual"]
+COMMAND_MODULES: list[str] = ["serve", "adapters", "classify", "merge", "eval", "plan", "analyze", "continual"]
 DATA_COMMAND_MODULES: list[str] = ["data_tools"]
 
 EPILOG = """examples:
@@ -30,6 +30,7 @@ EPILOG = """examples:
   tunesmith generate runs/lora --prompts prompts.jsonl --out answers.jsonl
   tunesmith export runs/lora --merge --out merged  a standalone Hugging Face model
   tunesmith export runs/lora --gguf q4_k_m --out gguf   a GGUF file and an Ollama Modelfile
+  tunesmith adapters add tasks.yaml sql runs/sql   several adapters over one base (docs/multitask.md)
 """
 
 
@@ -87,17 +88,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=lambda args: (p.print_help(), 1)[1])
 
     p = sub.add_parser("chat", help="chat with a run or a model in the terminal (streamed)")
-    p.add_argument("model", help="run folder, HF folder, GGUF file, hub id, or smollm2-135m-instruct")
+    p.add_argument("model", help="run folder, HF folder, GGUF file, hub id, smollm2-135m-instruct, or an adapter set "
+                                 "(.yaml, docs/multitask.md)")
     p.add_argument("--system", default=None, help="system prompt")
+    p.add_argument("--adapter", default=None, metavar="NAME",
+                   help="with an adapter set (MODEL is its .yaml): the adapter to start with (/adapter NAME switches)")
     _sampling_args(p)
     p.set_defaults(func=commands.chat)
 
     p = sub.add_parser("generate", help="batched generation from a prompts file to JSONL")
-    p.add_argument("model", help="run folder, HF folder, GGUF file or hub id")
+    p.add_argument("model", help="run folder, HF folder, GGUF file, hub id, or an adapter set (.yaml)")
     p.add_argument("--prompts", required=True,
-                   help="JSON/JSONL with prompt, instruction(+input) or messages; or .txt, one prompt a line")
+                   help="JSON/JSONL with prompt, instruction(+input) or messages (and, for a set, an optional "
+                        "'adapter'); or .txt, one prompt a line")
     p.add_argument("--out", required=True, help="output JSONL")
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--adapter", default=None, metavar="NAME",
+                   help="with an adapter set (MODEL is its .yaml): the adapter for records without an 'adapter' field")
     _sampling_args(p)
     p.set_defaults(func=commands.generate)
 

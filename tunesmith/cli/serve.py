@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from rich.console import Console
 
@@ -14,11 +15,18 @@ def register(subparsers) -> None:
         epilog="example: tunesmith serve runs/lora --port 8000\n"
                "         TUNESMITH_TEACHER_BASE_URL=http://127.0.0.1:8000/v1 tunesmith data generate ... "
                "--teacher openai:lora")
-    p.add_argument("model", help="run folder, HF folder, GGUF file, hub id, or smollm2-135m-instruct")
+    p.add_argument("model", help="run folder, HF folder, GGUF file, hub id, smollm2-135m-instruct, or an adapter "
+                                 "set (.yaml: the request's model field picks the adapter, docs/multitask.md)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--name", default=None, help="model id reported by /v1/models (default: the path's name)")
     p.add_argument("--api-key", default=None, help="require this bearer token")
+    p.add_argument("--admin-key", default=os.environ.get("TUNESMITH_ADMIN_KEY"),
+                   help="adapter sets: the bearer token that may add (POST /v1/adapters) and remove "
+                        "(DELETE /v1/adapters/NAME) adapters while serving; without one that is refused "
+                        "(default: $TUNESMITH_ADMIN_KEY)")
+    p.add_argument("--adapter", default=None, metavar="NAME",
+                   help="adapter sets: the adapter for requests whose model is the set's name or missing")
     p.add_argument("--max-batch", type=int, default=8, help="requests generated together")
     p.add_argument("--max-queue", type=int, default=64,
                    help="requests waiting or running at once; more are answered 503 (busy)")
@@ -37,6 +45,7 @@ def register(subparsers) -> None:
 def serve(args) -> int:
     from pathlib import Path
 
+    from ..inference.adapter_set import is_adapter_set
     from ..inference.generation import Generator
     from ..inference.server import ModelServer
     from ..models.loading import load_for_inference
@@ -54,13 +63,23 @@ def serve(args) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    with console.status(f"loading {args.model}"):
-        generator = Generator(load_for_inference(args.model, dtype=args.dtype, template=args.template,
-                                                        trust_remote_code=args.trust_remote_code))
-    name = args.name or Path(args.model.rstrip("/")).name
+    if is_adapter_set(args.model):
+        from .commands import _generator
+
+        generator = _generator(args)
+        name = args.name or Path(args.model).stem
+    else:
+        if args.adapter is not None:
+            raise ConfigError("--adapter chooses an adapter of a set: pass the set's manifest (.yaml)",
+                              where="--adapter")
+        with console.status(f"loading {args.model}"):
+            generator = Generator(load_for_inference(args.model, dtype=args.dtype, template=args.template,
+                                                     trust_remote_code=args.trust_remote_code))
+        name = args.name or Path(args.model.rstrip("/")).name
     try:
         server = ModelServer(generator, name, host=args.host, port=args.port, api_key=args.api_key,
                              max_batch=args.max_batch, max_requests=args.max_requests, max_queue=args.max_queue,
+                             admin_key=args.admin_key,
                              log=console.print if args.verbose else None)
     except OSError as exc:
         from ..errors import TunesmithError
@@ -71,6 +90,9 @@ def serve(args) -> int:
         console.print(f"[yellow]listening on {args.host}: reachable from other machines"
                       f"{'' if args.api_key else ' without an API key'}[/]")
     console.print(f"serving [bold]{name}[/] at {server.url} (Ctrl-C to stop)", highlight=False)
+    if generator.adapter_set is not None:
+        console.print(f"models: {', '.join(server.model_ids())} (default {generator.adapter}); adapter management "
+                      f"{'on (admin key)' if args.admin_key else 'off'}", highlight=False, markup=False)
     try:
         server.serve_forever()
     except KeyboardInterrupt:  # the running generation ends at its next token; waiting requests are answered 503

@@ -41,6 +41,7 @@ def generate_file(generator: Generator, prompts_path: str, out_path: str, option
                   batch_size: int = 8, reporter: Reporter | None = None) -> int:
     """Every prompt's reply, one JSON line each; `reporter` shows the progress. Returns the number written."""
     prompts = load_prompts(prompts_path)
+    adapters = record_adapters(generator, prompts, prompts_path)
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -48,7 +49,9 @@ def generate_file(generator: Generator, prompts_path: str, out_path: str, option
                 reporter_or_default(reporter).progress("generating", len(prompts)) as advance:
             for start in range(0, len(prompts), batch_size):
                 chunk = prompts[start:start + batch_size]
-                replies = generator.generate([messages for messages, _ in chunk], options)
+                # Records for different adapters of a set share a batch (PEFT's mixed-adapter batch).
+                extra = {"adapters": adapters[start:start + batch_size]} if adapters is not None else {}
+                replies = generator.generate([messages for messages, _ in chunk], options, **extra)
                 for (messages, record), reply in zip(chunk, replies):
                     handle.write(json.dumps({**record, "messages": messages, "response": reply},
                                             ensure_ascii=False) + "\n")
@@ -57,3 +60,21 @@ def generate_file(generator: Generator, prompts_path: str, out_path: str, option
         exc.filename = exc.filename or str(out)
         raise
     return len(prompts)
+
+
+def record_adapters(generator: Generator, prompts: list[tuple[list[dict], dict]], path: str) -> list | None:
+    """Each record's `adapter` field (None where absent: the generator's current adapter), checked against the set
+    before anything generates; None when no record names one and the model is not a set."""
+    names = [record.get("adapter") for _, record in prompts]
+    if all(name is None for name in names) and generator.adapter_set is None:
+        return None
+    for index, name in enumerate(names, 1):
+        if name is None:
+            continue
+        if generator.adapter_set is None:
+            raise DataError(f"record {index} names an adapter, but the model is not an adapter set", file=path,
+                            field="adapter", hint="pass the set's manifest (.yaml) as the model, or drop the field")
+        if not isinstance(name, str) or not generator.adapter_set.has(name):
+            raise DataError(f"record {index}: no adapter {name!r} in the set", file=path, field="adapter",
+                            hint=f"one of: {', '.join(generator.adapter_set.names)}")
+    return names

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass, fields
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
 from ..data.templates.registry import get_template
 from ..errors import ConfigError
 from ..models.loading import LoadedModel
+
+if TYPE_CHECKING:
+    from .adapter_set import AdapterSet
 
 MAX_NEW_TOKENS = 65_536
 # (lowest, highest, whether the lowest is allowed) for each number a request may set; None: no bound that side.
@@ -58,15 +62,38 @@ class SamplingOptions:
 class Generator:
     """Renders conversations with the run's template and decodes only the new tokens."""
 
-    def __init__(self, loaded: LoadedModel):
+    def __init__(self, loaded: LoadedModel, adapter_set: AdapterSet | None = None):
+        """`adapter_set`: the model is that set's (inference/adapter_set.py); each adapter keeps its own template,
+        `adapter` is the one used when a request names none (`use` changes it)."""
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
+        self.adapter_set = adapter_set
+        self.adapter = adapter_set.default if adapter_set is not None else None
+        self._templates: dict[str, Any] = {}
         self.template = get_template(loaded.template_name, loaded.tokenizer)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
 
-    def _stop_kwargs(self) -> dict[str, Any]:
-        stops = [s for s in getattr(self.template, "stop_strings", []) or [] if s]
+    def template_for(self, adapter: str | None):
+        """The template prompts for `adapter` are rendered with (None: the current adapter's)."""
+        if self.adapter_set is None or adapter is None or adapter == self.adapter:
+            return self.template
+        name = self.adapter_set.template_name(adapter)
+        if name not in self._templates:
+            self._templates[name] = get_template(name, self.tokenizer)
+        return self._templates[name]
+
+    def use(self, adapter: str) -> None:
+        """Make `adapter` (or the set's base name) the one used when none is named."""
+        if self.adapter_set is None:
+            raise ConfigError("only an adapter set (a manifest .yaml) has adapters to choose from", where="adapter")
+        self.template = self.template_for(adapter)
+        self.adapter = adapter
+
+    def _stop_kwargs(self, templates: list | None = None) -> dict[str, Any]:
+        # A batch mixing templates stops on any of their stop strings: a row's text is cut at its own afterwards.
+        stops = list(dict.fromkeys(s for template in (templates or [self.template])
+                                   for s in getattr(template, "stop_strings", []) or [] if s))
         return {"stop_strings": stops, "tokenizer": self.tokenizer} if stops else {}
 
     def _encode(self, prompts: list[str]) -> dict[str, torch.Tensor]:
@@ -78,11 +105,20 @@ class Generator:
 
     @torch.inference_mode()
     def generate(self, conversations: list[list[dict]], options: SamplingOptions, streamer=None,
-                 should_stop: Callable[[], bool] | None = None) -> list[str]:
-        """`should_stop`: polled after every token; True ends the generation there (a server shutting down)."""
+                 should_stop: Callable[[], bool] | None = None,
+                 adapters: list[str | None] | None = None) -> list[str]:
+        """`should_stop`: polled after every token; True ends the generation there (a server shutting down).
+        `adapters`: for an adapter set, the adapter of each conversation (None: the current one); rows for
+        different adapters are generated together in one mixed batch."""
         if options.seed is not None:
             torch.manual_seed(options.seed)
-        prompts = [self.template.render_prompt(messages) for messages in conversations]
+        if adapters is not None and len(adapters) != len(conversations):
+            raise ValueError("one adapter per conversation")
+        if self.adapter_set is None and any(adapters or []):
+            raise ConfigError("only an adapter set (a manifest .yaml) has adapters to choose from", where="adapter")
+        names = [name or self.adapter for name in (adapters or [None] * len(conversations))]
+        templates = [self.template_for(name) for name in names]
+        prompts = [template.render_prompt(messages) for template, messages in zip(templates, conversations)]
         inputs = self._encode(prompts)
         extra = {}
         if should_stop is not None:
@@ -93,13 +129,17 @@ class Generator:
                     return torch.full((input_ids.shape[0],), should_stop(), dtype=torch.bool, device=input_ids.device)
 
             extra["stopping_criteria"] = StoppingCriteriaList([_Stop()])
-        output = self.model.generate(**inputs, **options.generate_kwargs(), **self._stop_kwargs(), **extra,
-                                     pad_token_id=self.tokenizer.pad_token_id, streamer=streamer)
+        distinct = list({id(template): template for template in templates}.values())
+        with (self.adapter_set.using(names) if self.adapter_set is not None else nullcontext({})) as adapter_kwargs:
+            output = self.model.generate(**inputs, **options.generate_kwargs(), **self._stop_kwargs(distinct),
+                                         **extra, **adapter_kwargs, pad_token_id=self.tokenizer.pad_token_id,
+                                         streamer=streamer)
         new_tokens = output[:, inputs["input_ids"].shape[1]:]
-        return [self._clean(text) for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+        texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        return [self._clean(text, template) for text, template in zip(texts, templates)]
 
-    def _clean(self, text: str) -> str:
-        for stop in getattr(self.template, "stop_strings", []) or []:
+    def _clean(self, text: str, template=None) -> str:
+        for stop in getattr(template or self.template, "stop_strings", []) or []:
             if stop and stop in text:
                 text = text.split(stop, 1)[0]
         return text.strip()

@@ -6,6 +6,12 @@ for the batch instead of one per request. What that buys depends on the hardware
 measures it (docs/data.md). Streaming, tools and n > 1 are not supported and answered
 with a 400 in the OpenAI error format.
 
+An adapter set (inference/adapter_set.py) is served with its base once in memory: the request's `model` picks the
+adapter (or the base, under its own name), /v1/models lists them, and requests for different adapters in one batch
+are generated together (PEFT's mixed-adapter batch). With an admin key, `POST /v1/adapters` {"name", "path",
+"template"} loads another adapter and `DELETE /v1/adapters/NAME` drops one, on the generating thread between
+batches; without one those routes are refused (403).
+
 Limits, each answered in the OpenAI error format: a body over `max_body` bytes (413), a bad field (400 naming it), a
 prompt that leaves no room in the model's context for `max_tokens` (400), more than `max_queue` requests waiting
 (503 with Retry-After; /health says "busy"). Stopping ends a running generation at its next token.
@@ -14,6 +20,7 @@ prompt that leaves no room in the model's context for `max_tokens` (400), more t
 from __future__ import annotations
 
 import copy
+import hmac
 import json
 import math
 import queue
@@ -22,9 +29,9 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Callable
 
-from ..errors import ConfigError
+from ..errors import ConfigError, TunesmithError
 from .generation import MAX_NEW_TOKENS, Generator, SamplingOptions
 
 MAX_BODY = 4 * 2**20  # bytes of one request
@@ -42,9 +49,16 @@ class _Job:
     messages: list[dict]
     options: SamplingOptions
     stop: list[str]
+    adapter: str | None = None  # of an adapter set: the adapter this request asked for
+    call: Callable[[], Any] | None = None  # instead of generating: run this on the generating thread (management)
     done: threading.Event = field(default_factory=threading.Event)
     text: str | None = None
     error: Exception | None = None
+
+
+def adapter_set_of(generator):
+    """The adapter set a generator serves, or None (a plain model, or a stand-in without the attribute)."""
+    return getattr(generator, "adapter_set", None)
 
 
 class BatchingWorker:
@@ -98,14 +112,40 @@ class BatchingWorker:
                     break
             groups: dict[str, list[_Job]] = {}
             for job in batch:
+                if job.call is not None:  # adding or removing an adapter: never while a batch generates
+                    self._call(job)
+                    continue
                 groups.setdefault(repr(job.options), []).append(job)
             for jobs in groups.values():
                 self._run(jobs)
 
+    def call(self, fn: Callable[[], Any], timeout: float = 600) -> None:
+        """Run `fn` on the generating thread, between batches; its TunesmithError comes back as a RequestError."""
+        self.submit(_Job([], SamplingOptions(), [], call=fn), timeout)
+
+    def _call(self, job: _Job) -> None:
+        try:
+            job.call()
+        except TunesmithError as exc:
+            job.error = RequestError(getattr(exc, "http_status", 400), str(exc))
+        except Exception as exc:  # noqa: BLE001 - answered to the caller as a 500
+            job.error = RequestError(500, f"{type(exc).__name__}: {exc}", "server_error")
+        job.done.set()
+
     def _run(self, jobs: list[_Job]) -> None:
+        adapter_set = adapter_set_of(self.generator)
+        extra = {}
+        if adapter_set is not None:  # an adapter removed since the request was admitted: that request alone fails
+            for job in [job for job in jobs if job.adapter is not None and not adapter_set.has(job.adapter)]:
+                job.error = RequestError(404, f"the model '{job.adapter}' does not exist", "model_not_found")
+                job.done.set()
+                jobs.remove(job)
+            if not jobs:
+                return
+            extra["adapters"] = [job.adapter for job in jobs]
         try:
             texts = self.generator.generate([job.messages for job in jobs], jobs[0].options,
-                                            should_stop=self._stop.is_set)
+                                            should_stop=self._stop.is_set, **extra)
             if self._stop.is_set():
                 raise RequestError(503, "the server is shutting down", "server_error")
             self.batches.append(len(jobs))
@@ -209,8 +249,9 @@ class ModelServer:
     def __init__(self, generator: Generator, model_name: str, *, host: str = "127.0.0.1", port: int = 0,
                  api_key: str | None = None, max_batch: int = 8, batch_wait: float = 0.02,
                  max_requests: int | None = None, log=None, max_queue: int = 64, max_body: int = MAX_BODY,
-                 max_tokens: int | None = None):
+                 max_tokens: int | None = None, admin_key: str | None = None):
         self.generator, self.model_name, self.api_key = generator, model_name, api_key
+        self.admin_key = admin_key  # adding / removing adapters of a set; None: those routes are refused
         self.worker = BatchingWorker(generator, max_batch, batch_wait)
         self.max_requests, self.served, self.log = max_requests, 0, log
         self.max_queue, self.max_body, self.context = max_queue, max_body, model_context(generator)
@@ -276,9 +317,30 @@ class ModelServer:
                                         f"retry later", "server_error")
             self.pending += 1
 
+    def model_ids(self) -> list[str]:
+        """What /v1/models lists: the model, or an adapter set's base and adapters."""
+        adapter_set = adapter_set_of(self.generator)
+        return adapter_set.names if adapter_set is not None else [self.model_name]
+
+    def _adapter(self, body: dict) -> str | None:
+        """The adapter a request's `model` picks (None when not serving a set: the field is not checked there).
+        Missing, or the set's own name: the set's default adapter."""
+        adapter_set = adapter_set_of(self.generator)
+        if adapter_set is None:
+            return None
+        model = body.get("model")
+        if model is None or model == self.model_name:
+            return self.generator.adapter
+        if not isinstance(model, str) or not adapter_set.has(model):
+            raise RequestError(404, f"the model {model!r} does not exist; this server has: "
+                                    f"{', '.join(adapter_set.names)}", "model_not_found")
+        return model
+
     def _completion(self, body: dict) -> dict:
         messages, options, stop = parse_chat_request(body, max_tokens_limit=self.max_tokens)
-        prompt = self.generator.template.render_prompt(messages)
+        adapter = self._adapter(body)
+        template = self.generator.template_for(adapter) if adapter is not None else self.generator.template
+        prompt = template.render_prompt(messages)
         if self.context and len(prompt) > 64 * self.context:  # surely too long: no need to tokenise it all
             raise RequestError(400, f"the prompt is far longer than this model's context of {self.context} tokens")
         prompt_tokens = self._count(prompt)
@@ -287,13 +349,13 @@ class ModelServer:
                                     f"that is more than this model's context of {self.context} tokens")
         self._admit()
         try:
-            text = self.worker.submit(_Job(messages, options, stop))
+            text = self.worker.submit(_Job(messages, options, stop, adapter=adapter))
         finally:
             with self._lock:
                 self.pending -= 1
         completion_tokens = self._count(text)
         return {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
-                "model": self.model_name,
+                "model": adapter or self.model_name,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                              "finish_reason": "length" if completion_tokens >= options.max_new_tokens else "stop"}],
                 "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
@@ -330,6 +392,50 @@ class ModelServer:
             def _error(self, error: RequestError) -> None:
                 self._send(error.status, {"error": {"message": error.message, "type": error.kind, "code": None}})
 
+            def _admin(self) -> bool:
+                """Managing adapters needs the admin key (compared in constant time), which must be configured."""
+                if server.admin_key is None:
+                    self._error(RequestError(403, "adapter management is off: start the server with an admin key "
+                                                  "(--admin-key)", "permission_error"))
+                    return False
+                given = self.headers.get("Authorization") or ""
+                if not hmac.compare_digest(given.encode(), f"Bearer {server.admin_key}".encode()):
+                    self._error(RequestError(401, "missing or wrong admin key", "authentication_error"))
+                    return False
+                return True
+
+            def _manage(self, method: str) -> None:
+                route = self.path.rstrip("/")
+                adapter_set = adapter_set_of(server.generator)
+                try:
+                    if not self._admin():
+                        return
+                    if adapter_set is None:
+                        raise RequestError(400, "this server serves one model, not an adapter set")
+                    if method == "POST" and route in ("/v1/adapters", "/adapters"):
+                        body = self._body()
+                        name, path, template = body.get("name"), body.get("path"), body.get("template")
+                        if not isinstance(name, str) or not isinstance(path, str) \
+                                or not isinstance(template, (str, type(None))):
+                            raise RequestError(400, "'name' and 'path' must be strings ('template' optional)")
+                        server.worker.call(lambda: adapter_set.add(name, path, template))
+                        self._send(200, {"id": name, "object": "model", "loaded": True})
+                    elif method == "DELETE" and route.rsplit("/", 1)[0] in ("/v1/adapters", "/adapters"):
+                        name = route.rsplit("/", 1)[1]
+                        if not adapter_set.has(name) or name == adapter_set.base_name:
+                            raise RequestError(404, f"no adapter '{name}' to remove", "model_not_found")
+                        def remove():
+                            adapter_set.remove(name)
+                            if server.generator.adapter == name:  # requests naming no model go to the new default
+                                server.generator.use(adapter_set.default)
+
+                        server.worker.call(remove)
+                        self._send(200, {"id": name, "object": "model", "deleted": True})
+                    else:
+                        raise RequestError(404, f"no route {method} {self.path}", "not_found")
+                except RequestError as error:
+                    self._error(error)
+
             def _authorized(self) -> bool:
                 if server.api_key and self.headers.get("Authorization") != f"Bearer {server.api_key}":
                     self._error(RequestError(401, "missing or wrong API key", "authentication_error"))
@@ -340,8 +446,9 @@ class ModelServer:
                 if not self._authorized():
                     return
                 if self.path.rstrip("/") in ("/v1/models", "/models"):
-                    self._send(200, {"object": "list", "data": [{"id": server.model_name, "object": "model",
-                                                                 "created": 0, "owned_by": "tunesmith"}]})
+                    self._send(200, {"object": "list", "data": [{"id": name, "object": "model", "created": 0,
+                                                                 "owned_by": "tunesmith"}
+                                                                for name in server.model_ids()]})
                 elif self.path.rstrip("/") in ("/health", "/v1/health"):
                     busy = server.pending >= server.max_queue
                     self._send(503 if busy else 200, {"status": "busy" if busy else "ok", "pending": server.pending,
@@ -349,7 +456,13 @@ class ModelServer:
                 else:
                     self._error(RequestError(404, f"no route {self.path}", "not_found"))
 
+            def do_DELETE(self) -> None:  # noqa: N802
+                self._manage("DELETE")
+
             def do_POST(self) -> None:  # noqa: N802
+                if self.path.rstrip("/").endswith("/adapters"):
+                    self._manage("POST")
+                    return
                 if not self._authorized():
                     return
                 if self.path.rstrip("/") not in ("/v1/chat/completions", "/chat/completions"):
