@@ -399,10 +399,11 @@ def report(args) -> None:
     args.shape_of = {name: "tiny" if args.dry_run else name for name in names}
     results = {}
     with tempfile.TemporaryDirectory(prefix="gpu_throughput-") as tmp:
-        args.tmp = tmp
-        prepare(args, names)
-        print(f"data: {args.data.name}, mean {args.mean_length:.0f} tokens per record, "
-              f"{100 * args.supervised_share:.0f}% supervised ({time.monotonic() - started:.0f} s)", flush=True)
+        args.tmp, args.mean_length = tmp, float("nan")
+        if args.budget_s is None or args.budget_s > 0:  # no weights or tokens for runs that cannot start
+            prepare(args, names)
+            print(f"data: {args.data.name}, mean {args.mean_length:.0f} tokens per record, "
+                  f"{100 * args.supervised_share:.0f}% supervised ({time.monotonic() - started:.0f} s)", flush=True)
         for name, variant in ((name, variant) for name in names for variant in variants):  # in the order given
             left = args.budget_s - (time.monotonic() - started) if args.budget_s is not None else None
             if left is not None and left <= 0:
