@@ -27,8 +27,10 @@ class StreamedReply:
 
         def work():
             try:
+                # `adapters` only when one is chosen: a stand-in generator without it keeps working
+                extra = {"adapters": [self.adapter]} if self.adapter is not None else {}
                 result["text"] = self.generator.generate([self.messages], self.options, streamer=streamer,
-                                                         adapters=[self.adapter])[0]
+                                                         **extra)[0]
             except Exception as exc:  # surfaced below, in the caller's thread
                 result["error"] = exc
                 streamer.end()
