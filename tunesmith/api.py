@@ -297,6 +297,78 @@ def evaluate_set(manifest: str | Path, *, suite: str | Path | None = None, compa
     return SetEvaluation(tuned, base or None, comparison or None, folder, folder / "report.md")
 
 
+def _router_classifier(spec, *, dtype: str, trust_remote_code: bool):
+    """The router's classifier run, loaded once, as texts → [{"label", "score"}]. Calls are serialised: the server
+    routes on its HTTP threads, and a fast tokenizer is not safe to share between threads."""
+    import threading
+
+    from .tasks.classification.inference import load_classifier
+
+    classifier = load_classifier(spec.classifier, dtype=dtype, trust_remote_code=trust_remote_code)
+    lock = threading.Lock()
+
+    def classify(texts: list[str]) -> list[dict]:
+        with lock:
+            return [{"label": r["label"], "score": r["score"]} for r in classifier.predict(texts)]
+
+    return classify
+
+
+def load_router(adapter_set: Any, *, dtype: str = "auto", trust_remote_code: bool = False):
+    """The router of an adapter set's manifest (docs/multitask.md, Routing), its classifier loaded (once): for an
+    AdapterSet it is attached (`adapter_set.router`, used by `model: auto`); for a manifest (a path or a read
+    Manifest) it is returned alone, no language model loaded. None when the manifest has no `router:`."""
+    from .inference.adapter_set import AdapterSet, read_manifest
+    from .inference.router import Router
+
+    manifest = adapter_set.manifest if isinstance(adapter_set, AdapterSet) else (
+        adapter_set if not isinstance(adapter_set, (str, Path)) else read_manifest(adapter_set))
+    if manifest.router is None:
+        return None
+    classify = (_router_classifier(manifest.router, dtype=dtype, trust_remote_code=trust_remote_code)
+                if manifest.router.classifier is not None else None)
+    if isinstance(adapter_set, AdapterSet):
+        return adapter_set.attach_router(classify)
+    return Router(manifest.router, [manifest.base_name, *manifest.adapters], classify)
+
+
+@dataclass
+class RouterEvaluation:
+    result: dict  # accuracy, confusion_matrix (rows: labelled adapter, columns: routed), labels, misrouted, by
+    folder: Path
+    report_md: Path
+
+
+def evaluate_router(manifest: str | Path, data: str | Path | None = None, *, out: str | Path | None = None,
+                    dtype: str = "auto", trust_remote_code: bool = False) -> RouterEvaluation:
+    """`tunesmith eval SET.yaml --router-data LABELLED.jsonl`: the router's accuracy on labelled prompts (`data`,
+    default the manifest's `router.eval_data`). Only the router loads (its classifier, if any), not the language
+    model. Writes `out` (default eval/SET_NAME/router): report.md (accuracy, confusion table, misrouted prompts)
+    and results.json."""
+    from .inference.adapter_set import read_manifest
+    from .inference.router import evaluate_router as score_router
+    from .inference.router import read_labelled, router_report_md
+    from .io import atomic_write_json, atomic_write_text
+
+    read = read_manifest(manifest)
+    if read.router is None:
+        raise ConfigError("the set has no router to evaluate", where=read.where("router"),
+                          hint="add a `router:` section (docs/multitask.md, Routing)")
+    data = data or read.router.eval_data
+    if data is None:
+        raise ConfigError("name the labelled prompts", where="--router-data",
+                          hint="--router-data LABELLED.jsonl, or `eval_data:` in the manifest's router section")
+    names = [read.base_name, *read.adapters]
+    read_labelled(data, names)  # a bad label fails before the classifier loads
+    router = load_router(read, dtype=dtype, trust_remote_code=trust_remote_code)
+    result = score_router(router, data, names)
+    folder = Path(out) if out else Path("eval") / Path(manifest).stem / "router"
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(folder / "results.json", result)
+    atomic_write_text(folder / "report.md", router_report_md(result))
+    return RouterEvaluation(result, folder, folder / "report.md")
+
+
 def merge(config: str | Path | Mapping[str, Any] | Any, *, out: str | Path | None = None, overwrite: bool = False,
           reporter: Reporter | None = None) -> Path:
     """`tunesmith merge`: a merge config (YAML path, dict, or parsed; docs/merging.md) written to `out` (default:

@@ -71,10 +71,15 @@ def _generator(args: Namespace):
     if args.template is not None:
         raise ConfigError("an adapter set keeps a template per adapter; set it in the manifest", where="--template")
     manifest = read_manifest(args.model)  # a bad manifest or --adapter fails before the model loads
-    if adapter is not None and adapter != manifest.base_name and adapter not in manifest.adapters:
+    if adapter == "auto" and manifest.router is None:
+        raise ConfigError("'auto' needs a router: the set has no `router:` section", where="--adapter",
+                          hint="docs/multitask.md, Routing")
+    if adapter not in (None, "auto") and adapter != manifest.base_name and adapter not in manifest.adapters:
         raise unknown_adapter(args.model, adapter, [manifest.base_name, *manifest.adapters], where="--adapter")
     with console.status(f"loading {args.model} ({len(manifest.adapters)} adapters)"):
         adapter_set = load_adapter_set(manifest, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
+        if manifest.router is not None and manifest.router.classifier is not None:  # loaded once, for every request
+            api.load_router(adapter_set, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
     generator = Generator(adapter_set.loaded(), adapter_set)
     if adapter is not None:
         generator.use(adapter)

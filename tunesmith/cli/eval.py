@@ -12,6 +12,7 @@ EPILOG = """examples:
   tunesmith eval runs/lora --suite examples/eval_suite.yaml --compare base   the same prompts through the base model
   tunesmith eval runs/lora --suite suite.yaml --compare other/model --out reports/lora
   tunesmith eval tasks.yaml --compare base   every adapter of a set on its own suite, and the base alone
+  tunesmith eval tasks.yaml --router-data routing.jsonl   the set's router's accuracy on labelled prompts
 """
 
 
@@ -29,6 +30,9 @@ def register(subparsers) -> None:
     p.add_argument("--compare", default=None, metavar="BASE",
                    help="a second model to run the same prompts through; 'base' = the run's own base model")
     p.add_argument("--out", default=None, help="report folder (default: RUN/eval/SUITE_NAME, or eval/SUITE_NAME)")
+    p.add_argument("--router-data", nargs="?", const="", default=None, metavar="LABELLED",
+                   help="an adapter set: score its router instead of the suites, on prompts labelled with their "
+                        "adapter (JSONL/CSV with 'prompt' and 'adapter'; alone: the manifest's router.eval_data)")
     p.add_argument("--template", default=None, help="override the template (default: the run's own)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--trust-remote-code", action="store_true", help="allow code from the model repository")
@@ -42,6 +46,11 @@ def run_eval(args) -> int:
     from .render import ConsoleReporter
 
     console = Console(stderr=True)
+    if args.router_data is not None:
+        if not is_adapter_set(args.model):
+            raise ConfigError("--router-data scores an adapter set's router: pass the set's manifest (.yaml)",
+                              where="--router-data")
+        return _eval_router(args, console)
     if is_adapter_set(args.model):
         return _eval_set(args, console)
     if args.suite is None:
@@ -78,6 +87,30 @@ def _print_comparison(console: Console, comparison: dict) -> None:
     console.print(table)
     for r in comparison["forgetting"]:
         console.print(f"forgetting on {r['task']} ({r['metric']}): {100 * r['rate']:+.1f}%")
+
+
+def _eval_router(args, console: Console) -> int:
+    from .. import api
+    from ..errors import ConfigError
+
+    for flag, value in (("--suite", args.suite), ("--compare", args.compare), ("--template", args.template)):
+        if value is not None:
+            raise ConfigError("--router-data scores the router alone; run the suites without it", where=flag)
+    with console.status("loading the router"):
+        evaluation = api.evaluate_router(args.model, args.router_data or None, out=args.out, dtype=args.dtype,
+                                         trust_remote_code=args.trust_remote_code)
+    result = evaluation.result
+    console.print(f"router accuracy {result['accuracy']:.4f} ({result['correct']} of {result['samples']} prompts)",
+                  highlight=False)
+    table = Table(title="true (rows) vs routed (columns)")
+    table.add_column("true \\ routed")
+    for name in result["labels"]:
+        table.add_column(name, justify="right")
+    for name, row in zip(result["labels"], result["confusion_matrix"]):
+        table.add_row(name, *map(str, row))
+    console.print(table)
+    console.print(f"[green]report[/] {evaluation.report_md}")
+    return 0
 
 
 def _eval_set(args, console: Console) -> int:

@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  "(.yaml, docs/multitask.md)")
     p.add_argument("--system", default=None, help="system prompt")
     p.add_argument("--adapter", default=None, metavar="NAME",
-                   help="with an adapter set (MODEL is its .yaml): the adapter to start with (/adapter NAME switches)")
+                   help="with an adapter set (MODEL is its .yaml): the adapter to start with (/adapter NAME switches; auto: the "
+                        "manifest's router picks one per message)")
     _sampling_args(p)
     p.set_defaults(func=commands.chat)
 
@@ -104,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output JSONL")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--adapter", default=None, metavar="NAME",
-                   help="with an adapter set (MODEL is its .yaml): the adapter for records without an 'adapter' field")
+                   help="with an adapter set (MODEL is its .yaml): the adapter for records without an 'adapter' field "
+                        "(auto: the manifest's router picks)")
     _sampling_args(p)
     p.set_defaults(func=commands.generate)
 

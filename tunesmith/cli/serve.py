@@ -26,7 +26,8 @@ def register(subparsers) -> None:
                         "(DELETE /v1/adapters/NAME) adapters while serving; without one that is refused "
                         "(default: $TUNESMITH_ADMIN_KEY)")
     p.add_argument("--adapter", default=None, metavar="NAME",
-                   help="adapter sets: the adapter for requests whose model is the set's name or missing")
+                   help="adapter sets: the adapter for requests whose model is the set's name or missing "
+                        "(auto: routed by the manifest's router, as model: auto is)")
     p.add_argument("--max-batch", type=int, default=8, help="requests generated together")
     p.add_argument("--max-queue", type=int, default=64,
                    help="requests waiting or running at once; more are answered 503 (busy)")

@@ -37,8 +37,9 @@ from ..config.loading import read_yaml_file
 from ..config.schema import ModelConfig
 from ..errors import ConfigError, ModelError, TunesmithError
 from ..models.loading import LoadedModel, first_line, load_model, load_tokenizer, read_run_meta, source_kwargs
+from .router import AUTO, Router, RouterSpec, parse_router
 
-MANIFEST_KEYS = {"base", "base_name", "template", "default", "adapters"}
+MANIFEST_KEYS = {"base", "base_name", "template", "default", "adapters", "router"}
 ADAPTER_KEYS = {"path", "template", "suite", "skip_base_check"}
 # PEFT keeps adapters in torch ModuleDicts, whose keys cannot hold "."; "__base__" is PEFT's name for "no adapter"
 # in a mixed batch. Names also travel as the OpenAI `model` field, so they stay plain.
@@ -79,6 +80,8 @@ class Manifest:
     template: str = "auto"
     default: str | None = None
     adapters: dict[str, AdapterEntry] = field(default_factory=dict)
+    router: RouterSpec | None = None  # how `auto` requests are routed (inference/router.py)
+    router_raw: Any = None  # the section as written, saved back unchanged by write_manifest
 
     def where(self, *keys: str) -> str:
         """`FILE: adapters.NAME.field` for error messages."""
@@ -134,13 +137,27 @@ def read_manifest(path: str | Path) -> Manifest:
         raise ConfigError(f"'{default}' is not an adapter of this set", where=manifest.where("default"),
                           hint=f"one of: {', '.join([*manifest.adapters, manifest.base_name])}")
     manifest.default = default or next(iter(manifest.adapters))
+    if raw.get("router") is not None:
+        manifest.router_raw = raw["router"]
+        check_router(manifest)
     return manifest
+
+
+def check_router(manifest: Manifest) -> None:
+    """(Re)read the manifest's `router:` section against the set's current names (after a removal, too)."""
+    if manifest.router_raw is None:
+        manifest.router = None
+        return
+    manifest.router = parse_router(manifest.router_raw, manifest.file, [manifest.base_name, *manifest.adapters],
+                                   manifest.default or next(iter(manifest.adapters)))
 
 
 def _check_name(name: str, where: str) -> None:
     if not NAME.match(name) or name == PEFT_BASE:
         raise ConfigError(f"'{name}' cannot name an adapter: use letters, digits, '_' and '-' (64 at most)",
                           where=where)
+    if name == AUTO:  # `model: auto` asks the router to choose
+        raise ConfigError(f"'{AUTO}' is kept for routing (model: auto) and cannot name an adapter", where=where)
 
 
 def add_entry(manifest: Manifest, name: str, spec: Any, folder: Path) -> AdapterEntry:
@@ -226,6 +243,8 @@ def write_manifest(manifest: Manifest) -> None:
             spec["skip_base_check"] = True
         adapters[entry.name] = spec["path"] if len(spec) == 1 else spec
     data["adapters"] = adapters
+    if manifest.router_raw is not None:
+        data["router"] = manifest.router_raw
     manifest.file.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(manifest.file, yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
 
@@ -268,6 +287,7 @@ def remove_from_manifest(file: str | Path, name: str) -> Manifest:
     del manifest.adapters[name]
     if manifest.default == name:
         manifest.default = next(iter(manifest.adapters))
+    check_router(manifest)  # a router naming the removed adapter must be edited first
     write_manifest(manifest)
     return manifest
 
@@ -398,6 +418,11 @@ class AdapterSet:
 
     def __init__(self, manifest: Manifest, model, tokenizer):
         self.manifest, self.model, self.tokenizer = manifest, model, tokenizer
+        # Routes `auto` requests; a router with a classifier is attached by tunesmith.api.load_router (the
+        # classification run loads in the tasks layer, above this one).
+        self.router: Router | None = None
+        if manifest.router is not None and manifest.router.classifier is None:
+            self.router = Router(manifest.router, lambda: self.names)
         self._lock = threading.Lock()  # guards `manifest.adapters` between the HTTP threads and the generating one
 
     @property
@@ -425,6 +450,13 @@ class AdapterSet:
                 raise unknown_adapter(self.manifest.file, name, [self.base_name, *self.manifest.adapters])
             return self.manifest.adapters[name].template
 
+    def attach_router(self, classify) -> Router:
+        """The router of the manifest, with its classifier's `classify` (texts → [{"label", "score"}])."""
+        if self.manifest.router is None:
+            raise ConfigError("the set has no router", where=self.manifest.where("router"))
+        self.router = Router(self.manifest.router, lambda: self.names, classify)
+        return self.router
+
     def loaded(self) -> LoadedModel:
         return LoadedModel(self.model, self.tokenizer, self.template_name(self.default),
                            {"adapter_set": str(self.manifest.file)})
@@ -448,6 +480,10 @@ class AdapterSet:
                 raise unknown_adapter(self.manifest.file, name, list(self.manifest.adapters))
             if len(self.manifest.adapters) == 1:
                 raise ConfigError(f"'{name}' is the set's only adapter; a set keeps at least one", where="adapter")
+            if self.manifest.router is not None and name in self.manifest.router.targets():
+                # Otherwise `auto` requests would be routed to a name that no longer answers.
+                raise ConfigError(f"the set's router sends requests to '{name}'; it cannot be removed while "
+                                  f"serving", where=self.manifest.where("router"))
             del self.manifest.adapters[name]
             if self.manifest.default == name:
                 self.manifest.default = next(iter(self.manifest.adapters))

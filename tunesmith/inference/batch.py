@@ -10,6 +10,7 @@ from ..data.readers import read_records
 from ..errors import DataError
 from ..reporting import Reporter, reporter_or_default
 from .generation import Generator, SamplingOptions
+from .router import AUTO
 
 
 def load_prompts(path: str) -> list[tuple[list[dict], dict]]:
@@ -50,10 +51,16 @@ def generate_file(generator: Generator, prompts_path: str, out_path: str, option
             for start in range(0, len(prompts), batch_size):
                 chunk = prompts[start:start + batch_size]
                 # Records for different adapters of a set share a batch (PEFT's mixed-adapter batch).
-                extra = {"adapters": adapters[start:start + batch_size]} if adapters is not None else {}
-                replies = generator.generate([messages for messages, _ in chunk], options, **extra)
-                for (messages, record), reply in zip(chunk, replies):
-                    handle.write(json.dumps({**record, "messages": messages, "response": reply},
+                conversations = [messages for messages, _ in chunk]
+                names, routes = adapters[start:start + batch_size] if adapters is not None else None, None
+                if names is not None:  # `auto` records (or all, under --adapter auto): the router picks
+                    names, conversations, routes = generator.resolve(conversations, names)
+                replies = generator.generate(conversations, options, **({"adapters": names} if names else {}))
+                for index, ((_, record), messages, reply) in enumerate(zip(chunk, conversations, replies)):
+                    # A routed record says where it went: `routed_adapter` and what decided (`routed_by`).
+                    route = routes[index] if routes is not None else None
+                    routed = {"routed_adapter": route.adapter, "routed_by": route.by} if route is not None else {}
+                    handle.write(json.dumps({**record, "messages": messages, "response": reply, **routed},
                                             ensure_ascii=False) + "\n")
                 advance(len(chunk))
     except OSError as exc:  # a write (disk full) names no file; the message should
@@ -74,7 +81,10 @@ def record_adapters(generator: Generator, prompts: list[tuple[list[dict], dict]]
         if generator.adapter_set is None:
             raise DataError(f"record {index} names an adapter, but the model is not an adapter set", file=path,
                             field="adapter", hint="pass the set's manifest (.yaml) as the model, or drop the field")
-        if not isinstance(name, str) or not generator.adapter_set.has(name):
+        if name == AUTO and getattr(generator.adapter_set, "router", None) is None:
+            raise DataError(f"record {index} asks for '{AUTO}', but the set has no router", file=path,
+                            field="adapter", hint="add a `router:` section to the manifest (docs/multitask.md)")
+        if not isinstance(name, str) or (name != AUTO and not generator.adapter_set.has(name)):
             raise DataError(f"record {index}: no adapter {name!r} in the set", file=path, field="adapter",
                             hint=f"one of: {', '.join(generator.adapter_set.names)}")
     return names

@@ -15,8 +15,10 @@ class StreamedReply:
     (cut at the template's stop string). A stop string being spelled out token by token is held back. An error
     in generation is raised when the iteration ends."""
 
-    def __init__(self, generator: Generator, messages: list[dict], options: SamplingOptions):
-        self.generator, self.messages, self.options = generator, messages, options
+    def __init__(self, generator: Generator, messages: list[dict], options: SamplingOptions,
+                 adapter: str | None = None):
+        """`adapter`: of an adapter set, the adapter that replies (None: the generator's current one)."""
+        self.generator, self.messages, self.options, self.adapter = generator, messages, options, adapter
         self.text = ""
 
     def __iter__(self) -> Iterator[str]:
@@ -25,7 +27,10 @@ class StreamedReply:
 
         def work():
             try:
-                result["text"] = self.generator.generate([self.messages], self.options, streamer=streamer)[0]
+                # `adapters` only when one is chosen: a stand-in generator without it keeps working
+                extra = {"adapters": [self.adapter]} if self.adapter is not None else {}
+                result["text"] = self.generator.generate([self.messages], self.options, streamer=streamer,
+                                                         **extra)[0]
             except Exception as exc:  # surfaced below, in the caller's thread
                 result["error"] = exc
                 streamer.end()
@@ -33,7 +38,7 @@ class StreamedReply:
         thread = threading.Thread(target=work, daemon=True)
         thread.start()
         shown = ""
-        stops = getattr(self.generator.template, "stop_strings", []) or []
+        stops = getattr(self.generator.template_for(self.adapter), "stop_strings", []) or []
         for piece in streamer:
             shown += piece
             if not any(s and s in shown for s in stops):

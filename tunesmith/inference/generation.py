@@ -13,8 +13,11 @@ from ..data.templates.registry import get_template
 from ..errors import ConfigError
 from ..models.loading import LoadedModel
 
+from .router import AUTO
+
 if TYPE_CHECKING:
     from .adapter_set import AdapterSet
+    from .router import Route
 
 MAX_NEW_TOKENS = 65_536
 # (lowest, highest, whether the lowest is allowed) for each number a request may set; None: no bound that side.
@@ -69,6 +72,7 @@ class Generator:
         self.tokenizer = loaded.tokenizer
         self.adapter_set = adapter_set
         self.adapter = adapter_set.default if adapter_set is not None else None
+        self.routing = False  # `use("auto")`: conversations naming no adapter are routed (the set's router)
         self._templates: dict[str, Any] = {}
         self.template = get_template(loaded.template_name, loaded.tokenizer)
         if self.tokenizer.pad_token is None:
@@ -87,8 +91,35 @@ class Generator:
         """Make `adapter` (or the set's base name) the one used when none is named."""
         if self.adapter_set is None:
             raise ConfigError("only an adapter set (a manifest .yaml) has adapters to choose from", where="adapter")
+        if adapter == AUTO:
+            self._router()
+            self.routing = True  # the current adapter (and its template) stays for what is not routed
+            return
         self.template = self.template_for(adapter)
         self.adapter = adapter
+        self.routing = False
+
+    def _router(self):
+        router = getattr(self.adapter_set, "router", None)
+        if router is None:
+            file = self.adapter_set.manifest.file if self.adapter_set is not None else "the model"
+            raise ConfigError(f"'{AUTO}' needs a router: the set has no `router:` section", where=f"{file}: router",
+                              hint="docs/multitask.md, Routing")
+        return router
+
+    def resolve(self, conversations: list[list[dict]], adapters: list[str | None] | None = None
+                ) -> tuple[list[str | None], list[list[dict]], list[Route | None]]:
+        """Each conversation's adapter, `auto` (or none while routing) replaced by the router's choice: the
+        names, the conversations as they are generated (a stripped prefix removed) and each routed one's Route."""
+        names = [name or (AUTO if self.routing else self.adapter) for name in (adapters or [None] * len(conversations))]
+        routes: list[Route | None] = [None] * len(names)
+        asked = [i for i, name in enumerate(names) if name == AUTO]
+        if asked:
+            found = self._router().route_many([conversations[i] for i in asked])
+            conversations = list(conversations)
+            for i, route in zip(asked, found):
+                names[i], conversations[i], routes[i] = route.adapter, route.messages, route
+        return names, conversations, routes
 
     def _stop_kwargs(self, templates: list | None = None) -> dict[str, Any]:
         # A batch mixing templates stops on any of their stop strings: a row's text is cut at its own afterwards.
@@ -116,7 +147,7 @@ class Generator:
             raise ValueError("one adapter per conversation")
         if self.adapter_set is None and any(adapters or []):
             raise ConfigError("only an adapter set (a manifest .yaml) has adapters to choose from", where="adapter")
-        names = [name or self.adapter for name in (adapters or [None] * len(conversations))]
+        names, conversations, _ = self.resolve(conversations, adapters)
         templates = [self.template_for(name) for name in names]
         prompts = [template.render_prompt(messages) for template, messages in zip(templates, conversations)]
         inputs = self._encode(prompts)

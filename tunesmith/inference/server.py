@@ -8,7 +8,9 @@ with a 400 in the OpenAI error format.
 
 An adapter set (inference/adapter_set.py) is served with its base once in memory: the request's `model` picks the
 adapter (or the base, under its own name), /v1/models lists them, and requests for different adapters in one batch
-are generated together (PEFT's mixed-adapter batch). With an admin key, `POST /v1/adapters` {"name", "path",
+are generated together (PEFT's mixed-adapter batch). `model: auto` is routed by the set's router
+(inference/router.py) before it queues: the reply's `model` and `route` fields and its X-Tunesmith-Adapter header
+name the adapter that answered. With an admin key, `POST /v1/adapters` {"name", "path",
 "template"} loads another adapter and `DELETE /v1/adapters/NAME` drops one, on the generating thread between
 batches; without one those routes are refused (403).
 
@@ -33,6 +35,7 @@ from typing import Any, Callable
 
 from ..errors import ConfigError, TunesmithError
 from .generation import MAX_NEW_TOKENS, Generator, SamplingOptions
+from .router import AUTO
 
 MAX_BODY = 4 * 2**20  # bytes of one request
 MAX_STOP = 4  # stop strings, as OpenAI allows
@@ -320,7 +323,9 @@ class ModelServer:
     def model_ids(self) -> list[str]:
         """What /v1/models lists: the model, or an adapter set's base and adapters."""
         adapter_set = adapter_set_of(self.generator)
-        return adapter_set.names if adapter_set is not None else [self.model_name]
+        if adapter_set is None:
+            return [self.model_name]
+        return [*adapter_set.names, *([AUTO] if getattr(adapter_set, "router", None) is not None else [])]
 
     def _adapter(self, body: dict) -> str | None:
         """The adapter a request's `model` picks (None when not serving a set: the field is not checked there).
@@ -330,7 +335,9 @@ class ModelServer:
             return None
         model = body.get("model")
         if model is None or model == self.model_name:
-            return self.generator.adapter
+            return AUTO if self.generator.routing else self.generator.adapter
+        if model == AUTO:
+            return AUTO
         if not isinstance(model, str) or not adapter_set.has(model):
             raise RequestError(404, f"the model {model!r} does not exist; this server has: "
                                     f"{', '.join(adapter_set.names)}", "model_not_found")
@@ -338,7 +345,12 @@ class ModelServer:
 
     def _completion(self, body: dict) -> dict:
         messages, options, stop = parse_chat_request(body, max_tokens_limit=self.max_tokens)
-        adapter = self._adapter(body)
+        adapter, route = self._adapter(body), None
+        if adapter == AUTO:  # routed here, not on the generating thread: the prompt is counted with its template
+            try:
+                (adapter,), (messages,), (route,) = self.generator.resolve([messages], [AUTO])
+            except ConfigError as exc:  # the set has no router
+                raise RequestError(400, f"'model': {exc.message}") from None
         template = self.generator.template_for(adapter) if adapter is not None else self.generator.template
         prompt = template.render_prompt(messages)
         if self.context and len(prompt) > 64 * self.context:  # surely too long: no need to tokenise it all
@@ -354,7 +366,8 @@ class ModelServer:
             with self._lock:
                 self.pending -= 1
         completion_tokens = self._count(text)
-        return {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
+        routed = {"route": route.info()} if route is not None else {}
+        return {**routed, "id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
                 "model": adapter or self.model_name,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                              "finish_reason": "length" if completion_tokens >= options.max_new_tokens else "stop"}],
@@ -377,6 +390,8 @@ class ModelServer:
                 try:
                     self.send_response(status)
                     self.send_header("Content-Type", "application/json; charset=utf-8")
+                    if isinstance(payload.get("route"), dict):  # a routed request: which adapter answered
+                        self.send_header("X-Tunesmith-Adapter", payload["route"]["adapter"])
                     self.send_header("Content-Length", str(len(data)))
                     if status == 503:
                         self.send_header("Retry-After", "1")
