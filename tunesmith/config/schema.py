@@ -85,10 +85,14 @@ class TrainingConfig(StrictModel):
     output_dir: str = "runs/run"
     overwrite_output_dir: bool = Field(False, description="write into an existing folder that is not a tunesmith "
                                                           "run (only tunesmith's own files are written there)")
-    learning_rate: float = Field(2e-4, gt=0, le=1, allow_inf_nan=False)
+    # learning_rate, warmup_ratio and num_epochs: an SFT run replaces each one left unset by a value derived from
+    # its data, method and model (planning/defaults.py); the static defaults below serve the other tasks.
+    learning_rate: float = Field(2e-4, gt=0, le=1, allow_inf_nan=False,
+                                 description="task sft: unset, from the method and model size (docs/planning.md)")
     lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
-    warmup_ratio: float = Field(0.03, ge=0, lt=1)
-    num_epochs: float = Field(3.0, strict=True, gt=0, le=100_000, allow_inf_nan=False)
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="task sft: unset, 5% of the steps, at least 10")
+    num_epochs: float = Field(3.0, strict=True, gt=0, le=100_000, allow_inf_nan=False,
+                              description="task sft: unset, from the number of samples (1-10, at least 80 steps)")
     max_steps: int | None = Field(None, strict=True, gt=0, le=10**9, description="Overrides num_epochs when set")
     batch_size: int = Field(4, strict=True, gt=0, le=65_536)
     grad_accum: int = Field(1, strict=True, gt=0, le=65_536)

@@ -21,7 +21,8 @@ def peft_task_type(model: torch.nn.Module) -> str:
 
 class LoraOptions(MethodOptions):
     name: Literal["lora"] = "lora"
-    r: int = Field(16, gt=0, description="Rank of the update")
+    r: int = Field(16, gt=0, description="Rank of the update (task sft, unset: 8-64 by the data's supervised "
+                                         "tokens, docs/planning.md)")
     alpha: float = Field(32, gt=0, description="Scale numerator: the update is scaled by alpha/r")
     dropout: float = Field(0.05, ge=0, lt=1)
     target_modules: str | list[str] = Field("all-linear", description="all-linear | attention | mlp | [names]")

@@ -50,6 +50,7 @@ def train_sft(cfg: RunConfig, *, resume: bool = False, reporter: Reporter | None
             if cfg.retain is not None and cfg.retain.replay is not None:
                 data = add_replay(data, cfg.retain.replay, tokenizer, template, cfg.data)
         _report_data(report, data.stats)
+        cfg = run.settle_defaults(data.stats)
         run.preflight()
 
         with report.status("loading model"):
@@ -104,6 +105,8 @@ def train_sft(cfg: RunConfig, *, resume: bool = False, reporter: Reporter | None
                 "base_model": base_model_meta(cfg), "template": template.name, "max_length": cfg.data.max_length,
                 "trainable_params": trainable, "total_params": total, "data": data.stats,
                 "metrics": finite_metrics(metrics), **facts}
+        if run.derived is not None and run.derived.values:
+            meta["defaults_from_data"] = run.derived.as_dict()
         if cfg.retain is not None:
             meta["retain"] = cfg.retain.model_dump(mode="json")
         gathered = run.gathered_weights(trainer)  # FSDP / DeepSpeed: every rank joins; None for a whole model

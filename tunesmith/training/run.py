@@ -92,6 +92,7 @@ class TrainingRun:
         self.stopped = None  # the diagnostics finding that stopped training (divergence, collapse)
         self._stale_checkpoints: list[Path] = []
         self._log = RunLog()
+        self.derived = None  # the settings derived from the data (`settle_defaults`), if the recipe asked
         check_output_dir(self.run_dir, overwrite=cfg.training.overwrite_output_dir)
         check_trackers(cfg)
         self.tracking = Tracking(cfg, self.run_dir)
@@ -149,6 +150,25 @@ class TrainingRun:
                              devices=self.world.shard_group(self.cfg))
         configure_allocator(self.speed, plan.peak if plan else None, device_memory("cpu"))
         return plan
+
+    def settle_defaults(self, stats: dict) -> RunConfig:
+        """Fill the training settings the user left unset (epochs, learning rate, warm-up, LoRA rank) from the
+        tokenised data, the method and the model's size (`planning/defaults.py`), tell the user in one line, and
+        return the config the rest of the run uses (its config.yaml records the values). Before `preflight`, so the
+        memory prediction sees the rank the run trains."""
+        from ..planning.defaults import derive_defaults, model_parameters
+
+        wants_size = "learning_rate" not in self.cfg.training.model_fields_set
+        cfg, self.derived = derive_defaults(
+            self.cfg, samples=int(stats.get("train_samples", 0)),
+            supervised_tokens=int(stats.get("train_supervised_tokens", 0)),
+            parameters=model_parameters(self.cfg) if wants_size else None,
+            # Each data-parallel rank takes its own batch: an epoch is that many times fewer steps.
+            processes=self.world.size)
+        if self.derived.values:
+            self.reporter.info(self.derived.line())
+        self.cfg = self.tracking.cfg = cfg
+        return cfg
 
     def speed_up(self, model, *, causal_lm: bool = True, varlen_attention: bool = True) -> None:
         """Swap the speed plan's pieces into the prepared model (undone after training)."""
