@@ -67,12 +67,13 @@ def held_rows(cfg) -> list[dict]:
 
 def score(task: str, cfg, rows: list[dict], *, trained: bool, max_length: int) -> dict:
     """The policy's (or the reward model's) held-out accuracy; `trained`: the run's saved result, as a user loads it."""
-    from tunesmith.models.loading import load_for_inference, load_model, load_tokenizer
+    from tunesmith.evaluation.runner import load_evaluated
+    from tunesmith.models.loading import load_model, load_tokenizer
     from tunesmith.tasks.preference.accuracy import preference_accuracy, reward_accuracy
 
     if not trained:
         return preference_accuracy(load_model(cfg.model), load_tokenizer(cfg.model), rows, max_length=max_length)
-    loaded = load_for_inference(cfg.training.output_dir)
+    loaded = load_evaluated(str(cfg.training.output_dir))  # a reward run: its sequence classifier with the head
     scorer = reward_accuracy if task == "reward" else preference_accuracy
     return scorer(loaded.model, loaded.tokenizer, rows, max_length=max_length)
 
