@@ -14,8 +14,9 @@ import sys
 from pathlib import Path
 
 
-def install(record_dir: Path, kill_rank: int = -1, kill_step: int = 0) -> None:
-    """Patch the Trainer's step: append (step, this batch's token rows) to RECORD_DIR/rank{RANK}.jsonl."""
+def recording_step(record_dir: Path, kill_rank: int = -1, kill_step: int = 0):
+    """The Trainer's step, appending (step, this batch's token rows) to RECORD_DIR/rank{RANK}.jsonl first. In a
+    test process, set it with monkeypatch so that later tests get the Trainer's own step back."""
     from tunesmith.training.trainer import TunesmithTrainer
 
     rank = int(os.environ.get("RANK", 0))
@@ -25,13 +26,21 @@ def install(record_dir: Path, kill_rank: int = -1, kill_step: int = 0) -> None:
         step = self.state.global_step + 1
         if rank == kill_rank and step == kill_step:
             os.kill(os.getpid(), signal.SIGKILL)
-        rows = [[t for t, keep in zip(ids, mask) if keep] for ids, mask in
-                zip(inputs["input_ids"].tolist(), inputs["attention_mask"].tolist())]
+        ids = inputs["input_ids"].tolist()
+        masks = inputs["attention_mask"].tolist() if "attention_mask" in inputs else [[1] * len(row) for row in ids]
+        rows = [[t for t, keep in zip(row, mask) if keep] for row, mask in zip(ids, masks)]
         with open(record_dir / f"rank{rank}.jsonl", "a", encoding="utf-8") as handle:
             handle.write(json.dumps({"step": step, "rows": rows}) + "\n")
         return original(self, model, inputs, *args, **kwargs)
 
-    TunesmithTrainer.training_step = training_step
+    return training_step
+
+
+def install(record_dir: Path, kill_rank: int = -1, kill_step: int = 0) -> None:
+    """Patch the Trainer's step for this (worker) process: see `recording_step`."""
+    from tunesmith.training.trainer import TunesmithTrainer
+
+    TunesmithTrainer.training_step = recording_step(record_dir, kill_rank, kill_step)
 
 
 if __name__ == "__main__":

@@ -173,12 +173,13 @@ def two_process_config(stories_dir, tmp_path) -> list[str]:
 def test_two_ddp_processes_train_as_one_with_the_same_global_batch(stories_dir, tmp_path, monkeypatch):
     """1 process with batch 4 against 2 processes with batch 2 each: the same batches (the seeded sampler's order,
     each rank a disjoint half), the same losses and adapter to 1e-5; rank 0 alone writes the run folder."""
-    from tests.distributed_worker import install
+    from tests.distributed_worker import recording_step
     from tunesmith.recipes import train
+    from tunesmith.training.trainer import TunesmithTrainer
 
     one_records, two_records = tmp_path / "one_records", tmp_path / "two_records"
     one_records.mkdir()
-    install(one_records)
+    monkeypatch.setattr(TunesmithTrainer, "training_step", recording_step(one_records))
     train(validate_config(config(stories_dir, tmp_path / "one")))
     launch_worker(tmp_path, monkeypatch, two_records, two_process_config(stories_dir, tmp_path))
 
