@@ -423,3 +423,21 @@ def test_agreement_benchmark_prints_its_table(stories_dir, tmp_path):
     # differently: stories260K's tokenizer collapses spaces, llama.cpp does not; both engines get the HF ids)
     assert rows["f16"][3:6] == ["2/2", "100.0%", "100.0%"], proc.stdout
     assert set(rows) == {"f16", "q4_k_m"}
+
+
+@pytest.mark.slow
+@needs_llama_cpp
+def test_smollm2_f16_gguf_in_llama_cpp_gives_transformers_greedy_text(tmp_path):
+    """The issue's real model: SmolLM2-135M-Instruct (offline from PyPI) exported to f16 and run in llama.cpp gives
+    transformers' greedy tokens on every prompt of the agreement benchmark, chat-templated ones included."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gguf_agreement.py"
+    proc = subprocess.run([sys.executable, str(script), "--types", "f16", "--new-tokens", "8", "--threads", "2"],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("| f16"))
+    cells = [c.strip() for c in row.split("|")[2:-1]]
+    same_tokens, identical, agreeing, top1 = cells[2], cells[3], cells[4], cells[5]
+    assert same_tokens == identical == "10/10" and agreeing == top1 == "100.0%", proc.stdout
