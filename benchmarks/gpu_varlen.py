@@ -70,6 +70,7 @@ def lengths(tokens: int) -> list[int]:
 def timing(tokens: int) -> None:
     from triton.testing import do_bench
 
+    from tunesmith.speed.packed_rows import packed_causal_mask
     from tunesmith.speed.varlen_attention import _varlen
 
     sizes = lengths(tokens)
@@ -82,9 +83,9 @@ def timing(tokens: int) -> None:
     def varlen():
         _varlen(q, k, v, cu, max(sizes), scale).sum().backward()
 
-    sample = torch.repeat_interleave(torch.arange(len(sizes), device="cuda"), torch.tensor(sizes, device="cuda"))
-    mask = ((sample[:, None] == sample[None, :]) & torch.ones(tokens, tokens, dtype=torch.bool,
-                                                                device="cuda").tril())[None, None]
+    starts = F.pad(torch.tensor(sizes).cumsum(0)[:-1], (1, 0))
+    segments = torch.stack([torch.zeros_like(starts), starts, torch.tensor(sizes)], dim=1)
+    mask = packed_causal_mask(segments, 1, tokens).cuda()[:, None]  # what transformers builds for the packed row
 
     def masked():
         F.scaled_dot_product_attention(q.transpose(0, 1)[None], k.transpose(0, 1)[None],

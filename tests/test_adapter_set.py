@@ -259,18 +259,26 @@ def test_adapters_command_writes_checks_and_removes(adapters, tmp_path, capsys):
     assert "no adapter 'gamma'" in capsys.readouterr().err
 
 
+def generate_records(manifest, records: list[dict], tmp_path, *options: str):
+    """`tunesmith generate MANIFEST` on `records` (written to tmp_path/prompts.jsonl): the output rows, and the
+    prompts and output files for further runs."""
+    from tunesmith.cli.main import main
+
+    prompts, out = tmp_path / "prompts.jsonl", tmp_path / "out.jsonl"
+    prompts.write_text("\n".join(json.dumps(r) for r in records))
+    assert main(["generate", str(manifest), "--prompts", str(prompts), "--out", str(out), *options]) == 0
+    return [json.loads(line) for line in out.read_text().splitlines()], prompts, out
+
+
 def test_generate_takes_a_per_record_adapter(adapters, loaded_set, tmp_path, capsys):
     from tunesmith.cli.main import main
     from tunesmith.inference.generation import Generator, SamplingOptions
 
     records = [{"prompt": "Once upon a time", "adapter": "beta"}, {"prompt": "Lily saw a cat"},
                {"prompt": "The sun", "adapter": "base"}]
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("\n".join(json.dumps(r) for r in records))
-    out = tmp_path / "out.jsonl"
-    assert main(["generate", str(adapters["manifest"]), "--prompts", str(prompts), "--out", str(out),
-                 "--max-new-tokens", "6", "--adapter", "alpha"]) == 0
-    got = [json.loads(line)["response"] for line in out.read_text().splitlines()]
+    rows, prompts, out = generate_records(adapters["manifest"], records, tmp_path, "--max-new-tokens", "6",
+                                          "--adapter", "alpha")
+    got = [row["response"] for row in rows]
     generator = Generator(loaded_set.loaded(), loaded_set)
     options = SamplingOptions(max_new_tokens=6)
     expected = [generator.generate([[{"role": "user", "content": r["prompt"]}]], options,

@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from .test_adapter_set import _call, _make_lora, _write
+from .test_adapter_set import _call, _make_lora, _write, generate_records
 
 ROUTER = {"prefix": "strip",
           "rules": [{"adapter": "beta", "keywords": ["cat", "dog"]},
@@ -146,12 +146,8 @@ def test_generate_and_chat_report_the_routed_adapter(routed, routed_set, tmp_pat
 
     records = [{"prompt": "[alpha] Once upon a time"}, {"prompt": "The dog ran", "adapter": "auto"},
                {"prompt": "Lily saw", "adapter": "alpha"}]
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("\n".join(json.dumps(r) for r in records))
-    out = tmp_path / "out.jsonl"
-    assert main(["generate", str(routed["manifest"]), "--prompts", str(prompts), "--out", str(out),
-                 "--max-new-tokens", "5", "--adapter", "auto"]) == 0
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    rows, prompts, out = generate_records(routed["manifest"], records, tmp_path, "--max-new-tokens", "5",
+                                          "--adapter", "auto")
     assert [(r.get("routed_adapter"), r.get("routed_by")) for r in rows] == [("alpha", "prefix"),
                                                                             ("beta", "rule 1"), (None, None)]
     generator = Generator(routed_set.loaded(), routed_set)

@@ -102,12 +102,8 @@ def _varlen_attention(plan: SpeedPlan, model) -> str | None:
         log.info("varlen FlashAttention: not under speed.torch_compile; attention runs on SDPA")
         return None
     before = use_varlen_attention(model)
-    if before is None:
-        log.info("varlen FlashAttention: %s; attention runs on SDPA (speed.switches.gpu_varlen_attention)",
-                 varlen_unavailable())
-    else:
-        log.info("varlen FlashAttention: packed samples and padded rows attend on torch's FlashAttention varlen "
-                 "kernel (speed.switches.gpu_varlen_attention)")
+    _log_swap(before, "varlen FlashAttention", "gpu_varlen_attention", varlen_unavailable,
+              "varlen FlashAttention: packed samples and padded rows attend on torch's FlashAttention varlen kernel")
     return before
 
 
@@ -136,10 +132,15 @@ def _causal_attention(plan: SpeedPlan, model, compute_dtype: torch.dtype, report
         return None
     with reporter.status("CPU causal attention kernel (compiled on first use, about 25 s)"):
         before = use_causal_attention_kernel(model)
-    if before is None:
-        log.info("CPU causal attention kernel: %s; attention runs on SDPA (speed.switches.cpu_causal_attention)",
-                 kernel_failure())
-    else:
-        log.info("CPU causal attention: query blocks meet only the keys before them "
-                 "(speed.switches.cpu_causal_attention)")
+    _log_swap(before, "CPU causal attention kernel", "cpu_causal_attention", kernel_failure,
+              "CPU causal attention: query blocks meet only the keys before them")
     return before
+
+
+def _log_swap(before: str | None, kernel: str, switch: str, failure, done: str) -> None:
+    """The run log's line for an attention swap: `done` when it happened (`before` is the attention it replaced),
+    else why not (`failure()`)."""
+    if before is None:
+        log.info("%s: %s; attention runs on SDPA (speed.switches.%s)", kernel, failure(), switch)
+    else:
+        log.info("%s (speed.switches.%s)", done, switch)

@@ -27,6 +27,7 @@ from functools import lru_cache
 import torch
 
 from ..compat import attention_implementation
+from .packed_rows import packed_causal_mask, segments_from_positions
 
 NAME = "tunesmith_varlen"
 DEVICES = ("cuda",)  # where the kernel runs; tests add "cpu" with a reference kernel in `_kernel`
@@ -80,28 +81,28 @@ def _varlen(query, key, value, cu_seqlens, max_len: int, scale: float) -> torch.
 
 
 class _PackedSegments:
-    """Where the samples of packed rows start, from their position ids. transformers hands every layer the same
-    position-id tensor, so the answer (one device-to-host copy) is kept for the last tensor seen, by identity."""
+    """The samples of packed rows (`packed_rows.py`) as varlen FlashAttention takes them: their segments, the
+    cumulative offsets on the rows' device and the longest; None where no row restarts. transformers hands every
+    layer the same position-id tensor, so the answer (one device-to-host copy) is kept for the last tensor seen, by
+    identity."""
 
     def __init__(self):
         self._positions = lambda: None
         self._answer = None
 
-    def __call__(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, int] | None:
+    def __call__(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int] | None:
         if self._positions() is not position_ids:
             self._positions, self._answer = weakref.ref(position_ids), self._find(position_ids)
         return self._answer
 
     @staticmethod
-    def _find(position_ids: torch.Tensor) -> tuple[torch.Tensor, int] | None:
-        batch, length = position_ids.shape
-        starts = torch.ones(batch, length, dtype=torch.bool, device=position_ids.device)
-        starts[:, 1:] = position_ids[:, 1:] != position_ids[:, :-1] + 1
-        flat = starts.flatten().nonzero().flatten()
-        if len(flat) == batch:  # no restart inside a row: one sequence per row
+    def _find(position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int] | None:
+        segments = segments_from_positions(position_ids)
+        if len(segments) == position_ids.shape[0]:  # no restart inside a row: one sequence per row
             return None
-        cu = torch.cat([flat, flat.new_tensor([batch * length])]).to(torch.int32)
-        return cu, int((cu[1:] - cu[:-1]).max())
+        lengths = segments[:, 2]
+        cu = torch.nn.functional.pad(lengths.cumsum(0), (1, 0)).to(device=position_ids.device, dtype=torch.int32)
+        return segments, cu, int(lengths.max())
 
 
 _packed_segments = _PackedSegments()
@@ -140,11 +141,12 @@ def attention_forward(module, query, key, value, attention_mask, dropout: float 
             out = _varlen(*(t.index_select(0, index) for t in rows), cu, int(lengths.max()), scale)
             full = out.new_zeros(batch * length, heads, dim).index_copy(0, index, out)
             return full.view(batch, length, heads, dim), None
-        segments = _given_segments(kwargs) or (
-            _packed_segments(position_ids) if isinstance(position_ids, torch.Tensor) and position_ids.dim() == 2
-            and position_ids.shape == (batch, length) else None)
-        if segments is not None:
-            out = _varlen(*rows, *segments, scale)
+        packed = _given_segments(kwargs)
+        if packed is None and isinstance(position_ids, torch.Tensor) and position_ids.shape == (batch, length):
+            found = _packed_segments(position_ids)
+            packed = found and found[1:]  # the offsets and the longest
+        if packed is not None:
+            out = _varlen(*rows, *packed, scale)
             return out.view(batch, length, heads, dim), None
     return _sdpa(module, query, key, value, attention_mask, dropout, scaling, position_ids, kwargs)
 
@@ -164,12 +166,11 @@ def _sdpa(module, query, key, value, attention_mask, dropout, scaling, position_
     length = query.shape[2]
     if mask is None and isinstance(position_ids, torch.Tensor) and position_ids.dim() == 2 \
             and query.shape[2] == key.shape[2]:
-        found = _packed_segments(position_ids.expand(query.shape[0], length))
+        batch = query.shape[0]
+        # The same tensor every layer gets (the cache is by identity), unless its rows must be repeated.
+        found = _packed_segments(position_ids if position_ids.shape[0] == batch else position_ids.expand(batch, -1))
         if found is not None:
-            sample = torch.repeat_interleave(torch.arange(len(found[0]) - 1, device=query.device),
-                                             (found[0][1:] - found[0][:-1]).long()).view(query.shape[0], length)
-            causal = torch.ones(length, length, dtype=torch.bool, device=query.device).tril()
-            mask = ((sample[:, :, None] == sample[:, None, :]) & causal)[:, None]
+            mask = packed_causal_mask(found[0], batch, length).to(query.device)[:, None]
     elif mask is not None and mask.dim() == 2:
         causal = torch.ones(length, key.shape[2], dtype=torch.bool, device=query.device).tril(key.shape[2] - length)
         mask = mask.bool()[:, None, None, :] & causal

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from ...compat import attention_implementation
+from ..packed_rows import packed_causal_mask, segments_from_positions
 from .native import Kernel, compiler_problem, platform_problem
 
 NAME = "tunesmith_cpu_causal"
@@ -90,18 +91,6 @@ def whole_rows(batch: int, length: int) -> torch.Tensor:
                         torch.full((batch,), length)], dim=1)
 
 
-def segments_from_positions(position_ids: torch.Tensor) -> torch.Tensor:
-    """The segments of packed rows: a sample starts wherever the position id is not the previous one plus one (the
-    rule transformers' packed-sequence mask follows)."""
-    positions = position_ids.cpu()
-    batch, length = positions.shape
-    starts = torch.ones(batch, length, dtype=torch.bool)
-    starts[:, 1:] = positions[:, 1:] != positions[:, :-1] + 1
-    row, start = starts.nonzero(as_tuple=True)
-    flat = row * length + start
-    return torch.stack([row, start, torch.cat([flat[1:], flat.new_tensor([batch * length])]) - flat], dim=1)
-
-
 def causal_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                      scale: float | None = None, segments: torch.Tensor | None = None) -> torch.Tensor:
     """The kernel on bf16 tensors (needs `load_kernel()` to have succeeded); each row one sequence unless
@@ -110,12 +99,6 @@ def causal_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     tensors = [t if t.stride(-1) == 1 else t.contiguous() for t in (query, key, value)]
     segments = whole_rows(query.shape[0], query.shape[2]) if segments is None else segments
     return CausalAttention.apply(*tensors, scale, segments)
-
-
-def packed_causal_mask(segments: torch.Tensor, batch: int, length: int) -> torch.Tensor:
-    """The boolean [batch, length, length] mask of packed rows: each query sees its own sample's keys up to itself."""
-    sample = torch.repeat_interleave(torch.arange(len(segments)), segments[:, 2]).view(batch, length)
-    return (sample[:, :, None] == sample[:, None, :]) & torch.ones(length, length, dtype=torch.bool).tril()
 
 
 class _PackedMasks:
