@@ -190,9 +190,9 @@ class TunesmithTrainer(Trainer):
             return False
         if not self._padding_mask_checked:
             self._padding_mask_checked = True
-            config = getattr(self.accelerator.unwrap_model(model), "config", None)
-            self.skip_padding_mask = eligible_config(config) and mask_is_redundant(self._probe_model(model),
-                                                                                   inputs["input_ids"])
+            probe = self._probe_model(model)
+            self.skip_padding_mask = eligible_config(getattr(probe, "config", None)) and mask_is_redundant(
+                probe, inputs["input_ids"])
             if not self.skip_padding_mask:
                 log.info("skip_padding_mask: not for %s; right-padded batches keep their attention mask",
                          type(model).__name__)
