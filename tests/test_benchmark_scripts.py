@@ -140,3 +140,21 @@ def test_gpu_smoke_trains_and_reloads_on_cpu(tmp_path, stories_dir):
                          proc.stdout, re.M), proc.stdout[-3000:]
         assert (tmp_path / "runs" / name / "adapter_model.safetensors").exists()
         assert "saved " in (tmp_path / f"smoke-{name}.log").read_text()
+
+
+@pytest.mark.slow
+def test_efficacy_scores_a_workflow_on_rows_it_never_trained_on(tmp_path):
+    """benchmarks/efficacy.py on the SST-2 workflow, shrunk: the held-out rows are disjoint from the training rows,
+    the run trains with the example's settings, and the table reports its held-out accuracy beside the majority label."""
+    out = tmp_path / "bench"
+    output = _run(str(BENCHMARKS / "efficacy.py"), "--only", "sst2", "--train", "48", "--held-classification", "40",
+                  "--threads", "1", "--out", str(out), cwd=BENCHMARKS.parent)
+    folder = out / "data" / "sst2"
+    train, held = ((folder / name).read_text(encoding="utf-8").splitlines()[1:] for name in ("train.tsv", "held.tsv"))
+    assert len(train) == 48 and len(held) == 40 and not set(train) & set(held)
+    row = next(line for line in output.splitlines() if line.startswith("| sst2 |"))
+    cells = [cell.strip() for cell in row.split("|")[1:-1]]
+    assert cells[1] == "lora, r 8, lr 0.001, 1 ep, batch 16x1", row  # read back from the run's config.yaml
+    assert re.fullmatch(r"0\.\d{3} \(majority label\)", cells[3]) and re.fullmatch(r"[01]\.\d{3}", cells[4]), row
+    assert re.fullmatch(r"[+-]\d+\.\d pts \((meets|misses) 0\.85\)", cells[5]), row
+    assert re.search(r"conditions: .+ 1 CPU thread\(s\) per run", output)

@@ -54,6 +54,15 @@ def test_auto_goes_lean_only_when_memory_is_tight():
     assert choose_cpu_allocator("lean", 1, 20 * gib) == "lean" and choose_cpu_allocator("default", 30 * gib, 1) == "default"
 
 
+def test_under_glibc_defaults_the_user_is_told_what_the_heap_may_keep():
+    from tunesmith.speed.cpu.allocator import DEFAULT_RETENTION, glibc_peak_bound
+
+    gib = 2 ** 30
+    assert glibc_peak_bound("default", 3 * gib) == 3 * gib * DEFAULT_RETENTION
+    assert glibc_peak_bound("lean", 3 * gib) is None and glibc_peak_bound("tcmalloc", 3 * gib) is None
+    assert glibc_peak_bound("default", None) is None  # no prediction, no bound
+
+
 # ---------------------------------------------------------------- tcmalloc, preloaded by the tunesmith command
 
 from tunesmith.speed.cpu import allocator as cpu_memory  # noqa: E402

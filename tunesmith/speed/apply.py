@@ -39,15 +39,17 @@ def configure_process(plan: SpeedPlan) -> None:
     log.info("CPU threads: %d", plan.cpu_threads)
 
 
-def configure_allocator(plan: SpeedPlan, predicted_peak: float | None, available: float) -> None:
-    """CPU runs: the allocator for the predicted peak (`cpu/allocator.py`), logged with how to do better."""
+def configure_allocator(plan: SpeedPlan, predicted_peak: float | None, available: float) -> str | None:
+    """CPU runs: the allocator for the predicted peak (`cpu/allocator.py`), logged with how to do better; returns
+    the allocator chosen (None on a GPU)."""
     if plan.device == "cuda":
-        return
+        return None
     allocator = choose_cpu_allocator(plan.cpu_allocator, predicted_peak, available)
     log.info("CPU allocator: %s", configure_cpu_allocator(allocator))
     tip = tcmalloc_tip(plan.cpu_allocator, allocator)
     if tip:
         log.info("tip: %s", tip)
+    return allocator
 
 
 @dataclass

@@ -42,7 +42,7 @@ from ..reporting import Reporter, RunLog, reporter_or_default
 from ..retain.setup import RETAIN_DIR
 from ..runtime import resolve_runtime
 from ..speed.apply import ModelSpeedups, apply_to_model, configure_allocator, configure_process
-from ..speed.cpu.allocator import release_free_memory
+from ..speed.cpu.allocator import INSTALL_HINT, glibc_peak_bound, release_free_memory
 from ..speed.plan import resolve_speed_plan
 from .callbacks import MetricsFileCallback, finite_number, read_metrics
 from .tracking import Tracking, check_trackers
@@ -148,7 +148,14 @@ class TrainingRun:
         with self.reporter.status("pre-flight: predicting peak memory"), torch.random.fork_rng(devices=[]):
             plan = preflight(self.cfg, reporter=self.reporter, speed=self.speed,
                              devices=self.world.shard_group(self.cfg))
-        configure_allocator(self.speed, plan.peak if plan else None, device_memory("cpu"))
+        allocator = configure_allocator(self.speed, plan.peak if plan else None, device_memory("cpu"))
+        bound = glibc_peak_bound(allocator, plan.peak if plan else None)
+        if bound:  # the prediction is of live tensors; say what glibc's heap may keep on top (docs/planning.md)
+            from ..planning.units import human
+
+            self.reporter.info(f"pre-flight: glibc's default allocator keeps freed memory, so the process may hold up "
+                               f"to {human(bound)}; with tcmalloc ({INSTALL_HINT}) or speed.cpu_allocator: lean it "
+                               f"stays near {human(plan.peak)}")
         return plan
 
     def settle_defaults(self, stats: dict) -> RunConfig:

@@ -115,6 +115,15 @@ def choose_cpu_allocator(mode: str, predicted_peak: float | None, available: flo
     return "default" if predicted_peak * DEFAULT_RETENTION <= available else "lean"
 
 
+def glibc_peak_bound(chosen: str, predicted_peak: float | None) -> float | None:
+    """When the run keeps glibc's default settings: how much the process may hold. The planner predicts the live
+    tensors (what lean and tcmalloc stay near); glibc's heap also keeps what backward freed, up to the worst
+    retention measured."""
+    if chosen != "default" or not predicted_peak:
+        return None
+    return predicted_peak * DEFAULT_RETENTION
+
+
 def tcmalloc_tip(mode: str, chosen: str) -> str | None:
     """For the run log when `auto`/`tcmalloc` ended up without tcmalloc (Linux only): how to get it."""
     if chosen == "tcmalloc" or mode not in ("auto", "tcmalloc") or platform.system() != "Linux":
