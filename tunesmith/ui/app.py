@@ -2,7 +2,6 @@
 every handler is plain Python, tested without a browser (tests/test_ui.py) and through one (tests/test_ui_browser.py).
 """
 
-from __future__ import annotations
 
 import logging
 import os
@@ -38,7 +37,7 @@ def make_app(*, runs_root: str = "runs", config_path: str = "configs/ui.yaml"):
     import matplotlib.pyplot as plt
 
     start_yaml = build.form_yaml(build.FORM_DEFAULTS, "", config_path)
-    with gr.Blocks(title="tunesmith", analytics_enabled=False) as app:
+    with gr.Blocks(title="tunesmith", analytics_enabled=False, fill_width=True) as app:
         gr.Markdown("# tunesmith\nBuild a run, plan it, train it, use it. The YAML on the right is exactly what "
                     "`tunesmith train` reads.")
         with gr.Tab("Build", id="build"):
@@ -46,15 +45,15 @@ def make_app(*, runs_root: str = "runs", config_path: str = "configs/ui.yaml"):
                 with gr.Column(scale=3):
                     form = _build_form(gr)
                 with gr.Column(scale=2):
-                    path = gr.Textbox(config_path, label="config file", elem_id="config-path")
                     with gr.Row():
-                        save_button = gr.Button("Save", elem_id="save")
-                        load_button = gr.Button("Load", elem_id="load")
+                        path = gr.Textbox(config_path, label="config file", elem_id="config-path", scale=3)
+                        save_button = gr.Button("Save", elem_id="save", scale=1)
+                        load_button = gr.Button("Load", elem_id="load", scale=1)
                     file_message = gr.Textbox(label="file", interactive=False, elem_id="file-message")
+                    validation = gr.Textbox(build.validate(start_yaml, config_path)[1], label="validation",
+                                            interactive=False, lines=2, max_lines=12, elem_id="validation")
                     yaml_box = gr.Code(start_yaml, language="yaml", label="config (YAML)", interactive=True,
                                        elem_id="yaml", lines=24)
-                    validation = gr.Textbox(build.validate(start_yaml, config_path)[1], label="validation", interactive=False,
-                                            lines=2, max_lines=12, elem_id="validation")
             with gr.Accordion("Data: which tokens train, and the data doctor", open=False):
                 with gr.Row():
                     preview_button = gr.Button("Preview samples", elem_id="preview-button")
@@ -76,7 +75,7 @@ def make_app(*, runs_root: str = "runs", config_path: str = "configs/ui.yaml"):
                 launch_button = gr.Button("Launch", variant="primary", elem_id="launch")
                 resume_button = gr.Button("Resume", elem_id="resume")
                 stop_button = gr.Button("Stop", variant="stop", elem_id="stop")
-            train_message = gr.Textbox(label="message", interactive=False, elem_id="train-message")
+            train_message = gr.Textbox(label="status", interactive=False, elem_id="train-message")
             progress_line = gr.Textbox(label="progress", interactive=False, elem_id="progress")
             with gr.Row():
                 loss_plot = gr.Plot(label="loss", elem_id="loss-plot")
@@ -96,7 +95,7 @@ def make_app(*, runs_root: str = "runs", config_path: str = "configs/ui.yaml"):
             with gr.Row():
                 max_new = gr.Number(64, label="max new tokens", precision=0, minimum=1)
                 temperature = gr.Number(0.0, label="temperature (0: greedy)", minimum=0)
-            use_message = gr.Textbox(label="message", interactive=False, elem_id="use-message")
+            use_message = gr.Textbox(label="status", interactive=False, elem_id="use-message")
             with gr.Tab("Chat"):
                 with gr.Row():
                     tuned_chat = gr.Chatbot(label="the run", elem_id="chat-tuned", height=320)
@@ -203,7 +202,7 @@ def make_app(*, runs_root: str = "runs", config_path: str = "configs/ui.yaml"):
         run_dir.change(lambda folder, root: on_tick(folder, root, -1), [run_dir, runs_root_box], tick_outputs,
                        show_progress="hidden")
 
-        def on_select(event: gr.SelectData, table):
+        def on_select(table, event: gr.SelectData):
             row = event.index[0] if isinstance(event.index, (list, tuple)) else event.index
             folder = table.iloc[row, 0] if hasattr(table, "iloc") else table[row][0]
             return folder, folder
@@ -258,9 +257,9 @@ def _build_form(gr) -> dict:
         with gr.Row():
             form["method"] = gr.Dropdown(build.method_choices(), value=d["method"], label="method",
                                          elem_id="method")
-            form["r"] = gr.Number(d["r"], label="rank r", precision=0, minimum=1, elem_id="rank")
+            form["r"] = gr.Number(d["r"], label="rank r", precision=0, elem_id="rank")
             form["alpha"] = gr.Number(d["alpha"], label="alpha", elem_id="alpha")
-            form["dropout"] = gr.Number(d["dropout"], label="dropout", minimum=0, maximum=1, elem_id="dropout")
+            form["dropout"] = gr.Number(d["dropout"], label="dropout", elem_id="dropout")
             form["target_modules"] = gr.Dropdown(["all-linear", "attention", "mlp"], value=d["target_modules"],
                                                  allow_custom_value=True, label="target modules")
         form["method_extra"] = gr.Textbox(d["method_extra"], label="further method options (YAML, e.g. "
@@ -271,31 +270,31 @@ def _build_form(gr) -> dict:
                                         elem_id="data-files")
         with gr.Row():
             form["max_samples"] = gr.Number(d["max_samples"], label="max samples per file (0: all)", precision=0,
-                                            minimum=0, elem_id="max-samples")
+                                            elem_id="max-samples")
             form["template"] = gr.Dropdown(build.template_choices(), value=d["template"], label="template",
                                            elem_id="template")
-            form["max_length"] = gr.Number(d["max_length"], label="max length (tokens)", precision=0, minimum=9,
+            form["max_length"] = gr.Number(d["max_length"], label="max length (tokens)", precision=0,
                                            elem_id="max-length")
-            form["val_size"] = gr.Number(d["val_size"], label="validation share or count", minimum=0)
+            form["val_size"] = gr.Number(d["val_size"], label="validation share or count")
     with gr.Group():
         gr.Markdown("**Training**")
         form["output_dir"] = gr.Textbox(d["output_dir"], label="output folder", elem_id="output-dir")
         with gr.Row():
-            form["max_steps"] = gr.Number(d["max_steps"], label="max steps (0: by epochs)", precision=0, minimum=0,
+            form["max_steps"] = gr.Number(d["max_steps"], label="max steps (0: by epochs)", precision=0,
                                           elem_id="max-steps")
-            form["num_epochs"] = gr.Number(d["num_epochs"], label="epochs", minimum=0)
-            form["learning_rate"] = gr.Number(d["learning_rate"], label="learning rate (0: derived)", minimum=0,
+            form["num_epochs"] = gr.Number(d["num_epochs"], label="epochs")
+            form["learning_rate"] = gr.Number(d["learning_rate"], label="learning rate (0: derived)",
                                               elem_id="learning-rate")
             form["lr_scheduler"] = gr.Dropdown(["cosine", "linear", "constant"], value=d["lr_scheduler"],
                                                label="schedule")
         with gr.Row():
-            form["batch_size"] = gr.Number(d["batch_size"], label="batch size", precision=0, minimum=1,
+            form["batch_size"] = gr.Number(d["batch_size"], label="batch size", precision=0,
                                            elem_id="batch-size")
-            form["grad_accum"] = gr.Number(d["grad_accum"], label="grad accum", precision=0, minimum=1)
-            form["logging_steps"] = gr.Number(d["logging_steps"], label="log every (steps)", precision=0, minimum=1,
+            form["grad_accum"] = gr.Number(d["grad_accum"], label="grad accum", precision=0)
+            form["logging_steps"] = gr.Number(d["logging_steps"], label="log every (steps)", precision=0,
                                               elem_id="logging-steps")
             form["save_steps"] = gr.Number(d["save_steps"], label="checkpoint every (steps)", precision=0,
-                                           minimum=1, elem_id="save-steps")
+                                           elem_id="save-steps")
         with gr.Row():
             form["gradient_checkpointing"] = gr.Checkbox(d["gradient_checkpointing"],
                                                          label="gradient checkpointing")
