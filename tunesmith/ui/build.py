@@ -209,8 +209,12 @@ def validate(text: str, path: str):
     (`error: ...`, as `tunesmith train PATH` prints it); a valid one also has its typed paths checked."""
     try:
         cfg = config_from_text(text, path)
+    except TunesmithError as exc:
+        return None, f"error: {exc}"
+    try:
         check_paths(cfg)
     except TunesmithError as exc:
+        exc.where = f"{path}: {exc.where}"
         return None, f"error: {exc}"
     return cfg, "valid: `tunesmith train " + path + "` accepts this config"
 

@@ -69,8 +69,10 @@ def _alive(pid: int, command: list[str]) -> bool:
         return False
     if stat.rsplit(")", 1)[-1].split()[0] == "Z":  # a zombie: finished
         return False
-    # A preloaded allocator restarts the same command line (speed.cpu_allocator), so the arguments match.
-    return [part.decode(errors="replace") for part in cmdline if part][-len(command) + 1:] == command[1:]
+    arguments = [part.decode(errors="replace") for part in cmdline if part]
+    # Empty while the process is still starting; a preloaded allocator restarts the same command line
+    # (speed.cpu_allocator), so its arguments match.
+    return not arguments or arguments[-len(command) + 1:] == command[1:]
 
 
 def status(run_dir: str | Path) -> dict:
