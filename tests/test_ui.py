@@ -209,7 +209,7 @@ def test_a_stopped_run_resumes_from_its_checkpoint(stories_dir, tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(EXAMPLES.parent), os.environ.get("PYTHONPATH", "")]))
-    text = build.form_yaml(stories_form(stories_dir, "runs/r", max_steps=30, save_steps=4), "", "run.yaml")
+    text = build.form_yaml(stories_form(stories_dir, "runs/r", max_steps=16, save_steps=4), "", "run.yaml")
     assert build.save(text, "run.yaml") == "saved run.yaml"
 
     def wait(condition, what, timeout=180):
@@ -219,13 +219,13 @@ def test_a_stopped_run_resumes_from_its_checkpoint(stories_dir, tmp_path, monkey
             time.sleep(0.5)
 
     runs.launch("run.yaml", "runs/r")
-    wait(lambda: runs.progress("runs/r").step >= 9, "no step 9")
+    wait(lambda: runs.progress("runs/r").step >= 6, "no step 6")
     assert runs.stop("runs/r").startswith("stopped")
     stopped_at = runs.progress("runs/r")
-    assert stopped_at.status == "stopped" and stopped_at.step < 30
+    assert stopped_at.status == "stopped" and stopped_at.step < 16
     runs.launch("run.yaml", "runs/r", resume=True)
     wait(lambda: runs.status("runs/r")["status"] != "running", "the resumed run did not end")
     done = runs.progress("runs/r")
-    assert done.line().startswith("finished · step 30 of 30 · loss points: 30")
+    assert done.line().startswith("finished · step 16 of 16 · loss points: 16")
     assert "resuming from runs/r/checkpoints/checkpoint-" in runs.console_tail("runs/r", 200)
-    assert [r["step"] for r in done.records if "loss" in r] == list(range(1, 31))
+    assert [r["step"] for r in done.records if "loss" in r] == list(range(1, 17))

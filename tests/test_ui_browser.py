@@ -120,7 +120,6 @@ def screenshot(page, folder: Path, name: str) -> None:
 def test_build_plan_train_and_chat_in_the_browser(server, browser_page, tmp_path, stories_dir):
     page, shots = browser_page, Path(os.environ.get("TUNESMITH_UI_SCREENSHOTS") or tmp_path / "screenshots")
     page.goto(server)
-    t0 = time.monotonic(); mark = lambda what: print(f"{time.monotonic() - t0:6.1f} s  {what}", flush=True)  # noqa: E702
 
     # Build: a stories260K LoRA run from the form; the YAML beside it follows each field and is validated live.
     fill(page, "model-path", stories_dir)
@@ -140,7 +139,7 @@ def test_build_plan_train_and_chat_in_the_browser(server, browser_page, tmp_path
     page.get_by_text("Data: which tokens train").click()
     page.locator("#preview-button").click()
     page.locator("#preview mark").first.wait_for()  # the trained tokens of a sample, highlighted
-    screenshot(page, shots, "build"); mark("build")  # noqa: E702
+    screenshot(page, shots, "build")
 
     # A bad value shows the command line's own message, with the line it is on.
     fill(page, "max-length", 4)
@@ -154,21 +153,19 @@ def test_build_plan_train_and_chat_in_the_browser(server, browser_page, tmp_path
     page.locator("#plan-button").click()
     page.get_by_text("predicted peak").first.wait_for()
     assert "lora on" in page.locator("#plan").inner_text()
-    screenshot(page, shots, "plan"); mark("plan")  # noqa: E702
+    screenshot(page, shots, "plan")
 
     # Train: launch a detached run and watch the curve fill in from its folder.
     page.get_by_role("tab", name="Train").click()
     page.locator("#launch").click()
     wait_text(page, "train-message", r"^launched `tunesmith train configs/stories\.yaml` \(pid \d+\)")
-    mark("launched")
     first = wait_text(page, "progress", r"loss points: [1-9]", timeout=120)
-    mark("first loss")
     page.locator("#loss-plot img, #loss-plot svg").first.wait_for()
     final = wait_text(page, "progress", rf"^finished · step {STEPS} of {STEPS} · loss points: {STEPS}", timeout=120)
     assert first != final  # the page followed the run while it trained
     assert (tmp_path / "runs" / "stories" / "tunesmith_run.json").exists()
     wait_inner(page, "#runs", "runs/stories")  # in the list of past runs
-    screenshot(page, shots, "train"); mark("train")  # noqa: E702
+    screenshot(page, shots, "train")
 
     # Use: the run and its base model answer the same message side by side.
     page.get_by_role("tab", name="Use").click()
@@ -181,4 +178,4 @@ def test_build_plan_train_and_chat_in_the_browser(server, browser_page, tmp_path
     tuned, base = (page.locator(f"{chat} .bot").first.inner_text() for chat in ("#chat-tuned", "#chat-base"))
     assert tuned.strip() and tuned != base  # the run answers, and not as its base model does
     assert text_of(page, "use-message") == ""
-    screenshot(page, shots, "use"); mark("use")  # noqa: E702
+    screenshot(page, shots, "use")
