@@ -229,3 +229,38 @@ def test_a_stopped_run_resumes_from_its_checkpoint(stories_dir, tmp_path, monkey
     assert done.line().startswith("finished · step 16 of 16 · loss points: 16")
     assert "resuming from runs/r/checkpoints/checkpoint-" in runs.console_tail("runs/r", 200)
     assert [r["step"] for r in done.records if "loss" in r] == list(range(1, 17))
+
+
+@pytest.mark.slow
+def test_with_a_token_the_server_asks_for_it():
+    """Gradio's login guards every route: nothing without the token, everything with it (any user name)."""
+    import socket
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    pytest.importorskip("gradio", reason="the ui extra: pip install 'tunesmith[ui]'")
+    from tunesmith.ui.app import serve
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app, url = serve(host="127.0.0.1", port=port, token="s3cret", block=False)
+
+    def request(path, form=None, cookie=None):
+        req = urllib.request.Request(url.rstrip("/") + path, data=urllib.parse.urlencode(form).encode()
+                                     if form else None, headers={"Cookie": cookie} if cookie else {})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as response:
+                return response.status, response.headers.get_all("set-cookie") or []
+        except urllib.error.HTTPError as exc:
+            return exc.code, []
+
+    try:
+        assert request("/config")[0] == 401
+        assert request("/login", {"username": "anyone", "password": "wrong"})[0] == 400
+        status, cookies = request("/login", {"username": "anyone", "password": "s3cret"})
+        assert status == 200 and cookies
+        assert request("/config", cookie="; ".join(c.split(";")[0] for c in cookies))[0] == 200
+    finally:
+        app.close()

@@ -114,6 +114,7 @@ def wait_inner(page, selector: str, text: str, timeout: float = 30) -> None:
 
 def screenshot(page, folder: Path, name: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
+    page.evaluate("window.scrollTo(0, 0)")
     page.screenshot(path=str(folder / f"ui-{name}.png"))
 
 

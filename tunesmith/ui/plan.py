@@ -48,9 +48,9 @@ def plan_markdown(text: str, path: str, *, device: str | None = None, budget: in
 def counts_lines(plan, model_name: str) -> list[str]:
     c = plan.counts
     share = f" ({100 * c.trainable / c.total:.4f}%)" if c.total else ""
-    rows = [f"### {plan.request.method} on {model_name}", "", "| | |", "|---|---:|",
-            f"| total parameters | {c.total:,} |",
-            f"| trainable parameters | {(f'{c.trainable:,}' + share) if c.exact else 'unknown'} |"]
+    rows = [f"### {plan.request.method} on {model_name}", "", "| parameters | count |", "|---|---:|",
+            f"| total | {c.total:,} |",
+            f"| trainable | {(f'{c.trainable:,}' + share) if c.exact else 'unknown'} |"]
     if c.quantized:
         rows.append(f"| 4-bit quantised | {c.quantized:,} |")
     return rows
