@@ -47,8 +47,8 @@ def make_app(*, runs_root: str = "runs", config_path: str = "configs/ui.yaml"):
                 with gr.Column(scale=2):
                     with gr.Row():
                         path = gr.Textbox(config_path, label="config file", elem_id="config-path", scale=3)
-                        save_button = gr.Button("Save", elem_id="save", scale=1)
-                        load_button = gr.Button("Load", elem_id="load", scale=1)
+                        save_button = gr.Button("Save", elem_id="save", scale=1, min_width=60)
+                        load_button = gr.Button("Load", elem_id="load", scale=1, min_width=60)
                     file_message = gr.Textbox(label="file", interactive=False, elem_id="file-message")
                     validation = gr.Textbox(build.validate(start_yaml, config_path)[1], label="validation",
                                             interactive=False, lines=2, max_lines=12, elem_id="validation")

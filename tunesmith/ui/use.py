@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..errors import ConfigError, TunesmithError
 
-_loaded: dict[tuple[str, str | None], object] = {}
+_loaded: dict[tuple, object] = {}
 _lock = threading.Lock()  # one generation at a time: the models are shared by every browser tab
 
 
@@ -32,7 +32,9 @@ def _model(ref: str, template: str | None):
     """The model for `ref`, loaded once; loading another run frees the one before."""
     from .. import api
 
-    key = (ref, template)
+    meta = Path(ref) / "tunesmith_run.json"
+    # A run trained again into the same folder is a new model: its saved time is part of the key.
+    key = (ref, template, meta.stat().st_mtime if meta.exists() else None)
     if key not in _loaded:
         if len(_loaded) >= 2:
             _loaded.clear()
