@@ -264,3 +264,38 @@ def test_with_a_token_the_server_asks_for_it():
         assert request("/config", cookie="; ".join(c.split(";")[0] for c in cookies))[0] == 200
     finally:
         app.close()
+
+
+@pytest.mark.slow
+def test_the_use_tab_generates_evaluates_and_exports_a_run(stories_dir, tmp_path):
+    from tunesmith import api
+
+    api.train(build.form_to_config(stories_form(stories_dir, tmp_path / "run", max_steps=4)))
+    run = str(tmp_path / "run")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Tell me what Mia saw.\nTell me what Tom saw.\n")
+    message, rows = use.batch_generate(run, str(prompts), str(tmp_path / "answers.jsonl"), max_new_tokens=8)
+    assert message == f"wrote 2 responses to {tmp_path / 'answers.jsonl'}"
+    assert [row[0] for row in rows] == ["Tell me what Mia saw.", "Tell me what Tom saw."] and all(r[1] for r in rows)
+    eval_suite = tmp_path / "suite.yaml"
+    eval_suite.write_text(yaml.safe_dump({"name": "mini", "generation": {"max_new_tokens": 8, "batch_size": 4},
+                                          "tasks": [{"name": "stories", "type": "generation", "data": STORIES_DATA,
+                                                     "max_samples": 4, "metrics": ["rouge_l"]}]}))
+    report = use.evaluate(run, str(eval_suite), compare_base=True)
+    assert report.startswith(f"report: {tmp_path / 'run' / 'eval' / 'mini' / 'report.md'}")
+    assert "| task | metric | base: stories260K | tuned: run | change |" in report  # before/after
+    assert use.export(run, str(tmp_path / "merged")).startswith(f"exported {tmp_path / 'merged'}")
+    assert (tmp_path / "merged" / "config.json").exists()
+    assert "is not a folder" in use.guarded(use.export, str(tmp_path / "nope"), str(tmp_path / "x"))[1]
+    # Merge, then its evaluation: the merged model scored against each source.
+    merge_config = tmp_path / "merge.yaml"
+    merge_config.write_text(yaml.safe_dump({"method": "linear", "dtype": "float32", "output": str(tmp_path / "mix"),
+                                            "models": [{"model": str(tmp_path / "merged"), "weight": 0.5},
+                                                       {"model": str(stories_dir), "weight": 0.5}]}))
+    suite = tmp_path / "merge_eval.yaml"
+    suite.write_text(yaml.safe_dump({"metric": "loss", "max_samples": 8, "max_length": 64, "min_retention": 0.1,
+                                     "tasks": [{"name": "stories", "path": STORIES_DATA, "template": "alpaca_en",
+                                                "source": str(tmp_path / "merged")}]}))
+    shown = use.merge(str(merge_config), str(suite))
+    assert shown.startswith(f"merged → {tmp_path / 'mix'}") and "| merged retention |" in shown
+    assert (tmp_path / "mix" / "merge_eval.json").exists()
