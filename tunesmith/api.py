@@ -384,6 +384,20 @@ def merge(config: str | Path | Mapping[str, Any] | Any, *, out: str | Path | Non
     return run_merge(config, out, overwrite=overwrite, reporter=reporter)
 
 
+def merge_sources(config: Any) -> dict[str, str]:
+    """label → folder of every model a merge config (parsed) combines, its base first: what `--eval` scores the
+    merged model against."""
+    from .models.loading import resolve_ref
+
+    sources, seen = {}, set()
+    for label, folder in ([("base", config.base_model)] if config.base_model else []) + \
+            [(Path(m.model).name or m.model, m.model) for m in config.models]:
+        name = label if label not in seen else f"{label}#{len(seen)}"
+        seen.add(name)
+        sources[name] = resolve_ref(folder)
+    return sources
+
+
 def export(run: str | Path, out: str | Path, *, merge: bool = True, dtype: str = "float32",
            trust_remote_code: bool = False) -> Path:
     """`tunesmith export`: the run as a standalone Hugging Face model in `out` (the adapter merged into the base

@@ -17,7 +17,7 @@ from . import commands
 
 # Further command groups live in their own modules under tunesmith/cli/, each exposing `register(subparsers)`;
 # `data` subcommands likewise expose `register_data(data_subparsers)`.
-COMMAND_MODULES: list[str] = ["serve", "adapters", "classify", "merge", "eval", "plan", "analyze", "continual"]
+COMMAND_MODULES: list[str] = ["serve", "adapters", "classify", "merge", "eval", "plan", "analyze", "continual", "ui"]
 DATA_COMMAND_MODULES: list[str] = ["data_tools"]
 
 EPILOG = """examples:

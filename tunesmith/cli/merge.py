@@ -81,15 +81,9 @@ def merge_command(args) -> int:
 
 
 def _sources(config) -> dict[str, str]:
-    from ..models.loading import resolve_ref
+    from ..api import merge_sources
 
-    sources, seen = {}, set()
-    for label, folder in ([("base", config.base_model)] if config.base_model else []) + \
-            [(Path(m.model).name or m.model, m.model) for m in config.models]:
-        name = label if label not in seen else f"{label}#{len(seen)}"
-        seen.add(name)
-        sources[name] = resolve_ref(folder)
-    return sources
+    return merge_sources(config)
 
 
 def _search(args, config, suite, console, reporter) -> int:

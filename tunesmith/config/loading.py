@@ -60,7 +60,13 @@ Overrides = Union[list[str], tuple[str, ...], Mapping[str, Any], None]
 def load_config(path: str | Path, overrides: Overrides = None, *, overridden_on: str = "command line") -> RunConfig:
     """`overridden_on`: where error messages say an overridden field was set."""
     path = Path(path)
-    text = read_config_text(path)
+    return config_from_text(read_config_text(path), path, overrides, overridden_on=overridden_on)
+
+
+def config_from_text(text: str, path: str | Path, overrides: Overrides = None, *,
+                     overridden_on: str = "command line") -> RunConfig:
+    """A RunConfig from the YAML text of the file `path` (not read: the text may not be saved yet), its errors
+    worded as `load_config` words them for that file."""
     raw = parse_yaml(text, path) or {}
     if not isinstance(raw, dict):
         raise ConfigError("the config must be a mapping of sections (model, method, data, training)",
