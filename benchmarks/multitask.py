@@ -322,7 +322,7 @@ def report(args, results: dict, diagnosis, seconds: dict, routed_accuracy: dict)
              f"sentiment {args.held}, identity {args.identity_held}, alpaca {args.held}; TIES density "
              f"{args.density}; {args.threads or 'all'} thread(s), {cpu_model()}, "
              f"{platform.machine()}",
-             f"training: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()), "",
+             "training: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()), "",
              "| option | sentiment acc | identity named | alpaca loss | worst gain kept | peak RSS MiB | "
              "latency ms/request |", "|---|---|---|---|---|---|---|"]
     for name, r in results.items():

@@ -234,10 +234,22 @@ def _sources(config: AnyMergeConfig) -> tuple[list[str], list[str], str | None]:
     return labels, folders, base
 
 
-def diagnose(config: AnyMergeConfig, *, base: str | None = None, density: float = DEFAULT_DENSITY) -> Diagnosis:
+def config_density(config: AnyMergeConfig) -> float:
+    """The trim the config's own merge would use (the mean of its models' plain `density` values below 1, as TIES and
+    DARE set them), else TIES' default."""
+    values = [m.density for m in getattr(config, "models", [])
+              if isinstance(m.density, (int, float)) and 0 < m.density < 1]
+    return sum(values) / len(values) if values else DEFAULT_DENSITY
+
+
+def diagnose(config: AnyMergeConfig, *, base: str | None = None, density: float | None = None) -> Diagnosis:
     """The diagnosis of the task vectors a merge config names. `base`: the model they are differences from when the
-    config has no `base_model` (linear and slerp forbid one); LoRA adapters need none (their update is B·A)."""
+    config has no `base_model` (linear and slerp forbid one); LoRA adapters need none (their update is B·A).
+    `density`: the share of each tensor's largest entries kept before counting conflicts (default:
+    `config_density`)."""
     from .engine import open_checkpoint
+
+    density = config_density(config) if density is None else density
 
     labels, folders, config_base = _sources(config)
     base = config_base or base
@@ -298,5 +310,5 @@ def summary_line(diagnosis: Diagnosis) -> str:
             f"{rec.method}: {rec.reason}")
 
 
-__all__ = ["Diagnosis", "GroupStats", "Recommendation", "diagnose", "diagnose_vectors", "lora_delta", "recommend",
+__all__ = ["Diagnosis", "GroupStats", "Recommendation", "config_density", "diagnose", "diagnose_vectors", "lora_delta", "recommend",
            "summary_line", "DEFAULT_DENSITY"]
