@@ -155,7 +155,8 @@ def test_cli_diagnose_prints_the_table_and_merges_nothing(adapters, tmp_path, ca
     code, out = _cli(tmp_path, config, capsys, "--diagnose")
     assert code == 0, out
     assert "top 50% of each tensor kept" in out  # the config's density
-    for needle in ("layer 0", "layer 1", "whole", "cos a/b", "norm a", "norm b", "recommendation:"):
+    for needle in ("layer 0", "layer 1", "whole", "cos 1·2", "norm 1", "norm 2", "tasks: 1 = a, 2 = b",
+                   "recommendation:"):
         assert needle in out, out
     assert not (tmp_path / "merged").exists()
     code, out = _cli(tmp_path, config, capsys)  # a real merge shows the one-line diagnosis first

@@ -119,7 +119,9 @@ def _diagnosis_line(config, args, console) -> None:
 
 
 def print_diagnosis(diagnosis, console) -> None:
-    """Per layer: sign conflict (and its chance level), cosine of every pair, each task vector's norm ratio."""
+    """Per layer: sign conflict (and its chance level), cosine of every pair, each task vector's norm ratio. Tasks
+    are numbered in the columns (names would not fit a terminal with three or more), with a legend."""
+    from rich.markup import escape
     from rich.table import Table
 
     labels = diagnosis.labels
@@ -129,9 +131,9 @@ def print_diagnosis(diagnosis, console) -> None:
     table.add_column("conflict", justify="right")
     table.add_column("chance", justify="right")
     for i, j in pairs:
-        table.add_column(f"cos {labels[i]}/{labels[j]}", justify="right")
-    for label in labels:
-        table.add_column(f"norm {label}", justify="right")
+        table.add_column(f"cos {i + 1}·{j + 1}", justify="right")
+    for i in range(len(labels)):
+        table.add_column(f"norm {i + 1}", justify="right")
     for k, group in enumerate([*diagnosis.layers, diagnosis.whole]):
         style = "bold" if group is diagnosis.whole else None
         table.add_row(group.name, f"{group.conflict:.1%}", f"{group.chance:.1%}",
@@ -139,6 +141,7 @@ def print_diagnosis(diagnosis, console) -> None:
                       *(f"{r:.2f}x" for r in group.ratios), style=style,
                       end_section=k == len(diagnosis.layers) - 1)
     console.print(table)
+    console.print("tasks: " + ", ".join(f"{i + 1} = {escape(label)}" for i, label in enumerate(labels)))
     console.print("[dim]conflict: of the coordinates two or more trimmed vectors share, the share whose signs "
                   "disagree (chance: what unrelated tasks give); norm: a vector's norm over the median of the "
                   "tasks'[/]")
