@@ -115,6 +115,9 @@ def _diagnosis_line(config, args, console) -> None:
     except TunesmithError as exc:
         console.print(f"[dim]no task-vector diagnosis: {escape(exc.message)}[/]")
         return
+    except (ValueError, RuntimeError, KeyError) as exc:  # advisory only: the merge itself must not fail here
+        console.print(f"[dim]no task-vector diagnosis: {type(exc).__name__}: {escape(str(exc))}[/]")
+        return
     console.print(f"diagnosis: {escape(summary_line(diagnosis))}")
 
 
