@@ -31,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -197,14 +198,17 @@ class Served:
             self.generator = Generator(self.loaded)
         self.tokenizer = self.loaded.tokenizer
 
-    def prepare(self, chats: list[list[dict]], task: str) -> tuple[list[list[dict]], list[str | None]]:
-        """The conversations as this option gets them, and the adapter each goes to (routed for the set)."""
+    def prepare(self, chats: list[list[dict]], task: str, record: bool = True
+                ) -> tuple[list[list[dict]], list[str | None]]:
+        """The conversations as this option gets them, and the adapter each goes to (routed for the set; `record`:
+        count the routes in the router's accuracy)."""
         if self.option.get("prefix"):
             chats = [[{**c[0], "content": f"[{task}] {c[0]['content']}"}, *c[1:]] for c in chats]
         if self.set is None:
             return chats, [None] * len(chats)
         routes = self.set.router.route_many([c[:1] for c in chats])
-        self.routes += [(task, r.adapter) for r in routes]
+        if record:
+            self.routes += [(task, r.adapter) for r in routes]
         return [[*r.messages, *c[1:]] for r, c in zip(routes, chats)], [r.adapter for r in routes]
 
     def generate(self, chats, task: str, max_new_tokens: int) -> list[str]:
@@ -243,26 +247,18 @@ class Served:
         times = []
         for task, chat in chats:
             start = time.perf_counter()
-            (chat,), (name,) = self.prepare([chat], task)
+            (chat,), (name,) = self.prepare([chat], task, record=False)
             template = self.generator.template_for(name)
             inputs = self.tokenizer([template.render_prompt(chat[:1])], return_tensors="pt", add_special_tokens=False)
-            context = self.set.using([name]) if self.set is not None else _nothing()
+            context = self.set.using([name]) if self.set is not None else nullcontext({})
             with torch.inference_mode(), context:
                 output = self.loaded.model.generate(**inputs, do_sample=False, max_new_tokens=new_tokens,
                                                     min_new_tokens=new_tokens,
                                                     pad_token_id=self.tokenizer.pad_token_id)
-            assert output.shape[1] - inputs["input_ids"].shape[1] == new_tokens
+            if output.shape[1] - inputs["input_ids"].shape[1] != new_tokens:
+                raise RuntimeError("generation stopped early: the latency would not be per fixed token count")
             times.append(time.perf_counter() - start)
-        self.routes = self.routes[:-len(chats)] if chats and self.set is not None else self.routes
         return statistics.median(times)
-
-
-class _nothing:
-    def __enter__(self):
-        return {}
-
-    def __exit__(self, *exc):
-        return False
 
 
 def first_word(text: str) -> str:
