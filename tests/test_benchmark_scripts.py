@@ -12,6 +12,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -158,3 +159,64 @@ def test_efficacy_scores_a_workflow_on_rows_it_never_trained_on(tmp_path):
     assert re.fullmatch(r"0\.\d{3} \(majority label\)", cells[3]) and re.fullmatch(r"[01]\.\d{3}", cells[4]), row
     assert re.fullmatch(r"[+-]\d+\.\d pts \((meets|misses) 0\.85\)", cells[5]), row
     assert re.search(r"conditions: .+ 1 CPU thread\(s\) per run", output)
+
+
+def _multitask():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("multitask_benchmark", BENCHMARKS / "multitask.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_multitask_holds_out_its_data_routes_it_and_reports_the_check(tmp_path):
+    """benchmarks/multitask.py's own parts, in seconds (its trainings take minutes): the seeded split keeps every
+    held-out record out of training, the set's router sends the held-out prompts to their task, and the report sets
+    the measured best merge against the diagnosis' recommendation."""
+    import argparse
+
+    from tunesmith.inference.adapter_set import read_manifest
+    from tunesmith.inference.router import Router
+    from tunesmith.merging.diagnose import diagnose_vectors
+
+    bench = _multitask()
+    args = argparse.Namespace(seed=0, held=20, samples=30, identity_held=8, model="smollm2", steps=4, lr=5e-4,
+                              max_length=128, density=0.5, threads=1, latency_tokens=8, latency_requests=2,
+                              min_kept=0.8)
+    paths = bench.write_data(args, tmp_path / "data")
+    for task in bench.TASKS:
+        train, held = (json.loads(paths[f"{task}_{split}"].read_text()) for split in ("train", "held"))
+        assert held and not any(r in train for r in held), task
+    held = json.loads(paths["identity_held"].read_text())
+    assert len(held) == 8 and all(bench.PERSONA["name"] in r["output"] for r in held)
+    mixture = json.loads(paths["mixture_train"].read_text())
+    assert {r["instruction"].split("]")[0] + "]" for r in mixture} == {f"[{t}]" for t in bench.TASKS}
+
+    adapters = {}
+    for task in bench.TASKS:  # just enough of an adapter folder for the manifest's checks
+        adapters[task] = tmp_path / "runs" / task
+        adapters[task].mkdir(parents=True)
+        (adapters[task] / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA"}))
+    manifest = read_manifest(bench.write_manifest(adapters, tmp_path, str(tmp_path / "base")))
+    router = Router(manifest.router, [manifest.base_name, *manifest.adapters])
+    for task in ("sentiment", "identity"):
+        chats = bench.conversations(json.loads(paths[f"{task}_held"].read_text()))
+        routed = [r.adapter for r in router.route_many([c[:1] for c in chats])]
+        assert routed.count(task) >= 0.75 * len(routed), (task, routed)
+
+    def served(sentiment, identity, alpaca):
+        return {"scores": {"sentiment": sentiment, "identity": identity, "alpaca": alpaca}, "peak_mib": 900.0,
+                "latency_s": 0.5}
+
+    results = {"_identity_train": 70, "base": served(0.5, 0.0, 2.0),
+               "per-task adapters (routed)": served(0.9, 1.0, 1.5), "mixture adapter (prefixes)": served(0.8, 0.9, 1.6),
+               "merged: linear": served(0.6, 0.2, 1.9), "merged: task_arithmetic": served(0.86, 0.85, 1.55),
+               "merged: ties": served(0.7, 0.5, 1.7)}
+    a = torch.randn(32, 32, generator=torch.Generator().manual_seed(0))
+    diagnosis = diagnose_vectors(["sentiment", "identity", "alpaca"],
+                                 [("model.layers.0.q_proj.weight", [a, a.clone(), a.clone()])])
+    text = bench.report(args, results, diagnosis, {"sentiment": 10.0}, {"sentiment": 1.0, "all": 0.9})
+    assert "| merged: task_arithmetic | 86.0% | 85.0% | 1.550 | 85% |" in text, text  # identity: 0.85/1 of the gain
+    assert "best merge task_arithmetic keeps 85% of the worst task's gain (≥ 80%) → task_arithmetic" in text, text
+    assert "diagnosis recommended linear: MISMATCH" in text, text

@@ -6,7 +6,7 @@ first use, so that `import tunesmith` (and `tunesmith --help`) stays instant.
 
 __version__ = "0.1.0"
 
-API = ("load_config", "train", "load", "evaluate", "merge", "export", "export_gguf", "plan", "check_data", "Model",
+API = ("load_config", "train", "load", "evaluate", "merge", "diagnose_merge", "export", "export_gguf", "plan", "check_data", "Model",
        "Evaluation", "evaluate_set", "SetEvaluation")
 __all__ = ["__version__", *API]
 

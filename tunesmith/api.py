@@ -398,6 +398,22 @@ def merge_sources(config: Any) -> dict[str, str]:
     return sources
 
 
+def diagnose_merge(config: str | Path | Mapping[str, Any] | Any, *, base: str | None = None,
+                   density: float | None = None):
+    """`tunesmith merge CONFIG --diagnose`: the task vectors the config names compared (sign conflict, cosines,
+    norm ratios, whole and per layer) and a recommended method or `keep_apart` (tunesmith.merging.diagnose).
+    `base`: the base of full models when the config has none; `density`: the trim before counting conflicts."""
+    from .merging import load_config as load_merge_config
+    from .merging import parse_config
+    from .merging.diagnose import diagnose
+
+    if isinstance(config, (str, Path)):
+        config = load_merge_config(config)
+    elif isinstance(config, Mapping):
+        config = parse_config(dict(config))
+    return diagnose(config, base=base, density=density)
+
+
 def export(run: str | Path, out: str | Path, *, merge: bool = True, dtype: str = "float32",
            trust_remote_code: bool = False) -> Path:
     """`tunesmith export`: the run as a standalone Hugging Face model in `out` (the adapter merged into the base

@@ -11,6 +11,9 @@ EPILOG = """examples:
                                                                  score merged + sources per task, flag failures
   tunesmith merge examples/merge_ties.yaml --eval SUITE --search try the config's `search:` grid, keep the
                                                                  candidate with the best worst-case task
+  tunesmith merge examples/merge_ties.yaml --diagnose            compare the task vectors (sign conflict, cosine,
+                                                                 magnitudes per layer), recommend a method or
+                                                                 per-task adapters; merges nothing
   tunesmith merge --methods                                      list the merge methods
 """
 
@@ -29,11 +32,20 @@ def register(subparsers) -> None:
     p.add_argument("--fail-on-flag", action="store_true", help="exit 1 when a task falls below its source")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--methods", action="store_true", help="list the merge methods and exit")
+    p.add_argument("--diagnose", action="store_true",
+                   help="diagnose the task vectors and recommend a method (or per-task adapters); no merge")
+    p.add_argument("--base", default=None, metavar="MODEL",
+                   help="for --diagnose: the base of full models when the config has no base_model (linear, slerp)")
+    p.add_argument("--density", type=float, default=None,
+                   help="for the diagnosis: share of each tensor's largest entries kept (default: the config's "
+                        "density, else 0.2 as TIES)")
+    p.add_argument("--no-diagnose", action="store_true", help="skip the one-line diagnosis before a merge")
     p.set_defaults(func=merge_command)
 
 
 def merge_command(args) -> int:
     from rich.console import Console
+    from rich.markup import escape
 
     from ..errors import ConfigError
     from ..io import atomic_write_json
@@ -53,6 +65,13 @@ def merge_command(args) -> int:
     if not args.config:
         raise ConfigError("no merge config given", hint="tunesmith merge CONFIG.yaml (see --help)")
     config = load_config(args.config)
+    if args.diagnose:
+        from ..merging.diagnose import summary_line
+
+        diagnosis = api.diagnose_merge(config, base=args.base, density=args.density)
+        print_diagnosis(diagnosis, console)
+        console.print(f"[bold]recommendation:[/] {escape(summary_line(diagnosis))}")
+        return 0
     if args.search and not (isinstance(config, MergeConfig) and config.search and args.suite):
         raise ConfigError("--search needs a model merge whose config has a `search:` section, and --eval SUITES",
                           where=args.config)
@@ -65,6 +84,8 @@ def merge_command(args) -> int:
         suite = load_suite(args.suite)  # suite, sources and data are checked before the merge starts
         task_sources(suite, _sources(config), args.suite)
         load_task_data(suite)
+    if not args.no_diagnose:
+        _diagnosis_line(config, args, console)
     if args.search:
         return _search(args, config, suite, console, reporter)
     out = api.merge(config, out=args.out, overwrite=args.overwrite,
@@ -78,6 +99,55 @@ def merge_command(args) -> int:
     print_merge_report(report, console)
     atomic_write_json(Path(out) / "merge_eval.json", report.to_dict())
     return 1 if (report.flags and args.fail_on_flag) else 0
+
+
+def _diagnosis_line(config, args, console) -> None:
+    """The diagnosis in one line before a merge; where there is nothing to compare (one task vector, full models
+    without a base) it says why in one dim line instead."""
+    from rich.markup import escape
+
+    from .. import api
+    from ..errors import TunesmithError
+    from ..merging.diagnose import summary_line
+
+    try:
+        diagnosis = api.diagnose_merge(config, base=args.base, density=args.density)
+    except TunesmithError as exc:
+        console.print(f"[dim]no task-vector diagnosis: {escape(exc.message)}[/]")
+        return
+    except (ValueError, RuntimeError, KeyError) as exc:  # advisory only: the merge itself must not fail here
+        console.print(f"[dim]no task-vector diagnosis: {type(exc).__name__}: {escape(str(exc))}[/]")
+        return
+    console.print(f"diagnosis: {escape(summary_line(diagnosis))}")
+
+
+def print_diagnosis(diagnosis, console) -> None:
+    """Per layer: sign conflict (and its chance level), cosine of every pair, each task vector's norm ratio. Tasks
+    are numbered in the columns (names would not fit a terminal with three or more), with a legend."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    labels = diagnosis.labels
+    pairs = [(i, j) for i in range(len(labels)) for j in range(i + 1, len(labels))]
+    table = Table(title=f"task vectors (top {diagnosis.density:.0%} of each tensor kept for the sign conflict)")
+    table.add_column("layer")
+    table.add_column("conflict", justify="right")
+    table.add_column("chance", justify="right")
+    for i, j in pairs:
+        table.add_column(f"cos {i + 1}·{j + 1}", justify="right")
+    for i in range(len(labels)):
+        table.add_column(f"norm {i + 1}", justify="right")
+    for k, group in enumerate([*diagnosis.layers, diagnosis.whole]):
+        style = "bold" if group is diagnosis.whole else None
+        table.add_row(group.name, f"{group.conflict:.1%}", f"{group.chance:.1%}",
+                      *(f"{group.cosine[i][j]:+.3f}" for i, j in pairs),
+                      *(f"{r:.2f}x" for r in group.ratios), style=style,
+                      end_section=k == len(diagnosis.layers) - 1)
+    console.print(table)
+    console.print("tasks: " + ", ".join(f"{i + 1} = {escape(label)}" for i, label in enumerate(labels)))
+    console.print("[dim]conflict: of the coordinates two or more trimmed vectors share, the share whose signs "
+                  "disagree (chance: what unrelated tasks give); norm: a vector's norm over the median of the "
+                  "tasks'[/]")
 
 
 def _sources(config) -> dict[str, str]:
