@@ -318,3 +318,20 @@ def test_a_compiled_run_keeps_sdpa_and_does_not_pack(stories_dir, caplog):
     assert model.config._attn_implementation == "sdpa"
     assert "not under speed.torch_compile" in caplog.text
     assert _resolve_packing(cfg, model, None).data.packing is False
+
+
+def test_a_lock_left_by_a_killed_build_is_cleared_and_a_live_one_kept(tmp_path):
+    """torch's extension builder waits on its lock file without end: an interrupted first build must not hang every
+    later run, and a build in progress (a fresh lock) must not be disturbed."""
+    import os
+    import time
+
+    from tunesmith.speed.cpu.native import STALE_LOCK_S, clear_stale_lock
+
+    lock = tmp_path / "lock"
+    lock.touch()
+    assert not clear_stale_lock(tmp_path) and lock.exists()
+    old = time.time() - STALE_LOCK_S - 60
+    os.utime(lock, (old, old))
+    assert clear_stale_lock(tmp_path) and not lock.exists()
+    assert not clear_stale_lock(tmp_path)  # no lock: nothing to do

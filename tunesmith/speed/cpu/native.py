@@ -60,6 +60,27 @@ class Kernel:
         return self.module
 
 
+# A build takes about 25 s (minutes on a loaded machine); a lock this old was left by a build that was killed.
+STALE_LOCK_S = 15 * 60
+
+
+def clear_stale_lock(folder: Path, max_age_s: float = STALE_LOCK_S) -> bool:
+    """Remove the build lock a killed build left behind. Why by hand: torch's builder waits on that file (its
+    FileBaton) without end, so one interrupted first build would hang every later run. Returns whether it did."""
+    import time
+
+    lock = folder / "lock"
+    try:
+        age = time.time() - lock.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    if age < max_age_s:
+        return False
+    lock.unlink(missing_ok=True)
+    log.warning("removed a stale kernel build lock (%s, %.0f min old: an interrupted build)", lock, age / 60)
+    return True
+
+
 def build(source: Path, cflags: list[str]):
     """(the compiled extension, None) or (None, why not). Built once per source, torch and CPU; loaded from the
     cache after. The caller checks `compiler_problem()` first."""
@@ -73,6 +94,7 @@ def build(source: Path, cflags: list[str]):
     folder = default_cache_root() / "kernels" / name
     try:
         folder.mkdir(parents=True, exist_ok=True)
+        clear_stale_lock(folder)
         return load(name=name, sources=[str(source)], build_directory=str(folder),
                     extra_cflags=["-O3", "-march=native", "-fopenmp", *cflags], extra_ldflags=["-fopenmp"],
                     verbose=False), None
