@@ -153,9 +153,10 @@ def train_log(run_dir: Path, names: tuple[str, ...]) -> dict:
     return last
 
 
-def rewards_per_step(run_dir: Path) -> list[float]:
-    return [json.loads(line)["reward"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-            if '"reward"' in line]
+def per_step(run_dir: Path, name: str) -> list[float]:
+    """One logged training number per step (TRL's GRPO names: reward, completions/clipped_ratio, ...)."""
+    entries = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [entry[name] for entry in entries if name in entry]
 
 
 def grpo_accuracy(model, tokenizer, cfg, held: Path) -> float:
@@ -247,7 +248,8 @@ def grpo_row(args, out: Path) -> dict:
         before_file.write_text(json.dumps(grpo_accuracy(load_model(cfg.model), tokenizer, cfg, held_file)))
     trained = train_in_process("grpo", cfg, out)
     loaded = load_for_inference(str(cfg.training.output_dir))
-    rewards = rewards_per_step(Path(cfg.training.output_dir))
+    run_dir = Path(cfg.training.output_dir)
+    rewards, clipped = per_step(run_dir, "reward"), per_step(run_dir, "completions/clipped_ratio")
     quarter = max(len(rewards) // 4, 1)
     return {"task": "grpo", "steps": args.steps, "lr": args.lr, "max_length": args.max_length,  # (the key)
             "generations": args.grpo_generations, "completion_tokens": args.grpo_completion,
@@ -255,7 +257,9 @@ def grpo_row(args, out: Path) -> dict:
             "exact_before": json.loads(before_file.read_text()),
             "exact_after": grpo_accuracy(loaded.model, loaded.tokenizer, cfg, held_file),
             "reward_first_quarter": sum(rewards[:quarter]) / quarter,
-            "reward_last_quarter": sum(rewards[-quarter:]) / quarter, "rewards": rewards}
+            "reward_last_quarter": sum(rewards[-quarter:]) / quarter, "rewards": rewards, "clipped": clipped,
+            "exact_per_step": per_step(run_dir, "rewards/exact_answer/mean"),
+            "format_per_step": per_step(run_dir, "rewards/format/mean")}
 
 
 def print_tables(results_file: Path) -> None:
@@ -285,7 +289,9 @@ def print_tables(results_file: Path) -> None:
               f"({r['held_out_prompts']} prompts); mean reward first quarter {r['reward_first_quarter']:.3f}, last "
               f"quarter {r['reward_last_quarter']:.3f}; {r['seconds']:.0f} s, peak RSS {r['peak_gib']:.2f} GiB, "
               f"pre-flight {r['predicted_gib']} GiB")
-        print("reward per step: " + " ".join(f"{x:.2f}" for x in r["rewards"]))
+        for name, key in (("reward", "rewards"), ("exact_answer", "exact_per_step"), ("format", "format_per_step"),
+                          ("clipped share", "clipped")):
+            print(f"{name} per step: " + " ".join(f"{x:.2f}" for x in r[key]))
 
 
 def main() -> None:
@@ -328,7 +334,7 @@ def main() -> None:
         row = grpo_row(args, out) if task == "grpo" else preference_row(task, args, out)
         with results_file.open("a") as handle:
             handle.write(json.dumps(row) + "\n")
-        print(json.dumps({k: v for k, v in row.items() if k != "rewards"}), flush=True)
+        print(json.dumps({k: v for k, v in row.items() if not isinstance(v, list)}), flush=True)
     print(f"\n{args.model}, LoRA r16 (grpo: examples/grpo.yaml's adapter), batch {args.batch_size} pairs, "
           f"beta {args.beta} (dpo, kto, orpo), {args.data} split with seed {args.seed} ({args.held_out} records held "
           f"out; grpo: {GRPO_DATA}, {args.grpo_held_out} held out)\n")
