@@ -66,7 +66,7 @@ def run_config(task: str, args, train: Path, held: Path, out: Path):
         "preference": preference, "speed": {"cpu_threads": args.threads} if args.threads else {},
         "data": {"train": [{"path": str(train)}], "validation": [{"path": str(held)}], "template": args.template,
                  "max_length": args.max_length},
-        "training": {"output_dir": str(out / run_name(task, args)), "max_steps": steps,
+        "training": {"output_dir": str(out / run_name(task, steps, args.lr, args.max_length)), "max_steps": steps,
                      "batch_size": args.batch_size, "learning_rate": args.lr, "warmup_ratio": 0.1,
                      "logging_steps": 4, "save_steps": 10_000, "eval_steps": 10_000, "tensorboard": False,
                      "overwrite_output_dir": True}})
@@ -84,14 +84,14 @@ def grpo_config(args, train: Path, out: Path):
     raw["grpo"].update(num_generations=args.grpo_generations, max_completion_length=args.grpo_completion)
     raw["data"].update(train=[{"path": str(train)}], template=args.template)
     raw["speed"] = {"cpu_threads": args.threads} if args.threads else {}
-    raw["training"].update(output_dir=str(out / run_name("grpo", args)), max_steps=args.steps,
-                           learning_rate=args.lr, batch_size=args.grpo_generations, grad_accum=2, logging_steps=1,
+    raw["training"].update(output_dir=str(out / run_name("grpo", args.steps, args.lr, args.max_length)),
+                           max_steps=args.steps, learning_rate=args.lr, batch_size=args.grpo_generations, grad_accum=2, logging_steps=1,
                            save_steps=10_000, tensorboard=False, overwrite_output_dir=True)
     return validate_config(raw)
 
 
-def run_name(task: str, args) -> str:
-    return f"{task}-s{args.steps}-lr{args.lr:g}-L{args.max_length}"
+def run_name(task: str, steps: int, lr: float, max_length: int) -> str:
+    return f"{task}-s{steps}-lr{lr:g}-L{max_length}"
 
 
 def held_rows(cfg) -> list[dict]:
@@ -199,19 +199,13 @@ def worker(task: str, config_file: str) -> None:
 
 
 def train_in_process(task: str, cfg, out: Path) -> dict:
-    config_file = out / f"{run_name(task, cfg_args(cfg))}.json"
+    config_file = Path(f"{cfg.training.output_dir}.json")
     config_file.write_text(json.dumps(cfg.model_dump(mode="json")))
     proc = subprocess.run([sys.executable, __file__, "--worker", task, str(config_file)], capture_output=True,
                           text=True)
     if proc.returncode != 0:
         raise SystemExit(f"{task} failed:\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def cfg_args(cfg):
-    """run_name's fields from a config (the worker's file is named as its run folder)."""
-    return argparse.Namespace(steps=cfg.training.max_steps, lr=cfg.training.learning_rate,
-                              max_length=cfg.data.max_length)
 
 
 def preference_row(task: str, args, out: Path) -> dict:
