@@ -85,8 +85,9 @@ def grpo_config(args, train: Path, out: Path):
     raw["data"].update(train=[{"path": str(train)}], template=args.template)
     raw["speed"] = {"cpu_threads": args.threads} if args.threads else {}
     raw["training"].update(output_dir=str(out / run_name("grpo", args.steps, args.lr, args.max_length)),
-                           max_steps=args.steps, learning_rate=args.lr, batch_size=args.grpo_generations, grad_accum=2, logging_steps=1,
-                           save_steps=10_000, tensorboard=False, overwrite_output_dir=True)
+                           max_steps=args.steps, learning_rate=args.lr, batch_size=args.grpo_generations,
+                           grad_accum=2, logging_steps=1, save_steps=10_000, tensorboard=False,
+                           overwrite_output_dir=True)
     return validate_config(raw)
 
 
