@@ -262,8 +262,8 @@ def print_tables(results_file: Path) -> None:
     pref = [r for r in rows if r["task"] not in ("reward", "grpo")]
     if pref:
         print("| task | steps | lr | max_length | sequences seen | held-out pairs | summed acc before → after | "
-              "per-token acc before → after | implicit-reward acc | implicit margin | summed margin before → after | "
-              "train s | peak RSS GiB | pre-flight GiB |")
+              "per-token acc before → after | implicit-reward acc | implicit margin | summed margin before → after "
+              "| train s | peak RSS GiB | pre-flight GiB |")
         print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for r in pref:
             sequences = r["steps"] * r["batch_size"] * (1 if r["task"] == "kto" else 2)
