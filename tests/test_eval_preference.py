@@ -12,7 +12,7 @@ from tunesmith.cli.main import main
 from tunesmith.config.schema import DatasetSpec
 from tunesmith.data.preference import load_preference, render
 from tunesmith.evaluation.suite import load_suite
-from tunesmith.tasks.preference.accuracy import preference_accuracy
+from tunesmith.tasks.preference.accuracy import preference_accuracy, reply_logps
 
 from .conftest import EXAMPLES
 from .test_eval_report import write_suite
@@ -50,12 +50,18 @@ def test_preference_accuracy_matches_a_float64_recomputation(stories_dir, tmp_pa
     model = AutoModelForCausalLM.from_pretrained(stories_dir).eval()
     summed = preference_accuracy(model, tokenizer, rows)
     mean = preference_accuracy(model, tokenizer, rows, normalize=True)
+    raw = reply_logps(model, tokenizer, rows)
     model64 = AutoModelForCausalLM.from_pretrained(stories_dir, dtype=torch.float64).eval()
     hand_sum, hand_mean = [], []
     for row in rows:
         (c, nc), (r, nr) = (_hand_logp(model64, tokenizer, row["prompt"], row[side]) for side in ("chosen", "rejected"))
         hand_sum.append((c, r))
         hand_mean.append((c / nc, r / nr))
+        # reply_logps: each side's sum and its reply-token count, from which both scores (and, with a second
+        # model's pass, the implicit reward) are taken
+        (got_c, got_nc), (got_r, got_nr) = raw[len(hand_sum) - 1]
+        assert (got_nc, got_nr) == (nc, nr)
+        assert (got_c, got_r) == pytest.approx((c, r), abs=1e-4)
     for got, hand in ((summed, hand_sum), (mean, hand_mean)):
         assert got["pairs"] == len(PAIRS)
         torch.testing.assert_close(torch.tensor(got["scores"], dtype=torch.float64), torch.tensor(hand, dtype=torch.float64),

@@ -18,14 +18,23 @@ def preference_accuracy(model, tokenizer, rows: list[dict], *, max_length: int =
     """`rows`: rendered pairs (`prompt`, `chosen`, `rejected`), as `data.preference.render` makes them. Returns
     pairs, accuracy, mean_margin (chosen minus rejected score) and `scores`: each pair's (chosen, rejected).
     `advance(1)` is called after each pair when given."""
+    logps = reply_logps(model, tokenizer, rows, max_length=max_length, advance=advance)
+    return _summary([tuple(total / max(count, 1) if normalize else total for total, count in pair) for pair in logps])
+
+
+def reply_logps(model, tokenizer, rows: list[dict], *, max_length: int = 1024,
+                advance=None) -> list[tuple[tuple[float, int], tuple[float, int]]]:
+    """Each pair's ((chosen log-prob summed over its reply tokens, their count), (the same for rejected)): the
+    summed and the per-token score both come from one pass, and, from two models' passes, the log-ratio that
+    DPO's and KTO's implicit reward is."""
     model.eval()
-    scores = []
+    logps = []
     for row in rows:
-        scores.append(tuple(_reply_logp(model, tokenizer, row["prompt"], row[side], max_length, normalize)
-                            for side in ("chosen", "rejected")))
+        logps.append(tuple(_reply_logp(model, tokenizer, row["prompt"], row[side], max_length)
+                           for side in ("chosen", "rejected")))
         if advance:
             advance(1)
-    return _summary(scores)
+    return logps
 
 
 @torch.no_grad()
@@ -56,7 +65,7 @@ def _summary(scores: list[tuple[float, float]]) -> dict:
             "mean_margin": sum(margins) / max(len(margins), 1), "scores": scores}
 
 
-def _reply_logp(model, tokenizer, prompt: str, reply: str, max_length: int, normalize: bool) -> float:
+def _reply_logp(model, tokenizer, prompt: str, reply: str, max_length: int) -> tuple[float, int]:
     prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
     reply_ids = tokenizer(reply, add_special_tokens=False)["input_ids"]
     ids = (prompt_ids + reply_ids)[:max_length]
@@ -65,5 +74,4 @@ def _reply_logp(model, tokenizer, prompt: str, reply: str, max_length: int, norm
     input_ids = torch.tensor([ids], device=device)
     total = sequence_logps(model, input_ids, torch.ones_like(input_ids), torch.tensor([mask], device=device)).item()
     # sequence_logps scores tokens 1.. (each predicted from the one before): the reply tokens it counts
-    counted = sum(mask[1:])
-    return total / max(counted, 1) if normalize else total
+    return total, sum(mask[1:])
