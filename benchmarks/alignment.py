@@ -63,10 +63,10 @@ def run_config(task: str, args, train: Path, held: Path, out: Path):
     return validate_config({
         "task": task, "model": {"name_or_path": args.model},
         "method": {"name": "lora", "r": 16, "alpha": 32, "dropout": 0.0},
-        "preference": preference, "speed": {"cpu_threads": args.threads} if args.threads else {},
+        "preference": preference, "speed": speed_section(args),
         "data": {"train": [{"path": str(train)}], "validation": [{"path": str(held)}], "template": args.template,
                  "max_length": args.max_length},
-        "training": {"output_dir": str(out / run_name(task, steps, args.lr, args.max_length)), "max_steps": steps,
+        "training": {"output_dir": str(out / run_name(task, steps, args.lr, args.max_length, args.allocator)), "max_steps": steps,
                      "batch_size": args.batch_size, "learning_rate": args.lr, "warmup_ratio": 0.1,
                      "logging_steps": 4, "save_steps": 10_000, "eval_steps": 10_000, "tensorboard": False,
                      "overwrite_output_dir": True}})
@@ -83,16 +83,22 @@ def grpo_config(args, train: Path, out: Path):
     raw["model"]["name_or_path"] = args.model
     raw["grpo"].update(num_generations=args.grpo_generations, max_completion_length=args.grpo_completion)
     raw["data"].update(train=[{"path": str(train)}], template=args.template)
-    raw["speed"] = {"cpu_threads": args.threads} if args.threads else {}
-    raw["training"].update(output_dir=str(out / run_name("grpo", args.steps, args.lr, args.max_length)),
+    raw["speed"] = speed_section(args)
+    raw["training"].update(output_dir=str(out / run_name("grpo", args.steps, args.lr, args.max_length, args.allocator)),
                            max_steps=args.steps, learning_rate=args.lr, batch_size=args.grpo_generations,
                            grad_accum=2, logging_steps=1, save_steps=10_000, tensorboard=False,
                            overwrite_output_dir=True)
     return validate_config(raw)
 
 
-def run_name(task: str, steps: int, lr: float, max_length: int) -> str:
-    return f"{task}-s{steps}-lr{lr:g}-L{max_length}"
+def run_name(task: str, steps: int, lr: float, max_length: int, allocator: str = "auto") -> str:
+    return f"{task}-s{steps}-lr{lr:g}-L{max_length}" + ("" if allocator == "auto" else f"-{allocator}")
+
+
+def speed_section(args) -> dict:
+    """--threads and --allocator (speed.cpu_allocator: `lean` keeps the process at its live tensors, which is what
+    the pre-flight predicts; `auto` keeps glibc's settings here, as no tcmalloc is preloaded into the workers)."""
+    return {**({"cpu_threads": args.threads} if args.threads else {}), "cpu_allocator": args.allocator}
 
 
 def held_rows(cfg) -> list[dict]:
@@ -222,6 +228,7 @@ def preference_row(task: str, args, out: Path) -> dict:
     after = trained_scores(task, cfg, rows, args.max_length)
     run_dir = Path(cfg.training.output_dir)
     row = {"task": task, "steps": cfg.training.max_steps, "batch_size": args.batch_size, "lr": args.lr,
+           "allocator": args.allocator,
            "max_length": args.max_length, "held_out_pairs": len(rows), **trained,
            "train_log": train_log(run_dir, ("loss", "rewards/accuracies", "rewards/margins", "accuracy"))}
     if task == "reward":
@@ -247,6 +254,7 @@ def grpo_row(args, out: Path) -> dict:
     rewards, clipped = per_step(run_dir, "reward"), per_step(run_dir, "completions/clipped_ratio")
     quarter = max(len(rewards) // 4, 1)
     return {"task": "grpo", "steps": args.steps, "lr": args.lr, "max_length": args.max_length,  # (the key)
+            "allocator": args.allocator,
             "generations": args.grpo_generations, "completion_tokens": args.grpo_completion,
             "held_out_prompts": args.grpo_held_out, **trained,
             "exact_before": json.loads(before_file.read_text()),
@@ -255,6 +263,11 @@ def grpo_row(args, out: Path) -> dict:
             "reward_last_quarter": sum(rewards[-quarter:]) / quarter, "rewards": rewards, "clipped": clipped,
             "exact_per_step": per_step(run_dir, "rewards/exact_answer/mean"),
             "format_per_step": per_step(run_dir, "rewards/format/mean")}
+
+
+def _allocator(row: dict) -> str:
+    allocator = row.get("allocator", "auto")
+    return "" if allocator == "auto" else f" ({allocator})"
 
 
 def print_tables(results_file: Path) -> None:
@@ -271,7 +284,7 @@ def print_tables(results_file: Path) -> None:
                   f"{r['held_out_pairs']} | {r['sum_before']:.3f} → {r['sum_after']:.3f} | "
                   f"{r['token_before']:.3f} → {r['token_after']:.3f} | {r['implicit']:.3f} | "
                   f"{r['implicit_margin']:+.2f} | {r['margin_before']:+.1f} → {r['margin_after']:+.1f} | "
-                  f"{r['seconds']:.0f} | {r['peak_gib']:.2f} | {r['predicted_gib']} |")
+                  f"{r['seconds']:.0f} | {r['peak_gib']:.2f}{_allocator(r)} | {r['predicted_gib']} |")
     for r in (r for r in rows if r["task"] == "reward"):
         print(f"\nreward: {r['steps']} steps, lr {r['lr']:g}, max_length {r['max_length']}, {r['train_examples']} "
               f"training pairs, held-out pair accuracy {r['reward_accuracy']:.3f} of {r['held_out_pairs']} "
@@ -308,6 +321,8 @@ def main() -> None:
     parser.add_argument("--out", default="runs/bench-alignment")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads (default: one per physical core); 1 on a machine that other jobs share")
+    parser.add_argument("--allocator", choices=("auto", "lean", "default"), default="auto",
+                        help="speed.cpu_allocator of the runs (lean: the process holds its live tensors only)")
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -320,11 +335,11 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results_file = out / "results.jsonl"
-    done = ({tuple(json.loads(line)[k] for k in ("task", "steps", "lr", "max_length"))
-             for line in results_file.read_text().splitlines()} if results_file.exists() else set())
+    done = ({(*(r[k] for k in ("task", "steps", "lr", "max_length")), r.get("allocator", "auto"))
+             for r in map(json.loads, results_file.read_text().splitlines())} if results_file.exists() else set())
     for task in args.tasks.split(","):
         steps = args.steps * 2 if task == "kto" else args.steps
-        if (task, steps, args.lr, args.max_length) in done:
+        if (task, steps, args.lr, args.max_length, args.allocator) in done:
             continue
         row = grpo_row(args, out) if task == "grpo" else preference_row(task, args, out)
         with results_file.open("a") as handle:
