@@ -155,7 +155,7 @@ def test_efficacy_scores_a_workflow_on_rows_it_never_trained_on(tmp_path):
     assert len(train) == 48 and len(held) == 40 and not set(train) & set(held)
     row = next(line for line in output.splitlines() if line.startswith("| sst2 |"))
     cells = [cell.strip() for cell in row.split("|")[1:-1]]
-    assert cells[1] == "lora, r 8, lr 0.001, 1 ep, batch 16x1, 48 samples", row  # read back from the run's config.yaml
+    assert cells[1] == "lora, r 8, lr 0.002, 3 ep, batch 16x1, 48 samples", row  # read back from the run's config.yaml
     assert re.fullmatch(r"0\.\d{3} \(majority label\)", cells[3]) and re.fullmatch(r"[01]\.\d{3}", cells[4]), row
     assert re.fullmatch(r"[+-]\d+\.\d pts \((meets|misses) 0\.85\)", cells[5]), row
     assert re.search(r"conditions: .+ 1 CPU thread\(s\) per run", output)
