@@ -146,6 +146,9 @@ def test_every_example_of_the_python_docs_runs(stories_dir, tmp_path, monkeypatc
     write_yaml(tmp_path / "suite.yaml", {"name": "tiny", "tasks": [
         {"name": "stories", "type": "perplexity", "kind": "instruct", "data": STORIES_DATA, "max_samples": 4,
          "max_length": 64}]})
+    # the page's diagnose example reads merge.yaml: two copies of the run it trains, over the run's base
+    write_yaml(tmp_path / "merge.yaml", {"method": "ties", "base_model": str(stories_dir),
+                                          "models": [{"model": "runs/nb"}, {"model": "runs/nb"}]})
     places = {'"examples/lora.yaml"': '"stories.yaml"', '"examples/eval_suite.yaml"': '"suite.yaml"',
               '"training.max_steps": 50': '"training.max_steps": 2', "training.max_steps=50": "training.max_steps=2",
               '"smollm2-135m-instruct"': repr(str(stories_dir))}
@@ -158,6 +161,7 @@ def test_every_example_of_the_python_docs_runs(stories_dir, tmp_path, monkeypatc
     assert (tmp_path / "runs" / "nb" / "adapter_config.json").exists()
     assert namespace["report"].summary["exact_duplicates"] == 1 and namespace["report"].summary["contaminated"] >= 1
     assert "stories" in namespace["scores"]["tasks"] and namespace["plan"].peak > 0
+    assert namespace["diagnosis"].recommendation.method == "linear"  # identical task vectors: nothing conflicts
     AutoModelForCausalLM.from_pretrained(namespace["merged"])
     AutoModelForCausalLM.from_pretrained(tmp_path / "exported")
     assert namespace["exported"].gguf.resolve() == tmp_path / "gguf" / "nb-q8_0.gguf" and namespace["exported"].gguf.is_file()
