@@ -42,7 +42,7 @@ from ..reporting import Reporter, RunLog, reporter_or_default
 from ..retain.setup import RETAIN_DIR
 from ..runtime import resolve_runtime
 from ..speed.apply import ModelSpeedups, apply_to_model, configure_allocator, configure_process
-from ..speed.cpu.allocator import INSTALL_HINT, glibc_peak_bound, release_free_memory
+from ..speed.cpu.allocator import glibc_peak_bound, release_free_memory
 from ..speed.plan import resolve_speed_plan
 from .callbacks import MetricsFileCallback, finite_number, read_metrics
 from .tracking import Tracking, check_trackers
@@ -154,8 +154,8 @@ class TrainingRun:
             from ..planning.units import human
 
             self.reporter.info(f"pre-flight: glibc's default allocator keeps freed memory, so the process may hold up "
-                               f"to {human(bound)}; with tcmalloc ({INSTALL_HINT}) or speed.cpu_allocator: lean it "
-                               f"stays near {human(plan.peak)}")
+                               f"to {human(bound)}; with tcmalloc or speed.cpu_allocator: lean it stays near "
+                               f"{human(plan.peak)} (docs/speed.md)")
         return plan
 
     def settle_defaults(self, stats: dict) -> RunConfig:
