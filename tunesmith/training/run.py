@@ -153,9 +153,9 @@ class TrainingRun:
         if bound:  # the prediction is of live tensors; say what glibc's heap may keep on top (docs/planning.md)
             from ..planning.units import human
 
-            self.reporter.info(f"pre-flight: glibc's default allocator keeps freed memory, so the process may hold up "
-                               f"to {human(bound)}; with tcmalloc or speed.cpu_allocator: lean it stays near "
-                               f"{human(plan.peak)} (docs/speed.md)")
+            self.reporter.info(f"pre-flight: glibc's default allocator keeps freed memory, so the process can hold "
+                               f"{human(bound)} or more; with tcmalloc or speed.cpu_allocator: lean it stays near "
+                               f"{human(plan.peak)} (docs/planning.md)")
         return plan
 
     def settle_defaults(self, stats: dict) -> RunConfig:
