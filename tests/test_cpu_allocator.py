@@ -55,12 +55,12 @@ def test_auto_goes_lean_only_when_memory_is_tight():
 
 
 def test_under_glibc_defaults_the_user_is_told_what_the_heap_may_keep():
-    from tunesmith.speed.cpu.allocator import DEFAULT_RETENTION, glibc_peak_bound
+    from tunesmith.speed.cpu.allocator import DEFAULT_RETENTION, glibc_retained_peak
 
     gib = 2 ** 30
-    assert glibc_peak_bound("default", 3 * gib) == 3 * gib * DEFAULT_RETENTION
-    assert glibc_peak_bound("lean", 3 * gib) is None and glibc_peak_bound("tcmalloc", 3 * gib) is None
-    assert glibc_peak_bound("default", None) is None  # no prediction, no bound
+    assert glibc_retained_peak("default", 3 * gib) == 3 * gib * DEFAULT_RETENTION
+    assert glibc_retained_peak("lean", 3 * gib) is None and glibc_retained_peak("tcmalloc", 3 * gib) is None
+    assert glibc_retained_peak("default", None) is None  # no prediction, no bound
 
 
 # ---------------------------------------------------------------- tcmalloc, preloaded by the tunesmith command

@@ -387,15 +387,12 @@ def merge(config: str | Path | Mapping[str, Any] | Any, *, out: str | Path | Non
 def merge_sources(config: Any) -> dict[str, str]:
     """label → folder of every model a merge config (parsed) combines, its base first: what `--eval` scores the
     merged model against."""
+    from .merging.config import source_labels
     from .models.loading import resolve_ref
 
-    sources, seen = {}, set()
-    for label, folder in ([("base", config.base_model)] if config.base_model else []) + \
-            [(Path(m.model).name or m.model, m.model) for m in config.models]:
-        name = label if label not in seen else f"{label}#{len(seen)}"
-        seen.add(name)
-        sources[name] = resolve_ref(folder)
-    return sources
+    folders = [*([config.base_model] if config.base_model else []), *(m.model for m in config.models)]
+    labels = source_labels(["base", *folders[1:]] if config.base_model else folders)
+    return {label: resolve_ref(folder) for label, folder in zip(labels, folders)}
 
 
 def diagnose_merge(config: str | Path | Mapping[str, Any] | Any, *, base: str | None = None,

@@ -82,7 +82,7 @@ def merge_command(args) -> int:
         from ..merging.evaluate import load_suite, load_task_data, task_sources
 
         suite = load_suite(args.suite)  # suite, sources and data are checked before the merge starts
-        task_sources(suite, _sources(config), args.suite)
+        task_sources(suite, api.merge_sources(config), args.suite)
         load_task_data(suite)
     if not args.no_diagnose:
         _diagnosis_line(config, args, console)
@@ -95,7 +95,7 @@ def merge_command(args) -> int:
         return 0
     from ..merging.evaluate import evaluate_merge
 
-    report = evaluate_merge(str(out), _sources(config), suite, reporter=reporter)
+    report = evaluate_merge(str(out), api.merge_sources(config), suite, reporter=reporter)
     print_merge_report(report, console)
     atomic_write_json(Path(out) / "merge_eval.json", report.to_dict())
     return 1 if (report.flags and args.fail_on_flag) else 0
@@ -150,15 +150,10 @@ def print_diagnosis(diagnosis, console) -> None:
                   "tasks'[/]")
 
 
-def _sources(config) -> dict[str, str]:
-    from ..api import merge_sources
-
-    return merge_sources(config)
-
-
 def _search(args, config, suite, console, reporter) -> int:
     from rich.table import Table
 
+    from .. import api
     from ..errors import ConfigError
     from ..io import atomic_write_json
     from ..merging.search import search_merge
@@ -171,7 +166,7 @@ def _search(args, config, suite, console, reporter) -> int:
         console.print(f"trial {i}: {config.search.param}={list(trial.values)} worst retention "
                       f"{trial.objective[0]:.1%}, mean {trial.objective[1]:.1%}")
 
-    chosen, trials = search_merge(config, suite, _sources(config), out, overwrite=args.overwrite, on_trial=show,
+    chosen, trials = search_merge(config, suite, api.merge_sources(config), out, overwrite=args.overwrite, on_trial=show,
                                   reporter=reporter)
     table = Table(title=f"search over {config.search.param} (objective: worst-task retention)")
     table.add_column(config.search.param)

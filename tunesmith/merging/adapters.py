@@ -37,8 +37,9 @@ class LoraModule:
     scale: float
     embedding: bool
 
-    def delta(self, fan_in_fan_out: bool) -> torch.Tensor:
-        delta = (self.B.double() @ self.A.double()) * self.scale
+    def delta(self, fan_in_fan_out: bool, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        """The dense update s·B·A, shaped as the base tensor it changes."""
+        delta = (self.B.to(dtype) @ self.A.to(dtype)) * self.scale
         return delta.T if (self.embedding or fan_in_fan_out) else delta
 
 

@@ -133,3 +133,15 @@ def parse_config(data: Any, source: str = "config") -> AnyMergeConfig:
 
 def load_config(path: str | Path) -> AnyMergeConfig:
     return parse_config(read_yaml_file(path, "merge config"), str(path))
+
+
+def source_labels(names: list[str]) -> list[str]:
+    """A label per merged model (its folder name), repeats told apart by a `#n` suffix: the names reports, the
+    diagnosis and `--eval` give the sources."""
+    labels, seen = [], set()
+    for name in names:
+        label = Path(name).name or name
+        label = label if label not in seen else f"{label}#{len(seen)}"
+        seen.add(label)
+        labels.append(label)
+    return labels

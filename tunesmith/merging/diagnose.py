@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError, ModelError
-from .config import AnyMergeConfig, LoraCombineConfig, LoraToBaseConfig
+from .config import AnyMergeConfig, LoraCombineConfig, LoraToBaseConfig, source_labels
 from .methods.ties import trim
 from .schedule import layer_index
 
@@ -201,9 +201,7 @@ class _LoraDelta:
     fan_in_fan_out: bool
 
     def materialize(self) -> torch.Tensor:
-        lora = self.lora
-        delta = (lora.B.float() @ lora.A.float()) * lora.scale
-        return delta.T if (lora.embedding or self.fan_in_fan_out) else delta
+        return self.lora.delta(self.fan_in_fan_out, torch.float32)
 
 
 def lora_delta(folder: str | Path, tensor: str) -> torch.Tensor:
@@ -225,13 +223,7 @@ def _sources(config: AnyMergeConfig) -> tuple[list[str], list[str], str | None]:
     else:
         folders = [m.model for m in config.models]
         base = config.base_model
-    labels, seen = [], set()
-    for folder in folders:
-        label = Path(folder).name or folder
-        label = label if label not in seen else f"{label}#{len(seen)}"
-        seen.add(label)
-        labels.append(label)
-    return labels, folders, base
+    return source_labels(folders), folders, base
 
 
 def config_density(config: AnyMergeConfig) -> float:

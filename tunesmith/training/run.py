@@ -42,7 +42,7 @@ from ..reporting import Reporter, RunLog, reporter_or_default
 from ..retain.setup import RETAIN_DIR
 from ..runtime import resolve_runtime
 from ..speed.apply import ModelSpeedups, apply_to_model, configure_allocator, configure_process
-from ..speed.cpu.allocator import glibc_peak_bound, release_free_memory
+from ..speed.cpu.allocator import glibc_retained_peak, release_free_memory
 from ..speed.plan import resolve_speed_plan
 from .callbacks import MetricsFileCallback, finite_number, read_metrics
 from .tracking import Tracking, check_trackers
@@ -149,12 +149,12 @@ class TrainingRun:
             plan = preflight(self.cfg, reporter=self.reporter, speed=self.speed,
                              devices=self.world.shard_group(self.cfg))
         allocator = configure_allocator(self.speed, plan.peak if plan else None, device_memory("cpu"))
-        bound = glibc_peak_bound(allocator, plan.peak if plan else None)
-        if bound:  # the prediction is of live tensors; say what glibc's heap may keep on top (docs/planning.md)
+        retained = glibc_retained_peak(allocator, plan.peak if plan else None)
+        if retained:  # the prediction is of live tensors; say what glibc's heap may keep on top (docs/planning.md)
             from ..planning.units import human
 
             self.reporter.info(f"pre-flight: glibc's default allocator keeps freed memory, so the process can hold "
-                               f"{human(bound)} or more; with tcmalloc or speed.cpu_allocator: lean it stays near "
+                               f"{human(retained)} or more; with tcmalloc or speed.cpu_allocator: lean it stays near "
                                f"{human(plan.peak)} (docs/planning.md)")
         return plan
 

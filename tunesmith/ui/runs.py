@@ -21,10 +21,12 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..io import atomic_write_json
+from ..models.loading import RUN_META
 
 STATE_FILE = ".tunesmith-ui.json"
 CONSOLE_FILE = ".tunesmith-ui.log"
-RUN_META = "tunesmith_run.json"
+# training.run.RUN_LOG, written out: importing the training stack for one name would add seconds to the UI's start.
+RUN_LOG = "train.log"
 
 # The processes this UI started: their exit codes are collected (no zombies) and recorded in the state file.
 _children: dict[int, subprocess.Popen] = {}
@@ -183,7 +185,7 @@ def find_runs(root: str | Path) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         return []
-    markers = (STATE_FILE, "train.log", RUN_META, "metrics.jsonl")
+    markers = (STATE_FILE, RUN_LOG, RUN_META, "metrics.jsonl")
     candidates = [root, *sorted(p for p in root.iterdir() if p.is_dir())]
     return [p for p in candidates if any((p / m).exists() for m in markers)]
 
@@ -194,8 +196,8 @@ def run_rows(root: str | Path) -> list[list[str]]:
     for run_dir in find_runs(root):
         p = progress(run_dir)
         state = read_state(run_dir) or {}
-        started = state.get("started") or (run_dir / "train.log").stat().st_mtime if (
-            state or (run_dir / "train.log").exists()) else 0
+        started = state.get("started") or (run_dir / RUN_LOG).stat().st_mtime if (
+            state or (run_dir / RUN_LOG).exists()) else 0
         rows.append((started, [str(run_dir), p.status, f"{p.step}" + (f"/{p.total}" if p.total else ""),
                                "" if p.last_loss is None else f"{p.last_loss:.4f}",
                                time.strftime("%Y-%m-%d %H:%M", time.localtime(started)) if started else ""]))

@@ -31,8 +31,9 @@ def check_run(run: str) -> Path:
 def _model(ref: str, template: str | None):
     """The model for `ref`, loaded once; loading another run frees the one before."""
     from .. import api
+    from ..models.loading import RUN_META
 
-    meta = Path(ref) / "tunesmith_run.json"
+    meta = Path(ref) / RUN_META
     # A run trained again into the same folder is a new model: its saved time is part of the key.
     key = (ref, template, meta.stat().st_mtime if meta.exists() else None)
     if key not in _loaded:

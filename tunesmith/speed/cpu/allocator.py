@@ -115,10 +115,10 @@ def choose_cpu_allocator(mode: str, predicted_peak: float | None, available: flo
     return "default" if predicted_peak * DEFAULT_RETENTION <= available else "lean"
 
 
-def glibc_peak_bound(chosen: str, predicted_peak: float | None) -> float | None:
-    """When the run keeps glibc's default settings: how much the process may hold. The planner predicts the live
-    tensors (what lean and tcmalloc stay near); glibc's heap also keeps what backward freed, up to the worst
-    retention measured."""
+def glibc_retained_peak(chosen: str, predicted_peak: float | None) -> float | None:
+    """When the run keeps glibc's default settings: the predicted peak times the worst retention measured in short
+    runs. The planner predicts the live tensors (what lean and tcmalloc stay near); glibc's heap also keeps what
+    backward freed, and over whole runs it was seen to keep more than this (docs/planning.md): not a bound."""
     if chosen != "default" or not predicted_peak:
         return None
     return predicted_peak * DEFAULT_RETENTION
