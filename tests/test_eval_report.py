@@ -260,3 +260,135 @@ def test_llm_judge_through_tunesmith_serve(stories_dir, tmp_path):
     assert task["metrics"]["judge_mean"] == 7 and task["metrics"]["judge_unparsed"] == 0
     assert task["metrics"]["judge_score"] == pytest.approx(6 / 9)  # (7 - 1) / (10 - 1)
     assert all(s["judge"] == {"score": 7, "reply": "Score: 7"} for s in task["samples"])
+
+
+# --- head to head ------------------------------------------------------------------------------------------------
+
+class _PairwiseJudge:
+    """An OpenAI-compatible endpoint that compares the two answers of PAIRWISE_PROMPT by a rule: `longer` prefers
+    the longer answer (a judge with a real preference), `first` always says A (pure position bias), `mute` never
+    gives a verdict; a reply graded alone gets "Score: 5". Records every prompt it saw."""
+
+    def __init__(self, rule: str):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        seen = self.seen = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                prompt = body["messages"][-1]["content"]
+                seen.append(prompt)
+                if "[Answer A]" not in prompt:  # a single reply graded alone
+                    return self._reply("Score: 5")
+                first = prompt.split("[Answer A]\n", 1)[1].split("\n\n[Answer B]", 1)[0]
+                second = prompt.split("[Answer B]\n", 1)[1].rsplit("\n\nReply with", 1)[0]
+                verdict = {"first": "Winner: A", "mute": "Both are fine.",
+                           "longer": "Winner: " + ("A" if len(first) > len(second) else
+                                                   "B" if len(second) > len(first) else "tie")}[rule]
+                self._reply(verdict)
+
+            def _reply(self, verdict):
+                payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": verdict}}]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _results(label, replies):
+    return {"model": label, "tasks": {"qa": {"type": "generation", "metrics": {}, "samples": [
+        {"prompt": f"question {i}", "reference": None, "reply": r} for i, r in enumerate(replies)]}}}
+
+
+@pytest.mark.parametrize("rule", ["longer", "first", "mute"])
+def test_head_to_head_asks_both_orders_and_cancels_position_bias(tmp_path, rule):
+    """The judge sees each prompt twice, tuned reply first and base reply first. A judge that prefers the longer
+    reply gives the tuned model 1 / 0.5 / 0 per prompt as its reply is longer / as long / shorter; a judge that
+    always names the first answer gives every prompt 0.5 with consistency 0; no verdict counts as unparsed."""
+    from tunesmith.evaluation.compare import head_to_head
+    from tunesmith.reporting import Reporter
+
+    tuned_replies, base_replies = ["a long reply", "same", "x"], ["short", "same", "much longer reply"]
+    judge = _PairwiseJudge(rule)
+    try:
+        suite = validate_suite({"name": "s", "tasks": [{"name": "qa", "type": "generation", "data": ALPACA,
+                                                         "judge": {"model": "j", "base_url": judge.url}}]})
+        tuned = _results("tuned", tuned_replies)
+        rows = head_to_head(suite, _results("base", base_replies), tuned, Reporter())
+    finally:
+        judge.close()
+    assert len(judge.seen) == 6
+    orders = sorted((p.split("[Answer A]\n")[1].split("\n\n")[0], p.split("[Answer B]\n")[1].split("\n\n")[0])
+                    for p in judge.seen)
+    assert orders == sorted([(t, b) for t, b in zip(tuned_replies, base_replies)] +
+                            [(b, t) for t, b in zip(tuned_replies, base_replies)])
+    (row,) = rows
+    if rule == "longer":
+        assert [s["head_to_head"]["score"] for s in tuned["tasks"]["qa"]["samples"]] == [1.0, 0.5, 0.0]
+        assert (row["win_rate"], row["wins"], row["ties"], row["losses"], row["consistency"]) == (0.5, 1, 1, 1, 1.0)
+    elif rule == "first":
+        assert (row["win_rate"], row["ties"], row["consistency"]) == (0.5, 3, 0.0)
+    else:
+        assert row["unparsed"] == 3 and math.isnan(row["win_rate"])
+
+
+def test_parse_winner():
+    from tunesmith.evaluation.metrics.judge import parse_winner
+
+    assert parse_winner("A is clearer.\nWinner: B") == "B"
+    assert parse_winner("**Winner:** a") == "A"
+    assert parse_winner("winner: TIE") == "tie"
+    assert parse_winner("Winner: A ... on reflection, Winner: B") == "B"
+    assert parse_winner("I prefer the first.") is None
+
+
+def test_eval_compare_reports_the_judges_win_rate(stories_dir, tmp_path, capsys):
+    """`tunesmith eval A --compare B` with a judged generation task: results.json, the report and the console carry
+    the head-to-head row, computed from the two models' own replies."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    other = tmp_path / "other"
+    model = AutoModelForCausalLM.from_pretrained(str(stories_dir))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    model.save_pretrained(str(other))
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model"):
+        if (stories_dir / name).exists():
+            shutil.copy(stories_dir / name, other / name)
+    judge = _PairwiseJudge("longer")
+    try:
+        suite = write_suite(tmp_path, {"name": "h2h", "generation": {"max_new_tokens": 12}, "tasks": [
+            {"name": "stories", "type": "generation", "data": STORIES_DATA, "max_samples": 3, "metrics": [],
+             "judge": {"model": "j", "base_url": judge.url}}]})
+        assert main(["eval", str(stories_dir), "--suite", str(suite), "--compare", str(other), "--template",
+                     "alpaca_en", "--out", str(tmp_path / "out")]) == 0
+    finally:
+        judge.close()
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    (row,) = results["comparison"]["head_to_head"]
+    tuned, base = (results[k]["tasks"]["stories"]["samples"] for k in ("tuned", "base"))
+    expected = [1.0 if len(t["reply"]) > len(b["reply"]) else 0.5 if len(t["reply"]) == len(b["reply"]) else 0.0
+                for t, b in zip(tuned, base)]
+    assert [s["head_to_head"]["score"] for s in tuned] == expected
+    assert row["win_rate"] == pytest.approx(sum(expected) / 3)
+    assert len(judge.seen) == 3 + 3 + 6  # each model's replies graded alone, then both orders of each pair
+    assert "Head to head (judge)" in (tmp_path / "out" / "report.md").read_text()
+    assert "head to head on stories" in capsys.readouterr().err

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -371,7 +375,7 @@ def test_preference_plans_count_both_sequences_of_a_pair_and_the_reference(folde
     """A DPO batch of pairs runs 2 x batch sequences (TRL concatenates chosen and rejected), so what the policy
     keeps for backward is twice SFT's at the same batch; the reference forward adds a transient, and a second,
     frozen model only where the method is not PEFT (planning/preference.py)."""
-    from tunesmith.planning.preference import FUSED_CHUNK_TOKENS
+    from tunesmith.planning.preference import fused_head_memory
 
     config = load_model_config(str(folders["llama"]))
     same = dict(batch=2, seq=128, device="cpu", precision="fp32")
@@ -383,8 +387,12 @@ def test_preference_plans_count_both_sequences_of_a_pair_and_the_reference(folde
     assert 1.9 < dpo.activations / sft.activations <= 2.0
     trace = dpo.activation_trace
     assert dpo.reference_weights == 0  # LoRA: the reference is the base through the same weights
-    assert dpo.reference_pass == max(trace.per_block) + trace.block_input + \
-        min(FUSED_CHUNK_TOKENS, trace.tokens) * trace.vocab_size * 4
+    hidden = config.hidden_size
+    forward_only = fused_head_memory(trace.tokens, hidden, trace.vocab_size, torch.float32, head_trains=False,
+                                     device="cpu", backward=False)
+    assert dpo.reference_pass == max(trace.per_block) + trace.block_input + forward_only
+    assert dpo.logits == fused_head_memory(trace.tokens, hidden, trace.vocab_size, torch.float32, head_trains=False,
+                                           device="cpu") > forward_only
     assert dpo.peak > sft.peak and "reference forward (transient)" in dpo.components()
     assert dpo.peak_at_batch(2) == (dpo.peak, dpo.peak_phase)
     full = plan_memory(config, PlanRequest(method="full", task="dpo", **same))
@@ -400,6 +408,57 @@ def test_preference_plans_count_both_sequences_of_a_pair_and_the_reference(folde
     assert orpo.reference_pass == 0
     reward = plan_memory(config, PlanRequest(method="lora", task="reward", **same))
     assert reward.logits == 0 and reward.activations == dpo.activations
+
+
+FUSED_HEAD_PROBE = """
+import sys, torch
+from tunesmith.speed.cpu.allocator import configure_cpu_allocator
+configure_cpu_allocator("lean")  # every tensor of the probe is its own mapping: RSS follows the live tensors
+from trl.kernels import ChunkedLogProbFunction
+from tunesmith.planning.preference import fused_head_memory
+
+def kib(field):
+    return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith(field))
+
+torch.set_num_threads(1)
+tokens, hidden, vocab = 512, 64, 40000  # two vocabulary tiles, the second partly filled
+states, weight = torch.randn(tokens, hidden, requires_grad=True), torch.randn(vocab, hidden)
+labels = torch.randint(0, vocab, (tokens,))
+for half in (True, False):
+    for backward in (False, True):
+        def run(n):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=half), torch.set_grad_enabled(backward):
+                out = ChunkedLogProbFunction.apply(states[:n], weight, None, labels[:n], 1.0, 32768, None, 1.0,
+                                                   ("log_probs",))[0]
+                if backward:
+                    out.sum().backward()
+            states.grad = None
+        run(8)  # kernels and thread pools set up outside the measurement
+        open("/proc/self/clear_refs", "w").write("5")  # reset the high-water mark
+        base = kib("VmRSS:")
+        run(tokens)
+        measured = kib("VmHWM:") - base
+        planned = fused_head_memory(tokens, hidden, vocab, torch.bfloat16 if half else torch.float32,
+                                    head_trains=False, device="cpu", backward=backward)
+        print(half, backward, measured, planned)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
+def test_fused_head_plan_matches_the_memory_trls_head_really_takes_on_cpu():
+    """TRL's fused log-prob head on CPU scores every position in tiles of 4,096 x 32,768 with several fp32 copies
+    of a tile alive (about 33 bytes per tile element in backward); the plan runs TRL's function on fake tensors.
+    Here it runs for real on a 40,000-word vocabulary, in a process where freed tensors go back to the OS, and the
+    peak RSS it adds must be what the plan says (the old one-chunk formula said a third of it)."""
+    out = subprocess.run([sys.executable, "-c", FUSED_HEAD_PROBE], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [line.split() for line in out.stdout.splitlines() if line.startswith(("True", "False"))]
+    assert len(rows) == 4
+    for half, backward, measured, planned in rows:
+        assert 0.95 <= int(float(planned)) / int(measured) <= 1.1, (half, backward, measured, planned)
+        if backward == "True":
+            assert int(measured) > 32768 * 512 * 25  # far beyond one tile of logits: the copies are real
 
 
 def test_preflight_plans_a_dpo_config_as_dpo(folders, tmp_path):

@@ -167,7 +167,7 @@ def evaluate(run_or_model: str | Path, suite: str | Path, *, compare: str | None
     """`tunesmith eval`: run a suite's tasks, write results.json, report.md and report.html into `out` (default
     RUN/eval/SUITE_NAME, or eval/SUITE_NAME). `compare`: a second model for a before/after report ("base": the
     run's own base model), which answers the same prompts rendered with the run's template."""
-    from .evaluation.compare import compare_results
+    from .evaluation.compare import compare_results, head_to_head
     from .evaluation.data import check_task_data
     from .evaluation.report import write_report
     from .evaluation.runner import check_suite_for, evaluate_suite, load_evaluated
@@ -204,6 +204,7 @@ def evaluate(run_or_model: str | Path, suite: str | Path, *, compare: str | None
         gc.collect()
         base, _ = run_on(compare, _label(compare, "base"), run_template)
         comparison = compare_results(base, tuned)
+        comparison["head_to_head"] = head_to_head(loaded_suite, base, tuned, reporter)
         atomic_write_json(folder / "results.json", {"base": base, "tuned": tuned, "comparison": comparison})
         md, page = write_report([base, tuned], folder, comparison)
     return Evaluation(tuned, base, comparison, folder, Path(md), Path(page))

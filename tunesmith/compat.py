@@ -59,3 +59,22 @@ def no_packed_sequence_detection():
 
     with mock.patch.object(masking, "find_packed_sequence_indices", lambda *a, **k: None):
         yield
+
+
+@contextmanager
+def fake_cpu_tensors():
+    """Tensors with a shape, a dtype and the CPU as device, but no storage behind them (torch's FakeTensorMode).
+    The planner runs a library's own CPU code on them to see what it allocates: unlike the meta device, they pass
+    the device-type checks such code makes (autocast state, kernel choice)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        yield
+
+
+def dispatch_mode():
+    """torch's base class for a mode that sees every operator call (documented with `__torch_dispatch__`, but
+    exported from a private module)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    return TorchDispatchMode

@@ -87,6 +87,11 @@ def _print_comparison(console: Console, comparison: dict) -> None:
     console.print(table)
     for r in comparison["forgetting"]:
         console.print(f"forgetting on {r['task']} ({r['metric']}): {100 * r['rate']:+.1f}%")
+    for r in comparison.get("head_to_head", []):
+        console.print(f"head to head on {r['task']} ({r['judge']} judging): win rate {r['win_rate']:.3f}, "
+                      f"{r['wins']} wins / {r['ties']} ties / {r['losses']} losses, "
+                      f"order consistency {r['consistency']:.2f}" + (f", {r['unparsed']} unparsed" if r["unparsed"]
+                                                                     else ""))
 
 
 def _eval_router(args, console: Console) -> int:

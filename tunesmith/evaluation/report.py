@@ -141,6 +141,14 @@ def write_report(results: list[dict], out_dir: Path, comparison: dict | None = N
         sections.append(("Forgetting", ["general task", "metric", "before", "after", "forgetting rate"],
                          [[r["task"], r["metric"], _fmt(r["before"]), _fmt(r["after"]), f"{100 * r['rate']:+.1f}%"]
                           for r in comparison["forgetting"]], note))
+    if comparison and comparison.get("head_to_head"):
+        sections.append(("Head to head (judge)", ["task", "judge", "win rate", "wins / ties / losses", "unparsed",
+                                                  "order consistency"],
+                         [[r["task"], r["judge"], _fmt(r["win_rate"]), f"{r['wins']} / {r['ties']} / {r['losses']}",
+                           str(r["unparsed"]), _fmt(r["consistency"])] for r in comparison["head_to_head"]],
+                         "The judge saw each prompt's two replies twice, in both orders; win rate = the fine-tuned "
+                         "model's mean verdict (1 better, 0.5 tie, 0 worse). Order consistency: the share of "
+                         "prompts whose two verdicts agree (a judge that follows the position scores low)."))
     for task, t in results[0]["tasks"].items():
         if t.get("checks"):
             head = ["check"] + [r["model"] for r in results]

@@ -149,16 +149,20 @@ def _generation(generator: Generator, suite: Suite, task: GenerationTask, progre
     result = {"metrics": metrics, "samples": samples,
               "checks": {name: sum(v) / len(v) for name, v in outcomes.items()}}
     if task.judge:
-        j = task.judge
-        settings = JudgeSettings(model=j.model, base_url=j.base_url, api_key_env=j.api_key_env,
-                                 rubric=j.rubric or DEFAULT_RUBRIC, max_score=j.max_score, concurrency=j.concurrency)
-        with reporter.status(f"judging {task.name} with {j.model} ({len(samples)} replies)"):
-            judged = judge_replies(settings, [s["prompt"] for s in samples], [s["reference"] for s in samples],
-                                   replies)
+        with reporter.status(f"judging {task.name} with {task.judge.model} ({len(samples)} replies)"):
+            judged = judge_replies(judge_settings(task.judge), [s["prompt"] for s in samples],
+                                   [s["reference"] for s in samples], replies)
         metrics.update({k: judged[k] for k in ("judge_score", "judge_mean", "judge_unparsed")})
         for sample, score, raw in zip(samples, judged["scores"], judged["raw"]):
             sample["judge"] = {"score": score, "reply": raw}
     return result
+
+
+def judge_settings(judge) -> JudgeSettings:
+    """A suite task's `judge:` section as the judge module's settings."""
+    return JudgeSettings(model=judge.model, base_url=judge.base_url, api_key_env=judge.api_key_env,
+                         rubric=judge.rubric or DEFAULT_RUBRIC, max_score=judge.max_score,
+                         concurrency=judge.concurrency)
 
 
 def _classification(generator: Generator, suite: Suite, task: ClassificationTask, progress) -> dict:

@@ -43,6 +43,8 @@ class JudgeConfig(StrictModel):
     rubric: str | None = None
     max_score: int = Field(10, ge=2)
     concurrency: int = Field(4, gt=0)
+    head_to_head: bool = Field(True, description="with --compare: the judge also sees both models' replies side by "
+                                                 "side, in both orders, for a win rate (two more calls per prompt)")
 
 
 class _Task(StrictModel):

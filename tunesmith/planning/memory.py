@@ -17,7 +17,7 @@ from ..speed.cpu.dropout import use_fast_dropout
 from .activations import ActivationTrace, trace_activations
 from .optimizers import OPTIMIZERS, optimizer_state_bytes, resolve_optimizer
 from .params import ParamCounts, exact_counts, method_options
-from .preference import (FUSED_CHUNK_TOKENS, FUSED_HEAD, PREFERENCE_TASKS, has_reference, reference_pass,
+from .preference import (FUSED_HEAD, PREFERENCE_TASKS, fused_head_memory, has_reference, reference_pass,
                          reference_weights, sequences_per_example)
 
 # Measured, not tuned: the peak RSS of a CPU process that has imported the training stack (torch, transformers,
@@ -205,8 +205,14 @@ def _preference_loss(trace: ActivationTrace, request: PlanRequest, head_weight: 
         return activation_memory(trace, request, chunked=True), 0.0
     if request.task in FUSED_HEAD:
         return (activation_memory(trace, request, chunked=True),
-                chunked_loss_memory(trace, request, head_weight, FUSED_CHUNK_TOKENS))
+                _fused_head(trace, request, head_weight, backward=True))
     return activation_memory(trace, request), logits_memory(trace, request)
+
+
+def _fused_head(trace: ActivationTrace, request: PlanRequest, head_weight: torch.Tensor, *, backward: bool) -> float:
+    vocab, hidden = head_weight.shape
+    return fused_head_memory(trace.tokens, hidden, vocab, request.compute_dtype(), device=request.device,
+                             head_trains=head_weight.requires_grad, backward=backward)
 
 
 def step_temporaries(counts: ParamCounts, optimizer: str, request: PlanRequest) -> float:
@@ -289,7 +295,8 @@ def plan_memory(config, request: PlanRequest) -> MemoryPlan:
         peft = get_method(request.method).is_peft
         load_dtype = training_load_dtype(peft, request.compute_dtype(), cuda=request.device == "cuda")
         ref_weights = _shard(reference_weights(counts.total, load_dtype, peft), request, 3)
-        ref_pass = reference_pass(trace, request.compute_dtype() != torch.float32)
+        ref_pass = reference_pass(trace, _fused_head(trace, request, model.get_output_embeddings().weight,
+                                                     backward=False))
     if request.task in PREFERENCE_TASKS:
         unit = "pairs, two sequences each" if sequences_per_example(request.task) > 1 else "examples"
         notes.append(f"{request.task}: batch in {unit}" + ("; reference pass counted" if ref_pass else "")

@@ -1,4 +1,6 @@
-"""LLM-as-judge: another model grades each reply through an OpenAI-compatible chat endpoint.
+"""LLM-as-judge: another model grades each reply through an OpenAI-compatible chat endpoint, or, comparing two
+models on the same prompts, says which of their two replies is better (a win rate, as AlpacaEval and MT-Bench's
+pairwise mode report it).
 
 The HTTP client (retries, rate limit, concurrency, API key from the environment) is the data-construction
 teacher's; this module only writes the grading prompt and reads the score back.
@@ -26,6 +28,24 @@ PROMPT = """You are grading an AI assistant's answer.
 {answer}
 
 Reply with a short justification, then a final line exactly of the form "Score: N" where N is an integer from 1 to {max_score}."""
+PAIRWISE_PROMPT = """You are comparing two AI assistants' answers to the same instruction.
+
+{rubric}
+
+[Instruction]
+{question}
+
+[Reference answer]
+{reference}
+
+[Answer A]
+{first}
+
+[Answer B]
+{second}
+
+Reply with a short justification, then a final line exactly of the form "Winner: A", "Winner: B" or "Winner: tie"."""
+_WINNER = re.compile(r"winner\s*[:：=]\s*\**\s*(a|b|tie)\b", re.IGNORECASE)
 _SCORE = re.compile(r"score\s*[:：=]\s*\**\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
 _FRACTION = re.compile(r"(\d+(?:\.\d+)?)\s*/\s*(\d+)")
 
@@ -51,17 +71,29 @@ def parse_score(text: str, max_score: int) -> float | None:
     return value if value is not None and 1 <= value <= max_score else None
 
 
+def parse_winner(text: str) -> str | None:
+    """"A", "B" or "tie" from the judge's last "Winner: ..." line; None when there is none."""
+    found = _WINNER.findall(text)
+    return found[-1].upper() if found and found[-1].lower() != "tie" else ("tie" if found else None)
+
+
+def _teacher(settings: JudgeSettings):
+    import os
+
+    from ...data.construct.teachers import OpenAITeacher
+
+    api_key = os.environ.get(settings.api_key_env) if settings.api_key_env else None
+    return OpenAITeacher(settings.model, base_url=settings.base_url, api_key=api_key,
+                         concurrency=settings.concurrency)
+
+
 def judge_replies(settings: JudgeSettings, questions: Sequence[str], references: Sequence[str | None],
                   answers: Sequence[str]) -> dict:
     """{judge_score: mean score scaled to [0, 1] as (N-1)/(max-1), judge_mean: mean raw N, judge_unparsed,
     scores: per reply (None when the judge's reply had no readable score), raw: the judge's replies}."""
-    import os
+    from ...data.construct.teachers import TeacherOptions
 
-    from ...data.construct.teachers import OpenAITeacher, TeacherOptions
-
-    api_key = os.environ.get(settings.api_key_env) if settings.api_key_env else None
-    teacher = OpenAITeacher(settings.model, base_url=settings.base_url, api_key=api_key,
-                            concurrency=settings.concurrency)
+    teacher = _teacher(settings)
     prompts = [[{"role": "user", "content": PROMPT.format(rubric=settings.rubric, question=q,
                                                           reference=r or "(none)", answer=a,
                                                           max_score=settings.max_score)}]
@@ -73,3 +105,35 @@ def judge_replies(settings: JudgeSettings, questions: Sequence[str], references:
     return {"judge_score": (mean - 1) / (settings.max_score - 1) if valid else float("nan"),
             "judge_mean": mean, "judge_unparsed": (len(scores) - len(valid)) / max(len(scores), 1),
             "scores": scores, "raw": raw}
+
+
+def judge_head_to_head(settings: JudgeSettings, questions: Sequence[str], references: Sequence[str | None],
+                       tuned: Sequence[str], base: Sequence[str]) -> dict:
+    """The judge sees each prompt's two replies twice, once in each order, because judges favour a position (Zheng
+    et al. 2023, MT-Bench). A verdict scores the tuned reply 1 (better), 0.5 (tie) or 0; a sample's score is the
+    mean of its readable verdicts. {win_rate: mean sample score, wins / ties / losses: samples above, at, below
+    0.5, unparsed: samples without a readable verdict, consistency: share of samples whose two verdicts agree,
+    scores: per sample (None: unparsed), raw: the judge's replies per sample, tuned first then base first}."""
+    from ...data.construct.teachers import TeacherOptions
+
+    rubric = settings.rubric
+    prompts = []
+    for q, r, t, b in zip(questions, references, tuned, base):
+        for first, second in ((t, b), (b, t)):
+            prompts.append([{"role": "user", "content": PAIRWISE_PROMPT.format(
+                rubric=rubric, question=q, reference=r or "(none)", first=first, second=second)}])
+    raw = _teacher(settings).complete(prompts, TeacherOptions(max_tokens=settings.max_tokens, temperature=0.0))
+    scores, agree, pairs = [], [], []
+    for i in range(0, len(raw), 2):
+        tuned_first, base_first = parse_winner(raw[i]), parse_winner(raw[i + 1])
+        verdicts = [v for v in ({"A": 1.0, "B": 0.0, "tie": 0.5}.get(tuned_first),
+                                {"A": 0.0, "B": 1.0, "tie": 0.5}.get(base_first)) if v is not None]
+        scores.append(sum(verdicts) / len(verdicts) if verdicts else None)
+        if len(verdicts) == 2:
+            agree.append(verdicts[0] == verdicts[1])
+        pairs.append([raw[i], raw[i + 1]])
+    valid = [s for s in scores if s is not None]
+    return {"win_rate": sum(valid) / len(valid) if valid else float("nan"),
+            "wins": sum(s > 0.5 for s in valid), "ties": sum(s == 0.5 for s in valid),
+            "losses": sum(s < 0.5 for s in valid), "unparsed": len(scores) - len(valid),
+            "consistency": sum(agree) / len(agree) if agree else float("nan"), "scores": scores, "raw": pairs}
