@@ -72,6 +72,37 @@ def test_the_shared_demo_files_parse():
         assert len(load_preference(DatasetSpec(path=str(folder / f"{name}.json")), unpaired=unpaired)) == count
 
 
+def test_a_reward_models_long_pairs_are_cut_to_fit_not_dropped(stories_dir, tmp_path):
+    """TRL's reward trainer drops a pair that does not fit max_length; tunesmith cuts it first: each reply keeps its
+    beginning, the prompt its end (the question and the template's assistant prefix), and every sequence then
+    fits. Short pairs are untouched; the other tasks still leave cutting to TRL."""
+    from tunesmith.data.preference_build import build_preference_data
+    from tunesmith.data.templates.registry import get_template
+    from tunesmith.models.loading import load_tokenizer
+
+    long_prompt = "Once upon a time there was a cat. " * 30 + PROMPT
+    records = [{"prompt": long_prompt, "chosen": CHOSEN + " It was fun." * 60, "rejected": REJECTED * 40},
+               {"prompt": PROMPT, "chosen": CHOSEN, "rejected": REJECTED}]
+    path = write_jsonl(tmp_path / "long.jsonl", records)
+    cfg = validate_config({"task": "reward", "model": {"name_or_path": str(stories_dir)},
+                           "data": {"train": [{"path": str(path)}], "max_length": 96, "template": "chatml"},
+                           "training": {"output_dir": str(tmp_path / "run")}})
+    tokenizer = load_tokenizer(cfg.model)
+    template = get_template("chatml", tokenizer)
+    data = build_preference_data(cfg.data, tokenizer, template, whole=True)
+    assert (data.stats["train_samples"], data.stats["cut_to_fit"], data.stats["dropped_long_prompt"]) == (2, 1, 0)
+    count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    rows = sorted(data.train, key=lambda r: -len(r["prompt"] + r["chosen"]))
+    cut, short = rows
+    for key in ("chosen", "rejected"):
+        assert count(cut["prompt"]) + count(cut[key]) + 1 <= 96
+    assert cut["prompt"].rstrip().endswith("assistant") and PROMPT in cut["prompt"]
+    assert cut["chosen"].startswith(CHOSEN) and len(cut["chosen"]) < len(records[0]["chosen"])
+    assert short["chosen"] == CHOSEN + "<|im_end|>" and PROMPT in short["prompt"]  # rendered, uncut
+    dpo = build_preference_data(cfg.data, tokenizer, template)  # dpo & co: TRL cuts; nothing cut here
+    assert dpo.stats["cut_to_fit"] == 0
+
+
 def test_an_option_of_another_task_is_refused():
     raw = {"task": "orpo", "model": {"name_or_path": "m"}, "data": {"train": [{"path": "d.json"}]},
            "preference": {"loss_type": "ipo"}}

@@ -36,6 +36,9 @@ def train_reward(cfg: RunConfig, *, resume: bool = False, reporter: Reporter | N
                     f"validation pairs")
         if dropped_note(data.stats):
             report.warning(dropped_note(data.stats))
+        if data.stats["cut_to_fit"]:
+            report.info(f"{data.stats['cut_to_fit']} pairs longer than data.max_length cut to fit (replies keep "
+                        f"their beginning, prompts their end)")
         run.preflight()
         steps = total_steps(cfg, len(data.train))
 
