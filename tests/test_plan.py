@@ -461,6 +461,36 @@ def test_fused_head_plan_matches_the_memory_trls_head_really_takes_on_cpu():
             assert int(measured) > 32768 * 512 * 25  # far beyond one tile of logits: the copies are real
 
 
+def test_grpo_plan_counts_sampling_as_its_own_phase_and_the_head_with_its_entropy(folders):
+    """GRPO: sampling holds a KV cache of every layer for batch x seq tokens while nothing is saved for backward
+    (its own phase); the training forward scores through TRL's fused head asking for the entropy too; beta > 0 adds
+    the reference forward."""
+    from tunesmith.planning.grpo import GRPO_OUTPUTS
+    from tunesmith.planning.preference import fused_head_memory
+
+    config = load_model_config(str(folders["llama"]))
+    same = dict(method="lora", batch=4, seq=96, device="cpu", precision="fp32")
+    grpo = plan_memory(config, PlanRequest(task="grpo", **same))
+    trace = grpo.activation_trace
+    heads, head_dim = config.num_key_value_heads, config.hidden_size // config.num_attention_heads
+    assert grpo.generation == 2 * config.num_hidden_layers * 4 * 96 * heads * head_dim * 4 + 3 * 4 * trace.vocab_size * 4
+    assert grpo.logits == fused_head_memory(trace.tokens, config.hidden_size, trace.vocab_size, torch.float32,
+                                            head_trains=False, device="cpu", outputs=GRPO_OUTPUTS)
+    assert grpo.reference_pass == 0 and "generation: KV cache (own phase)" in grpo.components()
+    with_kl = plan_memory(config, PlanRequest(task="grpo", grpo_reference=True, **same))
+    assert with_kl.reference_pass > 0
+    # TRL samples a whole step's completions at once (batch x grad_accum): with many accumulation steps the KV
+    # cache of the sampling phase is what decides the peak
+    # (TRL's head allocates its tile 32,768 columns wide whatever the vocabulary: 50 MB here, for 544 words)
+    accumulated = plan_memory(config, PlanRequest(task="grpo", grad_accum=1024, **same))
+    assert accumulated.generation == 2 * config.num_hidden_layers * 4096 * 96 * heads * head_dim * 4 + \
+        3 * 4096 * trace.vocab_size * 4
+    long = accumulated
+    base = long.overhead + long.weights + long.optimizer_state
+    assert long.peak_phase == "generation" and long.peak == base + long.generation
+    assert grpo.peak_phase == "start of backward"
+
+
 def test_preflight_plans_a_dpo_config_as_dpo(folders, tmp_path):
     from tunesmith.config.loading import validate_config
     from tunesmith.planning.preflight import request_from_config

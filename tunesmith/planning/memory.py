@@ -15,6 +15,7 @@ import torch
 from ..speed.chunked_loss import chunk_tokens
 from ..speed.cpu.dropout import use_fast_dropout
 from .activations import ActivationTrace, trace_activations
+from .grpo import GRPO_OUTPUTS, generation_memory
 from .optimizers import OPTIMIZERS, optimizer_state_bytes, resolve_optimizer
 from .params import ParamCounts, exact_counts, method_options
 from .preference import (FUSED_HEAD, PREFERENCE_TASKS, fused_head_memory, has_reference, reference_pass,
@@ -68,6 +69,7 @@ class PlanRequest:
     # (planning/preference.py); `batch` is then in pairs (or KTO examples), as training.batch_size is.
     task: str = "sft"
     precomputed_reference: bool = False  # preference.precompute_ref_log_probs: no reference model or pass in training
+    grpo_reference: bool = False         # task grpo with grpo.beta > 0: a reference forward (planning/grpo.py)
     # retain: which penalties have a weight (l2sp, ewc, kd): their θ₀ copies, Fisher, teacher (tunesmith/retain/).
     retain: tuple[str, ...] = ()
 
@@ -105,6 +107,7 @@ class MemoryPlan:
     reference_pass: float = 0.0     # dpo/kto: the no_grad reference forward's transient, beside the saved activations
     retain_parts: dict[str, float] = field(default_factory=dict)  # retain: θ₀, Fisher, teacher copy (held throughout)
     retain_pass: float = 0.0        # retain.kd: the teacher's no_grad forward and one chunk of the KL's logits
+    generation: float = 0.0         # grpo: sampling's KV cache and logits (a phase of its own, planning/grpo.py)
 
     @property
     def retain_weights(self) -> float:
@@ -123,6 +126,8 @@ class MemoryPlan:
         parts.update(self.retain_parts)
         if self.retain_pass:
             parts["retain: KD teacher forward (transient)"] = self.retain_pass
+        if self.generation:
+            parts["generation: KV cache (own phase)"] = self.generation
         return parts
 
     def peak_at_batch(self, batch: int) -> tuple[float, str]:
@@ -130,15 +135,18 @@ class MemoryPlan:
         The peak is reached when backward starts (every saved activation alive, plus the loss gradients) or at the
         optimizer step (every gradient plus the update's temporaries); with gradient accumulation the previous
         micro-batches' gradients stay alive through the next backward. A reference forward (dpo, kto) runs after the
-        policy's, its transient beside the saved activations, and is gone before the loss's buffers exist."""
+        policy's, its transient beside the saved activations, and is gone before the loss's buffers exist. GRPO's
+        sampling is a third phase, with nothing saved for backward."""
         scale = batch / self.request.batch
         backward_start = (self.activations + max(self.logits, self.reference_pass, self.retain_pass)) * scale + \
             (self.gradients if self.request.grad_accum > 1 else 0)
         optimizer_step = self.gradients + self.step_temporaries
-        phase = "start of backward" if backward_start >= optimizer_step else "optimizer step"
+        phases = {"start of backward": backward_start, "optimizer step": optimizer_step,
+                  "generation": self.generation * scale}
+        phase = max(phases, key=phases.get)
         base = self.overhead + self.checkpoint_pages + self.weights + self.optimizer_state + self.reference_weights + \
             self.retain_weights
-        return base + max(backward_start, optimizer_step), phase
+        return base + phases[phase], phase
 
 
 def _shard(value: float, request: PlanRequest, from_stage: int) -> float:
@@ -209,10 +217,11 @@ def _preference_loss(trace: ActivationTrace, request: PlanRequest, head_weight: 
     return activation_memory(trace, request), logits_memory(trace, request)
 
 
-def _fused_head(trace: ActivationTrace, request: PlanRequest, head_weight: torch.Tensor, *, backward: bool) -> float:
+def _fused_head(trace: ActivationTrace, request: PlanRequest, head_weight: torch.Tensor, *, backward: bool,
+                outputs: tuple[str, ...] = ("log_probs",)) -> float:
     vocab, hidden = head_weight.shape
     return fused_head_memory(trace.tokens, hidden, vocab, request.compute_dtype(), device=request.device,
-                             head_trains=head_weight.requires_grad, backward=backward)
+                             head_trains=head_weight.requires_grad, backward=backward, outputs=outputs)
 
 
 def step_temporaries(counts: ParamCounts, optimizer: str, request: PlanRequest) -> float:
@@ -266,6 +275,9 @@ def plan_memory(config, request: PlanRequest) -> MemoryPlan:
     state = optimizer_memory(counts, optimizer, request)
     if request.task in PREFERENCE_TASKS:
         activations, logits = _preference_loss(trace, request, model.get_output_embeddings().weight)
+    elif request.task == "grpo":
+        activations = activation_memory(trace, request, chunked=True)
+        logits = _fused_head(trace, request, model.get_output_embeddings().weight, backward=True, outputs=GRPO_OUTPUTS)
     else:
         chunked = _chunked_loss_applies(model, request)
         activations = activation_memory(trace, request, chunked)
@@ -287,8 +299,15 @@ def plan_memory(config, request: PlanRequest) -> MemoryPlan:
                      "(docs/planning.md)")
     if request.zero_stage and request.devices > 1:
         notes.append(f"ZeRO-{request.zero_stage} over {request.devices} devices: figures are per device")
-    ref_weights = ref_pass = 0.0
-    if has_reference(request.task, request.precomputed_reference):
+    ref_weights = ref_pass = generation = 0.0
+    if request.task == "grpo":
+        # TRL samples a whole optimisation step's completions at once (steps_per_generation = grad_accum)
+        generation = generation_memory(config, request.batch * request.grad_accum, request.seq, trace.vocab_size,
+                                       request.compute_dtype())
+        notes.append("grpo: batch in completions of prompt + completion up to seq tokens; sampling's KV cache is its "
+                     "own phase" + ("; reference pass counted" if request.grpo_reference else ""))
+    if has_reference(request.task, request.precomputed_reference) or (request.task == "grpo" and
+                                                                      request.grpo_reference):
         from ..methods.registry import get_method
         from ..models.loading import training_load_dtype
 
@@ -304,7 +323,8 @@ def plan_memory(config, request: PlanRequest) -> MemoryPlan:
                      + " (docs/planning.md: preference runs)")
     retain_parts, retain_pass = _retain(model, trace, request)
     plan = MemoryPlan(request, counts, optimizer, weights, gradients, state, activations, logits, temporaries,
-                      overhead, 0.0, "", trace, notes, pages, ref_weights, ref_pass, retain_parts, retain_pass)
+                      overhead, 0.0, "", trace, notes, pages, ref_weights, ref_pass, retain_parts, retain_pass,
+                      generation)
     plan.peak, plan.peak_phase = plan.peak_at_batch(request.batch)
     return plan
 

@@ -52,24 +52,24 @@ def reference_pass(trace: ActivationTrace, fused_forward: float) -> float:
 
 
 def fused_head_memory(tokens: int, hidden: int, vocab: int, compute_dtype: torch.dtype, *, head_trains: bool,
-                      device: str, backward: bool = True) -> float:
+                      device: str, backward: bool = True, outputs: tuple[str, ...] = ("log_probs",)) -> float:
     """Peak bytes TRL's fused log-prob head allocates for `tokens` positions, in its forward (`backward=False`: the
     reference pass) or its backward (the policy; the backward recomputes the tiles and is the larger of the two).
     CPU: TRL's own function run on fake tensors under CPU autocast. CUDA: its Triton kernels fold each tile in place,
     so the tile buffer, the fp32 gradient accumulators and the casts of the inputs are what it holds (read off the
-    code, not measured on a GPU)."""
+    code, not measured on a GPU). `outputs`: the per-token fields asked for (GRPO adds the entropy)."""
     if device == "cuda":
         half = 2 if compute_dtype != torch.float32 else 4
         tile = min(tokens, FUSED_TOKEN_CHUNK) * min(vocab, FUSED_VOCAB_CHUNK) * half
         casts = tokens * hidden * half + min(vocab, FUSED_VOCAB_CHUNK) * hidden * half
         grads = (4 * tokens * hidden + (4 * vocab * hidden if head_trains else 0)) if backward else 0
         return float(tile + casts + grads + 8 * 4 * tokens)
-    return float(_traced_fused_head(tokens, hidden, vocab, compute_dtype, head_trains, backward))
+    return float(_traced_fused_head(tokens, hidden, vocab, compute_dtype, head_trains, backward, outputs))
 
 
 @functools.lru_cache(maxsize=64)
 def _traced_fused_head(tokens: int, hidden: int, vocab: int, compute_dtype: torch.dtype, head_trains: bool,
-                       backward: bool) -> int:
+                       backward: bool, outputs: tuple[str, ...]) -> int:
     from trl.kernels import ChunkedLogProbFunction
 
     from ..compat import fake_cpu_tensors
@@ -85,7 +85,7 @@ def _traced_fused_head(tokens: int, hidden: int, vocab: int, compute_dtype: torc
         def run():
             with torch.autocast("cpu", dtype=compute_dtype, enabled=half), torch.set_grad_enabled(backward):
                 log_probs = ChunkedLogProbFunction.apply(states, weight, None, labels, 1.0, FUSED_VOCAB_CHUNK, None,
-                                                         1.0, ("log_probs",))[0]
+                                                         1.0, outputs)[0]
                 if backward:
                     log_probs.sum().backward()
 

@@ -54,6 +54,7 @@ def request_from_config(cfg, device: str, speed=None, *, devices: int = 1):
                        # Liger's fused linear cross-entropy keeps no full logits either: counted alike.
                        chunked_loss=speed.loss in ("chunked", "liger"),
                        task=cfg.task, precomputed_reference=cfg.preference.precompute_ref_log_probs,
+                       grpo_reference=cfg.task == "grpo" and cfg.grpo.beta > 0,
                        retain=tuple(name for name in (cfg.retain.active() if cfg.retain else ())
                                     if name != "replay"))
 
