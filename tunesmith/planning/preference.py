@@ -60,7 +60,7 @@ def fused_head_memory(tokens: int, hidden: int, vocab: int, compute_dtype: torch
     code, not measured on a GPU). `outputs`: the per-token fields asked for (GRPO adds the entropy)."""
     if device == "cuda":
         half = 2 if compute_dtype != torch.float32 else 4
-        tile = min(tokens, FUSED_TOKEN_CHUNK) * min(vocab, FUSED_VOCAB_CHUNK) * half
+        tile = min(tokens, FUSED_TOKEN_CHUNK) * FUSED_VOCAB_CHUNK * half  # the buffer is a full chunk wide
         casts = tokens * hidden * half + min(vocab, FUSED_VOCAB_CHUNK) * hidden * half
         grads = (4 * tokens * hidden + (4 * vocab * hidden if head_trains else 0)) if backward else 0
         return float(tile + casts + grads + 8 * 4 * tokens)
