@@ -161,6 +161,8 @@ def quiet_library_chatter() -> None:
     # kernel it names serves one-row 4-bit inference (gemv); bitsandbytes' built-in path is used instead.
     logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(
         _DropMessage("Failed to load CPU gemm_4bit_forward from kernels-community"))
+    # ... and the `kernels` package (a transformers dependency) says so first when the hub is offline.
+    logging.getLogger("kernels._internals.hf_hub").addFilter(_DropMessage("Skipping publisher trust check"))
 
 
 def _rank() -> str:
