@@ -200,9 +200,10 @@ def worker(task: str, config_file: str) -> None:
     start = time.perf_counter()
     result = train(cfg)
     seconds = time.perf_counter() - start
-    predicted = re.search(r"pre-flight: predicted peak ([0-9.]+) GiB", (result.run_dir / "train.log").read_text())
+    # train.log keeps the lines of earlier runs in the same folder: this run's pre-flight is the last one
+    predicted = re.findall(r"pre-flight: predicted peak ([0-9.]+) GiB", (result.run_dir / "train.log").read_text())
     print(json.dumps({"seconds": seconds, "peak_gib": peak_rss_mb() / 1024, "train_examples":
-                      result.data_stats["train_samples"], "predicted_gib": float(predicted[1]) if predicted else None}))
+                      result.data_stats["train_samples"], "predicted_gib": float(predicted[-1]) if predicted else None}))
 
 
 def train_in_process(task: str, cfg, out: Path) -> dict:
