@@ -1,5 +1,5 @@
-"""speed.cpu_allocator on CPU: step time and peak memory with glibc's default settings, tunesmith's `lean` and
-tcmalloc (preloaded, as the `tunesmith` command does when it is installed).
+"""speed.cpu_allocator on CPU: step time and peak memory with glibc's default settings, tunesmith's `lean`, tcmalloc
+and tbbmalloc (each preloaded, as the `tunesmith` command does when it is installed; a row per installed one).
 
 Each setting runs in a fresh process: SmolLM2-135M-Instruct (offline, from PyPI via tunesmith), LoRA r=16 on q/k/v/o,
 fp32, AdamW, random token batches of batch x seq with every token trained (the heaviest case for the logits), a few
@@ -22,14 +22,14 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-MODES = ("default", "lean", "tcmalloc")
+MODES = ("default", "lean", "tcmalloc", "tbbmalloc")
 
 
 def worker(mode: str, batch: int, seq: int, steps: int, warmup: int, bf16: bool) -> dict:
     sys.path.insert(0, str(ROOT))
-    from tunesmith.speed.cpu.allocator import configure_cpu_allocator, preload_tcmalloc
+    from tunesmith.speed.cpu.allocator import PRELOADABLE, configure_cpu_allocator, preload_allocator
 
-    preload_tcmalloc(mode if mode == "tcmalloc" else "default")  # restarts this worker with tcmalloc preloaded
+    preload_allocator(mode if mode in PRELOADABLE else "default")  # restarts this worker with it preloaded
     configure_cpu_allocator(mode)  # first, as a CPU training run does before loading anything
     import torch
     from peft import LoraConfig, get_peft_model
@@ -74,10 +74,10 @@ def main() -> int:
         return 0
     sys.path.insert(0, str(ROOT))
     from tunesmith.hardware import cpu_model
-    from tunesmith.speed.cpu.allocator import find_tcmalloc
+    from tunesmith.speed.cpu.allocator import find_tbbmalloc, find_tcmalloc
 
-    tcmalloc = find_tcmalloc()
-    modes = MODES if tcmalloc else tuple(m for m in MODES if m != "tcmalloc")
+    tcmalloc, tbbmalloc = find_tcmalloc(), find_tbbmalloc()
+    modes = tuple(m for m in MODES if (m != "tcmalloc" or tcmalloc) and (m != "tbbmalloc" or tbbmalloc))
     runs: dict[str, list[dict]] = {mode: [] for mode in modes}
     for _ in range(args.repeat):
         for mode in modes:
@@ -92,7 +92,8 @@ def main() -> int:
     print(f"\nspeed.cpu_allocator: SmolLM2-135M LoRA r=16 q/k/v/o, {'bf16 autocast' if args.bf16 else 'fp32'}, batch {args.batch} x {args.seq} tokens, "
           f"{args.steps - args.warmup} timed steps after {args.warmup}, median of {args.repeat} alternating run(s); "
           f"{os.cpu_count()} CPUs ({cpu_model()}), glibc {platform.libc_ver()[1]}, "
-          f"load average {os.getloadavg()[0]:.1f} at the end; tcmalloc: {tcmalloc or 'not installed (row left out)'}")
+          f"load average {os.getloadavg()[0]:.1f} at the end; tcmalloc: {tcmalloc or 'not installed (row left out)'}; "
+          f"tbbmalloc: {tbbmalloc[-1] if tbbmalloc else 'not installed (row left out)'}")
     print(f"{'setting':10} {'s/step':>8} {'peak RSS MiB':>13} {'time vs default':>16} {'memory vs default':>18}")
     base = {k: statistics.median(r[k] for r in runs["default"]) for k in ("step_s", "peak")}
     for mode in modes:

@@ -12,6 +12,7 @@ as its own row.
     python benchmarks/plan_accuracy.py --only smollm2   # a subset (substring of the name); keeps the other rows
     python benchmarks/plan_accuracy.py --allocator default   # glibc's dynamic settings instead of lean
     python benchmarks/plan_accuracy.py --allocator tcmalloc  # tcmalloc preloaded (what `auto` uses when installed)
+    python benchmarks/plan_accuracy.py --allocator tbbmalloc # oneTBB's allocator preloaded (auto's second choice)
         # (speed.cpu_allocator); each setting has its own results file
     python benchmarks/plan_accuracy.py --precision bf16  # bf16 autocast (model.dtype auto on CPUs with AMX)
 """
@@ -269,7 +270,8 @@ def report(measured: dict[str, dict]) -> int:
     from tunesmith.speed.cpu.allocator import LEAN_MMAP_THRESHOLD
 
     malloc = {"lean": f"lean (fixed mmap threshold {LEAN_MMAP_THRESHOLD // 1024} KiB)",
-              "default": "glibc default (dynamic mmap threshold)", "tcmalloc": "tcmalloc (preloaded)"}[ALLOCATOR]
+              "default": "glibc default (dynamic mmap threshold)", "tcmalloc": "tcmalloc (preloaded)",
+              "tbbmalloc": "tbbmalloc (preloaded)"}[ALLOCATOR]
     console.print(f"conditions: speed.cpu_allocator {malloc}; {cpu_model()}, {os.cpu_count()} CPUs, "
                   f"torch {torch.__version__}, batch {BATCH}, {STEPS} steps, "
                   f"{'fp32' if PRECISION == 'fp32' else 'bf16 autocast over an fp32 model'} (CPU), sdpa attention, "
@@ -283,7 +285,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reuse", action="store_true", help="print from the last measurements")
     parser.add_argument("--only", default=None, help="only configurations whose name contains this")
-    parser.add_argument("--allocator", choices=("lean", "default", "tcmalloc"), default="lean",
+    parser.add_argument("--allocator", choices=("lean", "default", "tcmalloc", "tbbmalloc"), default="lean",
                         help="speed.cpu_allocator for every configuration (default: lean, what `auto` picks "
                              "when the predicted peak is close to the available RAM)")
     parser.add_argument("--precision", choices=tuple(DTYPES), default="fp32",
@@ -296,10 +298,10 @@ def main() -> int:
     ALLOCATOR, PRECISION = args.allocator, args.precision
     if args.worker or args.worker_baseline:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-        from tunesmith.speed.cpu.allocator import preload_tcmalloc
+        from tunesmith.speed.cpu.allocator import preload_allocator
 
         # As the tunesmith command does: restart this worker with tcmalloc preloaded (only for `tcmalloc`).
-        preload_tcmalloc(json.loads(args.worker)["allocator"] if args.worker else ALLOCATOR)
+        preload_allocator(json.loads(args.worker)["allocator"] if args.worker else ALLOCATOR)
     if args.worker_baseline:
         print(json.dumps(worker_baseline()))
         return 0

@@ -258,7 +258,7 @@ def run_tunesmith(args, variant: str = "tunesmith") -> None:
     others are fed."""
     sys.path.insert(0, str(ROOT))
     from tunesmith.config.loading import validate_config
-    from tunesmith.speed.cpu.allocator import preload_tcmalloc
+    from tunesmith.speed.cpu.allocator import preload_allocator
 
     raw = {
         "model": {"name_or_path": args.model, "dtype": "bfloat16" if args.bf16 else "float32"},
@@ -273,7 +273,7 @@ def run_tunesmith(args, variant: str = "tunesmith") -> None:
     for section, values in VARIANTS[variant].items():
         raw[section].update(values)
     cfg = validate_config(raw)
-    preload_tcmalloc(cfg.speed.cpu_allocator)  # as the tunesmith command does: may restart this worker
+    preload_allocator(cfg.speed.cpu_allocator)  # as the tunesmith command does: may restart this worker
     from tunesmith.recipes import train
 
     train(cfg, extra_callbacks=[meter_callback(args)])
@@ -485,7 +485,7 @@ def main() -> None:
 
     sys.path.insert(0, str(ROOT))
     from tunesmith.hardware import cpu_model
-    from tunesmith.speed.cpu.allocator import find_tcmalloc
+    from tunesmith.speed.cpu.allocator import find_tbbmalloc, find_tcmalloc
 
     console = Console(width=200)
     chosen = [c for c in CONTENDERS if c in args.only.split(",") and not (args.bf16 and c == "tunesmith-auto")]
@@ -573,7 +573,8 @@ def main() -> None:
                   f"model {Path(args.model).name}; data {Path(args.data).name} records 0-{args.samples - 1} "
                   f"(held-out {args.samples}-{args.samples + args.eval_samples - 1}); lr {args.lr}, cosine, "
                   f"{'bf16 autocast for every contender (--bf16)' if args.bf16 else 'fp32 except (g), which picks its own'}; tunesmith's speed.cpu_allocator: auto except (f) lean and (j) default; auto "
-                  f"preloads tcmalloc: {find_tcmalloc() or 'not installed, so glibc default or lean'}")
+                  f"preloads tcmalloc: {find_tcmalloc() or 'not installed'}, else tbbmalloc: "
+                  f"{(find_tbbmalloc() or ['not installed, so glibc default or lean'])[-1]}")
     for name, note in notes.items():
         console.print(f"  {LABELS[name]}: {note}")
     if os.getloadavg()[0] > 1.5 * (os.cpu_count() or 1):  # the contenders alone keep every core busy

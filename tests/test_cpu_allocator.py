@@ -48,9 +48,9 @@ def test_auto_goes_lean_only_when_memory_is_tight():
     from tunesmith.speed.cpu.allocator import DEFAULT_RETENTION, choose_cpu_allocator
 
     gib = 2 ** 30
-    assert choose_cpu_allocator("auto", 4 * gib, 20 * gib, tcmalloc=False) == "default"
-    assert choose_cpu_allocator("auto", 4 * gib, 4 * DEFAULT_RETENTION * gib - 1, tcmalloc=False) == "lean"
-    assert choose_cpu_allocator("auto", None, 20 * gib, tcmalloc=False) == "lean"  # no prediction: stay safe
+    assert choose_cpu_allocator("auto", 4 * gib, 20 * gib, loaded=None) == "default"
+    assert choose_cpu_allocator("auto", 4 * gib, 4 * DEFAULT_RETENTION * gib - 1, loaded=None) == "lean"
+    assert choose_cpu_allocator("auto", None, 20 * gib, loaded=None) == "lean"  # no prediction: stay safe
     assert choose_cpu_allocator("lean", 1, 20 * gib) == "lean" and choose_cpu_allocator("default", 30 * gib, 1) == "default"
 
 
@@ -71,9 +71,9 @@ needs_tcmalloc = pytest.mark.skipif(platform.system() != "Linux" or cpu_memory.f
                                     reason="libtcmalloc not installed (.ci/run installs libtcmalloc-minimal4)")
 RESTART_PROBE = r"""
 import os, sys
-from tunesmith.speed.cpu.allocator import preload_tcmalloc, tcmalloc_loaded
+from tunesmith.speed.cpu.allocator import preload_allocator, tcmalloc_loaded
 print("start", tcmalloc_loaded(), flush=True)
-preload_tcmalloc(sys.argv[1])
+preload_allocator(sys.argv[1])
 print("after", tcmalloc_loaded(), os.environ.get("LD_PRELOAD", ""), sys.argv[1:])
 """
 
@@ -104,16 +104,17 @@ def test_no_restart_without_the_library_or_with_a_gpu_and_a_clear_error_when_ask
     from tunesmith.errors import ConfigError
 
     monkeypatch.setattr(cpu_memory.platform, "system", lambda: "Linux")
-    monkeypatch.setattr(cpu_memory, "tcmalloc_loaded", lambda: False)
+    monkeypatch.setattr(cpu_memory, "preloaded_allocator", lambda: None)
     monkeypatch.setattr(cpu_memory.os, "execve", lambda *a: pytest.fail("restarted"))
     monkeypatch.setattr(cpu_memory, "find_tcmalloc", lambda: None)
-    cpu_memory.preload_tcmalloc("auto")  # not installed: auto carries on with glibc
-    with pytest.raises(ConfigError, match="libtcmalloc") as error:
-        cpu_memory.preload_tcmalloc("tcmalloc")
+    monkeypatch.setattr(cpu_memory, "find_tbbmalloc", lambda: None)
+    cpu_memory.preload_allocator("auto")  # not installed: auto carries on with glibc
+    with pytest.raises(ConfigError, match="tcmalloc") as error:
+        cpu_memory.preload_allocator("tcmalloc")
     assert error.value.where == "speed.cpu_allocator" and "apt install" in error.value.hint
     monkeypatch.setattr(cpu_memory, "find_tcmalloc", lambda: "libtcmalloc_minimal.so.4")
     monkeypatch.setattr(cpu_memory, "gpu_device_visible", lambda: True)
-    cpu_memory.preload_tcmalloc("auto")  # auto leaves GPU machines alone
+    cpu_memory.preload_allocator("auto")  # auto leaves GPU machines alone
 
 
 def test_find_tcmalloc_prefers_the_environment_prefix(monkeypatch, tmp_path):
@@ -123,12 +124,64 @@ def test_find_tcmalloc_prefers_the_environment_prefix(monkeypatch, tmp_path):
     assert cpu_memory.find_tcmalloc() == str(tmp_path / "lib" / "libtcmalloc_minimal.so.4")
 
 
-def test_auto_takes_tcmalloc_when_loaded_and_tcmalloc_falls_back_when_not():
+def test_auto_takes_the_preloaded_allocator_and_a_named_one_falls_back_when_not_loaded():
     gib = 1 << 30
-    assert cpu_memory.choose_cpu_allocator("auto", 4 * gib, 5 * gib, tcmalloc=True) == "tcmalloc"
-    assert cpu_memory.choose_cpu_allocator("tcmalloc", None, 5 * gib, tcmalloc=True) == "tcmalloc"
-    assert cpu_memory.choose_cpu_allocator("tcmalloc", 4 * gib, 20 * gib, tcmalloc=False) == "default"
-    assert cpu_memory.choose_cpu_allocator("lean", 4 * gib, 20 * gib, tcmalloc=True) == "lean"
+    assert cpu_memory.choose_cpu_allocator("auto", 4 * gib, 5 * gib, loaded="tcmalloc") == "tcmalloc"
+    assert cpu_memory.choose_cpu_allocator("auto", 4 * gib, 5 * gib, loaded="tbbmalloc") == "tbbmalloc"
+    assert cpu_memory.choose_cpu_allocator("tcmalloc", None, 5 * gib, loaded="tcmalloc") == "tcmalloc"
+    assert cpu_memory.choose_cpu_allocator("tcmalloc", 4 * gib, 20 * gib, loaded=None) == "default"
+    assert cpu_memory.choose_cpu_allocator("tbbmalloc", 4 * gib, 5 * gib, loaded=None) == "lean"
+    assert cpu_memory.choose_cpu_allocator("lean", 4 * gib, 20 * gib, loaded="tcmalloc") == "lean"
+
+
+needs_tbbmalloc = pytest.mark.skipif(platform.system() != "Linux" or cpu_memory.find_tbbmalloc() is None,
+                                     reason="oneTBB's allocator not installed (pip install tbb, Linux x86-64)")
+
+
+@needs_tbbmalloc
+def test_auto_falls_back_to_tbbmalloc_without_tcmalloc_and_its_free_memory_goes_back(monkeypatch):
+    """Without tcmalloc, auto restarts the command with oneTBB's allocator and its proxy preloaded (the `tbb` wheel
+    that pip installs with tunesmith), hides the preload from subprocesses, and release_free_memory hands
+    tbbmalloc's cached blocks back to the OS."""
+    probe = RESTART_PROBE.replace("preload_allocator(sys.argv[1])", """import tunesmith.speed.cpu.allocator as a
+a.find_tcmalloc = lambda: None
+a.preload_allocator(sys.argv[1])
+import torch
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096
+blocks = [torch.ones(1 << 20) for _ in range(100)]  # 100 x 4 MiB
+del blocks
+kept = rss()
+a.release_free_memory()
+print("loaded", a.preloaded_allocator(), "released", kept - rss())""")
+    out = subprocess.run([sys.executable, "-c", probe, "auto"], capture_output=True, text=True, check=True,
+                         env={**os.environ, "LD_PRELOAD": ""}).stdout.strip().splitlines()
+    assert out[0] == "start False" and out[1] == "start False"  # replaced once; tcmalloc_loaded stays False
+    loaded = next(line for line in out if line.startswith("loaded"))
+    assert loaded.startswith("loaded tbbmalloc released")
+    assert out[-1].startswith("after False  ")  # LD_PRELOAD hidden again from what this process starts
+
+
+def test_a_named_allocator_that_is_not_installed_is_a_config_error(monkeypatch):
+    from tunesmith.errors import ConfigError
+
+    monkeypatch.setattr(cpu_memory.platform, "system", lambda: "Linux")
+    monkeypatch.setattr(cpu_memory, "preloaded_allocator", lambda: None)
+    monkeypatch.setattr(cpu_memory, "find_tbbmalloc", lambda: None)
+    with pytest.raises(ConfigError, match="tbbmalloc") as error:
+        cpu_memory.preload_allocator("tbbmalloc")
+    assert "pip install tbb" in error.value.hint
+
+
+def test_find_tbbmalloc_needs_both_libraries(monkeypatch, tmp_path):
+    monkeypatch.setenv("CONDA_PREFIX", str(tmp_path))
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "libtbbmalloc_proxy.so.2").write_bytes(b"")
+    monkeypatch.setattr(cpu_memory.sys, "prefix", str(tmp_path / "elsewhere"))
+    monkeypatch.setattr("site.USER_BASE", str(tmp_path / "user"), raising=False)
+    assert cpu_memory.find_tbbmalloc() is None
+    (tmp_path / "lib" / "libtbbmalloc.so.2").write_bytes(b"")
+    assert cpu_memory.find_tbbmalloc() == [str(tmp_path / "lib" / n) for n in cpu_memory.TBBMALLOC_LIBRARIES]
 
 
 @needs_tcmalloc
@@ -166,7 +219,7 @@ def test_only_a_real_command_line_restarts_never_main_called_from_python(monkeyp
         "data": {"train": [{"path": STORIES_DATA}], "template": "alpaca_en"},
         "training": {"output_dir": str(tmp_path / "run")}, "speed": {"cpu_allocator": "tcmalloc"}}))
     asked: list[str] = []
-    monkeypatch.setattr(cpu_memory, "preload_tcmalloc", asked.append)
+    monkeypatch.setattr(cpu_memory, "preload_allocator", asked.append)
     monkeypatch.setattr("tunesmith.recipes.train", lambda cfg, **kwargs: None)
     assert main(["train", str(config)]) == 0 and asked == []  # e.g. a test calling main([...]): no restart
     monkeypatch.setattr(sys, "argv", ["tunesmith", "train", str(config)])
@@ -175,11 +228,16 @@ def test_only_a_real_command_line_restarts_never_main_called_from_python(monkeyp
 
 def test_the_run_log_says_how_to_get_tcmalloc_when_auto_could_not_use_it(monkeypatch):
     monkeypatch.setattr(cpu_memory.platform, "system", lambda: "Linux")
-    assert cpu_memory.tcmalloc_tip("auto", "tcmalloc") is None and cpu_memory.tcmalloc_tip("lean", "lean") is None
+    assert cpu_memory.allocator_tip("auto", "tcmalloc") is None and cpu_memory.allocator_tip("lean", "lean") is None
     monkeypatch.setattr(cpu_memory, "find_tcmalloc", lambda: None)
-    assert "apt install libtcmalloc-minimal4" in cpu_memory.tcmalloc_tip("auto", "default")
+    monkeypatch.setattr(cpu_memory, "find_tbbmalloc", lambda: None)
+    assert "apt install libtcmalloc-minimal4" in cpu_memory.allocator_tip("auto", "default")
+    assert "pip install tbb" in cpu_memory.allocator_tip("auto", "default")
+    monkeypatch.setattr(cpu_memory, "find_tbbmalloc", lambda: ["/x/libtbbmalloc.so.2", "/x/libtbbmalloc_proxy.so.2"])
+    assert "LD_PRELOAD=/x/libtbbmalloc.so.2:/x/libtbbmalloc_proxy.so.2" in cpu_memory.allocator_tip("auto", "lean")
+    assert cpu_memory.allocator_tip("auto", "tbbmalloc") is None
     monkeypatch.setattr(cpu_memory, "find_tcmalloc", lambda: "libtcmalloc_minimal.so.4")
-    assert "LD_PRELOAD=libtcmalloc_minimal.so.4" in cpu_memory.tcmalloc_tip("tcmalloc", "lean")
+    assert "LD_PRELOAD=libtcmalloc_minimal.so.4" in cpu_memory.allocator_tip("tcmalloc", "lean")
 
 
 # In a fresh process: bf16-autocast matmuls of 200 different shapes (as length-grouped batches bring), with or

@@ -10,13 +10,13 @@ from rich.table import Table
 console = Console(stderr=True)
 
 
-def restart_with_tcmalloc(args: Namespace, allocator: str) -> None:
-    """For commands that train on the CPU: may start this command again with tcmalloc preloaded
+def restart_with_allocator(args: Namespace, allocator: str) -> None:
+    """For commands that train on the CPU: may start this command again with tcmalloc or tbbmalloc preloaded
     (speed.cpu_allocator), but only from a real command line, never from main([...]) called in Python."""
     if getattr(args, "may_restart", False):
-        from ..speed.cpu.allocator import preload_tcmalloc
+        from ..speed.cpu.allocator import preload_allocator
 
-        preload_tcmalloc(allocator)
+        preload_allocator(allocator)
 
 
 def train(args: Namespace) -> int:
@@ -26,7 +26,7 @@ def train(args: Namespace) -> int:
     overrides = [*args.overrides, *(["training.overwrite_output_dir=true"] if args.overwrite else [])]
     cfg = load_config(args.config, overrides)  # validate before the heavy imports
     api.prepare_output(cfg, args.config)
-    restart_with_tcmalloc(args, cfg.speed.cpu_allocator)
+    restart_with_allocator(args, cfg.speed.cpu_allocator)
     if getattr(args, "nproc", None) is not None:
         api.train_processes(cfg, args.config, overrides, nproc=args.nproc, resume=args.resume,
                             show_log=getattr(args, "show_log", False))
@@ -149,7 +149,7 @@ def _export_gguf(args: Namespace) -> int:
 
 
 def demo(args: Namespace) -> int:
-    restart_with_tcmalloc(args, "auto")  # the demo's config keeps the default allocator setting
+    restart_with_allocator(args, "auto")  # the demo's config keeps the default allocator setting
     from ..demo.run import run_demo
     from .render import ConsoleReporter
 

@@ -33,11 +33,11 @@ def register(subparsers) -> None:
 def run_continual(args) -> int:
     from ..continual import load_pipeline
     from ..io import check_writable
-    from .commands import restart_with_tcmalloc
+    from .commands import restart_with_allocator
 
     cfg = load_pipeline(args.pipeline)  # every stage's run config is checked before anything trains
     check_writable(cfg.output_dir, f"{args.pipeline}: output_dir", folder=True)
-    restart_with_tcmalloc(args, (cfg.base.get("speed") or {}).get("cpu_allocator", "auto"))
+    restart_with_allocator(args, (cfg.base.get("speed") or {}).get("cpu_allocator", "auto"))
     from ..continual import run_pipeline
     from .render import ConsoleReporter
 

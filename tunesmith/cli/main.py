@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 1
     # Only a real command line (not main([...]) called from Python, e.g. a test) may restart its own process
-    # (speed.cpu_allocator: tcmalloc is preloaded by starting the command again).
+    # (speed.cpu_allocator: tcmalloc or tbbmalloc is preloaded by starting the command again).
     args.may_restart = argv is None
     # Long paths in messages must stay on one line so that file, line and field can be read (and grepped).
     console = Console(stderr=True, soft_wrap=True)

@@ -133,9 +133,9 @@ def plan_command(args) -> int:
 
     if args.probe:  # time the steps under the allocator training uses
         from ..config.loading import load_config
-        from .commands import restart_with_tcmalloc
+        from .commands import restart_with_allocator
 
-        restart_with_tcmalloc(args, load_config(args.config).speed.cpu_allocator if args.config else "auto")
+        restart_with_allocator(args, load_config(args.config).speed.cpu_allocator if args.config else "auto")
     out, err = Console(), Console(stderr=True)
     model_ref, request, cfg = build_request(args)
     trust = bool(cfg and cfg.model.trust_remote_code)

@@ -179,11 +179,12 @@ class SpeedConfig(StrictModel):
     cpu_kernels: Literal["auto", "off"] = Field(
         "auto", description="CPU: tunesmith's kernels (RMSNorm backward, dropout masks, causal attention, "
                             "grouped-query SDPA, the frozen base held in bf16) where they apply; off: torch's own")
-    cpu_allocator: Literal["auto", "tcmalloc", "lean", "default"] = Field(
-        "auto", description="CPU (Linux): tcmalloc (preloaded by the tunesmith command; glibc's speed, ~lean's "
-                            "memory); lean returns freed tensors to the OS (lower, predictable peak RSS; slower "
-                            "steps); default keeps glibc's settings (fast, retains freed memory); auto: tcmalloc "
-                            "when installed, else default when the predicted peak leaves room, else lean")
+    cpu_allocator: Literal["auto", "tcmalloc", "tbbmalloc", "lean", "default"] = Field(
+        "auto", description="CPU (Linux): tcmalloc or tbbmalloc (preloaded by the tunesmith command; glibc's speed, "
+                            "~lean's memory); lean returns freed tensors to the OS (lower, predictable peak RSS; "
+                            "slower steps); default keeps glibc's settings (fast, retains freed memory); auto: "
+                            "tcmalloc, else tbbmalloc when installed, else default when the predicted peak leaves "
+                            "room, else lean")
     cpu_threads: int | None = Field(None, gt=0, le=1024,
                                     description="torch threads on CPU (default: physical cores; at most the CPUs "
                                                 "this process may use)")

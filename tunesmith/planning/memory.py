@@ -294,7 +294,7 @@ def plan_memory(config, request: PlanRequest) -> MemoryPlan:
                      "family is cast the same way on CUDA; not validated on a GPU)")
     if request.device == "cpu":
         notes.append("CPU: the peak of live tensors plus the runtime, which the process reaches with "
-                     "speed.cpu_allocator: lean; tcmalloc (what auto uses when installed) keeps a little more, "
+                     "speed.cpu_allocator: lean; tcmalloc or tbbmalloc (what auto preloads when installed) keep a little more, "
                      "glibc's default settings keep freed memory and their RSS can run up to ~1.7x higher "
                      "(docs/planning.md)")
     if request.zero_stage and request.devices > 1:

@@ -16,7 +16,7 @@ import torch
 from ..compat import attention_implementation
 from ..reporting import Reporter
 from .cpu import dropout as fast_dropout
-from .cpu.allocator import choose_cpu_allocator, configure_cpu_allocator, limit_onednn_caches, tcmalloc_tip
+from .cpu.allocator import choose_cpu_allocator, configure_cpu_allocator, limit_onednn_caches, allocator_tip
 from .cpu.causal_attention import kernel_failure, restore_attention, use_causal_attention_kernel
 from .cpu.layers import use_cpu_layers
 from .cpu.sdpa_gqa import grouped_query_sdpa
@@ -46,7 +46,7 @@ def configure_allocator(plan: SpeedPlan, predicted_peak: float | None, available
         return None
     allocator = choose_cpu_allocator(plan.cpu_allocator, predicted_peak, available)
     log.info("CPU allocator: %s", configure_cpu_allocator(allocator))
-    tip = tcmalloc_tip(plan.cpu_allocator, allocator)
+    tip = allocator_tip(plan.cpu_allocator, allocator)
     if tip:
         log.info("tip: %s", tip)
     return allocator

@@ -154,8 +154,8 @@ class TrainingRun:
             from ..planning.units import human
 
             self.reporter.info(f"pre-flight: glibc's default allocator keeps freed memory, so the process can hold "
-                               f"{human(retained)} or more; with tcmalloc or speed.cpu_allocator: lean it stays near "
-                               f"{human(plan.peak)} (docs/planning.md)")
+                               f"{human(retained)} or more; with tcmalloc, tbbmalloc (pip install tbb) or "
+                               f"speed.cpu_allocator: lean it stays near {human(plan.peak)} (docs/planning.md)")
         return plan
 
     def settle_defaults(self, stats: dict) -> RunConfig:

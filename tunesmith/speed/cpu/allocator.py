@@ -10,13 +10,15 @@ Why by hand: torch allocates CPU tensors with plain malloc, and no library choos
   128 KiB or more is its own mapping, returned to the OS when freed, so the process size follows the live tensors
   (what `tunesmith plan` predicts). The price is page faults on fresh mappings: 1.3-1.8x the step time.
 - `tcmalloc` (gperftools' libtcmalloc_minimal, the allocator PyTorch's own CPU launcher `torch.backends.xeon.run_cpu`
-  preloads) reuses freed blocks without growing the heap the way glibc does: glibc's speed at about lean's memory
-  (benchmarks/cpu_allocator.py, docs/benchmarks.md). A process's malloc can only be replaced when it starts, so the
-  `tunesmith` command starts itself again with LD_PRELOAD (`preload_tcmalloc`); code that calls `train()` from Python
-  gets it by starting Python with LD_PRELOAD set.
+  preloads) and `tbbmalloc` (oneTBB's scalable allocator, which its `libtbbmalloc_proxy` puts in place of malloc;
+  the `tbb` wheel on PyPI ships it, so pip installs it with tunesmith on Linux x86-64) reuse freed blocks without
+  growing the heap the way glibc does: glibc's speed at about lean's memory (benchmarks/cpu_allocator.py,
+  docs/benchmarks.md). A process's malloc can only be replaced when it starts, so the `tunesmith` command starts
+  itself again with LD_PRELOAD (`preload_allocator`); code that calls `train()` from Python gets it by starting
+  Python with LD_PRELOAD set.
 
-`auto` (the default): tcmalloc when it is loaded; else glibc's fast settings while even the worst measured retention
-fits in the available RAM, lean otherwise.
+`auto` (the default): tcmalloc when installed, else tbbmalloc when installed (both preloaded); else glibc's fast
+settings while even the worst measured retention fits in the available RAM, lean otherwise.
 """
 
 from __future__ import annotations
@@ -38,11 +40,16 @@ LEAN_MMAP_THRESHOLD = 128 * 1024
 # 6,759 / 4,137 MiB, SmolLM2-135M LoRA at batch 4 x 512 (docs/planning.md); rounded up.
 DEFAULT_RETENTION = 1.7
 TCMALLOC_NAMES = ("tcmalloc_minimal", "tcmalloc")
+# oneTBB's proxy replaces malloc; it needs its allocator library, which it finds only on the loader's path, so both
+# are preloaded (the proxy last).
+TBBMALLOC_LIBRARIES = ("libtbbmalloc.so.2", "libtbbmalloc_proxy.so.2")
+PRELOADABLE = ("tcmalloc", "tbbmalloc")  # speed.cpu_allocator values that replace malloc (auto tries them in order)
 # Set in the restarted process: what LD_PRELOAD was before (so that the run's own subprocesses don't inherit the
 # preload), and a guard against restarting twice.
 _PRELOADED = "TUNESMITH_PRELOADED_ALLOCATOR"
 _PREVIOUS_PRELOAD = "TUNESMITH_PREVIOUS_LD_PRELOAD"
 INSTALL_HINT = "apt install libtcmalloc-minimal4 (Debian/Ubuntu), dnf install gperftools-libs, or conda install gperftools"
+TBB_INSTALL_HINT = "pip install tbb (Linux x86-64)"
 
 
 def find_tcmalloc() -> str | None:
@@ -60,17 +67,44 @@ def find_tcmalloc() -> str | None:
     return None
 
 
-def tcmalloc_loaded() -> bool:
+def find_tbbmalloc() -> list[str] | None:
+    """The paths of oneTBB's allocator and its malloc proxy, as pip (the `tbb` wheel: PREFIX/lib) or conda installs
+    them; None when either is missing."""
+    import site
+
+    prefixes = [os.environ.get("CONDA_PREFIX"), sys.prefix, getattr(site, "USER_BASE", None)]
+    for prefix in dict.fromkeys(p for p in prefixes if p):
+        paths = [os.path.join(prefix, "lib", name) for name in TBBMALLOC_LIBRARIES]
+        if all(os.path.exists(path) for path in paths):
+            return paths
+    return None
+
+
+def _libraries(allocator: str) -> list[str] | None:
+    if allocator == "tcmalloc":
+        library = find_tcmalloc()
+        return [library] if library else None
+    return find_tbbmalloc()
+
+
+def preloaded_allocator() -> str | None:
+    """Which malloc replacement this process runs with: tcmalloc, tbbmalloc or None (glibc)."""
     try:
-        return "libtcmalloc" in Path("/proc/self/maps").read_text()
+        maps = Path("/proc/self/maps").read_text()
     except OSError:
-        return False
+        return None
+    return "tcmalloc" if "libtcmalloc" in maps else "tbbmalloc" if "libtbbmalloc_proxy" in maps else None
 
 
-def preload_tcmalloc(mode: str) -> None:
-    """For the `tunesmith` command, before anything heavy is imported: when `speed.cpu_allocator` is `tcmalloc`,
-    or `auto` on a Linux machine without a GPU, start this same command again with libtcmalloc preloaded.
-    Does nothing when it is already loaded or not installed (`auto`); `tcmalloc` without the library is an error."""
+def tcmalloc_loaded() -> bool:
+    return preloaded_allocator() == "tcmalloc"
+
+
+def preload_allocator(mode: str) -> None:
+    """For the `tunesmith` command, before anything heavy is imported: when `speed.cpu_allocator` is `tcmalloc` or
+    `tbbmalloc`, or `auto` on a Linux machine without a GPU, start this same command again with that allocator
+    preloaded (auto: tcmalloc, else tbbmalloc). Does nothing when one is already loaded, or, for `auto`, when none is
+    installed; a named allocator that is not installed is an error."""
     if os.environ.get(_PRELOADED):  # the restarted process: hide the preload from our own subprocesses
         previous = os.environ.pop(_PREVIOUS_PRELOAD, None)
         os.environ.pop(_PRELOADED)
@@ -79,18 +113,20 @@ def preload_tcmalloc(mode: str) -> None:
         else:
             os.environ.pop("LD_PRELOAD", None)
         return
-    if mode not in ("auto", "tcmalloc") or platform.system() != "Linux" or tcmalloc_loaded():
+    if mode not in ("auto", *PRELOADABLE) or platform.system() != "Linux" or preloaded_allocator():
         return
     if mode == "auto" and gpu_device_visible():
         return
-    library = find_tcmalloc()
-    if library is None:
-        if mode == "tcmalloc":
-            raise ConfigError("speed.cpu_allocator: tcmalloc, but no libtcmalloc is installed",
-                              where="speed.cpu_allocator", hint=INSTALL_HINT + "; or choose auto")
+    candidates = PRELOADABLE if mode == "auto" else (mode,)
+    chosen = next(((name, libs) for name in candidates if (libs := _libraries(name))), None)
+    if chosen is None:
+        if mode != "auto":
+            raise ConfigError(f"speed.cpu_allocator: {mode}, but it is not installed", where="speed.cpu_allocator",
+                              hint=(INSTALL_HINT if mode == "tcmalloc" else TBB_INSTALL_HINT) + "; or choose auto")
         return
+    name, libraries = chosen
     previous = os.environ.get("LD_PRELOAD", "")
-    env = {**os.environ, "LD_PRELOAD": " ".join(filter(None, [library, previous])), _PRELOADED: library,
+    env = {**os.environ, "LD_PRELOAD": " ".join(filter(None, [*libraries, previous])), _PRELOADED: name,
            _PREVIOUS_PRELOAD: previous,
            # tcmalloc reports every allocation above 1 GiB on stderr by default: noise for a large logits tensor.
            "TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD": os.environ.get("TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD",
@@ -101,15 +137,15 @@ def preload_tcmalloc(mode: str) -> None:
 
 
 def choose_cpu_allocator(mode: str, predicted_peak: float | None, available: float,
-                         tcmalloc: bool | None = None) -> str:
-    """`auto`: tcmalloc when it is loaded (`tcmalloc`, default: whether it is); else glibc's defaults when the
-    predicted peak times the worst retention still fits in `available`, else lean; unknown peak: lean.
-    An explicit mode is kept, but `tcmalloc` falls back to `auto` when it is not loaded."""
-    tcmalloc = tcmalloc_loaded() if tcmalloc is None else tcmalloc
-    if mode in ("auto", "tcmalloc") and tcmalloc:
-        return "tcmalloc"
-    if mode not in ("auto", "tcmalloc"):
+                         loaded: str | None | bool = True) -> str:
+    """`auto`, `tcmalloc`, `tbbmalloc`: the malloc replacement this process runs with, if any (`loaded`: which;
+    True, the default, reads it off the process); else glibc's defaults when the predicted peak times the worst
+    retention still fits in `available`, else lean; unknown peak: lean. `lean` and `default` are kept."""
+    loaded = preloaded_allocator() if loaded is True else loaded
+    if mode not in ("auto", *PRELOADABLE):
         return mode
+    if loaded:
+        return loaded
     if predicted_peak is None:
         return "lean"
     return "default" if predicted_peak * DEFAULT_RETENTION <= available else "lean"
@@ -124,14 +160,17 @@ def glibc_retained_peak(chosen: str, predicted_peak: float | None) -> float | No
     return predicted_peak * DEFAULT_RETENTION
 
 
-def tcmalloc_tip(mode: str, chosen: str) -> str | None:
-    """For the run log when `auto`/`tcmalloc` ended up without tcmalloc (Linux only): how to get it."""
-    if chosen == "tcmalloc" or mode not in ("auto", "tcmalloc") or platform.system() != "Linux":
+def allocator_tip(mode: str, chosen: str) -> str | None:
+    """For the run log when `auto` (or a named allocator) ended up with glibc (Linux only): how to do better."""
+    if chosen in PRELOADABLE or mode not in ("auto", *PRELOADABLE) or platform.system() != "Linux":
         return None
-    library = find_tcmalloc()
-    how = (f"the tunesmith command preloads it; from Python, start it with LD_PRELOAD={library}" if library
-           else INSTALL_HINT)
-    return f"with tcmalloc, CPU training keeps this speed at about lean's memory ({how})"
+    installed = next((name for name in PRELOADABLE if _libraries(name)), None)
+    if installed:
+        how = (f"the tunesmith command preloads it; from Python, start it with "
+               f"LD_PRELOAD={':'.join(_libraries(installed))}")
+        return f"with {installed}, CPU training keeps this speed at about lean's memory ({how})"
+    return (f"with tcmalloc or tbbmalloc, CPU training keeps this speed at about lean's memory ({TBB_INSTALL_HINT}; "
+            f"or {INSTALL_HINT})")
 
 
 # oneDNN, which runs the bf16 matmuls of CPU autocast, keeps a compiled primitive per matmul shape: up to 1024 in
@@ -151,20 +190,24 @@ def limit_onednn_caches() -> None:
 
 
 def release_free_memory() -> None:
-    """Collect garbage, and have tcmalloc (when loaded) return its free pages to the OS. tcmalloc keeps freed
-    blocks for reuse by size; after bf16-autocast training the fp32 model an evaluation loads next could not use
-    them, and the demo's process peaked at 2.8 GB instead of 2.3 (gperftools' documented C interface)."""
+    """Collect garbage, and have tcmalloc or tbbmalloc (when loaded) return their free pages to the OS. They keep
+    freed blocks for reuse by size; after bf16-autocast training the fp32 model an evaluation loads next could not
+    use them, and the demo's process peaked at 2.8 GB instead of 2.3 with tcmalloc (gperftools' and oneTBB's
+    documented C interfaces)."""
     import gc
 
     gc.collect()
-    if tcmalloc_loaded():
+    loaded = preloaded_allocator()
+    if loaded == "tcmalloc":
         ctypes.CDLL(None).MallocExtension_ReleaseFreeMemory()
+    elif loaded == "tbbmalloc":
+        ctypes.CDLL(None).scalable_allocation_command(0, None)  # TBBMALLOC_CLEAN_ALL_BUFFERS
 
 
 def configure_cpu_allocator(mode: str) -> str:
     """Apply `speed.cpu_allocator` to this process; returns what was done (for the run log)."""
-    if mode == "tcmalloc":
-        return "tcmalloc (preloaded): freed blocks reused, little heap growth"
+    if mode in PRELOADABLE:
+        return f"{mode} (preloaded): freed blocks reused, little heap growth"
     if mode != "lean":
         return "glibc default (dynamic mmap threshold)"
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
