@@ -14,7 +14,8 @@ runs cut them), and three accuracies are taken from those log-probs: summed over
 compares), per token (a long reply not penalised for its length), and the implicit reward (the policy's log-prob
 minus the base's, which is the reference of a fresh LoRA adapter: DPO's and KTO's reward, up to beta; TRL's
 eval rewards/accuracies). For the reward model, the share of pairs whose chosen side its head scores higher
-(`reward_accuracy`); it reads whole sequences, so pairs that do not fit --max-length are left out of its files.
+(`reward_accuracy`); it reads whole sequences, so pairs longer than --max-length are cut to fit, as the reward run
+cuts them (replies keep their beginning, prompts their end).
 Pairs whose prompt leaves no reply token within --max-length are left out of both files, as the runs leave them out.
 
 GRPO (`--tasks grpo`): examples/grpo.yaml's task (exact_answer on the last number, format 0.5) shrunk to CPU size,

@@ -220,3 +220,17 @@ def test_multitask_holds_out_its_data_routes_it_and_reports_the_check(tmp_path):
     assert "| merged: task_arithmetic | 86.0% | 85.0% | 1.550 | 85% |" in text, text  # identity: 0.85/1 of the gain
     assert "best merge task_arithmetic keeps 85% of the worst task's gain (≥ 80%) → task_arithmetic" in text, text
     assert "diagnosis recommended linear: MISMATCH" in text, text
+
+
+def test_preference_padding_counts_padding_and_reply_positions(tmp_path, stories_dir):
+    """benchmarks/preference_padding.py on three pairs of known lengths: its counts are the formula's."""
+    pairs = [{"prompt": "Hi " * n, "chosen": "yes " * c, "rejected": "no " * r} for n, c, r in
+             [(3, 5, 2), (8, 1, 1), (2, 20, 4)]]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    output = _run(str(BENCHMARKS / "preference_padding.py"), "--data", str(data), "--model", str(stories_dir),
+                  "--max-length", "64", "--batch", "3", cwd=tmp_path)
+    rows = [line.split("|")[1:-1] for line in output.splitlines() if line.startswith("| random")]
+    computed, real = (int(rows[0][i].replace(",", "")) for i in (1, 2))
+    assert real < computed and computed % 6 == 0  # one batch of 3 pairs: 6 sequences padded to the longest
+    assert f"{1 - real / computed:.1%}" == rows[0][3].strip()
