@@ -76,6 +76,8 @@ class _PromptFilter:
                 continue
             replies = [self._count(row[key]) for key in ("chosen", "rejected", "completion") if key in row]
             if self.whole and (prompt > self.limit or prompt + max(replies) + 1 > self.max_length):  # + 1: EOS
+                if not getattr(self.tokenizer, "is_fast", False):  # cutting needs token offsets: drop, as TRL does
+                    continue
                 row = cut_pair(self.tokenizer, row, self.max_length - 1 - CUT_MARGIN, self.limit)
                 self.cut += 1
                 prompt = self._count(row["prompt"])
