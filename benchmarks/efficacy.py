@@ -126,9 +126,11 @@ WORKFLOWS = ("alpaca-en-lora", "alpaca-en-derived", "alpaca-zh-qlora", "persona"
 
 
 def row_name(workflow: str, args) -> str:
-    """A classification workflow run with another model (--classifier) is a row of its own."""
+    """A classification workflow run with another model (--classifier) or another training size (--train) is a row of
+    its own."""
     classification = workflow in ("sst2", "chnsenticorp")
-    return f"{workflow} ({args.classifier})" if args.classifier and classification else workflow
+    name = f"{workflow} ({args.classifier})" if args.classifier and classification else workflow
+    return f"{name} (n {args.train})" if args.train else name
 
 
 # ------------------------------------------------------------------------------------------------- one run, isolated
