@@ -10,7 +10,8 @@ Workflows (each an example config with its training file replaced by the split, 
 - `alpaca-en-lora` (examples/lora.yaml) and `alpaca-zh-qlora` (examples/qlora_zh.yaml): SmolLM2-135M-Instruct; score:
   the mean response-token loss on held-out records of the same file (`eval.general`, before and after);
 - `alpaca-en-derived`: examples/lora.yaml without its learning rate, epochs, warm-up and rank, so the run derives
-  them from the data (tunesmith/planning/defaults.py): where the defaults a user gets sit;
+  them from the data (tunesmith/planning/defaults.py): where the defaults a user gets sit (the example now sets
+  none of them, so today the two workflows run the same config);
 - `persona`: `tunesmith demo` as shipped; score: its unseen identity probes (the persona's name or maker in the
   answer) and general-fact probes (forgetting);
 - `sst2` (examples/classify_sentiment_lora.yaml, all-MiniLM-L6-v2) and `chnsenticorp`
