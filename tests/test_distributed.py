@@ -80,10 +80,11 @@ def test_what_the_started_processes_allow(tmp_path, monkeypatch):
     with pytest.raises(ConfigError) as err:
         dist.check_nproc(deepspeed, 1, cuda=False)
     assert err.value.where == "distributed.strategy" and "not installed" in str(err.value)
-    preference = validate_config({**config("m", tmp_path), "task": "dpo"})
+    dist.check_nproc(validate_config({**config("m", tmp_path), "task": "dpo"}), 2, cuda=False)  # dpo: tested below
+    kto = validate_config({**config("m", tmp_path), "task": "kto"})
     with pytest.raises(ConfigError) as err:
-        dist.check_nproc(preference, 2, cuda=False)
-    assert err.value.where == "task"
+        dist.check_nproc(kto, 2, cuda=False)
+    assert err.value.where == "task" and "sft or dpo" in str(err.value)
 
 
 def test_engine_settings_reach_the_trainer_arguments(tmp_path):
@@ -197,6 +198,35 @@ def test_two_ddp_processes_train_as_one_with_the_same_global_batch(stories_dir, 
     for name in ("config.yaml", "train.log", "metrics.jsonl", "loss.png", "README.md", "tunesmith_run.json"):
         assert (run / name).is_file(), name
     assert (run / "checkpoints" / "checkpoint-4" / "rng_state_1.pth").is_file()  # each rank's RNG, for resume
+
+
+@pytest.mark.slow
+def test_two_ddp_processes_run_dpo_as_one_with_the_same_global_batch(stories_dir, tmp_path, monkeypatch):
+    """DPO (TRL's trainer under tunesmith's run skeleton): 1 process with 4 pairs a batch against 2 with 2 each, the
+    pairs in file order: the same losses and adapter to 1e-5; the reference stays the base on every rank."""
+    import yaml
+
+    from tunesmith.recipes import train
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": f"Where did {name} go?", "chosen": f"{name} went to the {place}.",
+                                         "rejected": "I do not know."}) + "\n"
+                             for name in ("Tom", "Lily", "Ben", "Mia") for place in ("park", "sea")))
+
+    def dpo(out, batch):
+        raw = config(stories_dir, out, batch_size=batch)
+        raw.update(task="dpo", data={"train": [{"path": str(pairs)}], "template": "alpaca_en", "max_length": 64})
+        return raw
+
+    train(validate_config(dpo(tmp_path / "one", 4)))
+    config_file = tmp_path / "two.yaml"
+    config_file.write_text(yaml.safe_dump(dpo(tmp_path / "two", 2)))
+    launch_worker(tmp_path, monkeypatch, tmp_path / "records", ["train", str(config_file)])
+    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), abs=1e-5)
+    assert losses(tmp_path / "one")[0] == pytest.approx(0.6931, abs=1e-3)  # log 2: policy = reference at step 1
+    single, double = adapter(tmp_path / "one"), adapter(tmp_path / "two")
+    assert single.keys() == double.keys()
+    assert max((single[k] - double[k]).abs().max().item() for k in single) < 1e-5
 
 
 @pytest.mark.slow
