@@ -35,7 +35,7 @@ def sharding_stage(cfg) -> int:
     return {"ddp": 0, "fsdp": 3, "deepspeed": dist.deepspeed.stage}[dist.strategy]
 
 
-def request_from_config(cfg, device: str, speed=None, *, devices: int = 1):
+def request_from_config(cfg, device: str, speed=None, *, devices: int = 1, seq: int | None = None):
     """The planner's request for a training run of `cfg` on `device`, with its speed plan (`speed`; resolved from
     `cfg.speed` when not given); `devices`: the ranks the strategy shards over (the figures are then per rank)."""
     from ..speed.plan import resolve_speed_plan
@@ -45,7 +45,7 @@ def request_from_config(cfg, device: str, speed=None, *, devices: int = 1):
     speed = speed or resolve_speed_plan(cfg, device)
     precision = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(cfg.model.dtype, "auto")
     return PlanRequest(method=cfg.method.name, method_options=cfg.method.model_dump(exclude={"name"}),
-                       batch=t.batch_size, seq=cfg.data.max_length, grad_accum=t.grad_accum,
+                       batch=t.batch_size, seq=seq or cfg.data.max_length, grad_accum=t.grad_accum,
                        gradient_checkpointing=t.gradient_checkpointing, optimizer=t.optimizer, precision=precision,
                        device=device, devices=devices, zero_stage=sharding_stage(cfg),
                        attn_implementation=cfg.model.attn_implementation,
@@ -60,10 +60,11 @@ def request_from_config(cfg, device: str, speed=None, *, devices: int = 1):
 
 
 def preflight(cfg, model_config=None, memory: int | None = None, *, reporter: Reporter | None = None, speed=None,
-              devices: int = 1):
+              devices: int = 1, seq: int | None = None):
     """Tell the user the predicted peak of this run and warn when it exceeds the device's memory. Never fails
     training: a planning problem goes to the log and the run goes on. `devices`: the ranks the run's strategy
-    shards over; the prediction is then per rank. Returns the plan (or None)."""
+    shards over; the prediction is then per rank. `seq`: the longest sequence the run can have, when its data says
+    it is shorter than data.max_length (GRPO: the longest prompt + the completion). Returns the plan (or None)."""
     from .memory import plan_memory
     from .params import load_model_config
 
@@ -75,7 +76,7 @@ def preflight(cfg, model_config=None, memory: int | None = None, *, reporter: Re
 
             ref, _ = source_kwargs(cfg.model)
             model_config = load_model_config(ref, trust_remote_code=cfg.model.trust_remote_code)
-        plan = plan_memory(model_config, request_from_config(cfg, device, speed, devices=devices))
+        plan = plan_memory(model_config, request_from_config(cfg, device, speed, devices=devices, seq=seq))
     except Exception as exc:  # noqa: BLE001 - the pre-flight is advice, never a reason to stop
         log.info("pre-flight: no memory prediction (%s: %s)", type(exc).__name__, exc)
         return None

@@ -44,7 +44,8 @@ def train_grpo(cfg: RunConfig, *, resume: bool = False, reporter: Reporter | Non
         if stats["dropped_long_prompt"]:
             report.warning(f"left out {stats['dropped_long_prompt']} prompts longer than data.max_length - "
                            f"grpo.max_completion_length tokens (raise data.max_length to keep them)")
-        run.preflight()
+        # The memory plan at the longest sequence this run can sample: its longest prompt and a full completion.
+        run.preflight(seq=stats["longest_prompt"] + cfg.grpo.max_completion_length)
         # Each optimizer step takes batch_size x grad_accum completions: that many / num_generations prompts.
         steps = total_steps(cfg, len(train_data) * cfg.grpo.num_generations)
         with report.status("loading model"):

@@ -139,15 +139,16 @@ class TrainingRun:
 
     # --- before training -------------------------------------------------------------------------------------
 
-    def preflight(self):
+    def preflight(self, seq: int | None = None):
         """Predict the peak memory from the config (meta device: no weights loaded), tell the user, and choose the
         CPU allocator for it. The planner's probe tensors must not shift the seeded RNG, or a run's adapter
-        initialisation would depend on whether it ran."""
+        initialisation would depend on whether it ran. `seq`: the longest sequence, when the data bounds it below
+        data.max_length."""
         from ..planning.preflight import device_memory, preflight
 
         with self.reporter.status("pre-flight: predicting peak memory"), torch.random.fork_rng(devices=[]):
             plan = preflight(self.cfg, reporter=self.reporter, speed=self.speed,
-                             devices=self.world.shard_group(self.cfg))
+                             devices=self.world.shard_group(self.cfg), seq=seq)
         allocator = configure_allocator(self.speed, plan.peak if plan else None, device_memory("cpu"))
         retained = glibc_retained_peak(allocator, plan.peak if plan else None)
         if retained:  # the prediction is of live tensors; say what glibc's heap may keep on top (docs/planning.md)

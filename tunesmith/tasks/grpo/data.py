@@ -42,7 +42,7 @@ def build_prompt_data(data_cfg: DataConfig, template: ChatTemplate, tokenizer,
                       completion_tokens: int) -> tuple[datasets.Dataset, dict]:
     """The training prompts (mixed as SFT data is) as rows of `prompt` text and the records' other fields. TRL 1.16
     does not cut GRPO prompts, so a prompt that leaves fewer than `completion_tokens` of data.max_length is left out
-    and counted (`dropped_long_prompt`)."""
+    and counted (`dropped_long_prompt`); `longest_prompt` (tokens) bounds the sequences the run samples."""
     if data_cfg.validation or data_cfg.val_size:
         raise ConfigError("task: grpo has no validation pass yet", where="data.val_size",
                           hint="remove data.val_size / data.validation; measure with tunesmith eval afterwards")
@@ -58,10 +58,12 @@ def build_prompt_data(data_cfg: DataConfig, template: ChatTemplate, tokenizer,
     limit = data_cfg.max_length - completion_tokens
     rows = [{"prompt": template.render_prompt(messages), **{key: columns.get(key) for key in keys}}
             for messages, columns, _ in items]
-    kept = [row for row in rows if len(tokenizer(row["prompt"])["input_ids"]) <= limit]
+    lengths = [len(tokenizer(row["prompt"])["input_ids"]) for row in rows]
+    kept = [row for row, length in zip(rows, lengths) if length <= limit]
     if not kept:
         raise DataError(f"every prompt is longer than data.max_length - grpo.max_completion_length = {limit} tokens",
                         field="data.max_length", hint="raise data.max_length or lower grpo.max_completion_length")
     stats = {"train_samples": len(kept), "dropped_long_prompt": len(rows) - len(kept), "columns": keys,
+             "longest_prompt": max(length for length in lengths if length <= limit),
              "datasets": [{"path": spec.path, "records": len(pool)} for spec, pool in zip(data_cfg.train, pools)]}
     return datasets.Dataset.from_list(kept), stats
