@@ -291,13 +291,14 @@ def print_tables(results_file: Path) -> None:
         print(f"\nreward: {r['steps']} steps, lr {r['lr']:g}, max_length {r['max_length']}, {r['train_examples']} "
               f"training pairs, held-out pair accuracy {r['reward_accuracy']:.3f} of {r['held_out_pairs']} "
               f"(mean margin {r['reward_margin']:+.3f}); last training log {r['train_log']}; "
-              f"{r['seconds']:.0f} s, peak RSS {r['peak_gib']:.2f} GiB, pre-flight {r['predicted_gib']} GiB")
+              f"{r['seconds']:.0f} s, peak RSS {r['peak_gib']:.2f} GiB{_allocator(r)}, pre-flight {r['predicted_gib']} GiB")
     for r in (r for r in rows if r["task"] == "grpo"):
         print(f"\ngrpo: {r['steps']} steps, lr {r['lr']:g}, {r['generations']} completions of up to "
               f"{r['completion_tokens']} tokens per prompt, 2 prompts a step, {r['train_examples']} training prompts; "
               f"held-out greedy exact-match {r['exact_before']:.3f} → {r['exact_after']:.3f} "
               f"({r['held_out_prompts']} prompts); mean reward first quarter {r['reward_first_quarter']:.3f}, last "
-              f"quarter {r['reward_last_quarter']:.3f}; {r['seconds']:.0f} s, peak RSS {r['peak_gib']:.2f} GiB, "
+              f"quarter {r['reward_last_quarter']:.3f}; {r['seconds']:.0f} s, peak RSS {r['peak_gib']:.2f} GiB"
+              f"{_allocator(r)}, "
               f"pre-flight {r['predicted_gib']} GiB")
         for name, key in (("reward", "rewards"), ("exact_answer", "exact_per_step"), ("format", "format_per_step"),
                           ("clipped share", "clipped")):
