@@ -153,7 +153,7 @@ def test_efficacy_scores_a_workflow_on_rows_it_never_trained_on(tmp_path):
     folder = out / "data" / "sst2"
     train, held = ((folder / name).read_text(encoding="utf-8").splitlines()[1:] for name in ("train.tsv", "held.tsv"))
     assert len(train) == 48 and len(held) == 40 and not set(train) & set(held)
-    row = next(line for line in output.splitlines() if line.startswith("| sst2 |"))
+    row = next(line for line in output.splitlines() if line.startswith("| sst2 (n 48) |"))  # --train: own row
     cells = [cell.strip() for cell in row.split("|")[1:-1]]
     assert cells[1] == "lora, r 8, lr 0.002, 3 ep, batch 16x1, 48 samples", row  # read back from the run's config.yaml
     assert re.fullmatch(r"0\.\d{3} \(majority label\)", cells[3]) and re.fullmatch(r"[01]\.\d{3}", cells[4]), row
