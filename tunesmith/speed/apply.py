@@ -16,7 +16,7 @@ import torch
 from ..compat import attention_implementation
 from ..reporting import Reporter
 from .cpu import dropout as fast_dropout
-from .cpu.allocator import choose_cpu_allocator, configure_cpu_allocator, limit_onednn_caches, allocator_tip
+from .cpu.allocator import allocator_tip, choose_cpu_allocator, configure_cpu_allocator, limit_onednn_caches
 from .cpu.causal_attention import kernel_failure, restore_attention, use_causal_attention_kernel
 from .cpu.layers import use_cpu_layers
 from .cpu.sdpa_gqa import grouped_query_sdpa
