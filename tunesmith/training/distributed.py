@@ -90,8 +90,9 @@ def check_nproc(cfg, nproc: int, *, cuda: bool) -> None:
 
 #: Tasks that train in several processes, each checked against one process with the same global batch
 #: (tests/test_distributed.py). sft tokenises once for all ranks; dpo's rows are rendered the same on every rank
-#: and TRL tokenises them in memory on each (no cache files to race on; small next to training). The other TRL tasks (kto: its KL term is taken within each
-#: rank's batch; grpo: sampling per rank) and classification have not been run with several.
+#: and TRL tokenises them in memory on each (no cache files to race on; small next to training). The other TRL
+#: tasks (kto: its KL term is taken within each rank's batch; grpo: sampling per rank) and classification have
+#: not been run with several.
 MULTI_PROCESS_TASKS = ("sft", "dpo")
 
 
