@@ -51,7 +51,8 @@ def test_auto_goes_lean_only_when_memory_is_tight():
     assert choose_cpu_allocator("auto", 4 * gib, 20 * gib, loaded=None) == "default"
     assert choose_cpu_allocator("auto", 4 * gib, 4 * DEFAULT_RETENTION * gib - 1, loaded=None) == "lean"
     assert choose_cpu_allocator("auto", None, 20 * gib, loaded=None) == "lean"  # no prediction: stay safe
-    assert choose_cpu_allocator("lean", 1, 20 * gib) == "lean" and choose_cpu_allocator("default", 30 * gib, 1) == "default"
+    assert choose_cpu_allocator("lean", 1, 20 * gib, loaded=None) == "lean"
+    assert choose_cpu_allocator("default", 30 * gib, 1, loaded=None) == "default"
 
 
 def test_under_glibc_defaults_the_user_is_told_what_the_heap_may_keep():
@@ -71,7 +72,9 @@ needs_tcmalloc = pytest.mark.skipif(platform.system() != "Linux" or cpu_memory.f
                                     reason="libtcmalloc not installed (.ci/run installs libtcmalloc-minimal4)")
 RESTART_PROBE = r"""
 import os, sys
-from tunesmith.speed.cpu.allocator import preload_allocator, tcmalloc_loaded
+from tunesmith.speed.cpu.allocator import preload_allocator, preloaded_allocator
+def tcmalloc_loaded():
+    return preloaded_allocator() == "tcmalloc"
 print("start", tcmalloc_loaded(), flush=True)
 preload_allocator(sys.argv[1])
 print("after", tcmalloc_loaded(), os.environ.get("LD_PRELOAD", ""), sys.argv[1:])
@@ -275,10 +278,10 @@ def test_onednn_caches_stay_small_under_bf16_autocast():
 
 RELEASE_PROBE = r"""
 import torch
-from tunesmith.speed.cpu.allocator import release_free_memory, tcmalloc_loaded
+from tunesmith.speed.cpu.allocator import preloaded_allocator, release_free_memory
 def rss():
     return int(open("/proc/self/statm").read().split()[1]) * 4096
-assert tcmalloc_loaded()
+assert preloaded_allocator() == "tcmalloc"
 blocks = [torch.ones(1 << 20) for _ in range(100)]  # 100 x 4 MiB
 del blocks
 kept = rss()

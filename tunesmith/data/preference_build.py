@@ -104,8 +104,9 @@ CUT_MARGIN = 4
 def cut_pair(tokenizer, row: dict, budget: int, prompt_limit: int) -> dict:
     """The pair with prompt + each reply within `budget` tokens: each reply keeps its first tokens, the prompt its
     last ones (the turn the replies answer, and the template's assistant prefix), at most `prompt_limit`, and at
-    most half the budget when the replies need the room. LLaMA-Factory shares its cutoff between source and target in the same spirit;
-    cutting keeps a pair that TRL's reward trainer would drop. Cuts fall on token boundaries of the text."""
+    most half the budget when the replies need the room. LLaMA-Factory shares its cutoff between source and target
+    in the same spirit; cutting keeps a pair that TRL's reward trainer would drop. Cuts fall on token boundaries of
+    the text."""
     prompt = _tokens(tokenizer, row["prompt"])
     longest = max(len(_tokens(tokenizer, row[key])) for key in ("chosen", "rejected"))
     keep_prompt = min(len(prompt), prompt_limit, max(budget // 2, budget - longest))

@@ -2,8 +2,8 @@
 
 - generation: before each optimisation step the policy samples that step's completions at once (batch x grad_accum:
   TRL's steps_per_generation defaults to the accumulation steps) under no_grad with a KV cache, which at its
-  largest holds keys and values of every layer for all of them at max_length tokens (prompt and completion),
-  beside the last position's logits. Nothing is saved for backward then, so this is a phase of its own, compared
+  largest holds keys and values of every layer for all of them at the plan's seq (the pre-flight passes the
+  longest prompt + max_completion_length), beside the last position's logits. Nothing is saved for backward then, so this is a phase of its own, compared
   with the backward's peak rather than added to it;
 - the log-probs: the training forward scores the completion tokens through TRL's fused LM head, asking for the
   entropy too (a metric, and the high-entropy mask): the head's working set is traced with that output
@@ -25,7 +25,8 @@ def kv_cache_bytes(config, batch: int, tokens: int, dtype: torch.dtype) -> float
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-    return float(2 * text.num_hidden_layers * batch * tokens * heads * head_dim * torch.empty((), dtype=dtype).element_size())
+    element = torch.empty((), dtype=dtype).element_size()
+    return float(2 * text.num_hidden_layers * batch * tokens * heads * head_dim * element)
 
 
 def generation_memory(config, batch: int, tokens: int, vocab: int, dtype: torch.dtype) -> float:

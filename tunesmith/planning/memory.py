@@ -177,8 +177,7 @@ def logits_memory(trace: ActivationTrace, request: PlanRequest) -> float:
     return request.supervised_share * (trace.vocab + 2 * trace.tokens * trace.vocab_size * 4)
 
 
-def chunked_loss_memory(trace: ActivationTrace, request: PlanRequest, head_weight: torch.Tensor,
-                        chunk_size: int | None = None) -> float:
+def chunked_loss_memory(trace: ActivationTrace, request: PlanRequest, head_weight: torch.Tensor) -> float:
     """training/chunked_loss.py at its peak, the last chunk: the chunk's fp32 logits (turned into their gradient in
     place) beside the half-precision logits or logit gradient, the head weight's copy for autocast (kept from step
     to step, and alive here either way), the gradient of every head input (kept for backward) and, when the head
@@ -186,7 +185,7 @@ def chunked_loss_memory(trace: ActivationTrace, request: PlanRequest, head_weigh
     tokens = request.supervised_share * trace.tokens
     half = request.compute_dtype() != torch.float32
     vocab, hidden = head_weight.shape
-    chunk = min(chunk_size or chunk_tokens(vocab, request.device), tokens)
+    chunk = min(chunk_tokens(vocab, request.device), tokens)
     cast = 2 * head_weight.numel() if half and head_weight.dtype == torch.float32 else 0
     trained = 4 * head_weight.numel() if head_weight.requires_grad else 0
     return chunk * vocab * (6 if half else 4) + cast + 4 * tokens * hidden + trained
@@ -277,7 +276,8 @@ def plan_memory(config, request: PlanRequest) -> MemoryPlan:
         activations, logits = _preference_loss(trace, request, model.get_output_embeddings().weight)
     elif request.task == "grpo":
         activations = activation_memory(trace, request, chunked=True)
-        logits = _fused_head(trace, request, model.get_output_embeddings().weight, backward=True, outputs=GRPO_OUTPUTS)
+        logits = _fused_head(trace, request, model.get_output_embeddings().weight, backward=True,
+                             outputs=GRPO_OUTPUTS)
     else:
         chunked = _chunked_loss_applies(model, request)
         activations = activation_memory(trace, request, chunked)
@@ -294,9 +294,9 @@ def plan_memory(config, request: PlanRequest) -> MemoryPlan:
                      "family is cast the same way on CUDA; not validated on a GPU)")
     if request.device == "cpu":
         notes.append("CPU: the peak of live tensors plus the runtime, which the process reaches with "
-                     "speed.cpu_allocator: lean; tcmalloc or tbbmalloc (what auto preloads when installed) keep a little more, "
-                     "glibc's default settings keep freed memory and their RSS can run up to ~1.7x higher "
-                     "(docs/planning.md)")
+                     "speed.cpu_allocator: lean; tcmalloc or tbbmalloc (what auto preloads when installed) keep a "
+                     "little more, glibc's default settings keep freed memory and their RSS can run up to ~1.7x "
+                     "higher (docs/planning.md)")
     if request.zero_stage and request.devices > 1:
         notes.append(f"ZeRO-{request.zero_stage} over {request.devices} devices: figures are per device")
     ref_weights = ref_pass = generation = 0.0
@@ -306,8 +306,7 @@ def plan_memory(config, request: PlanRequest) -> MemoryPlan:
                                        request.compute_dtype())
         notes.append("grpo: batch in completions of prompt + completion up to seq tokens; sampling's KV cache is its "
                      "own phase" + ("; reference pass counted" if request.grpo_reference else ""))
-    if has_reference(request.task, request.precomputed_reference) or (request.task == "grpo" and
-                                                                      request.grpo_reference):
+    if has_reference(request.task, request.precomputed_reference, request.grpo_reference):
         from ..methods.registry import get_method
         from ..models.loading import training_load_dtype
 

@@ -36,8 +36,10 @@ def sequences_per_example(task: str) -> int:
     return 2 if task in PAIRED else 1
 
 
-def has_reference(task: str, precomputed: bool) -> bool:
-    return task in WITH_REFERENCE and not precomputed
+def has_reference(task: str, precomputed: bool, grpo_beta: bool = False) -> bool:
+    """Whether training runs a reference forward: dpo and kto unless their log-probs are precomputed, grpo when its
+    KL term has a weight."""
+    return (task in WITH_REFERENCE and not precomputed) or (task == "grpo" and grpo_beta)
 
 
 def reference_weights(total_params: int, load_dtype: torch.dtype, is_peft: bool) -> float:

@@ -16,7 +16,8 @@ import torch
 from ..compat import attention_implementation
 from ..reporting import Reporter
 from .cpu import dropout as fast_dropout
-from .cpu.allocator import allocator_tip, choose_cpu_allocator, configure_cpu_allocator, limit_onednn_caches
+from .cpu.allocator import (allocator_tip, choose_cpu_allocator, configure_cpu_allocator, limit_onednn_caches,
+                            preloaded_allocator)
 from .cpu.causal_attention import kernel_failure, restore_attention, use_causal_attention_kernel
 from .cpu.layers import use_cpu_layers
 from .cpu.sdpa_gqa import grouped_query_sdpa
@@ -44,7 +45,7 @@ def configure_allocator(plan: SpeedPlan, predicted_peak: float | None, available
     the allocator chosen (None on a GPU)."""
     if plan.device == "cuda":
         return None
-    allocator = choose_cpu_allocator(plan.cpu_allocator, predicted_peak, available)
+    allocator = choose_cpu_allocator(plan.cpu_allocator, predicted_peak, available, loaded=preloaded_allocator())
     log.info("CPU allocator: %s", configure_cpu_allocator(allocator))
     tip = allocator_tip(plan.cpu_allocator, allocator)
     if tip:

@@ -96,10 +96,6 @@ def preloaded_allocator() -> str | None:
     return "tcmalloc" if "libtcmalloc" in maps else "tbbmalloc" if "libtbbmalloc_proxy" in maps else None
 
 
-def tcmalloc_loaded() -> bool:
-    return preloaded_allocator() == "tcmalloc"
-
-
 def preload_allocator(mode: str) -> None:
     """For the `tunesmith` command, before anything heavy is imported: when `speed.cpu_allocator` is `tcmalloc` or
     `tbbmalloc`, or `auto` on a Linux machine without a GPU, start this same command again with that allocator
@@ -136,12 +132,10 @@ def preload_allocator(mode: str) -> None:
     os.execve(sys.executable, sys.orig_argv, env)
 
 
-def choose_cpu_allocator(mode: str, predicted_peak: float | None, available: float,
-                         loaded: str | None | bool = True) -> str:
-    """`auto`, `tcmalloc`, `tbbmalloc`: the malloc replacement this process runs with, if any (`loaded`: which;
-    True, the default, reads it off the process); else glibc's defaults when the predicted peak times the worst
-    retention still fits in `available`, else lean; unknown peak: lean. `lean` and `default` are kept."""
-    loaded = preloaded_allocator() if loaded is True else loaded
+def choose_cpu_allocator(mode: str, predicted_peak: float | None, available: float, *, loaded: str | None) -> str:
+    """`auto`, `tcmalloc`, `tbbmalloc`: the malloc replacement this process runs with, if any (`loaded`:
+    `preloaded_allocator()`); else glibc's defaults when the predicted peak times the worst retention still fits in
+    `available`, else lean; unknown peak: lean. `lean` and `default` are kept."""
     if mode not in ("auto", *PRELOADABLE):
         return mode
     if loaded:
