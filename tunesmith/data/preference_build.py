@@ -108,13 +108,13 @@ def cut_pair(tokenizer, row: dict, budget: int, prompt_limit: int) -> dict:
     in the same spirit; cutting keeps a pair that TRL's reward trainer would drop. Cuts fall on token boundaries of
     the text."""
     prompt = _tokens(tokenizer, row["prompt"])
-    longest = max(len(_tokens(tokenizer, row[key])) for key in ("chosen", "rejected"))
+    replies = {key: _tokens(tokenizer, row[key]) for key in ("chosen", "rejected")}
+    longest = max(len(spans) for spans in replies.values())
     keep_prompt = min(len(prompt), prompt_limit, max(budget // 2, budget - longest))
     reply_budget = budget - keep_prompt
     cut = dict(row)
     cut["prompt"] = row["prompt"][prompt[len(prompt) - keep_prompt][0]:] if keep_prompt else ""
-    for key in ("chosen", "rejected"):
-        spans = _tokens(tokenizer, row[key])
+    for key, spans in replies.items():
         cut[key] = row[key][:spans[reply_budget - 1][1]] if len(spans) > reply_budget else row[key]
     return cut
 
