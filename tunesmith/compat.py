@@ -78,3 +78,12 @@ def dispatch_mode():
     from torch.utils._python_dispatch import TorchDispatchMode
 
     return TorchDispatchMode
+
+
+def trl_fused_head_tile() -> tuple[int, int]:
+    """(positions, vocabulary columns) per tile of TRL's fused log-prob head. The column count is a private constant
+    of trl.trainer.utils (1.16); read here so that a TRL that changes it changes the memory plan with it."""
+    from trl.kernels import chunked_logprob
+    from trl.trainer import utils
+
+    return chunked_logprob.TOKEN_CHUNK_SIZE, utils._CHUNKED_LOGPROB_CHUNK_SIZE

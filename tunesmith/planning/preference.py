@@ -28,8 +28,6 @@ PREFERENCE_TASKS = ("dpo", "orpo", "simpo", "kto", "reward")
 PAIRED = ("dpo", "orpo", "simpo", "reward")
 WITH_REFERENCE = ("dpo", "kto")
 FUSED_HEAD = ("dpo", "kto")  # trl.trainer.utils.add_fused_lm_head
-FUSED_VOCAB_CHUNK = 32768  # trl.trainer.utils._CHUNKED_LOGPROB_CHUNK_SIZE (trl 1.16): vocabulary columns per tile
-FUSED_TOKEN_CHUNK = 4096  # trl.kernels.chunked_logprob.TOKEN_CHUNK_SIZE: positions per tile
 
 
 def sequences_per_example(task: str) -> int:
@@ -61,9 +59,12 @@ def fused_head_memory(tokens: int, hidden: int, vocab: int, compute_dtype: torch
     so the tile buffer, the fp32 gradient accumulators and the casts of the inputs are what it holds (read off the
     code, not measured on a GPU). `outputs`: the per-token fields asked for (GRPO adds the entropy)."""
     if device == "cuda":
+        from ..compat import trl_fused_head_tile
+
+        positions, columns = trl_fused_head_tile()
         half = 2 if compute_dtype != torch.float32 else 4
-        tile = min(tokens, FUSED_TOKEN_CHUNK) * FUSED_VOCAB_CHUNK * half  # the buffer is a full chunk wide
-        casts = tokens * hidden * half + min(vocab, FUSED_VOCAB_CHUNK) * hidden * half
+        tile = min(tokens, positions) * columns * half  # the buffer is a full chunk wide
+        casts = tokens * hidden * half + min(vocab, columns) * hidden * half
         grads = (4 * tokens * hidden + (4 * vocab * hidden if head_trains else 0)) if backward else 0
         return float(tile + casts + grads + 8 * 4 * tokens)
     return float(_traced_fused_head(tokens, hidden, vocab, compute_dtype, head_trains, backward, outputs))
@@ -74,9 +75,10 @@ def _traced_fused_head(tokens: int, hidden: int, vocab: int, compute_dtype: torc
                        backward: bool, outputs: tuple[str, ...]) -> int:
     from trl.kernels import ChunkedLogProbFunction
 
-    from ..compat import fake_cpu_tensors
+    from ..compat import fake_cpu_tensors, trl_fused_head_tile
     from .live_bytes import peak_allocated
 
+    columns = trl_fused_head_tile()[1]
     half = compute_dtype != torch.float32
     with fake_cpu_tensors():
         # Training keeps fp32 weights and autocasts; the head's input arrives in fp32 from the final norm.
@@ -86,7 +88,7 @@ def _traced_fused_head(tokens: int, hidden: int, vocab: int, compute_dtype: torc
 
         def run():
             with torch.autocast("cpu", dtype=compute_dtype, enabled=half), torch.set_grad_enabled(backward):
-                log_probs = ChunkedLogProbFunction.apply(states, weight, None, labels, 1.0, FUSED_VOCAB_CHUNK, None,
+                log_probs = ChunkedLogProbFunction.apply(states, weight, None, labels, 1.0, columns, None,
                                                          1.0, outputs)[0]
                 if backward:
                     log_probs.sum().backward()
