@@ -22,10 +22,12 @@ def restart_with_allocator(args: Namespace, allocator: str) -> None:
 def train(args: Namespace) -> int:
     from .. import api
     from ..config.loading import load_config
+    from ..models.loading import check_model_reference
 
     overrides = [*args.overrides, *(["training.overwrite_output_dir=true"] if args.overwrite else [])]
     cfg = load_config(args.config, overrides)  # validate before the heavy imports
     api.prepare_output(cfg, args.config)
+    check_model_reference(cfg.model)  # a missing model fails before the restart below loads everything again
     restart_with_allocator(args, cfg.speed.cpu_allocator)
     if getattr(args, "nproc", None) is not None:
         api.train_processes(cfg, args.config, overrides, nproc=args.nproc, resume=args.resume,

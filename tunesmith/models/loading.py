@@ -60,8 +60,18 @@ def resolve_ref(ref: str) -> str:
     return resolve_model_ref(ref)
 
 
-def source_kwargs(cfg: ModelConfig) -> tuple[str, dict[str, Any]]:
+def check_model_reference(cfg: ModelConfig) -> str:
+    """The model's reference with a PyPI short name resolved to its folder. A reference that is a path (not a hub id)
+    and names nothing fails here, before anything loads."""
     ref = resolve_ref(cfg.name_or_path)
+    if not Path(ref).expanduser().exists() and (ref.startswith((".", "/", "~")) or ref.count("/") > 1):
+        raise ModelError(f"model not found: {ref}", where="model.name_or_path",
+                         hint="check the path; hub ids look like owner/name")
+    return ref
+
+
+def source_kwargs(cfg: ModelConfig) -> tuple[str, dict[str, Any]]:
+    ref = check_model_reference(cfg)
     path = Path(ref).expanduser()
     kwargs: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
     if cfg.revision:
@@ -69,9 +79,6 @@ def source_kwargs(cfg: ModelConfig) -> tuple[str, dict[str, Any]]:
     gguf = _gguf_file(path, cfg)
     if gguf is not None:
         return str(materialize_gguf(gguf)), kwargs
-    if not path.exists() and (ref.startswith((".", "/", "~")) or ref.count("/") > 1):
-        raise ModelError(f"model not found: {ref}", where="model.name_or_path",
-                         hint="check the path; hub ids look like owner/name")
     return str(path) if path.exists() else ref, kwargs
 
 
