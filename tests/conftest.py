@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -135,3 +136,48 @@ class RecordingReporter(Reporter):
 
     def text(self) -> str:
         return "\n".join(text for _, text in self.lines)
+
+
+class PairwiseJudge:
+    """An OpenAI-compatible endpoint that compares the two answers of PAIRWISE_PROMPT by a rule: `longer` prefers
+    the longer answer (a judge with a real preference), `first` always says A (pure position bias), `mute` never
+    gives a verdict; a reply graded alone gets "Score: 5". Records every prompt it saw."""
+
+    def __init__(self, rule: str):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        seen = self.seen = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                prompt = body["messages"][-1]["content"]
+                seen.append(prompt)
+                if "[Answer A]" not in prompt:  # a single reply graded alone
+                    return self._reply("Score: 5")
+                first = prompt.split("[Answer A]\n", 1)[1].split("\n\n[Answer B]", 1)[0]
+                second = prompt.split("[Answer B]\n", 1)[1].rsplit("\n\nReply with", 1)[0]
+                verdict = {"first": "Winner: A", "mute": "Both are fine.",
+                           "longer": "Winner: " + ("A" if len(first) > len(second) else
+                                                   "B" if len(second) > len(first) else "tie")}[rule]
+                self._reply(verdict)
+
+            def _reply(self, verdict):
+                payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": verdict}}]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()

@@ -335,3 +335,33 @@ def test_eval_scores_each_adapter_on_its_own_suite(adapters, tmp_path, capsys):
     _write(manifest, {"base": str(adapters["base"]), "adapters": spec})
     assert main(["eval", str(manifest)]) == 2
     assert "adapters.beta.suite" in capsys.readouterr().err
+
+
+def test_eval_of_a_set_judges_each_adapter_head_to_head_with_the_base(adapters, tmp_path, capsys):
+    """`tunesmith eval SET --compare base` with a judged generation task asks the judge to compare each adapter's
+    replies with the base's, both orders, as `tunesmith eval RUN --compare` does."""
+    from tunesmith.cli.main import main
+
+    from .conftest import EXAMPLES, PairwiseJudge
+
+    judge = PairwiseJudge("longer")
+    try:
+        suite = _write(tmp_path / "judged.yaml", {"name": "judged", "generation": {"max_new_tokens": 8}, "tasks": [
+            {"name": "stories", "type": "generation", "data": str(EXAMPLES / "data" / "stories_chat.jsonl"),
+             "max_samples": 3, "metrics": [], "judge": {"model": "j", "base_url": judge.url}}]})
+        manifest = _write(tmp_path / "set.yaml", {"base": str(adapters["base"]), "template": "alpaca_en",
+                                                  "adapters": {"alpha": str(adapters["a"])}})
+        assert main(["eval", str(manifest), "--suite", str(suite), "--compare", "base", "--out",
+                     str(tmp_path / "out")]) == 0
+    finally:
+        judge.close()
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    (row,) = results["comparison"]["alpha"]["head_to_head"]
+    tuned, base = (results[k]["alpha"]["tasks"]["stories"]["samples"] for k in ("tuned", "base"))
+    expected = [1.0 if len(t["reply"]) > len(b["reply"]) else 0.5 if len(t["reply"]) == len(b["reply"]) else 0.0
+                for t, b in zip(tuned, base)]
+    assert [s["head_to_head"]["score"] for s in tuned] == expected
+    assert row["win_rate"] == pytest.approx(sum(expected) / 3)
+    assert len(judge.seen) == 3 + 3 + 6  # each side's replies graded alone, then both orders of each pair
+    assert "Head to head (judge)" in (tmp_path / "out" / "alpha" / "report.md").read_text()
+    assert "head to head on stories" in capsys.readouterr().err

@@ -16,7 +16,7 @@ from tunesmith.evaluation.data import load_classification, load_generation_items
 from tunesmith.evaluation.report import write_report
 from tunesmith.evaluation.suite import load_suite, validate_suite
 
-from .conftest import EXAMPLES, SHARED
+from .conftest import EXAMPLES, SHARED, PairwiseJudge
 
 WIKI = str(SHARED / "data" / "general" / "wiki_demo.txt")
 ALPACA = str(SHARED / "data" / "instruct" / "alpaca_en_demo.json")
@@ -264,51 +264,6 @@ def test_llm_judge_through_tunesmith_serve(stories_dir, tmp_path):
 
 # --- head to head ------------------------------------------------------------------------------------------------
 
-class _PairwiseJudge:
-    """An OpenAI-compatible endpoint that compares the two answers of PAIRWISE_PROMPT by a rule: `longer` prefers
-    the longer answer (a judge with a real preference), `first` always says A (pure position bias), `mute` never
-    gives a verdict; a reply graded alone gets "Score: 5". Records every prompt it saw."""
-
-    def __init__(self, rule: str):
-        import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-        seen = self.seen = []
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):  # noqa: N802
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                prompt = body["messages"][-1]["content"]
-                seen.append(prompt)
-                if "[Answer A]" not in prompt:  # a single reply graded alone
-                    return self._reply("Score: 5")
-                first = prompt.split("[Answer A]\n", 1)[1].split("\n\n[Answer B]", 1)[0]
-                second = prompt.split("[Answer B]\n", 1)[1].rsplit("\n\nReply with", 1)[0]
-                verdict = {"first": "Winner: A", "mute": "Both are fine.",
-                           "longer": "Winner: " + ("A" if len(first) > len(second) else
-                                                   "B" if len(second) > len(first) else "tie")}[rule]
-                self._reply(verdict)
-
-            def _reply(self, verdict):
-                payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": verdict}}]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def _results(label, replies):
     return {"model": label, "tasks": {"qa": {"type": "generation", "metrics": {}, "samples": [
         {"prompt": f"question {i}", "reference": None, "reply": r} for i, r in enumerate(replies)]}}}
@@ -323,7 +278,7 @@ def test_head_to_head_asks_both_orders_and_cancels_position_bias(tmp_path, rule)
     from tunesmith.reporting import Reporter
 
     tuned_replies, base_replies = ["a long reply", "same", "x"], ["short", "same", "much longer reply"]
-    judge = _PairwiseJudge(rule)
+    judge = PairwiseJudge(rule)
     try:
         suite = validate_suite({"name": "s", "tasks": [{"name": "qa", "type": "generation", "data": ALPACA,
                                                          "judge": {"model": "j", "base_url": judge.url}}]})
@@ -373,7 +328,7 @@ def test_eval_compare_reports_the_judges_win_rate(stories_dir, tmp_path, capsys)
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model"):
         if (stories_dir / name).exists():
             shutil.copy(stories_dir / name, other / name)
-    judge = _PairwiseJudge("longer")
+    judge = PairwiseJudge("longer")
     try:
         suite = write_suite(tmp_path, {"name": "h2h", "generation": {"max_new_tokens": 12}, "tasks": [
             {"name": "stories", "type": "generation", "data": STORIES_DATA, "max_samples": 3, "metrics": [],

@@ -233,8 +233,9 @@ def evaluate_set(manifest: str | Path, *, suite: str | Path | None = None, compa
     """`tunesmith eval SET.yaml`: every adapter of an adapter set on its own suite (the manifest's
     `adapters.NAME.suite`; `suite` for those without one), the base loaded once. `compare_base`: each suite also
     through the base alone (PEFT's `disable_adapter()`), a before/after per adapter. Writes `out` (default
-    eval/SET_NAME): a folder per adapter with its full report, and report.md + results.json summing them up."""
-    from .evaluation.compare import compare_results
+    eval/SET_NAME): a folder per adapter with its full report, and report.md + results.json summing them up. A
+    judged generation task, compared, is also judged head to head against the base (as `evaluate` does)."""
+    from .evaluation.compare import compare_results, head_to_head
     from .evaluation.data import check_task_data
     from .evaluation.report import write_report
     from .evaluation.runner import evaluate_suite, headline_metric
@@ -270,6 +271,7 @@ def evaluate_set(manifest: str | Path, *, suite: str | Path | None = None, compa
                 base[name] = evaluate_suite(loaded, adapter_suite, label=f"{adapter_set.base_name} ({name}'s suite)",
                                             reporter=reporter)
             comparison[name] = compare_results(base[name], tuned[name])
+            comparison[name]["head_to_head"] = head_to_head(adapter_suite, base[name], tuned[name], reporter)
             write_report([base[name], tuned[name]], folder / name, comparison[name])
         else:
             write_report([tuned[name]], folder / name)
