@@ -87,6 +87,30 @@ def test_what_the_started_processes_allow(tmp_path, monkeypatch):
     assert err.value.where == "task" and "sft or dpo" in str(err.value)
 
 
+def test_a_checkpoint_resumes_in_another_process_count_only_with_its_global_batch(tmp_path):
+    """What a checkpoint's recorded processes and global batch allow (the real resume runs further below)."""
+    import tunesmith.training.distributed as dist
+
+    checkpoint = tmp_path / "checkpoint-2"
+    checkpoint.mkdir()
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": 2, "stateful_callbacks": {
+        "ProcessRecord": {"args": {"processes": 2, "global_batch": 8}, "attributes": {}}}}))
+    four = dist.World(size=4, local_size=4, launched=True)
+    ddp = validate_config(config("m", tmp_path, batch_size=2))
+    two = dist.World(size=2, local_size=2, launched=True)
+    assert dist.check_resume_world(checkpoint, validate_config(config("m", tmp_path, batch_size=4)), two) is None
+    assert "2-process run in 4" in dist.check_resume_world(checkpoint, ddp, four)
+    with pytest.raises(ConfigError) as err:  # 4 x 4 = 16, not 8
+        dist.check_resume_world(checkpoint, validate_config(config("m", tmp_path, batch_size=4)), four)
+    assert "global batch of 8" in str(err.value) and "= 8" in err.value.hint
+    fsdp = validate_config(config("m", tmp_path, batch_size=2, distributed={"strategy": "fsdp"}))
+    with pytest.raises(ConfigError) as err:  # sharded state keeps its process count
+        dist.check_resume_world(checkpoint, fsdp, four)
+    assert err.value.where == "--nproc" and "2 processes" in err.value.hint
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": 2}))  # an older checkpoint
+    assert dist.check_resume_world(checkpoint, fsdp, four) is None
+
+
 def test_engine_settings_reach_the_trainer_arguments(tmp_path):
     from tunesmith.training.distributed import World, deepspeed_config, trainer_arguments
 
@@ -268,3 +292,25 @@ def test_the_planner_estimates_each_strategy_per_rank(stories_dir, tmp_path):
         stages[name], peaks[name] = request.zero_stage, plan_memory(model_config, request).peak
     assert stages == {"ddp": 0, "zero2": 2, "fsdp": 3}
     assert peaks["ddp"] > peaks["zero2"] > peaks["fsdp"]
+
+
+@pytest.mark.slow
+def test_a_two_process_run_resumes_in_one_process_with_the_same_global_batch(stories_dir, tmp_path, monkeypatch):
+    """2 processes x batch 2, killed at step 3, resume from checkpoint-2 in one process: with batch 2 (a global batch
+    of 2, not 4) it is refused before anything loads; with batch 4 it finishes with the adapter that one process
+    training throughout makes (to 1e-5): the same examples, optimizer state and schedule carried over."""
+    from tunesmith.recipes import train
+
+    with pytest.raises(DistributedRunFailed):
+        launch_worker(tmp_path, monkeypatch, tmp_path / "records", two_process_config(stories_dir, tmp_path),
+                      kill_rank=1, kill_step=3)
+    state = json.loads((tmp_path / "two" / "checkpoints" / "checkpoint-2" / "trainer_state.json").read_text())
+    assert state["stateful_callbacks"]["ProcessRecord"]["args"] == {"processes": 2, "global_batch": 4}
+    with pytest.raises(ConfigError, match="global batch of 4") as err:
+        train(validate_config(config(stories_dir, tmp_path / "two", batch_size=2)), resume=True)
+    assert "batch_size x grad_accum x processes = 4" in err.value.hint
+    train(validate_config(config(stories_dir, tmp_path / "two", batch_size=4)), resume=True)
+    train(validate_config(config(stories_dir, tmp_path / "one")))
+    resumed, single = adapter(tmp_path / "two"), adapter(tmp_path / "one")
+    assert resumed.keys() == single.keys()
+    assert max((resumed[k] - single[k]).abs().max().item() for k in single) < 1e-5

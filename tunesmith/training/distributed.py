@@ -221,3 +221,58 @@ def only_main(world: World) -> Iterator[bool]:
         yield world.is_main
     finally:
         barrier(world)
+
+
+# --- resuming with another number of processes ------------------------------------------------------------------
+
+def global_batch(cfg, world: World) -> int:
+    """Examples per optimizer step over all ranks (every strategy here is data-parallel)."""
+    return cfg.training.batch_size * cfg.training.grad_accum * world.size
+
+
+def process_record(cfg, world: World):
+    """A callback that writes the process count and the global batch into each checkpoint's trainer_state.json
+    (transformers' stateful callbacks), for `check_resume_world`."""
+    from transformers.trainer_callback import ExportableState, TrainerCallback
+
+    class ProcessRecord(TrainerCallback, ExportableState):
+        def state(self) -> dict:
+            return {"args": {"processes": world.size, "global_batch": global_batch(cfg, world)}, "attributes": {}}
+
+    return ProcessRecord()
+
+
+def check_resume_world(checkpoint, cfg, world: World) -> str | None:
+    """Whether the run can continue from `checkpoint` in this world; a note when the process count changed.
+
+    The Trainer resumes by skipping the optimizer steps already taken, counted in batches of the new world. With the
+    same global batch those are the same examples (the seeded sampler's order split over the ranks, as one process
+    would take it) and the schedule's steps mean what they meant; with another, the run would re-train or skip
+    examples. DDP keeps whole copies of the weights and optimizer state, so any process count can load them;
+    FSDP's and DeepSpeed's per-rank shards are not re-sharded here (not verified), so they keep their count."""
+    import json
+    from pathlib import Path
+
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))
+    record = (state.get("stateful_callbacks") or {}).get("ProcessRecord")
+    if not record:
+        return None  # written before tunesmith recorded it: nothing to compare
+    before = record["args"]
+    processes, batch = before["processes"], before["global_batch"]
+    now = global_batch(cfg, world)
+    where = "training.batch_size / training.grad_accum"
+    if batch != now:
+        raise ConfigError(
+            f"{Path(checkpoint).name} was trained with a global batch of {batch} ({processes} process"
+            f"{'es' * (processes > 1)}); this run's is {now} (batch_size {cfg.training.batch_size} x grad_accum "
+            f"{cfg.training.grad_accum} x {world.size} process{'es' * (world.size > 1)}), so the examples already "
+            f"trained on and the learning-rate schedule would not carry over", where=where,
+            hint=f"keep batch_size x grad_accum x processes = {batch}")
+    if processes != world.size and cfg.distributed.strategy in ("fsdp", "deepspeed"):
+        raise ConfigError(
+            f"{Path(checkpoint).name} holds {cfg.distributed.strategy}'s state sharded over {processes} processes; "
+            f"resuming it in {world.size} is not supported", where="--nproc",
+            hint=f"resume with {processes} processes (DDP checkpoints can change the count)")
+    if processes != world.size:
+        return f"resuming a {processes}-process run in {world.size}; the global batch stays {batch}"
+    return None

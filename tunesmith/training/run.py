@@ -46,7 +46,7 @@ from ..speed.cpu.allocator import glibc_retained_peak, release_free_memory
 from ..speed.plan import resolve_speed_plan
 from .callbacks import MetricsFileCallback, finite_number, read_metrics
 from .tracking import Tracking, check_trackers
-from .distributed import check_strategy, current_world, join_process_group
+from .distributed import check_resume_world, check_strategy, current_world, join_process_group, process_record
 from .checkpoints import CHECKPOINT_DIR, checkpoint_step, is_complete, latest_checkpoint, restore_last_good
 from ..plots import plot_loss_curves
 
@@ -134,6 +134,9 @@ class TrainingRun:
             if not is_complete(folder):
                 self.reporter.warning(f"skipping incomplete checkpoint {folder} (the run stopped while saving)")
                 shutil.rmtree(folder)
+        note = check_resume_world(checkpoint, self.cfg, self.world) if checkpoint else None
+        if note:
+            self.reporter.info(note)
         self.reporter.info(f"resuming from {checkpoint}" if checkpoint else "no checkpoint to resume; starting fresh")
         return checkpoint
 
@@ -201,7 +204,7 @@ class TrainingRun:
         `early_stopping`: the run has validation data to stop on."""
         main = self.world.is_main
         callbacks = [*self.reporter.training_callbacks(), *([MetricsFileCallback(self.run_dir / "metrics.jsonl")]
-                                                            if main else [])]
+                                                            if main else []), process_record(self.cfg, self.world)]
         if diagnostics:  # on every rank: each must stop at the same step (the logged metrics are reduced already)
             self.diagnostics = DiagnosticsCallback(self.run_dir, self.reporter,
                                                    max_grad_norm=self.cfg.training.max_grad_norm)
