@@ -55,13 +55,15 @@ def test_auto_goes_lean_only_when_memory_is_tight():
     assert choose_cpu_allocator("default", 30 * gib, 1, loaded=None) == "default"
 
 
-def test_under_glibc_defaults_the_user_is_told_what_the_heap_may_keep():
-    from tunesmith.speed.cpu.allocator import DEFAULT_RETENTION, glibc_retained_peak
+def test_the_user_is_told_what_the_allocator_may_keep_beyond_the_plan():
+    from tunesmith.speed.cpu.allocator import DEFAULT_RETENTION, TBBMALLOC_FULL_RETENTION, retained_peak
 
     gib = 2 ** 30
-    assert glibc_retained_peak("default", 3 * gib) == 3 * gib * DEFAULT_RETENTION
-    assert glibc_retained_peak("lean", 3 * gib) is None and glibc_retained_peak("tcmalloc", 3 * gib) is None
-    assert glibc_retained_peak("default", None) is None  # no prediction, no bound
+    assert retained_peak("default", 3 * gib, trains_every_weight=False) == 3 * gib * DEFAULT_RETENTION
+    assert retained_peak("tbbmalloc", 3 * gib, trains_every_weight=True) == 3 * gib * TBBMALLOC_FULL_RETENTION
+    for chosen, full in (("lean", True), ("tcmalloc", True), ("tbbmalloc", False)):  # where the plan held
+        assert retained_peak(chosen, 3 * gib, trains_every_weight=full) is None
+    assert retained_peak("default", None, trains_every_weight=False) is None  # no prediction, no bound
 
 
 # ---------------------------------------------------------------- tcmalloc, preloaded by the tunesmith command
@@ -295,3 +297,28 @@ def test_release_free_memory_gives_tcmallocs_free_pages_back():
     out = subprocess.run([sys.executable, "-c", RELEASE_PROBE], capture_output=True, text=True, check=True,
                          env={**os.environ, "LD_PRELOAD": cpu_memory.find_tcmalloc()})
     assert int(out.stdout.split()[-1]) > 300 << 20  # of the 400 MiB freed, tcmalloc had kept nearly all
+
+
+@pytest.mark.parametrize("method, allocator, said", [
+    ("full", "tbbmalloc", "tbbmalloc's heap fragments"), ("lora", "tbbmalloc", None),
+    ("lora", "default", "glibc's default allocator keeps freed memory"), ("full", "lean", None)])
+def test_the_pre_flight_says_what_the_chosen_allocator_may_keep(stories_dir, tmp_path, monkeypatch, method,
+                                                                  allocator, said):
+    """The run's pre-flight line beside the prediction, for the allocator the run ended up with."""
+    import tunesmith.training.run as run_module
+    from tunesmith.config.loading import validate_config
+
+    from .conftest import RecordingReporter
+
+    monkeypatch.setattr(run_module, "configure_allocator", lambda *args: allocator)
+    cfg = validate_config({"model": {"name_or_path": str(stories_dir)}, "method": {"name": method},
+                           "data": {"train": [{"path": "unused.jsonl"}], "max_length": 64},
+                           "training": {"output_dir": str(tmp_path / "run")}})
+    reporter = RecordingReporter()
+    plan = run_module.TrainingRun(cfg, reporter=reporter).preflight()
+    notes = [text for kind, text in reporter.lines if kind == "info" and "can hold" in text]
+    if said is None:
+        assert notes == []
+    else:
+        (note,) = notes
+        assert said in note and "speed.cpu_allocator: lean" in note and plan.peak > 0

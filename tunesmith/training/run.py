@@ -42,7 +42,7 @@ from ..reporting import Reporter, RunLog, reporter_or_default
 from ..retain.setup import RETAIN_DIR
 from ..runtime import resolve_runtime
 from ..speed.apply import ModelSpeedups, apply_to_model, configure_allocator, configure_process
-from ..speed.cpu.allocator import glibc_retained_peak, release_free_memory
+from ..speed.cpu.allocator import release_free_memory, retained_peak
 from ..speed.plan import resolve_speed_plan
 from .callbacks import MetricsFileCallback, finite_number, read_metrics
 from .tracking import Tracking, check_trackers
@@ -153,13 +153,17 @@ class TrainingRun:
             plan = preflight(self.cfg, reporter=self.reporter, speed=self.speed,
                              devices=self.world.shard_group(self.cfg), seq=seq)
         allocator = configure_allocator(self.speed, plan.peak if plan else None, device_memory("cpu"))
-        retained = glibc_retained_peak(allocator, plan.peak if plan else None)
-        if retained:  # the prediction is of live tensors; say what glibc's heap may keep on top (docs/planning.md)
+        retained = retained_peak(allocator, plan.peak if plan else None, trains_every_weight=not self.method.is_peft)
+        if retained:  # the prediction is of live tensors; say what the allocator may keep on top (docs/planning.md)
             from ..planning.units import human
 
-            self.reporter.info(f"pre-flight: glibc's default allocator keeps freed memory, so the process can hold "
-                               f"{human(retained)} or more; with tcmalloc, tbbmalloc (pip install tbb) or "
-                               f"speed.cpu_allocator: lean it stays near {human(plan.peak)} (docs/planning.md)")
+            why, better = (("glibc's default allocator keeps freed memory",
+                            "tcmalloc, tbbmalloc (pip install tbb) or speed.cpu_allocator: lean")
+                           if allocator == "default" else
+                           ("tbbmalloc's heap fragments around the optimizer state when every weight trains",
+                            "speed.cpu_allocator: lean"))
+            self.reporter.info(f"pre-flight: {why}, so the process can hold {human(retained)} or more; with "
+                               f"{better} it stays near {human(plan.peak)} (docs/planning.md)")
         return plan
 
     def settle_defaults(self, stats: dict) -> RunConfig:

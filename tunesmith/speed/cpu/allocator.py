@@ -39,6 +39,11 @@ LEAN_MMAP_THRESHOLD = 128 * 1024
 # Worst measured ratio of process peak RSS with glibc's defaults to the peak of live tensors (= the lean peak):
 # 6,759 / 4,137 MiB, SmolLM2-135M LoRA at batch 4 x 512 (docs/planning.md); rounded up.
 DEFAULT_RETENTION = 1.7
+# Worst measured ratio with tbbmalloc when every weight trains: 3,628 / 3,057 MiB, SmolLM2-135M full fine-tuning at
+# seq 512, bf16 autocast (benchmarks/plan_accuracy.py --allocator tbbmalloc; 1.12-1.19 over the four full rows).
+# Not its cache: cleaning tbbmalloc's buffers after every optimizer step moved that peak by under 1%. Adapter runs
+# stayed within 10% of the plan, as under lean.
+TBBMALLOC_FULL_RETENTION = 1.2
 TCMALLOC_NAMES = ("tcmalloc_minimal", "tcmalloc")
 # oneTBB's proxy replaces malloc; it needs its allocator library, which it finds only on the loader's path, so both
 # are preloaded (the proxy last).
@@ -145,13 +150,18 @@ def choose_cpu_allocator(mode: str, predicted_peak: float | None, available: flo
     return "default" if predicted_peak * DEFAULT_RETENTION <= available else "lean"
 
 
-def glibc_retained_peak(chosen: str, predicted_peak: float | None) -> float | None:
-    """When the run keeps glibc's default settings: the predicted peak times the worst retention measured in short
-    runs. The planner predicts the live tensors (what lean and tcmalloc stay near); glibc's heap also keeps what
-    backward freed, and over whole runs it was seen to keep more than this (docs/planning.md): not a bound."""
-    if chosen != "default" or not predicted_peak:
+def retained_peak(chosen: str, predicted_peak: float | None, *, trains_every_weight: bool) -> float | None:
+    """What the process may hold beyond the plan's live tensors under the allocator the run got: with glibc's
+    default settings the predicted peak times the worst retention measured in short runs (over whole runs glibc was
+    seen to keep more: docs/planning.md; not a bound); with tbbmalloc, when every weight trains, its measured worst
+    ratio. None where the plan holds (lean, tcmalloc, tbbmalloc with an adapter) or there is no plan."""
+    if not predicted_peak:
         return None
-    return predicted_peak * DEFAULT_RETENTION
+    if chosen == "default":
+        return predicted_peak * DEFAULT_RETENTION
+    if chosen == "tbbmalloc" and trains_every_weight:
+        return predicted_peak * TBBMALLOC_FULL_RETENTION
+    return None
 
 
 def allocator_tip(mode: str, chosen: str) -> str | None:
