@@ -11,10 +11,12 @@ once, each rank gets its share of the CPU threads, and the combinations that can
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Iterator
 
 from ..errors import ConfigError
@@ -250,9 +252,6 @@ def check_resume_world(checkpoint, cfg, world: World) -> str | None:
     would take it) and the schedule's steps mean what they meant; with another, the run would re-train or skip
     examples. DDP keeps whole copies of the weights and optimizer state, so any process count can load them;
     FSDP's and DeepSpeed's per-rank shards are not re-sharded here (not verified), so they keep their count."""
-    import json
-    from pathlib import Path
-
     state = json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))
     record = (state.get("stateful_callbacks") or {}).get("ProcessRecord")
     if not record:
@@ -260,13 +259,13 @@ def check_resume_world(checkpoint, cfg, world: World) -> str | None:
     before = record["args"]
     processes, batch = before["processes"], before["global_batch"]
     now = global_batch(cfg, world)
-    where = "training.batch_size / training.grad_accum"
     if batch != now:
         raise ConfigError(
             f"{Path(checkpoint).name} was trained with a global batch of {batch} ({processes} process"
             f"{'es' * (processes > 1)}); this run's is {now} (batch_size {cfg.training.batch_size} x grad_accum "
             f"{cfg.training.grad_accum} x {world.size} process{'es' * (world.size > 1)}), so the examples already "
-            f"trained on and the learning-rate schedule would not carry over", where=where,
+            f"trained on and the learning-rate schedule would not carry over",
+            where="training.batch_size / training.grad_accum",
             hint=f"keep batch_size x grad_accum x processes = {batch}")
     if processes != world.size and cfg.distributed.strategy in ("fsdp", "deepspeed"):
         raise ConfigError(
