@@ -59,11 +59,11 @@ def test_the_user_is_told_what_the_allocator_may_keep_beyond_the_plan():
     from tunesmith.speed.cpu.allocator import DEFAULT_RETENTION, TBBMALLOC_FULL_RETENTION, retained_peak
 
     gib = 2 ** 30
-    assert retained_peak("default", 3 * gib, trains_every_weight=False) == 3 * gib * DEFAULT_RETENTION
-    assert retained_peak("tbbmalloc", 3 * gib, trains_every_weight=True) == 3 * gib * TBBMALLOC_FULL_RETENTION
+    assert retained_peak("default", 3 * gib, trains_base_weights=False) == 3 * gib * DEFAULT_RETENTION
+    assert retained_peak("tbbmalloc", 3 * gib, trains_base_weights=True) == 3 * gib * TBBMALLOC_FULL_RETENTION
     for chosen, full in (("lean", True), ("tcmalloc", True), ("tbbmalloc", False)):  # where the plan held
-        assert retained_peak(chosen, 3 * gib, trains_every_weight=full) is None
-    assert retained_peak("default", None, trains_every_weight=False) is None  # no prediction, no bound
+        assert retained_peak(chosen, 3 * gib, trains_base_weights=full) is None
+    assert retained_peak("default", None, trains_base_weights=False) is None  # no prediction, no bound
 
 
 # ---------------------------------------------------------------- tcmalloc, preloaded by the tunesmith command

@@ -3,8 +3,8 @@
 - generation: before each optimisation step the policy samples that step's completions at once (batch x grad_accum:
   TRL's steps_per_generation defaults to the accumulation steps) under no_grad with a KV cache, which at its
   largest holds keys and values of every layer for all of them at the plan's seq (the pre-flight passes the
-  longest prompt + max_completion_length), beside the last position's logits. Nothing is saved for backward then, so this is a phase of its own, compared
-  with the backward's peak rather than added to it;
+  longest prompt + max_completion_length), beside the last position's logits. Nothing is saved for backward then,
+  so this is a phase of its own, compared with the backward's peak rather than added to it;
 - the log-probs: the training forward scores the completion tokens through TRL's fused LM head, asking for the
   entropy too (a metric, and the high-entropy mask): the head's working set is traced with that output
   (planning/preference.py `fused_head_memory`);

@@ -153,15 +153,16 @@ class TrainingRun:
             plan = preflight(self.cfg, reporter=self.reporter, speed=self.speed,
                              devices=self.world.shard_group(self.cfg), seq=seq)
         allocator = configure_allocator(self.speed, plan.peak if plan else None, device_memory("cpu"))
-        retained = retained_peak(allocator, plan.peak if plan else None, trains_every_weight=not self.method.is_peft)
+        # Full and freeze train the model's own weights (not an adapter's): the case tbbmalloc holds more for.
+        retained = retained_peak(allocator, plan.peak if plan else None, trains_base_weights=not self.method.is_peft)
         if retained:  # the prediction is of live tensors; say what the allocator may keep on top (docs/planning.md)
             from ..planning.units import human
 
             why, better = (("glibc's default allocator keeps freed memory",
                             "tcmalloc, tbbmalloc (pip install tbb) or speed.cpu_allocator: lean")
                            if allocator == "default" else
-                           ("tbbmalloc's heap fragments around the optimizer state when every weight trains",
-                            "speed.cpu_allocator: lean"))
+                           ("tbbmalloc's heap fragments around the optimizer state when the model's own weights "
+                            "train", "speed.cpu_allocator: lean"))
             self.reporter.info(f"pre-flight: {why}, so the process can hold {human(retained)} or more; with "
                                f"{better} it stays near {human(plan.peak)} (docs/planning.md)")
         return plan

@@ -39,8 +39,9 @@ LEAN_MMAP_THRESHOLD = 128 * 1024
 # Worst measured ratio of process peak RSS with glibc's defaults to the peak of live tensors (= the lean peak):
 # 6,759 / 4,137 MiB, SmolLM2-135M LoRA at batch 4 x 512 (docs/planning.md); rounded up.
 DEFAULT_RETENTION = 1.7
-# Worst measured ratio with tbbmalloc when every weight trains: 3,628 / 3,057 MiB, SmolLM2-135M full fine-tuning at
-# seq 512, bf16 autocast (benchmarks/plan_accuracy.py --allocator tbbmalloc; 1.12-1.19 over the four full rows).
+# Worst measured ratio with tbbmalloc when the model's own weights train: 3,628 / 3,057 MiB, SmolLM2-135M full
+# fine-tuning at seq 512, bf16 autocast (benchmarks/plan_accuracy.py --allocator tbbmalloc; 1.12-1.19 over the four
+# full rows).
 # Not its cache: cleaning tbbmalloc's buffers after every optimizer step moved that peak by under 1%. Adapter runs
 # stayed within 10% of the plan, as under lean.
 TBBMALLOC_FULL_RETENTION = 1.2
@@ -150,16 +151,17 @@ def choose_cpu_allocator(mode: str, predicted_peak: float | None, available: flo
     return "default" if predicted_peak * DEFAULT_RETENTION <= available else "lean"
 
 
-def retained_peak(chosen: str, predicted_peak: float | None, *, trains_every_weight: bool) -> float | None:
+def retained_peak(chosen: str, predicted_peak: float | None, *, trains_base_weights: bool) -> float | None:
     """What the process may hold beyond the plan's live tensors under the allocator the run got: with glibc's
     default settings the predicted peak times the worst retention measured in short runs (over whole runs glibc was
-    seen to keep more: docs/planning.md; not a bound); with tbbmalloc, when every weight trains, its measured worst
-    ratio. None where the plan holds (lean, tcmalloc, tbbmalloc with an adapter) or there is no plan."""
+    seen to keep more: docs/planning.md; not a bound); with tbbmalloc, when the model's own weights train (full,
+    freeze; measured for full), its measured worst ratio. None where the plan holds (lean, tcmalloc, tbbmalloc with
+    an adapter) or there is no plan."""
     if not predicted_peak:
         return None
     if chosen == "default":
         return predicted_peak * DEFAULT_RETENTION
-    if chosen == "tbbmalloc" and trains_every_weight:
+    if chosen == "tbbmalloc" and trains_base_weights:
         return predicted_peak * TBBMALLOC_FULL_RETENTION
     return None
 
