@@ -62,7 +62,7 @@ def measure(method_name: str, args) -> dict:
 
     sys.path.insert(0, str(ROOT))
     from tunesmith.methods.registry import get_method
-    from tunesmith.models.loading import resolve_ref
+    from tunesmith.models.reference import resolve_ref
     from tunesmith.planning.params import method_options
 
     path = resolve_ref(args.model)

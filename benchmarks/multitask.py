@@ -146,7 +146,7 @@ def write_manifest(adapters: dict[str, Path], out: Path, model: str) -> Path:
     is Chinese); everything else is an instruction (alpaca)."""
     import yaml
 
-    from tunesmith.models.loading import resolve_ref
+    from tunesmith.models.reference import resolve_ref
 
     manifest = {
         "base": resolve_ref(model), "default": "alpaca",

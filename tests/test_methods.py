@@ -156,13 +156,11 @@ def test_loraplus_uses_a_larger_learning_rate_for_b(stories_dir, tmp_path):
 
 
 def test_progressive_unfreezing_follows_its_schedule(stories_dir):
-    from tunesmith.methods.freeze import ProgressiveOptions, UnfreezeSchedule
-
     model = AutoModelForCausalLM.from_pretrained(stories_dir)
     method = get_method("progressive")
-    opts = ProgressiveOptions(top_k=2, boundaries=[2, 4], unit="steps")
+    opts = method.Options(top_k=2, boundaries=[2, 4], unit="steps")
     method.prepare(model, opts, gradient_checkpointing=False)
-    schedule = UnfreezeSchedule(model, opts)
+    [schedule] = method.callbacks(model, opts)
 
     class State:
         max_steps, epoch = 10, 0.0

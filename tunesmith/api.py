@@ -391,7 +391,7 @@ def merge_sources(config: Any) -> dict[str, str]:
     """label → folder of every model a merge config (parsed) combines, its base first: what `--eval` scores the
     merged model against."""
     from .merging.config import source_labels
-    from .models.loading import resolve_ref
+    from .models.reference import resolve_ref
 
     folders = [*([config.base_model] if config.base_model else []), *(m.model for m in config.models)]
     labels = source_labels(["base", *folders[1:]] if config.base_model else folders)

@@ -22,12 +22,17 @@ def restart_with_allocator(args: Namespace, allocator: str) -> None:
 def train(args: Namespace) -> int:
     from .. import api
     from ..config.loading import load_config
-    from ..models.loading import check_model_reference
+    from ..data.check import check_data_files
+    from ..models.reference import check_model_reference
+    from ..speed.cpu.allocator import restarted_with_allocator
 
     overrides = [*args.overrides, *(["training.overwrite_output_dir=true"] if args.overwrite else [])]
     cfg = load_config(args.config, overrides)  # validate before the heavy imports
     api.prepare_output(cfg, args.config)
-    check_model_reference(cfg.model)  # a missing model fails before the restart below loads everything again
+    # The user's mistakes are reported here, before the training libraries load (twice, with the restart below).
+    check_model_reference(cfg.model)
+    if getattr(args, "may_restart", False) and not restarted_with_allocator():
+        check_data_files(cfg)
     restart_with_allocator(args, cfg.speed.cpu_allocator)
     if getattr(args, "nproc", None) is not None:
         api.train_processes(cfg, args.config, overrides, nproc=args.nproc, resume=args.resume,

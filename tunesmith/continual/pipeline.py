@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..io import atomic_write_json
-from ..models.loading import resolve_ref
+from ..models.reference import resolve_ref
 from ..reporting import Reporter, reporter_or_default
 from .config import PipelineConfig
 from .models import fold, merge_stages, stack_adapters

@@ -122,7 +122,7 @@ def _check_architecture_early(run_dir: str | Path, meta: dict) -> None:
     """Refuse an architecture GGUF export does not write before the merge, from the model's config alone. A config
     that cannot be read here (a GGUF base, a hub id not cached) is checked after the merge instead."""
     from ..models.gguf_write import check_architecture
-    from ..models.loading import resolve_ref
+    from ..models.reference import resolve_ref
 
     source = run_dir if meta["artifact"] == "full" else (meta["base_model"] or {}).get("name_or_path")
     try:

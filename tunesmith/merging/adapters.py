@@ -110,7 +110,7 @@ class LoraCheckpoint:
     """
 
     def __init__(self, folder: str | Path, role: str = "adapter", base_model: str | None = None):
-        from ..models.loading import resolve_ref
+        from ..models.reference import resolve_ref
 
         self.adapter = read_adapter(folder)
         self.folder, self.role = self.adapter.folder, role

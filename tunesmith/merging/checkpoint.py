@@ -84,7 +84,7 @@ class Checkpoint:
     """A model folder whose tensors are read on demand, one at a time."""
 
     def __init__(self, folder: str | Path, role: str = "model"):
-        from ..models.loading import resolve_ref
+        from ..models.reference import resolve_ref
 
         # The same model references as training configs: a local folder, or a model name shipped on PyPI.
         self.folder = Path(resolve_ref(str(folder))).expanduser()

@@ -165,7 +165,7 @@ def check_output(out: Path, overwrite: bool) -> None:
 
 def _write_side_files(staging: Path, config: MergeConfig, reference: Checkpoint, dtype: torch.dtype) -> None:
     write_model_config(staging, reference, dtype)
-    from ..models.loading import resolve_ref
+    from ..models.reference import resolve_ref
 
     tokenizer_from = Path(resolve_ref(config.tokenizer_source)) if config.tokenizer_source else reference.folder
     copy_side_files(tokenizer_from, staging)

@@ -154,7 +154,7 @@ def retention(metric: str, source: float, merged: float) -> float:
 
 def task_sources(suite: EvalSuite, sources: dict[str, str], origin: str = "suite") -> dict[str, str]:
     """Task name → label of the merge input it came from; checked before any model is merged or scored."""
-    from ..models.loading import resolve_ref
+    from ..models.reference import resolve_ref
 
     def same(ref: str) -> Path:  # one spelling per model: relative, absolute and PyPI names compare equal
         return Path(resolve_ref(ref)).expanduser().resolve()

@@ -8,11 +8,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from peft import AdaLoraConfig
 from pydantic import Field
-from transformers import TrainerCallback
 
-from ..models.targets import resolve_targets
 from .base import MethodOptions
 from .lora import peft_task_type
 from .peft_method import PeftMethod
@@ -32,17 +29,6 @@ class AdaLoraOptions(MethodOptions):
     orth_reg_weight: float = Field(0.5, ge=0)
 
 
-class AllocateRankBudget(TrainerCallback):
-    """Runs AdaLoRA's importance scoring and rank masking after each optimizer step (gradients still present)."""
-
-    def __init__(self, model):
-        self.model = model
-
-    def on_optimizer_step(self, args, state, control, **kwargs):
-        # global_step is incremented after this event, so +1 gives the step that just ran.
-        self.model.base_model.update_and_allocate(state.global_step + 1)
-
-
 @register
 class AdaLoraMethod(PeftMethod):
     name = "adalora"
@@ -57,6 +43,10 @@ class AdaLoraMethod(PeftMethod):
             raise ConfigError("target_r must not exceed init_r", where="method.target_r")
 
     def peft_config(self, model, opts: AdaLoraOptions, total_steps):
+        from peft import AdaLoraConfig
+
+        from ..models.targets import resolve_targets
+
         total = max(total_steps or 1, 3)
         tinit, tfinal = int(opts.tinit * total), int(opts.tfinal * total)
         if tinit + tfinal >= total:  # PEFT needs a budgeting phase; short runs get at least one step of it
@@ -68,4 +58,6 @@ class AdaLoraMethod(PeftMethod):
             task_type=peft_task_type(model))
 
     def callbacks(self, model, opts):
+        from .schedules import AllocateRankBudget
+
         return [AllocateRankBudget(model)]

@@ -7,7 +7,6 @@ from typing import Literal
 
 from pydantic import Field
 
-from . import bottleneck_layers as bottleneck
 from .base import Method, MethodOptions
 from .registry import register
 
@@ -31,6 +30,8 @@ class _BottleneckMethod(Method):
     artifact = "bottleneck"
 
     def prepare(self, model, opts, *, gradient_checkpointing, total_steps=None):
+        from . import bottleneck_layers as bottleneck
+
         model.requires_grad_(False)
         bottleneck.attach(model, size=opts.size, placement=opts.name, activation=opts.activation,
                           residual=opts.residual)
@@ -39,9 +40,13 @@ class _BottleneckMethod(Method):
         return model
 
     def save(self, model, opts, path: Path) -> None:
+        from . import bottleneck_layers as bottleneck
+
         bottleneck.save(model, path)
 
     def load(self, base, run_dir: Path, meta: dict):
+        from . import bottleneck_layers as bottleneck
+
         return bottleneck.load(base, run_dir)
 
 

@@ -7,16 +7,16 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 from pydantic import Field, model_validator
-from transformers import TrainerCallback
 
 from ..errors import ConfigError
-from ..models.layers import output_head, transformer_blocks
 from .base import Method, MethodOptions
 from .registry import register
+
+if TYPE_CHECKING:
+    import torch
 
 
 class FreezeOptions(MethodOptions):
@@ -42,8 +42,16 @@ class ProgressiveOptions(MethodOptions):
 
 
 def _blocks_from_top(model: torch.nn.Module, count: int) -> list[torch.nn.Module]:
+    from ..models.layers import transformer_blocks
+
     _, blocks = transformer_blocks(model)
     return list(blocks)[-count:]
+
+
+def _output_head(model: torch.nn.Module) -> list[torch.nn.Module]:
+    from ..models.layers import output_head
+
+    return output_head(model)
 
 
 def _set_trainable(modules: list[torch.nn.Module]) -> None:
@@ -55,6 +63,8 @@ def _set_trainable(modules: list[torch.nn.Module]) -> None:
 def all_parameters_optimizer(model: torch.nn.Module, args) -> torch.optim.Optimizer:
     """AdamW over every parameter, frozen ones included: a schedule can unfreeze them later, and parameters
     without a gradient are skipped by the optimizer until then. 1-D tensors (norms, biases) get no decay."""
+    import torch
+
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
     return torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
@@ -75,7 +85,7 @@ class FreezeMethod(Method):
         if opts.trainable_layers:
             _set_trainable(_blocks_from_top(model, opts.trainable_layers))
         if opts.train_head:
-            _set_trainable(output_head(model))
+            _set_trainable(_output_head(model))
         for name, param in model.named_parameters():
             if any(key in name for key in opts.trainable_modules):
                 param.requires_grad_(True)
@@ -84,31 +94,6 @@ class FreezeMethod(Method):
         if gradient_checkpointing:
             model.enable_input_require_grads()  # frozen embeddings would cut the gradient path otherwise
         return model
-
-
-class UnfreezeSchedule(TrainerCallback):
-    def __init__(self, model, opts: ProgressiveOptions):
-        self.model, self.opts, self.stage = model, opts, 0
-
-    def _position(self, state) -> float:
-        if self.opts.unit == "steps":
-            return state.global_step
-        if self.opts.unit == "epochs":
-            return state.epoch or 0.0
-        return state.global_step / max(state.max_steps, 1)
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        position = self._position(state)
-        stage = 1 + sum(position >= b for b in self.opts.boundaries)
-        if stage == self.stage:
-            return
-        self.stage = stage
-        self.model.requires_grad_(False)
-        _set_trainable(output_head(self.model))
-        if stage >= 2:
-            _set_trainable(_blocks_from_top(self.model, self.opts.top_k))
-        if stage >= 3:
-            self.model.requires_grad_(True)
 
 
 @register
@@ -121,13 +106,21 @@ class ProgressiveMethod(Method):
 
     def prepare(self, model, opts, *, gradient_checkpointing, total_steps=None):
         model.requires_grad_(False)
-        _set_trainable(output_head(model))
+        _set_trainable(_output_head(model))
         if gradient_checkpointing:
             model.enable_input_require_grads()
         return model
 
-    def callbacks(self, model, opts):
-        return [UnfreezeSchedule(model, opts)]
+    def callbacks(self, model, opts: ProgressiveOptions):
+        from .schedules import StageSchedule
+
+        def enter(stage: int) -> None:
+            model.requires_grad_(stage >= 3)
+            _set_trainable(_output_head(model))
+            if stage == 2:
+                _set_trainable(_blocks_from_top(model, opts.top_k))
+
+        return [StageSchedule(opts.boundaries, opts.unit, enter)]
 
     def optimizer(self, model, opts, args):
         return all_parameters_optimizer(model, args)

@@ -9,21 +9,18 @@ ordinary PEFT adapter folders, the adapters sit beside them.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
-from peft import LoraConfig, PeftModel, PromptTuningConfig, get_peft_model, get_peft_model_state_dict
-from peft import inject_adapter_in_model, set_peft_model_state_dict
 from pydantic import Field, model_validator
-from safetensors.torch import load_file, save_file
-from transformers import TrainerCallback
 
-from . import bottleneck_layers as bottleneck
-from ..models.targets import resolve_targets
 from .base import MethodOptions
 from .freeze import all_parameters_optimizer
 from .peft_method import PromptLearningMethod
 from .registry import register
+
+if TYPE_CHECKING:
+    import torch
+    from peft import LoraConfig
 
 PARTS = ("prompt", "lora", "adapter")
 
@@ -49,6 +46,8 @@ class HybridOptions(MethodOptions):
 
 
 def part_of(parameter_name: str) -> str | None:
+    from . import bottleneck_layers as bottleneck
+
     if "prompt_encoder" in parameter_name:
         return "prompt"
     if "lora_" in parameter_name:
@@ -64,21 +63,11 @@ def set_stage(model: torch.nn.Module, stage: int) -> None:
         param.requires_grad_(part_of(name) in trainable)
 
 
-class StageSchedule(TrainerCallback):
-    def __init__(self, model, opts: HybridOptions):
-        self.model, self.opts, self.stage = model, opts, 0
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        unit = self.opts.unit
-        position = (state.global_step if unit == "steps" else (state.epoch or 0.0) if unit == "epochs"
-                    else state.global_step / max(state.max_steps, 1))
-        stage = 1 + sum(position >= b for b in self.opts.boundaries)
-        if stage != self.stage:
-            self.stage = stage
-            set_stage(self.model, stage)
-
-
 def _lora_config(model, opts: HybridOptions) -> LoraConfig:
+    from peft import LoraConfig
+
+    from ..models.targets import resolve_targets
+
     return LoraConfig(r=opts.lora_r, lora_alpha=opts.lora_alpha, lora_dropout=opts.lora_dropout,
                       target_modules=resolve_targets(model, opts.lora_targets))
 
@@ -91,6 +80,10 @@ class HybridMethod(PromptLearningMethod):
     artifact = "hybrid"
 
     def prepare(self, model, opts: HybridOptions, *, gradient_checkpointing, total_steps=None):
+        from peft import PromptTuningConfig, get_peft_model, inject_adapter_in_model
+
+        from . import bottleneck_layers as bottleneck
+
         lora_config = _lora_config(model, opts)
         model = inject_adapter_in_model(lora_config, model)
         model.tunesmith_lora_config = lora_config  # targets as resolved on the unwrapped model, for saving
@@ -100,13 +93,20 @@ class HybridMethod(PromptLearningMethod):
         set_stage(model, 1 if opts.staged else len(PARTS))
         return model
 
-    def callbacks(self, model, opts):
-        return [StageSchedule(model, opts)] if opts.staged else []
+    def callbacks(self, model, opts: HybridOptions):
+        from .schedules import StageSchedule
+
+        return [StageSchedule(opts.boundaries, opts.unit, lambda stage: set_stage(model, stage))] if opts.staged else []
 
     def optimizer(self, model, opts, args):
         return all_parameters_optimizer(model, args) if opts.staged else None
 
     def save(self, model, opts, path: Path) -> None:
+        from peft import get_peft_model_state_dict
+        from safetensors.torch import save_file
+
+        from . import bottleneck_layers as bottleneck
+
         model.save_pretrained(path / "prompt")
         inner = model.get_base_model()
         lora_dir = path / "lora"
@@ -118,6 +118,11 @@ class HybridMethod(PromptLearningMethod):
         bottleneck.save(inner, path)
 
     def load(self, base, run_dir: Path, meta: dict):
+        from peft import LoraConfig, PeftModel, inject_adapter_in_model, set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        from . import bottleneck_layers as bottleneck
+
         config = LoraConfig.from_pretrained(run_dir / "lora")
         model = inject_adapter_in_model(config, base)
         weights = load_file(str(run_dir / "lora" / "adapter_model.safetensors"))

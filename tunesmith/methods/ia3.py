@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from peft import IA3Config
 from pydantic import Field
 
-from ..models.targets import resolve_targets
 from .base import MethodOptions
 from .lora import peft_task_type
 from .peft_method import PeftMethod
@@ -32,6 +30,10 @@ class Ia3Method(PeftMethod):
     Options = Ia3Options
 
     def peft_config(self, model, opts: Ia3Options, total_steps):
+        from peft import IA3Config
+
+        from ..models.targets import resolve_targets
+
         if opts.target_modules is not None:
             targets = resolve_targets(model, opts.target_modules)
             feedforward = opts.feedforward_modules or []

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
-from peft import LoraConfig
 from pydantic import Field
 
-from ..models.targets import resolve_targets
 from .base import MethodOptions
 from .peft_method import PeftMethod
 from .registry import register
+
+if TYPE_CHECKING:
+    import torch
+    from peft import LoraConfig
 
 
 def peft_task_type(model: torch.nn.Module) -> str:
@@ -41,6 +42,10 @@ class LoraMethod(PeftMethod):
     init_lora_weights: bool | str = True
 
     def peft_config(self, model: torch.nn.Module, opts: LoraOptions, total_steps: int | None = None) -> LoraConfig:
+        from peft import LoraConfig
+
+        from ..models.targets import resolve_targets
+
         return LoraConfig(
             r=opts.r, lora_alpha=opts.alpha, lora_dropout=opts.dropout, bias=opts.bias,
             target_modules=resolve_targets(model, opts.target_modules),

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
-from peft.optimizers import create_loraplus_optimizer
 from pydantic import Field
 
 from .lora import LoraMethod, LoraOptions
@@ -24,5 +22,8 @@ class LoraPlusMethod(LoraMethod):
     Options = LoraPlusOptions
 
     def optimizer(self, model, opts: LoraPlusOptions, args):
+        import torch
+        from peft.optimizers import create_loraplus_optimizer
+
         return create_loraplus_optimizer(model, torch.optim.AdamW, lr=args.learning_rate,
                                          loraplus_lr_ratio=opts.lr_ratio, weight_decay=args.weight_decay)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
-from peft import PeftConfig, get_peft_model
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
 from .base import Method
+
+if TYPE_CHECKING:
+    import torch
+    from peft import PeftConfig
 
 
 class PeftMethod(Method):
@@ -16,6 +17,8 @@ class PeftMethod(Method):
         raise NotImplementedError
 
     def prepare(self, model, opts, *, gradient_checkpointing, total_steps=None):
+        from peft import get_peft_model
+
         return get_peft_model(model, self.peft_config(model, opts, total_steps))
 
 

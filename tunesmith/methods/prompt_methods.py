@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-from peft import PrefixTuningConfig, PromptTuningConfig, PromptTuningInit
 from pydantic import Field
 
 from ..errors import ConfigError
@@ -60,6 +59,8 @@ class PrefixMethod(PromptLearningMethod):
         return False
 
     def peft_config(self, model, opts: PrefixOptions, total_steps):
+        from peft import PrefixTuningConfig
+
         return PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=opts.num_virtual_tokens,
                                   prefix_projection=True, encoder_hidden_size=opts.encoder_hidden_size)
 
@@ -76,6 +77,8 @@ class PtuningV2Method(PromptLearningMethod):
         return opts.init_text is not None
 
     def peft_config(self, model, opts: PtuningV2Options, total_steps):
+        from peft import PrefixTuningConfig
+
         return PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=opts.num_virtual_tokens,
                                   prefix_projection=False)
 
@@ -114,6 +117,8 @@ class PromptMethod(PromptLearningMethod):
     Options = PromptOptions
 
     def peft_config(self, model, opts: PromptOptions, total_steps):
+        from peft import PromptTuningConfig, PromptTuningInit
+
         if opts.init_text:
             return PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=opts.num_virtual_tokens,
                                       prompt_tuning_init=PromptTuningInit.TEXT, prompt_tuning_init_text=opts.init_text,

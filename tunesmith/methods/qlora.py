@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import importlib.util
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
-from peft import get_peft_model, prepare_model_for_kbit_training
 from pydantic import Field
 
 from ..errors import ConfigError
 from .lora import LoraMethod, LoraOptions
 from .registry import register
+
+if TYPE_CHECKING:
+    import torch
 
 
 class QLoraOptions(LoraOptions):
@@ -37,6 +38,7 @@ class QLoraMethod(LoraMethod):
                               where="model.gguf_file", hint="convert the GGUF to an HF folder first, or use lora")
 
     def load_kwargs(self, opts: QLoraOptions, compute_dtype: torch.dtype):
+        import torch
         from transformers import BitsAndBytesConfig
 
         dtype = compute_dtype if opts.compute_dtype == "auto" else getattr(torch, opts.compute_dtype)
@@ -47,6 +49,8 @@ class QLoraMethod(LoraMethod):
         )}
 
     def prepare(self, model, opts, *, gradient_checkpointing, total_steps=None):
+        from peft import get_peft_model, prepare_model_for_kbit_training
+
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
                                                 gradient_checkpointing_kwargs={"use_reentrant": False})
         keep_trainable_layout(model)

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from peft import VeraConfig
 from pydantic import Field
 
-from ..models.targets import resolve_targets
 from .base import MethodOptions
 from .lora import peft_task_type
 from .peft_method import PeftMethod
@@ -31,6 +29,10 @@ class VeraMethod(PeftMethod):
     Options = VeraOptions
 
     def peft_config(self, model, opts: VeraOptions, total_steps):
+        from peft import VeraConfig
+
+        from ..models.targets import resolve_targets
+
         return VeraConfig(r=opts.r, vera_dropout=opts.dropout, d_initial=opts.d_initial,
                           projection_prng_key=opts.seed, save_projection=True,
                           target_modules=resolve_targets(model, opts.target_modules),

@@ -13,6 +13,7 @@ import torch
 from ..config.schema import ModelConfig
 from ..errors import ConfigError, ModelError
 from ..hardware import native_bf16_cpu
+from .reference import check_model_reference
 
 RUN_META = "tunesmith_run.json"
 
@@ -49,25 +50,6 @@ def training_load_dtype(is_peft: bool, compute_dtype: torch.dtype, *, cuda: bool
     and their backward, slow in bf16 on CPU, stay fp32 (docs/benchmarks.md). The planner counts with the same rule."""
     cuda = torch.cuda.is_available() if cuda is None else cuda
     return compute_dtype if is_peft and cuda else torch.float32
-
-
-def resolve_ref(ref: str) -> str:
-    """Turn a short name of a model shipped on PyPI (e.g. smollm2-135m-instruct) into a local folder."""
-    try:
-        from .pypi_models import resolve_model_ref
-    except ImportError:
-        return ref
-    return resolve_model_ref(ref)
-
-
-def check_model_reference(cfg: ModelConfig) -> str:
-    """The model's reference with a PyPI short name resolved to its folder. A reference that is a path (not a hub id)
-    and names nothing fails here, before anything loads."""
-    ref = resolve_ref(cfg.name_or_path)
-    if not Path(ref).expanduser().exists() and (ref.startswith((".", "/", "~")) or ref.count("/") > 1):
-        raise ModelError(f"model not found: {ref}", where="model.name_or_path",
-                         hint="check the path; hub ids look like owner/name")
-    return ref
 
 
 def source_kwargs(cfg: ModelConfig) -> tuple[str, dict[str, Any]]:

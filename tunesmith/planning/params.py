@@ -44,7 +44,8 @@ def load_model_config(ref: str, *, trust_remote_code: bool = False, where: str =
     """A transformers config from a hub id (network), a local folder, a config.json, or a PyPI-shipped name."""
     from transformers import AutoConfig
 
-    from ..models.loading import first_line, resolve_ref
+    from ..models.loading import first_line
+    from ..models.reference import resolve_ref
 
     path = Path(ref).expanduser()
     try:

@@ -102,6 +102,11 @@ def preloaded_allocator() -> str | None:
     return "tcmalloc" if "libtcmalloc" in maps else "tbbmalloc" if "libtbbmalloc_proxy" in maps else None
 
 
+def restarted_with_allocator() -> bool:
+    """Whether this is the process `preload_allocator` started again (and has not yet been called in)."""
+    return bool(os.environ.get(_PRELOADED))
+
+
 def preload_allocator(mode: str) -> None:
     """For the `tunesmith` command, before anything heavy is imported: when `speed.cpu_allocator` is `tcmalloc` or
     `tbbmalloc`, or `auto` on a Linux machine without a GPU, start this same command again with that allocator
