@@ -392,7 +392,7 @@ def report(args) -> None:
     device = torch.cuda.get_device_name(0) if cuda else "CPU (dry run)"
     peak = args.peak_tflops or next((v for k, v in PEAK_TFLOPS.items() if k in device), None)
     if args.dry_run:
-        args.steps, args.warmup, args.max_length = 4, 1, 256
+        args.steps, args.warmup, args.max_length, args.batch = 4, 1, 256, 4
     names, variants = args.only.split(","), args.variants.split(",")
     if not cuda:
         variants = [v for v in variants if v != "unsloth"]  # Unsloth needs a GPU
