@@ -22,7 +22,8 @@ def demo_config(model_dir: str, data_file: str, out_dir: str, steps: int) -> Run
         "method": {"name": "lora", "r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"},
         "data": {"train": [{"path": data_file}], "template": "model", "max_length": 192},
         "training": {"output_dir": out_dir, "overwrite_output_dir": True,  # run_demo checked the folder
-                     "max_steps": steps, "batch_size": 8, "learning_rate": 5e-4, "lr_scheduler": "cosine", "warmup_ratio": 0.05, "logging_steps": 5,
+                     "max_steps": steps, "batch_size": 8, "learning_rate": 5e-4, "lr_scheduler": "cosine",
+                     "warmup_ratio": 0.05, "logging_steps": 5,
                      "save_steps": max(steps // 2, 1), "save_total_limit": 1, "seed": 0},
     })
 
