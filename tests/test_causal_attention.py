@@ -247,7 +247,7 @@ def test_gradient_checkpointing_replays_the_kernel_exactly(kernel, monkeypatch):
     grads = []
     for checkpointing in (False, True):
         if checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         model.zero_grad()
         with torch.autocast("cpu", dtype=torch.bfloat16):
             model(input_ids=ids, labels=ids).loss.backward()

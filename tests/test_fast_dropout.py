@@ -125,7 +125,7 @@ def test_gradient_checkpointing_recomputes_the_same_masks(tiny_model_factory, mo
         model = _lora(model_dir, 0.3)
         use_fast_dropout(model)
         if checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         model.train()
         torch.manual_seed(1)
         model(input_ids=ids, labels=ids).loss.backward()

@@ -146,7 +146,7 @@ def test_a_swapped_model_trains_as_the_original(bf16, checkpointing):
     assert model.state_dict().keys() == keys  # adapters and checkpoints save as before
     for candidate in (model, reference):
         if checkpointing:
-            candidate.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            candidate.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
             candidate.enable_input_require_grads()
     expected_loss, expected = _loss_and_grads(reference, bf16)
     loss, grads = _loss_and_grads(model, bf16)

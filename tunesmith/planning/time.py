@@ -61,7 +61,7 @@ def probe_throughput(config, request: PlanRequest, *, steps: int = 3, progress=N
         if compute_dtype == torch.bfloat16 and request.cpu_causal_attention:
             use_causal_attention_kernel(model)
     if request.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         if hasattr(model, "enable_input_require_grads"):
             model.enable_input_require_grads()
     model.train()
