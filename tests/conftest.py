@@ -89,14 +89,15 @@ def tiny_model_factory(tmp_path_factory, stories_dir):
     return make
 
 
-def speed_plan(device: str = "cpu", **switches):
-    """The speed plan of a default run on `device`, with some pieces changed (SpeedPlan fields)."""
+def speed_plan(device: str = "cpu", task: str = "sft", **switches):
+    """The speed plan of a default run of `task` on `device`, with some pieces changed (SpeedPlan fields)."""
     from dataclasses import replace
 
     from tunesmith.config.loading import validate_config
     from tunesmith.speed.plan import resolve_speed_plan
 
-    cfg = validate_config({"model": {"name_or_path": "unused"}, "data": {"train": [{"path": "unused.json"}]}})
+    cfg = validate_config({"model": {"name_or_path": "unused"}, "data": {"train": [{"path": "unused.json"}]},
+                           "task": task, **({"grpo": {"rewards": [{"name": "format", "pattern": "."}]}} if task == "grpo" else {})})
     return replace(resolve_speed_plan(cfg, device, cpu_threads=1), **switches)
 
 

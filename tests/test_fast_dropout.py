@@ -225,8 +225,8 @@ def test_without_a_compiler_dropout_runs_on_tensor_ops_and_says_why(monkeypatch,
     monkeypatch.setattr(dropout, "compiler_problem", lambda: "no C++ compiler found (install g++)")
     model = _lora(tiny_model_factory("llama"), 0.1)
     with caplog.at_level("INFO", logger="tunesmith"):
-        swaps = apply_to_model(speed_plan(fast_rms_norm=False), model, None, torch.float32, Reporter(),
-                               causal_lm=False).swaps
+        swaps = apply_to_model(speed_plan(task="reward", fast_rms_norm=False), model, None, torch.float32,
+                               Reporter()).swaps
     assert swaps["dropout"] > 0 and dropout.load_kernel() is None
     assert "tensor ops: the kernel no C++ compiler found (install g++)" in caplog.text
     x = torch.randn(2, 8, 16)

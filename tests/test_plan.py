@@ -502,6 +502,34 @@ def test_preflight_plans_a_dpo_config_as_dpo(folders, tmp_path):
     assert (request.task, request.precomputed_reference) == ("dpo", True)
 
 
+@pytest.mark.parametrize("task", ["sft", "dpo", "reward", "classification", "grpo"])
+def test_the_plan_counts_the_model_pieces_its_task_takes(task, stories_dir, tmp_path):
+    """The memory plan's model (frozen base held in bf16 or not, the causal kernel's attention or SDPA) is the one the
+    task's recipe trains: what the run's speed plan swaps into a LoRA model under bf16 autocast on CPU. A reward model
+    and a GRPO policy keep their frozen base in fp32, which a plan that held it in bf16 missed (-15 %, -24 %)."""
+    from tunesmith.config.loading import validate_config
+    from tunesmith.planning.preflight import request_from_config
+    from tunesmith.reporting import Reporter
+    from tunesmith.speed.apply import apply_to_model
+    from tunesmith.speed.plan import resolve_speed_plan
+    from transformers import AutoModelForCausalLM
+
+    raw = {"task": task, "model": {"name_or_path": str(stories_dir)}, "method": "lora",
+           "data": {"train": [{"path": "x.jsonl"}]}, "training": {"output_dir": str(tmp_path)},
+           **({"grpo": {"rewards": [{"name": "format", "pattern": "."}]}} if task == "grpo" else {})}
+    cfg = validate_config(raw)
+    speed = resolve_speed_plan(cfg, "cpu", cpu_threads=1)
+    request = request_from_config(cfg, "cpu", speed)
+    model = AutoModelForCausalLM.from_pretrained(stories_dir, dtype=torch.float32)
+    model = get_method("lora").prepare(model, method_options("lora", {}), gradient_checkpointing=False)
+    done = apply_to_model(speed, model, get_method("lora"), torch.bfloat16, Reporter())
+    assert request.half_frozen_base == bool(done.held) == (task in ("sft", "dpo"))
+    assert request.cpu_causal_attention == (done.attention_before is not None) == (task in ("sft", "dpo"))
+    assert (request.fast_dropout, request.fast_rms_norm) == (bool(done.swaps), bool(done.swaps)) == \
+        ((task != "grpo"),) * 2
+    done.undo(model)
+
+
 def test_dpo_plan_activations_match_what_trls_forward_saves(stories_dir):
     """The policy forward TRL's DPOTrainer runs (chosen and rejected concatenated, its fused LM head) keeps for
     backward what the DPO plan counts as activations: measured with saved_tensors_hooks on stories260K. The

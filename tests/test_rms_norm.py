@@ -166,9 +166,10 @@ def test_off_by_config_and_on_gpu_runs():
     model = _tiny_lora_llama()
 
     def swaps(plan):
-        return apply_to_model(plan, model, None, torch.float32, Reporter(), causal_lm=False).swaps
+        return apply_to_model(plan, model, None, torch.float32, Reporter()).swaps
 
-    assert swaps(speed_plan(fast_rms_norm=False)).get("rms_norm", 0) == 0
+    assert swaps(speed_plan(task="reward", fast_rms_norm=False)).get("rms_norm", 0) == 0
     assert swaps(speed_plan("cuda")) == {}
-    assert swaps(speed_plan())["rms_norm"] == 5
+    assert swaps(speed_plan(task="grpo")) == {}  # GRPO's trainer takes none of the model pieces
+    assert swaps(speed_plan(task="reward"))["rms_norm"] == 5
     assert sum(isinstance(module, CPURMSNorm) for module in model.modules()) == 5

@@ -170,9 +170,9 @@ def test_the_speed_plan_switches_it_in_on_cuda_and_undo_restores_sdpa(cpu_kernel
     compiled = tiny_llama()
     apply_to_model(speed_plan("cuda", torch_compile=True), compiled, None, torch.bfloat16, Reporter())
     assert compiled.config._attn_implementation == "sdpa"
-    # A recipe that opts out (the preference recipes under TRL's trainers) keeps SDPA too.
+    # A task whose trainer it was not measured under (the preference tasks, TRL's trainers) keeps SDPA too.
     kept = tiny_llama()
-    apply_to_model(speed_plan("cuda"), kept, None, torch.bfloat16, Reporter(), varlen_attention=False)
+    apply_to_model(speed_plan("cuda", task="dpo"), kept, None, torch.bfloat16, Reporter())
     assert kept.config._attn_implementation == "sdpa"
 
 

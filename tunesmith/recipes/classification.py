@@ -47,7 +47,7 @@ def train_classification(cfg: RunConfig, *, resume: bool = False, reporter: Repo
             method_meta = opts.model_dump(mode="json")  # before PEFT adds its SEQ_CLS head names to modules_to_save
             model = method.prepare(model, opts, gradient_checkpointing=cfg.training.gradient_checkpointing,
                                    total_steps=total_steps(cfg, len(data.train)))
-        run.speed_up(model, causal_lm=False)
+        run.speed_up(model)  # the CPU layers: a classifier takes no other piece
         trainable, total = count_parameters(model)
         report.info(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.4f}%)")
 

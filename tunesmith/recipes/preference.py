@@ -54,7 +54,7 @@ def train_preference(cfg: RunConfig, *, resume: bool = False, reporter: Reporter
         # The model-level pieces of the speed plan (CPU layers, the frozen base held for autocast) apply; TRL owns
         # the batches and the head, so the padding-mask skip, packing and the causal kernel do not (docs/alignment.md);
         # nor, on CUDA, the varlen attention, which has not run under TRL's trainers on a GPU.
-        run.speed_up(model, varlen_attention=False)
+        run.speed_up(model)
         trainable, total = count_parameters(model)
         report.info(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.4f}%); reference: "
                     + ("a second frozen model" if reference is not None else "precomputed log-probs"

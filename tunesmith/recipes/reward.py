@@ -51,7 +51,7 @@ def train_reward(cfg: RunConfig, *, resume: bool = False, reporter: Reporter | N
             method_meta = opts.model_dump(mode="json")  # before PEFT adds its SEQ_CLS head to modules_to_save
             model = method.prepare(model, opts, gradient_checkpointing=cfg.training.gradient_checkpointing,
                                    total_steps=steps)
-        run.speed_up(model, causal_lm=False)  # the CPU layers, as a classifier takes them
+        run.speed_up(model)  # the CPU layers: a classifier takes no other piece
         trainable, total = count_parameters(model)
         report.info(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.4f}%)")
 

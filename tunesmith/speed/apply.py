@@ -69,23 +69,17 @@ class ModelSpeedups:
         self.held, self.attention_before, self.packed_attention = [], None, None
 
 
-def apply_to_model(plan: SpeedPlan, model, method, compute_dtype: torch.dtype, reporter: Reporter, *,
-                   causal_lm: bool = True, varlen_attention: bool = True) -> ModelSpeedups:
-    """Swap the plan's pieces into `model` (a prepared training model). `causal_lm` False (a classifier): the CPU
-    layers only. `varlen_attention` False: not the CUDA varlen attention (a recipe whose trainer it was not measured
-    under)."""
+def apply_to_model(plan: SpeedPlan, model, method, compute_dtype: torch.dtype, reporter: Reporter) -> ModelSpeedups:
+    """Swap the plan's pieces into `model` (a prepared training model): those its task takes (plan.NOT_TAKEN)."""
     done = ModelSpeedups()
     if plan.device == "cuda":
-        if causal_lm and varlen_attention:
-            done.attention_before = _varlen_attention(plan, model)
-            done.packed_attention = "torch's varlen FlashAttention" if done.attention_before else None
+        done.attention_before = _varlen_attention(plan, model)
+        done.packed_attention = "torch's varlen FlashAttention" if done.attention_before else None
         return done
     if plan.fast_dropout or plan.fast_rms_norm:
         with reporter.status("CPU layers (the dropout kernel is compiled on first use, about 25 s)"):
             done.swaps = use_cpu_layers(model, dropout=plan.fast_dropout, rms_norm=plan.fast_rms_norm)
         _log_layers(done.swaps)
-    if not causal_lm:
-        return done
     with reporter.status("preparing the frozen base for training"):
         done.held = hold_for_training(model, method, compute_dtype, cuda=False, enabled=plan.half_frozen_base)
     if done.held:

@@ -14,6 +14,18 @@ from dataclasses import asdict, dataclass
 from ..errors import ConfigError
 
 LOSS_PATHS = ("full", "supervised", "chunked", "liger")
+MODEL_PIECES = ("half_frozen_base", "fast_dropout", "fast_rms_norm", "cpu_causal_attention", "gpu_varlen_attention")
+# The model pieces a task's recipe does not swap into its model (speed/apply.py), off in its plan, so that the memory
+# plan and the run log describe the model that trains. A classifier (classification, reward) takes the CPU layers
+# only; the preference trainers were not measured under the varlen attention; GRPO's trainer, which also samples
+# with the model, takes none of them. (The planner once counted a reward model's and a GRPO policy's frozen base in
+# half precision that they kept in fp32: 15-24 % under their measured peaks.)
+NOT_TAKEN = {
+    "classification": ("half_frozen_base", "cpu_causal_attention", "gpu_varlen_attention"),
+    "reward": ("half_frozen_base", "cpu_causal_attention", "gpu_varlen_attention"),
+    **{task: ("gpu_varlen_attention",) for task in ("dpo", "orpo", "simpo", "kto")},
+    "grpo": MODEL_PIECES,
+}
 
 
 @dataclass(frozen=True)
@@ -24,7 +36,8 @@ class SpeedPlan:
     cpu_allocator: str           # as configured; made concrete once the pre-flight's peak is known
     torch_compile: bool
     activation_offload: bool
-    # The pieces below apply only where their module says (the CPU ones on CPU runs); wanted = True.
+    # The pieces below apply only where their module says (the CPU ones on CPU runs); wanted = True. The model pieces
+    # (MODEL_PIECES) are off for a task whose recipe does not take them (NOT_TAKEN).
     half_frozen_base: bool
     skip_padding_mask: bool
     sdpa_gqa: bool
@@ -61,14 +74,14 @@ def resolve_speed_plan(cfg, device: str, *, cpu_threads: int | None = None) -> S
     speed = cfg.speed
     _check(cfg, device)
     loss = "chunked" if speed.loss == "auto" else speed.loss
+    not_taken = NOT_TAKEN.get(cfg.task, ())
     return SpeedPlan(
         device=device, loss=loss,
         cpu_threads=None if device == "cuda" else speed.cpu_threads or cpu_threads,
         cpu_allocator=speed.cpu_allocator, torch_compile=speed.torch_compile,
         activation_offload=speed.activation_offload,
-        **{name: speed.switch(name) for name in ("half_frozen_base", "skip_padding_mask", "sdpa_gqa", "fast_dropout",
-                                                 "fast_rms_norm", "cpu_causal_attention",
-                                                 "gpu_varlen_attention")})
+        skip_padding_mask=speed.switch("skip_padding_mask"), sdpa_gqa=speed.switch("sdpa_gqa"),
+        **{name: speed.switch(name) and name not in not_taken for name in MODEL_PIECES})
 
 
 def _check(cfg, device: str) -> None:

@@ -186,10 +186,10 @@ class TrainingRun:
         self.cfg = self.tracking.cfg = cfg
         return cfg
 
-    def speed_up(self, model, *, causal_lm: bool = True, varlen_attention: bool = True) -> None:
-        """Swap the speed plan's pieces into the prepared model (undone after training)."""
-        self.speedups = apply_to_model(self.speed, model, self.method, self.runtime.compute_dtype, self.reporter,
-                                       causal_lm=causal_lm, varlen_attention=varlen_attention)
+    def speed_up(self, model) -> None:
+        """Swap the speed plan's pieces into the prepared model (undone after training): those the run's task takes
+        (speed/plan.py, NOT_TAKEN)."""
+        self.speedups = apply_to_model(self.speed, model, self.method, self.runtime.compute_dtype, self.reporter)
 
     def write_config(self, cfg: RunConfig | None = None) -> None:
         """Create the run folder, start its `train.log`, and write the resolved config (choices such as
