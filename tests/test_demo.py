@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
-from tunesmith.cli.main import main
-
 
 @pytest.mark.slow
-def test_demo_runs_offline_and_reports_before_after(tmp_path, capsys):
+def test_demo_runs_offline_and_reports_before_after(tmp_path):
+    """As a user runs it: the `tunesmith demo` command (which starts itself again with its CPU allocator)."""
     out = tmp_path / "demo"
-    assert main(["demo", "--steps", "30", "--out", str(out)]) == 0
+    proc = subprocess.run([sys.executable, "-m", "tunesmith.cli.main", "demo", "--steps", "30", "--out", str(out)],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "identity probes with the expected answer" in proc.stdout + proc.stderr  # the console's summary
     report = (out / "before_after.md").read_text()
     assert "| identity |" in report and "| general |" in report
     meta = json.loads((out / "tunesmith_run.json").read_text())
