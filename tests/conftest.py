@@ -96,8 +96,9 @@ def speed_plan(device: str = "cpu", task: str = "sft", **switches):
     from tunesmith.config.loading import validate_config
     from tunesmith.speed.plan import resolve_speed_plan
 
+    grpo = {"grpo": {"rewards": [{"name": "format", "pattern": "."}]}} if task == "grpo" else {}
     cfg = validate_config({"model": {"name_or_path": "unused"}, "data": {"train": [{"path": "unused.json"}]},
-                           "task": task, **({"grpo": {"rewards": [{"name": "format", "pattern": "."}]}} if task == "grpo" else {})})
+                           "task": task, **grpo})
     return replace(resolve_speed_plan(cfg, device, cpu_threads=1), **switches)
 
 

@@ -96,7 +96,9 @@ class HybridMethod(PromptLearningMethod):
     def callbacks(self, model, opts: HybridOptions):
         from .schedules import StageSchedule
 
-        return [StageSchedule(opts.boundaries, opts.unit, lambda stage: set_stage(model, stage))] if opts.staged else []
+        if not opts.staged:
+            return []
+        return [StageSchedule(opts.boundaries, opts.unit, lambda stage: set_stage(model, stage))]
 
     def optimizer(self, model, opts, args):
         return all_parameters_optimizer(model, args) if opts.staged else None

@@ -53,7 +53,8 @@ def train_preference(cfg: RunConfig, *, resume: bool = False, reporter: Reporter
             reference = reference_model(cfg, run, model)
         # The model-level pieces of the speed plan (CPU layers, the frozen base held for autocast) apply; TRL owns
         # the batches and the head, so the padding-mask skip, packing and the causal kernel do not (docs/alignment.md);
-        # nor, on CUDA, the varlen attention, which has not run under TRL's trainers on a GPU.
+        # nor, on CUDA, the varlen attention, which has not run under TRL's trainers on a GPU (speed/plan.py's
+        # NOT_TAKEN turns it off for these tasks).
         run.speed_up(model)
         trainable, total = count_parameters(model)
         report.info(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.4f}%); reference: "
