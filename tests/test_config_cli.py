@@ -103,11 +103,13 @@ def test_bad_configs_name_the_field(tmp_path, change, expected):
 
 def test_validating_every_example_config_loads_no_training_library():
     """Config validation imports every method (for its options); it must stay instant, so that a mistake is reported
-    before torch, transformers, PEFT or datasets load (4-5 s)."""
-    script = ("import sys\nfrom tunesmith.config.loading import load_config\nfor path in sys.argv[1:]:\n"
+    before torch, transformers, PEFT or datasets load (4-5 s). The same for a continual pipeline's YAML."""
+    script = ("import sys\nfrom tunesmith.config.loading import load_config\nfor path in sys.argv[2:]:\n"
               "    load_config(path)\n"
+              "from tunesmith.continual import load_pipeline\nload_pipeline(sys.argv[1])\n"
               "print([m for m in ('torch', 'transformers', 'peft', 'datasets', 'bitsandbytes') if m in sys.modules])")
-    proc = subprocess.run([sys.executable, "-c", script, *(str(EXAMPLES / name) for name in _run_configs())],
+    proc = subprocess.run([sys.executable, "-c", script, str(EXAMPLES / "continual.yaml"),
+                           *(str(EXAMPLES / name) for name in _run_configs())],
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.stdout.strip() == "[]", proc.stdout + proc.stderr[-2000:]
 

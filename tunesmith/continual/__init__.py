@@ -17,8 +17,18 @@ what each run starts from and trains on, and scores the results.
 """
 
 from .config import PipelineConfig, load_pipeline, validate_pipeline
-from .pipeline import PipelineResult, run_pipeline
-from .retention import retention_summary
+
+_LAZY = {"PipelineResult": "pipeline", "run_pipeline": "pipeline", "retention_summary": "retention"}
+
+
+def __getattr__(name: str):
+    # The pipeline loads torch and datasets: imported on first use, so that `tunesmith continual` checks its YAML
+    # (load_pipeline) before the training libraries load, and before it restarts itself with its CPU allocator.
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = ["PipelineConfig", "PipelineResult", "load_pipeline", "retention_summary", "run_pipeline",
            "validate_pipeline"]

@@ -5,9 +5,7 @@ from __future__ import annotations
 import random
 import warnings
 from dataclasses import dataclass
-from typing import NamedTuple
-
-import datasets
+from typing import TYPE_CHECKING, NamedTuple
 
 from ..config.schema import DataConfig, DatasetSpec
 from ..errors import DataError
@@ -16,6 +14,9 @@ from .formats import Message, find_placeholders, normalize_record
 from .parallel import map_samples, worker_count
 from .readers import Record, read_records
 from .templates.base import ChatTemplate
+
+if TYPE_CHECKING:
+    import datasets  # imported where the rows become Datasets: reading and checking records must not load it
 
 
 class Sample(NamedTuple):
@@ -86,6 +87,8 @@ def _build(data_cfg: DataConfig, tokenizer, template: ChatTemplate) -> BuiltData
                                     [] if data_cfg.validation else held_out, encode.dropped_by_source)
                      for i, spec in enumerate(data_cfg.train)],
     }
+    import datasets
+
     return BuiltData(datasets.Dataset.from_list(train_rows),
                      datasets.Dataset.from_list(val_rows) if val_rows else None, stats)
 
