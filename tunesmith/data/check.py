@@ -8,10 +8,11 @@ the files again (this check keeps nothing), so files over CHECK_MAX_BYTES in all
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from ..config.schema import PREFERENCE_TASKS, RunConfig
-from .formats import normalize_record
+from .dataset import load_samples
 from .preference import load_preference
 from .readers import read_records
 
@@ -28,8 +29,9 @@ def check_data_files(cfg: RunConfig) -> None:
     for spec in specs:
         if cfg.task in PREFERENCE_TASKS:
             load_preference(spec, unpaired=cfg.task == "kto")
-            continue
-        records = read_records(spec.path, spec.split)[:spec.max_samples]
-        if cfg.task == "sft":
-            for record in records:
-                normalize_record(record, spec)
+        elif cfg.task == "sft":
+            with warnings.catch_warnings():  # its warnings (unfilled placeholders) come once, from the run's read
+                warnings.simplefilter("ignore")
+                load_samples(spec)
+        else:
+            read_records(spec.path, spec.split)

@@ -80,8 +80,9 @@ def apply_to_model(plan: SpeedPlan, model, method, compute_dtype: torch.dtype, r
         with reporter.status("CPU layers (the dropout kernel is compiled on first use, about 25 s)"):
             done.swaps = use_cpu_layers(model, dropout=plan.fast_dropout, rms_norm=plan.fast_rms_norm)
         _log_layers(done.swaps)
-    with reporter.status("preparing the frozen base for training"):
-        done.held = hold_for_training(model, method, compute_dtype, cuda=False, enabled=plan.half_frozen_base)
+    if plan.half_frozen_base:  # a task that does not take it (a classifier) is not shown a status for it
+        with reporter.status("preparing the frozen base for training"):
+            done.held = hold_for_training(model, method, compute_dtype, cuda=False)
     if done.held:
         log.info("frozen base: %d linear weights held in %s for training, the values autocast multiplies with "
                  "(speed.switches.half_frozen_base)", len(done.held), str(done.held[0].weight.dtype)[6:])
